@@ -1,0 +1,287 @@
+//! `podium plan`, `run`, `status`, `dag`, `gc` and `verify`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use podium::exec::{self, LocalExecutor, Outcome, RunOptions};
+use podium::graph::Graph;
+use podium::hash::StatCache;
+use podium::ir::Pipeline;
+use podium::plan::{self, Plan, Status};
+use podium::store::Store;
+use serde_json::json;
+
+use super::progress::Progress;
+use super::{Cli, DagFormat, Format, ManifestArgs, default_manifests};
+
+fn open_store(cli: &Cli) -> anyhow::Result<Store> {
+    Ok(Store::open(&cli.store)?)
+}
+
+fn make_plan(cli: &Cli, p: &Pipeline, targets: &[String], force: &[String]) -> anyhow::Result<(Graph, Plan)> {
+    let store = open_store(cli)?;
+    let stat = StatCache::load(&store.statcache_path());
+    let g = Graph::of(p);
+    let t = p.select_targets(targets).map_err(podium::Error::Usage)?;
+    let force: HashSet<String> = force.iter().cloned().collect();
+    let pl = plan::plan(p, &g, &store, &stat, Some(&t), &force)?;
+    let _ = stat.save(&store.statcache_path());
+    Ok((g, pl))
+}
+
+pub fn plan(cli: &Cli, m: &ManifestArgs, targets: &[String], force: &[String], format: Format) -> anyhow::Result<i32> {
+    let p = m.load()?;
+    let (g, pl) = make_plan(cli, &p, targets, force)?;
+    match format {
+        Format::Text => print!("{}", plan_text(&p, &g, &pl)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&plan_json(&p, &g, &pl))?),
+    }
+    Ok(0)
+}
+
+/// The plan as text: one line per instance, stale ones with their reasons.
+pub fn plan_text(p: &Pipeline, g: &Graph, pl: &Plan) -> String {
+    let mut s = format!(
+        "pipeline {}: {} instance(s), {} fresh, {} stale\n",
+        p.name,
+        pl.fresh_count() + pl.stale_count(),
+        pl.fresh_count(),
+        pl.stale_count()
+    );
+    let width = p.instances.iter().map(|i| i.name.chars().count()).max().unwrap_or(0);
+    for &id in g.order() {
+        let name = &p.instances[id].name;
+        match &pl.status[id] {
+            Status::Fresh(_) => s.push_str(&format!("  fresh  {name}\n")),
+            Status::Stale(rs) => {
+                let why: Vec<String> = rs.iter().map(|r| r.to_string()).collect();
+                s.push_str(&format!("  stale  {name:<width$}  {}\n", why.join("; ")));
+            }
+            Status::Skipped => {}
+        }
+    }
+    s
+}
+
+fn plan_json(p: &Pipeline, g: &Graph, pl: &Plan) -> serde_json::Value {
+    let items: Vec<_> = g
+        .order()
+        .iter()
+        .filter_map(|&id| {
+            let inst = &p.instances[id];
+            let key = pl.keys[id].as_ref().map(|k| k.key.to_hex().to_string());
+            match &pl.status[id] {
+                Status::Fresh(_) => Some(json!({"instance": inst.name, "stage": inst.stage_name, "status": "fresh", "key": key})),
+                Status::Stale(rs) => Some(json!({"instance": inst.name, "stage": inst.stage_name, "status": "stale", "key": key,
+                    "reasons": rs, "why": rs.iter().map(|r| r.to_string()).collect::<Vec<_>>()})),
+                Status::Skipped => None,
+            }
+        })
+        .collect();
+    json!({"pipeline": p.name, "fresh": pl.fresh_count(), "stale": pl.stale_count(), "instances": items})
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    cli: &Cli,
+    m: &ManifestArgs,
+    targets: &[String],
+    jobs: usize,
+    gpus: usize,
+    keep_going: bool,
+    force: &[String],
+    no_wait: bool,
+    format: Format,
+) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let p = m.load()?;
+    let store = open_store(cli)?;
+    let _lock = store.lock(!no_wait, |pid| {
+        eprintln!("waiting for another podium run (pid {pid}) to release {}", cli.store.display());
+    })?;
+    let stat = StatCache::load(&store.statcache_path());
+    let opts = RunOptions {
+        targets: targets.to_vec(),
+        jobs,
+        gpus,
+        keep_going,
+        force: force.iter().cloned().collect(),
+        out_root: cli.out_dir.clone(),
+    };
+    let executor = LocalExecutor { threads: jobs, gpus, keep_going };
+    let progress = std::sync::OnceLock::new();
+    let events = LazyProgress(&progress);
+    let report = exec::run(&p, &store, &stat, &executor, &opts, &events, &|pl| {
+        let _ = progress.set(Progress::new(pl.stale_count()));
+    })?;
+    if let Some(pr) = progress.get() {
+        pr.finish();
+    }
+    let count = |f: fn(&Outcome) -> bool| report.outcomes.iter().filter(|(_, o)| f(o)).count();
+    let executed = count(|o| matches!(o, Outcome::Executed));
+    let cached = count(|o| matches!(o, Outcome::Cached));
+    let failed = count(|o| matches!(o, Outcome::Failed { .. }));
+    let skipped = count(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled));
+    for (name, o) in &report.outcomes {
+        if let Outcome::Failed { message, log, log_tail } = o {
+            eprintln!("error: {name} failed: {message}");
+            if let Some(log) = log {
+                if !log_tail.is_empty() {
+                    eprintln!("  ── last lines of its log ──");
+                    for l in log_tail.lines() {
+                        eprintln!("  │ {l}");
+                    }
+                }
+                eprintln!("  full log: {}", log.display());
+            }
+        }
+    }
+    match format {
+        Format::Json => {
+            let names = |f: fn(&Outcome) -> bool| -> Vec<&str> {
+                report.outcomes.iter().filter(|(_, o)| f(o)).map(|(n, _)| n.as_str()).collect()
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "pipeline": p.name,
+                    "fresh": report.fresh,
+                    "executed": names(|o| matches!(o, Outcome::Executed)),
+                    "cached": names(|o| matches!(o, Outcome::Cached)),
+                    "failed": names(|o| matches!(o, Outcome::Failed { .. })),
+                    "skipped": names(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled)),
+                }))?
+            );
+        }
+        Format::Text => eprintln!(
+            "{}: {executed} ran, {cached} cached after upstream cutoff, {} already fresh, {failed} failed, {skipped} not run ({:.2}s)",
+            p.name,
+            report.fresh.len(),
+            started.elapsed().as_secs_f64()
+        ),
+    }
+    Ok(if report.cancelled() {
+        130
+    } else if report.succeeded() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Progress created once the plan says how many instances will run.
+struct LazyProgress<'a>(&'a std::sync::OnceLock<Progress>);
+
+impl exec::Events for LazyProgress<'_> {
+    fn started(&self, job: &exec::Job) {
+        if let Some(p) = self.0.get() {
+            p.started(job)
+        }
+    }
+    fn finished(&self, job: &exec::Job, outcome: &Outcome, took: std::time::Duration) {
+        if let Some(p) = self.0.get() {
+            p.finished(job, outcome, took)
+        }
+    }
+}
+
+pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32> {
+    let p = m.load()?;
+    let store = open_store(cli)?;
+    let (g, pl) = make_plan(cli, &p, &[], &[])?;
+    let mut rows = Vec::new();
+    for &id in g.order() {
+        let inst = &p.instances[id];
+        let last = store.state(&p.name, &inst.name);
+        let state = match &pl.status[id] {
+            Status::Fresh(_) => "fresh",
+            _ => "stale",
+        };
+        rows.push((inst, state, last));
+    }
+    match format {
+        Format::Json => {
+            let items: Vec<_> = rows
+                .iter()
+                .map(|(i, s, last)| {
+                    json!({"instance": i.name, "status": s,
+                        "last_run": last.as_ref().map(|r| json!({"finished_at": r.finished_at, "duration_s": r.duration_s, "metrics": r.metrics, "key": r.key}))})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json!({"pipeline": p.name, "instances": items}))?);
+        }
+        Format::Text => {
+            let width = rows.iter().map(|r| r.0.name.chars().count()).max().unwrap_or(0);
+            println!("pipeline {} ({}): {} fresh, {} stale", p.name, p.manifest.display(), pl.fresh_count(), pl.stale_count());
+            for (i, s, last) in rows {
+                let info = match last {
+                    Some(r) => {
+                        let metrics: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+                        format!("last run {:.2}s{}{}", r.duration_s, if metrics.is_empty() { "" } else { "  " }, metrics.join(" "))
+                    }
+                    None => "never run".into(),
+                };
+                println!("  {s:<5}  {:<width$}  {info}", i.name);
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn dag(cli: &Cli, m: &ManifestArgs, format: DagFormat) -> anyhow::Result<i32> {
+    let p = m.load()?;
+    let (g, pl) = make_plan(cli, &p, &[], &[])?;
+    let stale = |id: usize| pl.is_stale(id);
+    match format {
+        DagFormat::Dot => print!("{}", g.to_dot(&p, &stale)),
+        DagFormat::Mermaid => print!("{}", g.to_mermaid(&p, &stale)),
+    }
+    Ok(0)
+}
+
+pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32> {
+    let files = if manifests.is_empty() { default_manifests()? } else { manifests.to_vec() };
+    let store = open_store(cli)?;
+    let _lock = store.lock(true, |pid| eprintln!("waiting for the podium run (pid {pid}) to finish"))?;
+    let mut live = HashSet::new();
+    for f in &files {
+        let (p, _) = podium::load(f, &[]).with_context(|| format!("gc keeps what {} references, so it must check", f.display()))?;
+        let (_, pl) = make_plan(cli, &p, &[], &[])?;
+        for s in &pl.status {
+            if let Status::Fresh(r) = s {
+                live.insert(r.key.clone());
+            }
+        }
+        let names: HashSet<&str> = p.instances.iter().map(|i| i.name.as_str()).collect();
+        for r in store.states(&p.name) {
+            if names.contains(r.instance.as_str()) {
+                live.insert(r.key);
+            }
+        }
+    }
+    let r = store.gc(&live, dry_run)?;
+    println!(
+        "{} {} bytes ({:.1} MiB): {} record(s), {} object(s); kept {} record(s) referenced by {} manifest(s)",
+        if dry_run { "would free" } else { "freed" },
+        r.bytes,
+        r.bytes as f64 / (1 << 20) as f64,
+        r.records,
+        r.objects,
+        live.len(),
+        files.len()
+    );
+    Ok(0)
+}
+
+pub fn verify(cli: &Cli) -> anyhow::Result<i32> {
+    let store = open_store(cli)?;
+    let _lock = store.lock(true, |pid| eprintln!("waiting for the podium run (pid {pid}) to finish"))?;
+    let r = store.verify(|_| {})?;
+    for c in &r.corrupted {
+        eprintln!("corrupted: {} (dropped; the next run recomputes what needs it)", c.display());
+    }
+    println!("verified {} object(s): {} corrupted", r.checked, r.corrupted.len());
+    Ok(if r.corrupted.is_empty() { 0 } else { 1 })
+}

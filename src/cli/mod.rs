@@ -1,0 +1,233 @@
+//! Argument parsing and command dispatch. Each command lives in a file of
+//! its own; every flag is defined once, with its help, in [`Cli`].
+
+mod check;
+mod commands;
+mod op;
+mod progress;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "podium", version, about = "Declarative, content-hashed pipelines for computer-vision competitions")]
+pub struct Cli {
+    /// The store: content-addressed results and run records.
+    #[arg(long, global = true, env = "PODIUM_STORE", default_value = "cache")]
+    store: PathBuf,
+    /// Where each instance's outputs are made visible (`out/<stage>/<instance>/`).
+    #[arg(long, global = true, env = "PODIUM_OUT_DIR", default_value = "out")]
+    out_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options naming the manifest and overriding its values.
+#[derive(clap::Args, Debug, Clone)]
+struct ManifestArgs {
+    /// The manifest. Default: podium.toml, or the only manifest in pipelines/.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Override a value: params.NAME=VALUE, stages.STAGE.PARAM=VALUE, inputs.NAME.path=PATH (VALUE is TOML; a bare word is a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DagFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check manifests without running anything; every error with file:line:column.
+    Check {
+        /// Manifests to check. Default: every pipelines/*.toml (or podium.toml).
+        manifests: Vec<PathBuf>,
+        /// Override a value (see `run --set`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Show which instances are fresh and which are stale, and why (a dry run).
+    Plan {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Stages or instances (`train`, `train[fold=0]`); default all.
+        targets: Vec<String>,
+        /// Treat these stages or instances as stale.
+        #[arg(long)]
+        force: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Run the stale instances, in dependency order and in parallel.
+    Run {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Stages or instances to bring up to date (with what they need); default all.
+        targets: Vec<String>,
+        /// Threads shared by running instances (an instance takes `resources.threads`, default 1).
+        #[arg(short = 'j', long, default_value_t = default_jobs())]
+        jobs: usize,
+        /// GPUs on this machine, handed to instances that ask with `resources.gpu`.
+        #[arg(long, env = "PODIUM_GPUS", default_value_t = 0)]
+        gpus: usize,
+        /// After a failure, go on with the instances that do not depend on it.
+        #[arg(short = 'k', long)]
+        keep_going: bool,
+        /// Rerun these stages or instances even when they are fresh.
+        #[arg(long)]
+        force: Vec<String>,
+        /// Fail at once if another run holds the store, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// `json` prints what ran, what was cached and what failed, for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Each instance's state, last run and metrics.
+    Status {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Draw the instance graph, stale instances marked.
+    Dag {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: DagFormat,
+    },
+    /// Free store space not referenced by the manifests in pipelines/.
+    Gc {
+        /// Only report what would be freed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Manifests whose results are kept. Default: every pipelines/*.toml.
+        manifests: Vec<PathBuf>,
+    },
+    /// Re-hash every stored object; corrupted ones are reported and dropped.
+    Verify,
+    /// Run one op alone: `podium op KIND [--set KEY=VALUE]... INPUT... -o OUTPUT`.
+    Op {
+        /// The op; `podium op --list` lists them.
+        kind: Option<String>,
+        /// Inputs, given to the op's input parameter.
+        inputs: Vec<PathBuf>,
+        /// A parameter, named as in a manifest stage.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Where to write the output (a file for a one-output op, else a directory).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// List the ops with their parameters.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    ctrlc_handler();
+    let result = match &cli.command {
+        Command::Check { manifests, set, format } => check::check(manifests, set, *format),
+        Command::Plan { manifest, targets, force, format } => commands::plan(&cli, manifest, targets, force, *format),
+        Command::Run { manifest, targets, jobs, gpus, keep_going, force, no_wait, format } => {
+            commands::run(&cli, manifest, targets, *jobs, *gpus, *keep_going, force, *no_wait, *format)
+        }
+        Command::Status { manifest, format } => commands::status(&cli, manifest, *format),
+        Command::Dag { manifest, format } => commands::dag(&cli, manifest, *format),
+        Command::Gc { dry_run, manifests } => commands::gc(&cli, manifests, *dry_run),
+        Command::Verify => commands::verify(&cli),
+        Command::Op { kind, inputs, set, output, list } => op::op(kind.as_deref(), inputs, set, output.as_deref(), *list),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(podium::Error::Manifest(report)) = e.downcast_ref::<podium::Error>() {
+                eprint!("{}", report.render(use_color()));
+                eprintln!("error: {} error(s) in the manifest", report.error_count());
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            1
+        }
+    }
+}
+
+fn ctrlc_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if podium::cancel::is_cancelled() {
+            eprintln!("\ninterrupted again; exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping running instances; finished ones are kept (Ctrl-C again to exit at once)");
+        podium::cancel::cancel();
+    });
+}
+
+fn use_color() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+}
+
+/// Every manifest in pipelines/ (or podium.toml), for commands that take all.
+fn default_manifests() -> anyhow::Result<Vec<PathBuf>> {
+    if Path::new("podium.toml").exists() {
+        return Ok(vec!["podium.toml".into()]);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("pipelines")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    if found.is_empty() {
+        anyhow::bail!("no manifest: there is no podium.toml and no pipelines/*.toml here");
+    }
+    Ok(found)
+}
+
+impl ManifestArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        let all = default_manifests()?;
+        if all.len() == 1 {
+            return Ok(all.into_iter().next().unwrap());
+        }
+        anyhow::bail!(
+            "several manifests here; choose one with -f: {}",
+            all.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    fn load(&self) -> anyhow::Result<podium::ir::Pipeline> {
+        let path = self.path()?;
+        let (p, warnings) = podium::load(&path, &self.set)?;
+        if !warnings.diagnostics.is_empty() {
+            eprint!("{}", warnings.render(use_color()));
+        }
+        Ok(p)
+    }
+}

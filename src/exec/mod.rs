@@ -1,0 +1,160 @@
+//! Execution: an [`Executor`] decides where and when instances run (here,
+//! on local threads); the [`Runner`] does the work of one instance (key,
+//! cache lookup, op, commit to the store). A cluster executor implements
+//! [`Executor`] and reuses the runner and the planner unchanged.
+
+mod local;
+mod runner;
+
+pub use local::LocalExecutor;
+pub use runner::{Runner, outputs_dir};
+
+use std::time::Duration;
+
+use crate::ir::Resources;
+
+/// How one instance ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The op ran and its outputs were stored.
+    Executed,
+    /// Its key was in the store after all (an upstream reran with identical output).
+    Cached,
+    Failed { message: String, log: Option<std::path::PathBuf>, log_tail: String },
+    /// Not run because an instance it reads failed.
+    Skipped { because: String },
+    Cancelled,
+}
+
+/// One unit of work handed to an executor.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: usize,
+    pub name: String,
+    /// Jobs (ids) that must finish first; only those in this batch count.
+    pub deps: Vec<usize>,
+    pub resources: Resources,
+}
+
+/// What the executor tells the user interface.
+pub trait Events: Sync {
+    fn started(&self, job: &Job);
+    fn finished(&self, job: &Job, outcome: &Outcome, took: Duration);
+}
+
+/// Runs jobs in dependency order.
+pub trait Executor {
+    /// Runs `jobs` (each after its deps) through `run`, returning each
+    /// job's outcome by id.
+    fn execute(
+        &self,
+        jobs: &[Job],
+        run: &(dyn Fn(&Job, &[usize]) -> Outcome + Sync),
+        events: &dyn Events,
+    ) -> Vec<(usize, Outcome)>;
+}
+
+/// Events that go nowhere.
+pub struct NoEvents;
+
+impl Events for NoEvents {
+    fn started(&self, _: &Job) {}
+    fn finished(&self, _: &Job, _: &Outcome, _: Duration) {}
+}
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::hash::StatCache;
+use crate::ir::Pipeline;
+use crate::plan::{self, Plan};
+use crate::store::Store;
+
+/// Options of `podium run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Instance names or stage names (with optional `[key=value]`); empty for all.
+    pub targets: Vec<String>,
+    /// Threads to share between instances.
+    pub jobs: usize,
+    pub gpus: usize,
+    pub keep_going: bool,
+    /// Stages or instances to rerun whatever their keys.
+    pub force: HashSet<String>,
+    /// Where outputs are made visible (`out/`).
+    pub out_root: PathBuf,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Instances that were fresh before the run.
+    pub fresh: Vec<String>,
+    /// Every instance the run handled, in order, with its outcome.
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+impl RunReport {
+    pub fn succeeded(&self) -> bool {
+        self.outcomes.iter().all(|(_, o)| matches!(o, Outcome::Executed | Outcome::Cached))
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.outcomes.iter().any(|(_, o)| matches!(o, Outcome::Cancelled))
+    }
+
+    /// Names of the instances whose op ran.
+    pub fn executed(&self) -> Vec<&str> {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Executed))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
+/// Plans and runs a pipeline: fresh instances are only made visible under
+/// `out/`, stale ones go to the executor in dependency order.
+pub fn run(
+    p: &Pipeline,
+    store: &Store,
+    stat: &StatCache,
+    executor: &dyn Executor,
+    opts: &RunOptions,
+    events: &dyn Events,
+    on_plan: &dyn Fn(&Plan),
+) -> Result<RunReport> {
+    let g = Graph::of(p);
+    let targets = p.select_targets(&opts.targets).map_err(Error::Usage)?;
+    let plan = plan::plan(p, &g, store, stat, Some(&targets), &opts.force)?;
+    on_plan(&plan);
+    let runner = Runner::new(p, store, stat, opts.out_root.clone(), &opts.force, &plan);
+    let mut fresh = Vec::new();
+    let mut jobs = Vec::new();
+    for &id in g.order() {
+        let inst = &p.instances[id];
+        match &plan.status[id] {
+            plan::Status::Fresh(_) => {
+                runner.materialize(id)?;
+                fresh.push(inst.name.clone());
+            }
+            plan::Status::Stale(_) => jobs.push(Job {
+                id,
+                name: inst.name.clone(),
+                deps: inst.deps.clone(),
+                resources: inst.resources,
+            }),
+            plan::Status::Skipped => {}
+        }
+    }
+    let results = executor.execute(&jobs, &|job, gpus| runner.run(job.id, gpus), events);
+    let _ = stat.save(&store.statcache_path());
+    let mut outcomes: Vec<(usize, Outcome)> = results;
+    outcomes.sort_by_key(|(id, _)| g.order().iter().position(|x| x == id));
+    Ok(RunReport {
+        fresh,
+        outcomes: outcomes.into_iter().map(|(id, o)| (p.instances[id].name.clone(), o)).collect(),
+    })
+}

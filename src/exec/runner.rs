@@ -1,0 +1,210 @@
+//! The work of one instance: key, cache lookup, op run, commit.
+
+use std::collections::HashSet;
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::Outcome;
+use crate::error::{IoContext, Result};
+use crate::hash::StatCache;
+use crate::ir::{Instance, Pipeline};
+use crate::ops::{OpContext, OpError, Params};
+use crate::plan::{self, Plan, Status};
+use crate::store::{self, Record, Store};
+use crate::value::PathRef;
+
+/// Where an instance's outputs are visible in the workspace:
+/// `out/<stage>/` or, for a matrix stage, `out/<stage>/<key=value,...>/`.
+pub fn outputs_dir(out_root: &Path, inst: &Instance) -> PathBuf {
+    let d = out_root.join(&inst.stage_name);
+    if inst.matrix.is_empty() { d } else { d.join(inst.matrix_label()) }
+}
+
+/// Runs instances of one pipeline against one store.
+pub struct Runner<'a> {
+    pub pipeline: &'a Pipeline,
+    pub store: &'a Store,
+    pub stat: &'a StatCache,
+    pub out_root: PathBuf,
+    pub force: &'a HashSet<String>,
+    records: RwLock<Vec<Option<Record>>>,
+}
+
+impl<'a> Runner<'a> {
+    /// A runner that knows the records of the instances `plan` found fresh.
+    pub fn new(
+        pipeline: &'a Pipeline,
+        store: &'a Store,
+        stat: &'a StatCache,
+        out_root: PathBuf,
+        force: &'a HashSet<String>,
+        plan: &Plan,
+    ) -> Runner<'a> {
+        let records = plan
+            .status
+            .iter()
+            .map(|s| match s {
+                Status::Fresh(r) => Some((**r).clone()),
+                _ => None,
+            })
+            .collect();
+        Runner {
+            pipeline,
+            store,
+            stat,
+            out_root,
+            force,
+            records: RwLock::new(records),
+        }
+    }
+
+    pub fn record(&self, id: usize) -> Option<Record> {
+        self.records.read().unwrap_or_else(|e| e.into_inner())[id].clone()
+    }
+
+    fn set_record(&self, id: usize, rec: Record) {
+        self.records.write().unwrap_or_else(|e| e.into_inner())[id] = Some(rec);
+    }
+
+    /// Makes an instance's stored outputs visible under `out/`.
+    pub fn materialize(&self, id: usize) -> Result<()> {
+        let Some(rec) = self.record(id) else { return Ok(()) };
+        let dir = outputs_dir(&self.out_root, &self.pipeline.instances[id]);
+        for (name, o) in &rec.outputs {
+            self.store.materialize(o, &dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// The real location of a path at run time.
+    pub fn path_of(&self, r: &PathRef) -> String {
+        match r {
+            PathRef::File { path, .. } => path.display().to_string(),
+            PathRef::Artifact { inst, output, .. } => outputs_dir(&self.out_root, &self.pipeline.instances[*inst])
+                .join(output)
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// The log file an instance's latest run left.
+    pub fn log_path(&self, inst: &Instance) -> PathBuf {
+        let safe: String = inst
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_=,.".contains(c) { c } else { '_' })
+            .collect();
+        self.store.root().join("logs").join(&self.pipeline.name).join(format!("{safe}.log"))
+    }
+
+    /// Runs one instance (unless its key turns out to be stored already).
+    pub fn run(&self, id: usize, gpus: &[usize]) -> Outcome {
+        match self.try_run(id, gpus) {
+            Ok(o) => o,
+            Err(e) => Outcome::Failed {
+                message: e.to_string(),
+                log: None,
+                log_tail: String::new(),
+            },
+        }
+    }
+
+    fn try_run(&self, id: usize, gpus: &[usize]) -> Result<Outcome> {
+        let p = self.pipeline;
+        let inst = &p.instances[id];
+        let op = inst.op();
+        let k = plan::key_of(inst, self.stat, &|d| self.record(d))?;
+        let forced = self.force.contains(&inst.stage_name) || self.force.contains(&inst.name);
+        if !forced && let Some(rec) = self.store.record(&k.key) {
+            self.set_record(id, rec.clone());
+            self.materialize(id)?;
+            self.store.put_state(&rec)?;
+            return Ok(Outcome::Cached);
+        }
+        for &d in &inst.deps {
+            self.materialize(d)?;
+        }
+        let work = self.store.work_dir(&k.key)?;
+        let out_dir = work.join("out");
+        fs::create_dir_all(&out_dir).at(&out_dir)?;
+        let log_file = work.join("log");
+        let mut log = fs::File::create(&log_file).at(&log_file)?;
+        let params: Params = inst
+            .params
+            .iter()
+            .map(|(name, v)| (name.clone(), v.map_paths(&|r| self.path_of(r))))
+            .collect();
+        let started = Instant::now();
+        let result = {
+            let mut cx = OpContext {
+                params: &params,
+                out_dir: &out_dir,
+                work_dir: &p.dir,
+                log: &mut log,
+                cancel: crate::cancel::flag(),
+                threads: inst.resources.threads,
+                gpus,
+            };
+            catch_unwind(AssertUnwindSafe(|| op.run(&mut cx)))
+                .unwrap_or_else(|_| Err(OpError::Failed(format!("op `{}` panicked (a bug in podium)", op.name()))))
+        };
+        let duration = started.elapsed();
+        drop(log);
+        let log_bytes = fs::read(&log_file).unwrap_or_default();
+        let kept_log = self.log_path(inst);
+        let _ = store::atomic_write(&kept_log, &log_bytes);
+        let outcome = match result {
+            Err(OpError::Cancelled) => Ok(Outcome::Cancelled),
+            Err(e) => Ok(Outcome::Failed {
+                message: e.to_string(),
+                log: Some(kept_log),
+                log_tail: tail(&log_bytes, 20),
+            }),
+            Ok(()) => {
+                let mut rec = Record::new(&k.key, &p.name, &inst.stage_name, &inst.name, op.name(), op.version());
+                rec.params = plan::display_params(inst);
+                rec.inputs = k.inputs.clone();
+                for o in &inst.outputs {
+                    let out = self.store.put_output(&out_dir.join(o))?;
+                    if o.ends_with("metrics.json") {
+                        rec.metrics = read_metrics(&self.store, &out);
+                    }
+                    rec.outputs.insert(o.clone(), out);
+                }
+                rec.log = Some(self.store.put_bytes(&log_bytes)?.to_hex().to_string());
+                rec.duration_s = duration.as_secs_f64();
+                rec.finished_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                self.store.put_record(&rec)?;
+                let dir = outputs_dir(&self.out_root, inst);
+                // The previous run's files must not linger beside the new ones.
+                let _ = store::remove_all(&dir);
+                self.set_record(id, rec.clone());
+                self.materialize(id)?;
+                self.store.put_state(&rec)?;
+                Ok(Outcome::Executed)
+            }
+        };
+        let _ = store::remove_all(&work);
+        outcome
+    }
+}
+
+fn read_metrics(store: &Store, o: &crate::store::Output) -> std::collections::BTreeMap<String, f64> {
+    store
+        .output_objects(o)
+        .first()
+        .and_then(|p| fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok())
+        .map(|m| m.into_iter().filter_map(|(k, v)| v.as_f64().map(|f| (k, f))).collect())
+        .unwrap_or_default()
+}
+
+/// The last `n` lines of a log.
+fn tail(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

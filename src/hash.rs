@@ -1,0 +1,302 @@
+//! Content hashing: files by blake3 of their bytes, directories by a Merkle
+//! hash over their sorted relative paths and file hashes, and a stat cache
+//! so that unchanged files are not read again.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+pub use blake3::Hash;
+
+/// Files at least this large are hashed with several threads over a memory map.
+const MMAP_MIN: u64 = 1 << 20;
+
+/// A file modified less than this long before it was hashed may change again
+/// within the same timestamp tick, so its cache entry is not trusted.
+const RACY_NS: i128 = 2_000_000_000;
+
+/// blake3 of a file's bytes.
+pub fn hash_file(path: &Path) -> io::Result<Hash> {
+    let mut h = blake3::Hasher::new();
+    let len = fs::metadata(path)?.len();
+    if len >= MMAP_MIN {
+        h.update_mmap_rayon(path)?;
+    } else {
+        h.update(&fs::read(path)?);
+    }
+    Ok(h.finalize())
+}
+
+/// The Merkle hash of a directory's files: blake3 over `path \0 hash` for
+/// every file, in sorted relative-path order.
+pub fn merkle<'a>(files: impl IntoIterator<Item = (&'a str, &'a Hash)>) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"podium-dir\0");
+    for (rel, fh) in files {
+        h.update(rel.as_bytes());
+        h.update(b"\0");
+        h.update(fh.as_bytes());
+    }
+    h.finalize()
+}
+
+/// Every regular file under `dir` (symlinks followed), as sorted
+/// `/`-separated relative paths, optionally filtered by a glob.
+pub fn list_files(dir: &Path, glob: Option<&str>) -> io::Result<Vec<(String, PathBuf)>> {
+    let matcher = match glob {
+        Some(g) => Some(
+            globset::Glob::new(g)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                .compile_matcher(),
+        ),
+        None => None,
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let path = entry.path();
+            let ft = entry.file_type()?;
+            let is_dir = if ft.is_symlink() { path.is_dir() } else { ft.is_dir() };
+            if is_dir {
+                stack.push((path, rel));
+            } else if matcher.as_ref().is_none_or(|m| m.is_match(&rel)) {
+                out.push((rel, path));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl Stat {
+    fn of(m: &fs::Metadata) -> Stat {
+        Stat {
+            size: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+            ino: m.ino(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    stat: Stat,
+    hashed_at_ns: i128,
+    hash: Hash,
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Remembers the hash of each file by its (size, mtime, ctime, inode), so
+/// that an unchanged file is not read again. Entries for files modified just
+/// before they were hashed are not trusted (racy timestamps).
+#[derive(Default)]
+pub struct StatCache {
+    entries: Mutex<HashMap<PathBuf, Entry>>,
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl StatCache {
+    /// Loads a cache file; a missing or unreadable one gives an empty cache.
+    pub fn load(path: &Path) -> StatCache {
+        let mut entries = HashMap::new();
+        if let Ok(text) = fs::read_to_string(path) {
+            for line in text.lines() {
+                if let Some((p, e)) = parse_line(line) {
+                    entries.insert(p, e);
+                }
+            }
+        }
+        StatCache {
+            entries: Mutex::new(entries),
+            dirty: Default::default(),
+        }
+    }
+
+    /// Writes the cache atomically if it changed.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        if !self.dirty.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(entries.len() * 160);
+        for (p, e) in entries.iter() {
+            let Some(ps) = p.to_str() else { continue };
+            if ps.contains(['\t', '\n']) {
+                continue;
+            }
+            use std::fmt::Write;
+            let _ = writeln!(
+                out,
+                "{ps}\t{}\t{}\t{}\t{}\t{}\t{}",
+                e.stat.size,
+                e.stat.mtime_ns,
+                e.stat.ctime_ns,
+                e.stat.ino,
+                e.hashed_at_ns,
+                e.hash.to_hex()
+            );
+        }
+        crate::store::atomic_write(path, out.as_bytes())
+    }
+
+    /// The hash of a file, from the cache when its stat is unchanged.
+    pub fn file(&self, path: &Path) -> io::Result<Hash> {
+        let meta = fs::metadata(path)?;
+        self.file_with_meta(path, &meta)
+    }
+
+    fn file_with_meta(&self, path: &Path, meta: &fs::Metadata) -> io::Result<Hash> {
+        let stat = Stat::of(meta);
+        {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = entries.get(path)
+                && e.stat == stat
+                && e.stat.mtime_ns + RACY_NS <= e.hashed_at_ns
+            {
+                return Ok(e.hash);
+            }
+        }
+        let hashed_at_ns = now_ns();
+        let hash = hash_file(path)?;
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(
+            path.to_path_buf(),
+            Entry {
+                stat,
+                hashed_at_ns,
+                hash,
+            },
+        );
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(hash)
+    }
+
+    /// The content hash of a file, or the Merkle hash of a directory's files
+    /// (those matching `glob`, when given). Files are hashed in parallel.
+    pub fn path(&self, path: &Path, glob: Option<&str>) -> io::Result<Hash> {
+        let meta = fs::metadata(path)?;
+        if !meta.is_dir() {
+            return self.file_with_meta(path, &meta);
+        }
+        let files = list_files(path, glob)?;
+        let hashes: Vec<Hash> = files
+            .par_iter()
+            .map(|(_, p)| self.file(p))
+            .collect::<io::Result<_>>()?;
+        Ok(merkle(files.iter().map(|(r, _)| r.as_str()).zip(hashes.iter())))
+    }
+}
+
+fn parse_line(line: &str) -> Option<(PathBuf, Entry)> {
+    let mut it = line.split('\t');
+    let p = PathBuf::from(it.next()?);
+    let size = it.next()?.parse().ok()?;
+    let mtime_ns = it.next()?.parse().ok()?;
+    let ctime_ns = it.next()?.parse().ok()?;
+    let ino = it.next()?.parse().ok()?;
+    let hashed_at_ns = it.next()?.parse().ok()?;
+    let hash = Hash::from_hex(it.next()?).ok()?;
+    Some((
+        p,
+        Entry {
+            stat: Stat {
+                size,
+                mtime_ns,
+                ctime_ns,
+                ino,
+            },
+            hashed_at_ns,
+            hash,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_hash_depends_on_names_and_contents_only() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [a.path(), b.path()] {
+            fs::create_dir(d.join("sub")).unwrap();
+            fs::write(d.join("x.txt"), "x").unwrap();
+            fs::write(d.join("sub/y.txt"), "y").unwrap();
+        }
+        let c = StatCache::default();
+        let ha = c.path(a.path(), None).unwrap();
+        assert_eq!(ha, c.path(b.path(), None).unwrap());
+        fs::write(b.path().join("sub/y.txt"), "Y").unwrap();
+        assert_ne!(ha, c.path(b.path(), None).unwrap());
+        fs::write(b.path().join("sub/y.txt"), "y").unwrap();
+        fs::rename(b.path().join("sub/y.txt"), b.path().join("sub/z.txt")).unwrap();
+        assert_ne!(ha, c.path(b.path(), None).unwrap());
+    }
+
+    #[test]
+    fn glob_restricts_directory_files() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.png"), "a").unwrap();
+        fs::write(d.path().join("notes.txt"), "n").unwrap();
+        let c = StatCache::default();
+        let h1 = c.path(d.path(), Some("*.png")).unwrap();
+        fs::write(d.path().join("notes.txt"), "changed").unwrap();
+        assert_eq!(h1, c.path(d.path(), Some("*.png")).unwrap());
+        assert_ne!(h1, c.path(d.path(), None).unwrap());
+    }
+
+    #[test]
+    fn a_racy_entry_is_rehashed_even_with_the_same_stat() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, "one").unwrap();
+        let c = StatCache::default();
+        let h1 = c.file(&f).unwrap();
+        // Same size, and possibly the same mtime tick: the entry was made
+        // right after the write, so it must not be trusted.
+        fs::write(&f, "two").unwrap();
+        let h2 = c.file(&f).unwrap();
+        assert_ne!(h1, h2);
+        assert_eq!(h2, blake3::hash(b"two"));
+    }
+
+    #[test]
+    fn cache_round_trips_through_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, "content").unwrap();
+        let c = StatCache::default();
+        c.file(&f).unwrap();
+        let cache_file = d.path().join("statcache");
+        c.save(&cache_file).unwrap();
+        let loaded = StatCache::load(&cache_file);
+        let entries = loaded.entries.lock().unwrap();
+        assert_eq!(entries.get(&f).unwrap().hash, blake3::hash(b"content"));
+    }
+}

@@ -1,0 +1,1005 @@
+//! The checked layer: params resolved, inputs found, matrices expanded,
+//! every op parameter type-checked, every reference bound to the instance
+//! it names. A [`Pipeline`] is what the graph and the planner work on.
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use petgraph::graphmap::DiGraphMap;
+
+use crate::diag::{Diagnostic, Span, did_you_mean};
+use crate::expr::{EVal, Env, Expr, ExprKind, StageSel, Template, eval_template};
+use crate::manifest::{RawKind, RawManifest, RawStage, RawValue, STAGE_KEYS};
+use crate::ops::{self, Op, ParamKind, Params};
+use crate::value::{PathRef, Value};
+
+/// A checked pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub name: String,
+    pub description: Option<String>,
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// The directory relative paths are resolved against.
+    pub dir: PathBuf,
+    pub params: BTreeMap<String, Value>,
+    pub inputs: BTreeMap<String, Input>,
+    /// Stages in dependency order.
+    pub stages: Vec<Stage>,
+    /// Instances in dependency order: every instance comes after those it reads.
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub path: PathBuf,
+    pub glob: Option<String>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub op: String,
+    pub description: Option<String>,
+    pub span: Span,
+    pub matrix_keys: Vec<String>,
+    pub instances: Vec<usize>,
+}
+
+/// What an instance asks of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Resources {
+    pub threads: usize,
+    pub gpu: usize,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { threads: 1, gpu: 0 }
+    }
+}
+
+/// One instance of a stage: one combination of its matrix.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: usize,
+    pub stage: usize,
+    pub stage_name: String,
+    /// `train[fold=0,arch=resnet18]`, or the stage name without a matrix.
+    pub name: String,
+    pub matrix: Vec<(String, Value)>,
+    pub op: String,
+    /// Every parameter of the op, defaults filled in.
+    pub params: Params,
+    /// Where each parameter was written (the stage header for defaults).
+    pub spans: BTreeMap<String, Span>,
+    pub outputs: Vec<String>,
+    /// Instances whose outputs this one reads, ascending.
+    pub deps: Vec<usize>,
+    pub resources: Resources,
+}
+
+impl Instance {
+    pub fn op(&self) -> &'static dyn Op {
+        ops::get(&self.op).expect("checked op exists")
+    }
+
+    /// `fold=0,arch=resnet18`: the instance's directory name under its stage.
+    pub fn matrix_label(&self) -> String {
+        self.matrix
+            .iter()
+            .map(|(k, v)| format!("{k}={}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+const ROOTS: &[&str] = &["params", "inputs", "stages"];
+
+/// Checks a parsed manifest. Returns the pipeline when no error was found,
+/// and every diagnostic either way.
+pub fn check(raw: &RawManifest) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    let mut cx = Checker {
+        raw,
+        diags: Vec::new(),
+        seen: HashSet::new(),
+        dir: absolute(raw.dir()),
+    };
+    let p = cx.run();
+    let failed = cx.diags.iter().any(Diagnostic::is_error);
+    (if failed { None } else { p }, cx.diags)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+struct Checker<'a> {
+    raw: &'a RawManifest,
+    diags: Vec<Diagnostic>,
+    seen: HashSet<(String, Option<Span>)>,
+    dir: PathBuf,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, d: Diagnostic) {
+        // A bad reference in a matrix stage would otherwise repeat once per instance.
+        if self.seen.insert((d.message.clone(), d.span)) {
+            self.diags.push(d);
+        }
+    }
+
+    fn run(&mut self) -> Option<Pipeline> {
+        let raw = self.raw;
+        let name = raw.name.as_ref().map(|n| n.0.clone()).unwrap_or_else(|| {
+            raw.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into())
+        });
+        let params = self.params();
+        let inputs = self.inputs(&params);
+        let input_values: BTreeMap<String, Value> = inputs
+            .iter()
+            .map(|(k, i)| {
+                (
+                    k.clone(),
+                    Value::Path(PathRef::File {
+                        path: i.path.clone(),
+                        glob: i.glob.clone(),
+                        label: format!("inputs.{k}"),
+                    }),
+                )
+            })
+            .collect();
+        let mut p = Pipeline {
+            name,
+            description: raw.description.clone(),
+            manifest: absolute(&raw.path),
+            dir: self.dir.clone(),
+            params,
+            inputs,
+            stages: Vec::new(),
+            instances: Vec::new(),
+        };
+        let order = self.stage_order();
+        let params_v = Value::Table(p.params.clone());
+        let inputs_v = Value::Table(input_values);
+        for si in order {
+            self.stage(&raw.stages[si], &mut p, &params_v, &inputs_v);
+        }
+        Some(p)
+    }
+
+    fn params(&mut self) -> BTreeMap<String, Value> {
+        let mut done: BTreeMap<String, Value> = BTreeMap::new();
+        let raw = self.raw;
+        for (k, v) in &raw.params {
+            if ROOTS.contains(&k.name.as_str()) || k.name.contains(['[', ']', '.']) {
+                self.push(Diagnostic::error("bad-name", format!("`{}` cannot be a param name", k.name)).at(k.span, "reserved"));
+                continue;
+            }
+            let env = BasicEnv {
+                params: Value::Table(done.clone()),
+                inputs: None,
+            };
+            match self.value(v, &env) {
+                Some(val) => {
+                    done.insert(k.name.clone(), val);
+                }
+                None => {}
+            }
+        }
+        done
+    }
+
+    fn inputs(&mut self, params: &BTreeMap<String, Value>) -> BTreeMap<String, Input> {
+        let mut out = BTreeMap::new();
+        let env = BasicEnv {
+            params: Value::Table(params.clone()),
+            inputs: None,
+        };
+        for i in &self.raw.inputs {
+            let Some(pv) = self.value(&i.path, &env) else { continue };
+            let Some(path) = pv.as_str() else {
+                self.push(
+                    Diagnostic::error("wrong-type", format!("`inputs.{}.path` must be a string", i.name.name))
+                        .at(i.path.span, format!("this is a {}", pv.type_name())),
+                );
+                continue;
+            };
+            let full = self.dir.join(path);
+            if !full.exists() {
+                self.push(
+                    Diagnostic::error("missing-input", format!("input `{}`: {} does not exist", i.name.name, full.display()))
+                        .at(i.path.span, "no such file or directory")
+                        .help(format!("paths are relative to the manifest's directory, {}", self.dir.display())),
+                );
+                continue;
+            }
+            let glob = match &i.glob {
+                None => None,
+                Some(g) => {
+                    let Some(gv) = self.value(g, &env) else { continue };
+                    let Some(gs) = gv.as_str().map(str::to_string) else {
+                        self.push(Diagnostic::error("wrong-type", "`glob` must be a string").at(g.span, "not a string"));
+                        continue;
+                    };
+                    if let Err(e) = globset::Glob::new(&gs) {
+                        self.push(Diagnostic::error("bad-glob", format!("invalid glob: {e}")).at(g.span, "invalid glob"));
+                        continue;
+                    }
+                    if !full.is_dir() {
+                        self.push(Diagnostic::error("bad-glob", "`glob` applies to a directory input").at(g.span, format!("{} is a file", full.display())));
+                        continue;
+                    }
+                    Some(gs)
+                }
+            };
+            out.insert(
+                i.name.name.clone(),
+                Input {
+                    path: full,
+                    glob,
+                    span: i.path.span,
+                },
+            );
+        }
+        out
+    }
+
+    /// Orders stages so that each comes after the stages it references;
+    /// reports unknown stages and cycles (cyclic stages are left out).
+    fn stage_order(&mut self) -> Vec<usize> {
+        let raw = self.raw;
+        let index: HashMap<&str, usize> = raw
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.name.as_str(), i))
+            .collect();
+        let mut g: DiGraphMap<usize, ()> = DiGraphMap::new();
+        for i in 0..raw.stages.len() {
+            g.add_node(i);
+        }
+        let mut bad = HashSet::new();
+        for (i, st) in raw.stages.iter().enumerate() {
+            for (name, span) in stage_refs(st) {
+                match index.get(name.as_str()) {
+                    Some(&j) => {
+                        g.add_edge(j, i, ());
+                    }
+                    None => {
+                        bad.insert(i);
+                        self.push(
+                            Diagnostic::error("unknown-reference", format!("no stage named `{name}`"))
+                                .at(span, "unknown stage")
+                                .help(did_you_mean(&name, index.keys().copied()).unwrap_or_else(|| {
+                                    format!("stages: {}", raw.stages.iter().map(|s| s.name.name.as_str()).collect::<Vec<_>>().join(", "))
+                                })),
+                        );
+                    }
+                }
+            }
+        }
+        for scc in petgraph::algo::tarjan_scc(&g) {
+            let cyclic = scc.len() > 1 || g.contains_edge(scc[0], scc[0]);
+            if !cyclic {
+                continue;
+            }
+            let mut members = scc.clone();
+            members.sort();
+            let cycle = cycle_path(&g, &members);
+            let names: Vec<&str> = cycle.iter().map(|&i| raw.stages[i].name.name.as_str()).collect();
+            let first = &raw.stages[members[0]];
+            self.push(
+                Diagnostic::error("cycle", format!("dependency cycle: {}", names.join(" → ")))
+                    .at(first.name.span, "this stage depends on itself through the cycle")
+                    .help("a stage cannot read, directly or through others, an output of its own"),
+            );
+            bad.extend(members);
+        }
+        // Kahn's algorithm, taking the earliest stage in the manifest first.
+        let mut indeg: Vec<usize> = (0..raw.stages.len())
+            .map(|i| g.neighbors_directed(i, petgraph::Incoming).count())
+            .collect();
+        let mut ready: BinaryHeap<std::cmp::Reverse<usize>> =
+            (0..raw.stages.len()).filter(|&i| indeg[i] == 0).map(std::cmp::Reverse).collect();
+        let mut order = Vec::new();
+        while let Some(std::cmp::Reverse(i)) = ready.pop() {
+            order.push(i);
+            for j in g.neighbors_directed(i, petgraph::Outgoing) {
+                indeg[j] -= 1;
+                if indeg[j] == 0 {
+                    ready.push(std::cmp::Reverse(j));
+                }
+            }
+        }
+        // Stages downstream of a bad one would only report follow-on errors.
+        let mut skip = bad;
+        for &i in &order {
+            if g.neighbors_directed(i, petgraph::Incoming).any(|j| skip.contains(&j)) {
+                skip.insert(i);
+            }
+        }
+        order.into_iter().filter(|i| !skip.contains(i)).collect()
+    }
+
+    fn stage(&mut self, st: &RawStage, p: &mut Pipeline, params: &Value, inputs: &Value) {
+        let Some((op_name, op_span)) = &st.op else {
+            self.push(
+                Diagnostic::error("missing-key", format!("stage `{}` has no `op`", st.name.name))
+                    .at(st.name.span, "needs `op = \"...\"`")
+                    .help(format!("ops: {}", ops::all().iter().map(|o| o.name()).collect::<Vec<_>>().join(", "))),
+            );
+            return;
+        };
+        let Some(op) = ops::get(op_name) else {
+            self.push(
+                Diagnostic::error("unknown-op", format!("unknown op `{op_name}`"))
+                    .at(*op_span, "no such op")
+                    .help(did_you_mean(op_name, ops::all().iter().map(|o| o.name())).unwrap_or_else(|| {
+                        format!("ops: {}", ops::all().iter().map(|o| o.name()).collect::<Vec<_>>().join(", "))
+                    })),
+            );
+            return;
+        };
+        if st.name.name.contains(['[', ']', '.', '/', '=', ',']) || st.name.name.is_empty() {
+            self.push(
+                Diagnostic::error("bad-name", format!("`{}` cannot be a stage name", st.name.name))
+                    .at(st.name.span, "use letters, digits, `_` and `-`"),
+            );
+            return;
+        }
+        // Unknown op parameters.
+        let specs = op.params();
+        let mut ok = true;
+        for (k, _) in &st.fields {
+            if !specs.iter().any(|s| s.name == k.name) {
+                ok = false;
+                let mut known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                known.extend(STAGE_KEYS);
+                self.push(
+                    Diagnostic::error("unknown-param", format!("op `{op_name}` has no parameter `{}`", k.name))
+                        .at(k.span, "unknown parameter")
+                        .help(did_you_mean(&k.name, known.iter().copied()).unwrap_or_else(|| format!("parameters: {}", known.join(", ")))),
+                );
+            }
+        }
+        for s in specs.iter().filter(|s| s.default.is_none()) {
+            if !st.fields.iter().any(|(k, _)| k.name == s.name) {
+                ok = false;
+                self.push(
+                    Diagnostic::error("missing-param", format!("stage `{}` needs parameter `{}`", st.name.name, s.name))
+                        .at(st.name.span, format!("`{}` is missing", s.name))
+                        .help(format!("{}: {}", s.name, s.help)),
+                );
+            }
+        }
+        let Some(combos) = self.matrix(st, params, inputs) else { return };
+        if !ok {
+            return;
+        }
+        let stage_idx = p.stages.len();
+        let resources = self.resources(st, params, inputs);
+        let mut stage = Stage {
+            name: st.name.name.clone(),
+            op: op_name.clone(),
+            description: st.description.clone(),
+            span: st.name.span,
+            matrix_keys: st.matrix.iter().map(|(k, _)| k.name.clone()).collect(),
+            instances: Vec::new(),
+        };
+        let stage_index: HashMap<String, usize> =
+            p.stages.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        let mut names = HashSet::new();
+        for combo in combos {
+            let name = if combo.is_empty() {
+                st.name.name.clone()
+            } else {
+                format!(
+                    "{}[{}]",
+                    st.name.name,
+                    combo.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect::<Vec<_>>().join(",")
+                )
+            };
+            if !names.insert(name.clone()) {
+                self.push(
+                    Diagnostic::error("matrix-clash", format!("two instances would both be named `{name}`"))
+                        .at(st.matrix[0].1.span, "a matrix value repeats"),
+                );
+                continue;
+            }
+            let env = StageEnv {
+                params,
+                inputs,
+                matrix: &combo,
+                stage_index: &stage_index,
+                stages: &p.stages,
+                instances: &p.instances,
+            };
+            let mut params_out = Params::new();
+            let mut spans = BTreeMap::new();
+            let mut inst_ok = true;
+            for spec in specs {
+                let (val, span) = match st.fields.iter().find(|(k, _)| k.name == spec.name) {
+                    Some((_, rv)) => match self.value(rv, &env) {
+                        Some(v) => (v, rv.span),
+                        None => {
+                            inst_ok = false;
+                            continue;
+                        }
+                    },
+                    None => (ops::default_value(spec).expect("required params checked above"), st.name.span),
+                };
+                match self.typed(spec.kind, val, span, spec.name) {
+                    Some(v) => {
+                        params_out.insert(spec.name.to_string(), v);
+                        spans.insert(spec.name.to_string(), span);
+                    }
+                    None => inst_ok = false,
+                }
+            }
+            if !inst_ok {
+                continue;
+            }
+            for e in op.validate(&params_out) {
+                let span = spans.get(&e.param).copied().unwrap_or(st.name.span);
+                self.push(Diagnostic::error("invalid-param", e.message).at(span, format!("in `{}`", e.param)));
+                inst_ok = false;
+            }
+            let outputs = match op.outputs(&params_out) {
+                Ok(o) => o,
+                Err(e) => {
+                    let span = spans.get(&e.param).copied().unwrap_or(st.name.span);
+                    self.push(Diagnostic::error("invalid-param", e.message).at(span, format!("in `{}`", e.param)));
+                    continue;
+                }
+            };
+            if !inst_ok {
+                continue;
+            }
+            let mut deps: Vec<usize> = params_out
+                .values()
+                .flat_map(|v| v.paths())
+                .filter_map(|r| match r {
+                    PathRef::Artifact { inst, .. } => Some(*inst),
+                    PathRef::File { .. } => None,
+                })
+                .collect();
+            deps.sort();
+            deps.dedup();
+            let id = p.instances.len();
+            stage.instances.push(id);
+            p.instances.push(Instance {
+                id,
+                stage: stage_idx,
+                stage_name: st.name.name.clone(),
+                name,
+                matrix: combo,
+                op: op_name.clone(),
+                params: params_out,
+                spans,
+                outputs,
+                deps,
+                resources,
+            });
+        }
+        p.stages.push(stage);
+    }
+
+    /// The matrix's combinations, in key order then value order.
+    fn matrix(&mut self, st: &RawStage, params: &Value, inputs: &Value) -> Option<Vec<Vec<(String, Value)>>> {
+        let env = BasicEnv {
+            params: params.clone(),
+            inputs: Some(inputs.clone()),
+        };
+        let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        let mut ok = true;
+        for (k, rv) in &st.matrix {
+            if ROOTS.contains(&k.name.as_str()) || crate::expr::FUNCTIONS.contains(&k.name.as_str()) {
+                self.push(
+                    Diagnostic::error("matrix-clash", format!("matrix key `{}` clashes with a built-in name", k.name))
+                        .at(k.span, "reserved name")
+                        .help(format!("reserved: {}, {}", ROOTS.join(", "), crate::expr::FUNCTIONS.join(", "))),
+                );
+                ok = false;
+                continue;
+            }
+            let Some(v) = self.value(rv, &env) else {
+                ok = false;
+                continue;
+            };
+            let Value::List(items) = v else {
+                self.push(
+                    Diagnostic::error("wrong-type", format!("matrix `{}` must be a list", k.name))
+                        .at(rv.span, format!("this is a {}", v.type_name()))
+                        .help("for example `[0, 1, 2]` or `\"${range(5)}\"`"),
+                );
+                ok = false;
+                continue;
+            };
+            if items.is_empty() {
+                self.push(Diagnostic::error("wrong-type", format!("matrix `{}` is empty", k.name)).at(rv.span, "no values"));
+                ok = false;
+                continue;
+            }
+            if let Some(bad) = items.iter().find(|v| !matches!(v, Value::Int(_) | Value::Str(_) | Value::Bool(_) | Value::Float(_))) {
+                self.push(
+                    Diagnostic::error("wrong-type", format!("matrix `{}` values must be numbers, strings or booleans", k.name))
+                        .at(rv.span, format!("contains a {}", bad.type_name())),
+                );
+                ok = false;
+                continue;
+            }
+            if combos.len().saturating_mul(items.len()) > 1_000_000 {
+                self.push(Diagnostic::error("matrix-clash", "matrix has more than 1,000,000 combinations").at(rv.span, "too many"));
+                return None;
+            }
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    items.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push((k.name.clone(), v.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+        ok.then_some(combos)
+    }
+
+    fn resources(&mut self, st: &RawStage, params: &Value, inputs: &Value) -> Resources {
+        let mut r = Resources::default();
+        let Some(rv) = &st.resources else { return r };
+        let env = BasicEnv {
+            params: params.clone(),
+            inputs: Some(inputs.clone()),
+        };
+        let RawKind::Table(entries) = &rv.kind else {
+            self.push(Diagnostic::error("wrong-type", "`resources` must be a table").at(rv.span, "e.g. { threads = 2, gpu = 1 }"));
+            return r;
+        };
+        for (k, v) in entries {
+            let Some(val) = self.value(v, &env) else { continue };
+            let n = match val.as_int() {
+                Some(n) if n >= 0 => n as usize,
+                _ => {
+                    self.push(Diagnostic::error("wrong-type", format!("`resources.{}` must be a non-negative integer", k.name)).at(v.span, format!("this is {val}")));
+                    continue;
+                }
+            };
+            match k.name.as_str() {
+                "threads" if n >= 1 => r.threads = n,
+                "threads" => self.push(Diagnostic::error("wrong-type", "`resources.threads` must be at least 1").at(v.span, "zero")),
+                "gpu" => r.gpu = n,
+                _ => self.push(
+                    Diagnostic::error("unknown-key", format!("unknown resource `{}`", k.name))
+                        .at(k.span, "unknown")
+                        .help("resources: threads, gpu"),
+                ),
+            }
+        }
+        r
+    }
+
+    fn value(&mut self, rv: &RawValue, env: &dyn Env) -> Option<Value> {
+        match &rv.kind {
+            RawKind::Bool(b) => Some(Value::Bool(*b)),
+            RawKind::Int(i) => Some(Value::Int(*i)),
+            RawKind::Float(f) => Some(Value::Float(*f)),
+            RawKind::Str(t) => self.template(t, env),
+            RawKind::Array(items) => {
+                let mut out = Vec::new();
+                let mut ok = true;
+                for it in items {
+                    match self.value(it, env) {
+                        Some(v) => out.push(v),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Value::List(out))
+            }
+            RawKind::Table(entries) => {
+                let mut out = BTreeMap::new();
+                let mut ok = true;
+                for (k, v) in entries {
+                    match self.value(v, env) {
+                        Some(v) => {
+                            out.insert(k.name.clone(), v);
+                        }
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Value::Table(out))
+            }
+        }
+    }
+
+    fn template(&mut self, t: &Template, env: &dyn Env) -> Option<Value> {
+        match eval_template(t, env) {
+            Ok(v) => Some(v),
+            Err(d) => {
+                self.push(d);
+                None
+            }
+        }
+    }
+
+    /// Checks a value against a parameter kind; turns string paths into
+    /// workspace paths (which must exist).
+    fn typed(&mut self, kind: ParamKind, v: Value, span: Span, name: &str) -> Option<Value> {
+        if !ops::kind_accepts(kind, &v) {
+            let help = match kind {
+                ParamKind::Enum(vs) => format!("one of: {}", vs.join(", ")),
+                k => format!("expected a {}", k.describe()),
+            };
+            self.push(
+                Diagnostic::error("wrong-type", format!("parameter `{name}` must be a {}, not {v}", kind.describe()))
+                    .at(span, format!("this is a {}", v.type_name()))
+                    .help(help),
+            );
+            return None;
+        }
+        match kind {
+            ParamKind::Path => self.path(v, span),
+            ParamKind::Paths => match v {
+                Value::List(items) => {
+                    let mut out = Vec::new();
+                    for it in items {
+                        out.push(self.path(it, span)?);
+                    }
+                    Some(Value::List(out))
+                }
+                Value::Table(t) => {
+                    let mut out = BTreeMap::new();
+                    for (k, it) in t {
+                        out.insert(k, self.path(it, span)?);
+                    }
+                    Some(Value::Table(out))
+                }
+                other => Some(Value::List(vec![self.path(other, span)?])),
+            },
+            _ => Some(v),
+        }
+    }
+
+    fn path(&mut self, v: Value, span: Span) -> Option<Value> {
+        match v {
+            Value::Str(s) => {
+                let full = self.dir.join(&s);
+                if !full.exists() {
+                    self.push(
+                        Diagnostic::error("missing-input", format!("{} does not exist", full.display()))
+                            .at(span, format!("`{s}` not found"))
+                            .help(format!("paths are relative to the manifest's directory, {}", self.dir.display())),
+                    );
+                    return None;
+                }
+                Some(Value::Path(PathRef::File { path: full, glob: None, label: s }))
+            }
+            other => Some(other),
+        }
+    }
+}
+
+/// A shortest cycle through the first member, as stage indices, closed.
+fn cycle_path(g: &DiGraphMap<usize, ()>, members: &[usize]) -> Vec<usize> {
+    let start = members[0];
+    let inside: HashSet<usize> = members.iter().copied().collect();
+    let mut prev: HashMap<usize, usize> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(n) = queue.pop_front() {
+        let mut next: Vec<usize> = g.neighbors_directed(n, petgraph::Outgoing).filter(|m| inside.contains(m)).collect();
+        next.sort();
+        for m in next {
+            if m == start {
+                let mut path = vec![start];
+                let mut cur = n;
+                while cur != start {
+                    path.push(cur);
+                    cur = prev[&cur];
+                }
+                path.push(start);
+                let n = path.len();
+                path[1..n - 1].reverse();
+                return path;
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) = prev.entry(m) {
+                e.insert(n);
+                queue.push_back(m);
+            }
+        }
+    }
+    members.to_vec()
+}
+
+/// Every `stages.NAME` a stage's fields and resources mention, with spans.
+fn stage_refs(st: &RawStage) -> Vec<(String, Span)> {
+    let mut out = Vec::new();
+    let mut visit = |rv: &RawValue| walk_raw(rv, &mut |e| collect_stage_refs(e, &mut out));
+    for (_, v) in &st.fields {
+        visit(v);
+    }
+    if let Some(r) = &st.resources {
+        visit(r);
+    }
+    for (_, v) in &st.matrix {
+        visit(v);
+    }
+    out
+}
+
+fn walk_raw(rv: &RawValue, f: &mut dyn FnMut(&Expr)) {
+    match &rv.kind {
+        RawKind::Str(t) => t.exprs().for_each(|e| f(e)),
+        RawKind::Array(items) => items.iter().for_each(|i| walk_raw(i, f)),
+        RawKind::Table(entries) => entries.iter().for_each(|(_, v)| walk_raw(v, f)),
+        _ => {}
+    }
+}
+
+fn collect_stage_refs(e: &Expr, out: &mut Vec<(String, Span)>) {
+    let is_stages = |b: &Expr| matches!(&b.kind, ExprKind::Ident(n) if n == "stages");
+    match &e.kind {
+        ExprKind::Field(b, name) if is_stages(b) => out.push((name.clone(), e.span)),
+        ExprKind::Index(b, i) if is_stages(b) => {
+            if let ExprKind::Lit(Value::Str(name)) = &i.kind {
+                out.push((name.clone(), e.span));
+            }
+        }
+        _ => {}
+    }
+    match &e.kind {
+        ExprKind::Lit(_) | ExprKind::Ident(_) => {}
+        ExprKind::Field(b, _) | ExprKind::SelectAll(b) | ExprKind::Unary(_, b) => collect_stage_refs(b, out),
+        ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => {
+            collect_stage_refs(a, out);
+            collect_stage_refs(b, out);
+        }
+        ExprKind::Select(b, pairs) => {
+            collect_stage_refs(b, out);
+            pairs.iter().for_each(|(_, x)| collect_stage_refs(x, out));
+        }
+        ExprKind::If(a, b, c) => {
+            for x in [a, b, c] {
+                collect_stage_refs(x, out);
+            }
+        }
+        ExprKind::Call(_, args) | ExprKind::List(args) => args.iter().for_each(|x| collect_stage_refs(x, out)),
+    }
+}
+
+fn unknown(span: Span, what: String, help: String) -> Diagnostic {
+    Diagnostic::error("unknown-reference", what).at(span, "unknown reference").help(help)
+}
+
+/// Names visible in params, inputs, matrices and resources.
+struct BasicEnv {
+    params: Value,
+    inputs: Option<Value>,
+}
+
+impl Env for BasicEnv {
+    fn var(&self, name: &str, span: Span) -> Result<EVal, Diagnostic> {
+        match (name, &self.inputs) {
+            ("params", _) => Ok(EVal::V(self.params.clone())),
+            ("inputs", Some(i)) => Ok(EVal::V(i.clone())),
+            ("inputs", None) | ("stages", _) => Err(unknown(
+                span,
+                format!("`{name}` cannot be used here"),
+                if self.inputs.is_none() { "params can refer only to params defined above them".into() } else { "matrix values and resources cannot depend on stage outputs".into() },
+            )),
+            _ => Err(unknown(span, format!("unknown name `{name}`"), "names: params, inputs, stages, and the stage's matrix keys".into())),
+        }
+    }
+    fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic> {
+        Err(unknown(span, format!("`stages.{name}` cannot be used here"), "only stage parameters can refer to stages".into()))
+    }
+    fn select(&self, _: &StageSel, _: &[(String, Value, Span)], span: Span) -> Result<StageSel, Diagnostic> {
+        Err(unknown(span, "no stages here".into(), String::new()))
+    }
+    fn output(&self, _: &StageSel, _: &str, span: Span) -> Result<Value, Diagnostic> {
+        Err(unknown(span, "no stages here".into(), String::new()))
+    }
+}
+
+/// Names visible in a stage's parameters.
+struct StageEnv<'a> {
+    params: &'a Value,
+    inputs: &'a Value,
+    matrix: &'a [(String, Value)],
+    stage_index: &'a HashMap<String, usize>,
+    stages: &'a [Stage],
+    instances: &'a [Instance],
+}
+
+impl Env for StageEnv<'_> {
+    fn var(&self, name: &str, span: Span) -> Result<EVal, Diagnostic> {
+        match name {
+            "params" => Ok(EVal::V(self.params.clone())),
+            "inputs" => Ok(EVal::V(self.inputs.clone())),
+            "stages" => Ok(EVal::Stages),
+            _ => match self.matrix.iter().find(|(k, _)| k == name) {
+                Some((_, v)) => Ok(EVal::V(v.clone())),
+                None => {
+                    let mut names: Vec<&str> = ROOTS.to_vec();
+                    names.extend(self.matrix.iter().map(|(k, _)| k.as_str()));
+                    Err(unknown(
+                        span,
+                        format!("unknown name `{name}`"),
+                        did_you_mean(name, names.iter().copied()).unwrap_or_else(|| format!("names here: {}", names.join(", "))),
+                    ))
+                }
+            },
+        }
+    }
+
+    fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic> {
+        let &i = self.stage_index.get(name).ok_or_else(|| {
+            unknown(span, format!("no stage named `{name}`"), did_you_mean(name, self.stage_index.keys().map(String::as_str)).unwrap_or_default())
+        })?;
+        Ok(StageSel {
+            stage: name.to_string(),
+            instances: self.stages[i].instances.clone(),
+            many: false,
+        })
+    }
+
+    fn select(&self, sel: &StageSel, keys: &[(String, Value, Span)], span: Span) -> Result<StageSel, Diagnostic> {
+        let st = &self.stages[self.stage_index[&sel.stage]];
+        for (k, _, kspan) in keys {
+            if !st.matrix_keys.contains(k) {
+                return Err(Diagnostic::error("unknown-reference", format!("stage `{}` has no matrix key `{k}`", st.name))
+                    .at(*kspan, "not a matrix key")
+                    .help(if st.matrix_keys.is_empty() {
+                        format!("`{}` has no matrix; refer to it without `[...]`", st.name)
+                    } else {
+                        format!("matrix keys of `{}`: {}", st.name, st.matrix_keys.join(", "))
+                    }));
+            }
+        }
+        let chosen: Vec<usize> = sel
+            .instances
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let inst = &self.instances[i];
+                keys.iter().all(|(k, v, _)| {
+                    inst.matrix.iter().any(|(mk, mv)| mk == k && (mv == v || matches!((mv.as_f64(), v.as_f64()), (Some(a), Some(b)) if a == b)))
+                })
+            })
+            .collect();
+        if chosen.is_empty() {
+            let want = keys.iter().map(|(k, v, _)| format!("{k}={}", plain(v))).collect::<Vec<_>>().join(",");
+            return Err(Diagnostic::error("unknown-reference", format!("no instance `{}[{want}]`", st.name))
+                .at(span, "matches no instance")
+                .help(format!(
+                    "instances: {}",
+                    st.instances.iter().take(8).map(|&i| self.instances[i].name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+        }
+        let all_keys = st.matrix_keys.iter().all(|mk| keys.iter().any(|(k, _, _)| k == mk));
+        Ok(StageSel {
+            stage: sel.stage.clone(),
+            instances: chosen,
+            many: sel.many || !all_keys,
+        })
+    }
+
+    fn output(&self, sel: &StageSel, output: &str, span: Span) -> Result<Value, Diagnostic> {
+        let st = &self.stages[self.stage_index[&sel.stage]];
+        if !sel.many && sel.instances.len() != 1 {
+            return Err(Diagnostic::error("unknown-reference", format!("stage `{}` has {} instances", st.name, sel.instances.len()))
+                .at(span, "which instance?")
+                .help(format!(
+                    "select one with `stages.{0}[{1}=...]` or all with `stages.{0}[*]`",
+                    st.name,
+                    st.matrix_keys.first().map(String::as_str).unwrap_or("key")
+                )));
+        }
+        let mut out = Vec::new();
+        for &i in &sel.instances {
+            let inst = &self.instances[i];
+            let name = resolve_output(&inst.outputs, output).ok_or_else(|| {
+                Diagnostic::error("unknown-reference", format!("`{}` has no output `{output}`", inst.name))
+                    .at(span, "unknown output")
+                    .help(if inst.outputs.is_empty() {
+                        format!("`{}` declares no outputs", inst.name)
+                    } else {
+                        format!("outputs: {}", inst.outputs.join(", "))
+                    })
+            })?;
+            out.push(Value::Path(PathRef::Artifact {
+                inst: i,
+                label: format!("{}.{name}", inst.name),
+                output: name,
+            }));
+        }
+        Ok(if sel.many { Value::List(out) } else { out.pop().unwrap() })
+    }
+}
+
+/// An output by its full name or, when unambiguous, by its stem
+/// (`oof` for `oof.csv`).
+pub fn resolve_output(outputs: &[String], name: &str) -> Option<String> {
+    if outputs.iter().any(|o| o == name) {
+        return Some(name.to_string());
+    }
+    let stem = |o: &str| -> String {
+        let base = o.rsplit('/').next().unwrap_or(o);
+        match base.find('.') {
+            Some(i) if i > 0 => base[..i].to_string(),
+            _ => base.to_string(),
+        }
+    };
+    let mut m = outputs.iter().filter(|o| stem(o) == name);
+    match (m.next(), m.next()) {
+        (Some(o), None) => Some(o.clone()),
+        _ => None,
+    }
+}
+
+impl Pipeline {
+    pub fn instance_by_name(&self, name: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// Instances named by targets (`stage`, `stage[key=value,...]`, a full
+    /// instance name), or all when there are none.
+    pub fn select_targets(&self, targets: &[String]) -> Result<Vec<usize>, String> {
+        if targets.is_empty() {
+            return Ok((0..self.instances.len()).collect());
+        }
+        let mut out = Vec::new();
+        for t in targets {
+            let (stage, filter) = match t.find('[') {
+                Some(i) if t.ends_with(']') => (&t[..i], Some(&t[i + 1..t.len() - 1])),
+                _ => (t.as_str(), None),
+            };
+            let Some(st) = self.stages.iter().find(|s| s.name == stage) else {
+                let hint = did_you_mean(stage, self.stages.iter().map(|s| s.name.as_str())).map(|h| format!(" ({h})")).unwrap_or_default();
+                return Err(format!("no stage `{stage}`{hint}"));
+            };
+            let pairs: Vec<(&str, &str)> = filter
+                .map(|f| f.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect())
+                .unwrap_or_default();
+            let before = out.len();
+            for &i in &st.instances {
+                let inst = &self.instances[i];
+                if pairs.iter().all(|(k, v)| inst.matrix.iter().any(|(mk, mv)| mk == k && plain(mv) == *v)) {
+                    out.push(i);
+                }
+            }
+            if out.len() == before {
+                return Err(format!("target `{t}` matches no instance"));
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_resolve_by_name_or_unique_stem() {
+        let outs = vec!["oof.csv".to_string(), "model.pt".to_string(), "a.x".into(), "a.y".into()];
+        assert_eq!(resolve_output(&outs, "oof.csv").as_deref(), Some("oof.csv"));
+        assert_eq!(resolve_output(&outs, "oof").as_deref(), Some("oof.csv"));
+        assert_eq!(resolve_output(&outs, "a"), None);
+        assert_eq!(resolve_output(&outs, "nope"), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! Ops: the kinds of work a stage can do, each in a file of its own behind
+//! the [`Op`] trait, with its parameters, defaults, help text and run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use crate::value::Value;
+
+pub mod exec;
+
+/// Resolved parameters of one instance, by name.
+pub type Params = BTreeMap<String, Value>;
+
+/// The type a parameter accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    Str,
+    Int,
+    Float,
+    Bool,
+    /// One of the listed strings.
+    Enum(&'static [&'static str]),
+    /// A file or directory: a reference, or a string path relative to the manifest.
+    Path,
+    /// Paths, as a list or as a table of named paths.
+    Paths,
+    /// A list of strings.
+    StrList,
+    /// Anything.
+    Any,
+}
+
+impl ParamKind {
+    pub fn describe(self) -> String {
+        match self {
+            ParamKind::Str => "string".into(),
+            ParamKind::Int => "integer".into(),
+            ParamKind::Float => "number".into(),
+            ParamKind::Bool => "boolean".into(),
+            ParamKind::Enum(vs) => vs.join(" | "),
+            ParamKind::Path => "path".into(),
+            ParamKind::Paths => "list or table of paths".into(),
+            ParamKind::StrList => "list of strings".into(),
+            ParamKind::Any => "any".into(),
+        }
+    }
+}
+
+/// One parameter of an op.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub kind: ParamKind,
+    /// The default as TOML text, or `None` when the parameter is required.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+/// A problem with one parameter, found before or while running.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(param: &str, message: impl Into<String>) -> ParamError {
+        ParamError {
+            param: param.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A failed run of an op.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("interrupted")]
+    Cancelled,
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl OpError {
+    pub fn io(path: &Path, source: std::io::Error) -> OpError {
+        OpError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What an op gets when it runs.
+pub struct OpContext<'a> {
+    /// Parameters with every path resolved to a real location.
+    pub params: &'a Params,
+    /// A fresh, empty directory for the outputs.
+    pub out_dir: &'a Path,
+    /// The manifest's directory.
+    pub work_dir: &'a Path,
+    /// The instance's log.
+    pub log: &'a mut std::fs::File,
+    /// Set when the run is interrupted; long ops poll it.
+    pub cancel: &'a AtomicBool,
+    /// Threads the op may use.
+    pub threads: usize,
+    /// GPUs handed to this instance (device ordinals).
+    pub gpus: &'a [usize],
+}
+
+impl OpContext<'_> {
+    pub fn str(&self, name: &str) -> &str {
+        self.params.get(name).and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// A kind of stage.
+pub trait Op: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Bump when the op's results change for the same inputs: every cached
+    /// result of the op is then stale.
+    fn version(&self) -> u32;
+    /// One line for `podium op --list` and the docs.
+    fn summary(&self) -> &'static str;
+    fn params(&self) -> &'static [ParamSpec];
+    /// The parameter that `podium op KIND INPUT...` fills with its inputs.
+    fn input_param(&self) -> Option<&'static str> {
+        None
+    }
+    /// Names (relative paths) of the outputs this instance will write.
+    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError>;
+    /// Checks beyond the parameter types.
+    fn validate(&self, _params: &Params) -> Vec<ParamError> {
+        Vec::new()
+    }
+    fn run(&self, cx: &mut OpContext) -> Result<(), OpError>;
+}
+
+static OPS: &[&dyn Op] = &[&exec::Exec];
+
+/// All ops, by name.
+pub fn all() -> &'static [&'static dyn Op] {
+    OPS
+}
+
+pub fn get(name: &str) -> Option<&'static dyn Op> {
+    OPS.iter().copied().find(|o| o.name() == name)
+}
+
+/// The default of a parameter as a value.
+pub fn default_value(spec: &ParamSpec) -> Option<Value> {
+    let text = spec.default?;
+    let v = toml::de::DeValue::parse(text).expect("op defaults are valid TOML");
+    Some(from_toml(v.get_ref()))
+}
+
+fn from_toml(v: &toml::de::DeValue) -> Value {
+    use toml::de::DeValue as D;
+    match v {
+        D::Boolean(b) => Value::Bool(*b),
+        D::Integer(i) => Value::Int(i64::from_str_radix(i.as_str(), i.radix()).unwrap_or(0)),
+        D::Float(f) => Value::Float(f.as_str().parse().unwrap_or(f64::NAN)),
+        D::String(s) => Value::Str(s.to_string()),
+        D::Array(a) => Value::List(a.iter().map(|x| from_toml(x.get_ref())).collect()),
+        D::Table(t) => Value::Table(
+            t.iter()
+                .map(|(k, v)| (k.get_ref().to_string(), from_toml(v.get_ref())))
+                .collect(),
+        ),
+        D::Datetime(d) => Value::Str(d.to_string()),
+    }
+}
+
+/// Whether `v` fits `kind`; `Path` and `Paths` also take strings, which the
+/// checker turns into workspace paths.
+pub fn kind_accepts(kind: ParamKind, v: &Value) -> bool {
+    match (kind, v) {
+        (ParamKind::Any, _) => true,
+        (ParamKind::Str, Value::Str(_) | Value::Interp(_)) => true,
+        (ParamKind::Int, Value::Int(_)) => true,
+        (ParamKind::Float, Value::Int(_) | Value::Float(_)) => true,
+        (ParamKind::Bool, Value::Bool(_)) => true,
+        (ParamKind::Enum(vs), Value::Str(s)) => vs.contains(&s.as_str()),
+        (ParamKind::Path, Value::Path(_) | Value::Str(_)) => true,
+        (ParamKind::Paths, Value::List(l)) => l.iter().all(|x| kind_accepts(ParamKind::Path, x)),
+        (ParamKind::Paths, Value::Table(t)) => t.values().all(|x| kind_accepts(ParamKind::Path, x)),
+        (ParamKind::Paths, Value::Path(_) | Value::Str(_)) => true,
+        (ParamKind::StrList, Value::List(l)) => l.iter().all(|x| matches!(x, Value::Str(_))),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_parses_and_fits_its_kind() {
+        for op in all() {
+            for p in op.params() {
+                if let Some(v) = default_value(p) {
+                    assert!(kind_accepts(p.kind, &v), "{}.{}: default {v} is not a {:?}", op.name(), p.name, p.kind);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn op_names_are_unique() {
+        let mut names: Vec<_> = all().iter().map(|o| o.name()).collect();
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(n, names.len());
+    }
+}

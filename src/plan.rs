@@ -1,0 +1,289 @@
+//! The planner: which instances are fresh, which are stale, and why.
+//!
+//! An instance's key is blake3 over its op, op version, parameters and the
+//! content hashes of everything it reads. It is fresh when the store holds
+//! a complete record for that key. Its key can only be known once every
+//! instance it reads is fresh; otherwise it waits on them, and may still
+//! turn out fresh at run time if they reproduce the same bytes (early cutoff).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::graph::Graph;
+use crate::hash::{Hash, StatCache};
+use crate::ir::{Instance, Pipeline};
+use crate::store::{Record, Store};
+use crate::value::{PathRef, Value};
+
+/// Why an instance must run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Reason {
+    NeverRun,
+    Forced,
+    OpVersion { old: u32, new: u32 },
+    Param { name: String, old: Option<String>, new: Option<String> },
+    Input { label: String },
+    Upstream { label: String },
+    UpstreamPending { instance: String },
+    Missing,
+    KeyChanged,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NeverRun => write!(f, "never run"),
+            Reason::Forced => write!(f, "forced"),
+            Reason::OpVersion { old, new } => write!(f, "op version changed ({old} → {new})"),
+            Reason::Param { name, old, new } => {
+                let (o, n) = compact_change(old.as_deref().unwrap_or("unset"), new.as_deref().unwrap_or("unset"));
+                write!(f, "param {name} changed ({o} → {n})")
+            }
+            Reason::Input { label } => write!(f, "input {label} content changed"),
+            Reason::Upstream { label } => write!(f, "upstream {label} output changed"),
+            Reason::UpstreamPending { instance } => write!(f, "upstream {instance} will run"),
+            Reason::Missing => write!(f, "cached result missing from the store"),
+            Reason::KeyChanged => write!(f, "key changed"),
+        }
+    }
+}
+
+/// Long values shortened to the part that changed, with a little context.
+fn compact_change(old: &str, new: &str) -> (String, String) {
+    const CONTEXT: usize = 10;
+    if old.chars().count() <= 40 && new.chars().count() <= 40 {
+        return (old.to_string(), new.to_string());
+    }
+    let (o, n): (Vec<char>, Vec<char>) = (old.chars().collect(), new.chars().collect());
+    let prefix = o.iter().zip(&n).take_while(|(a, b)| a == b).count();
+    let max_suffix = o.len().min(n.len()) - prefix;
+    let suffix = o.iter().rev().zip(n.iter().rev()).take(max_suffix).take_while(|(a, b)| a == b).count();
+    let cut = |v: &[char]| {
+        let start = prefix.saturating_sub(CONTEXT);
+        let end = (v.len() - suffix + CONTEXT).min(v.len());
+        let mut s = String::new();
+        if start > 0 {
+            s.push('…');
+        }
+        s.extend(&v[start..end]);
+        if end < v.len() {
+            s.push('…');
+        }
+        s
+    };
+    (cut(&o), cut(&n))
+}
+
+/// The planned state of one instance.
+#[derive(Clone, Debug)]
+pub enum Status {
+    /// Up to date; its record.
+    Fresh(Box<Record>),
+    Stale(Vec<Reason>),
+    /// Not needed for the requested targets.
+    Skipped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_change;
+
+    #[test]
+    fn long_changes_are_shortened_around_the_difference() {
+        let old = format!("{}s=3{}", "a".repeat(50), "b".repeat(50));
+        let new = format!("{}s=4{}", "a".repeat(50), "b".repeat(50));
+        let (o, n) = compact_change(&old, &new);
+        assert_eq!(o, format!("…{}s=3{}…", "a".repeat(10), "b".repeat(10)));
+        assert_eq!(n, format!("…{}s=4{}…", "a".repeat(10), "b".repeat(10)));
+        assert_eq!(compact_change("1", "2"), ("1".to_string(), "2".to_string()));
+    }
+}
+
+/// One instance's key and what it read, by label.
+#[derive(Clone, Debug)]
+pub struct Keyed {
+    pub key: Hash,
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// The plan of a run.
+pub struct Plan {
+    pub status: Vec<Status>,
+    /// Keys of the instances whose upstream is fresh.
+    pub keys: Vec<Option<Keyed>>,
+}
+
+impl Plan {
+    pub fn is_stale(&self, id: usize) -> bool {
+        matches!(self.status[id], Status::Stale(_))
+    }
+
+    pub fn stale_count(&self) -> usize {
+        self.status.iter().filter(|s| matches!(s, Status::Stale(_))).count()
+    }
+
+    pub fn fresh_count(&self) -> usize {
+        self.status.iter().filter(|s| matches!(s, Status::Fresh(_))).count()
+    }
+}
+
+/// Computes an instance's key. `upstream` gives the record of each instance
+/// it reads.
+pub fn key_of(
+    inst: &Instance,
+    stat: &StatCache,
+    upstream: &dyn Fn(usize) -> Option<Record>,
+) -> Result<Keyed> {
+    let mut inputs = BTreeMap::new();
+    let mut err = None;
+    let mut content = |r: &PathRef| -> Hash {
+        let h = match r {
+            PathRef::File { path, glob, .. } => stat.path(path, glob.as_deref()).at(path),
+            PathRef::Artifact { inst: up, output, label } => upstream(*up)
+                .and_then(|rec| rec.outputs.get(output).and_then(|o| Hash::from_hex(&o.hash).ok()))
+                .ok_or_else(|| Error::Corrupt(format!("no stored output for {label}"))),
+        };
+        match h {
+            Ok(h) => {
+                inputs.insert(r.label().to_string(), h.to_hex().to_string());
+                h
+            }
+            Err(e) => {
+                err.get_or_insert(e);
+                Hash::from_bytes([0; 32])
+            }
+        }
+    };
+    let key = encode_key(inst, &mut content);
+    match err {
+        Some(e) => Err(e),
+        None => Ok(Keyed { key, inputs }),
+    }
+}
+
+/// Version of the key encoding itself; bump to invalidate every key.
+const KEY_FORMAT: &[u8] = b"podium-key-1\0";
+
+fn encode_key(inst: &Instance, content: &mut dyn FnMut(&PathRef) -> Hash) -> Hash {
+    let op = inst.op();
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(KEY_FORMAT);
+    buf.extend_from_slice(op.name().as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&op.version().to_le_bytes());
+    // `encode` wants a `Fn`; collect the hashes first, in a stable order.
+    let mut hashes: BTreeMap<PathRef, Hash> = BTreeMap::new();
+    for v in inst.params.values() {
+        for p in v.paths() {
+            if !hashes.contains_key(p) {
+                let h = content(p);
+                hashes.insert(p.clone(), h);
+            }
+        }
+    }
+    let lookup = |p: &PathRef| *hashes[p].as_bytes();
+    Value::Table(inst.params.clone()).encode(&mut buf, &lookup);
+    blake3::hash(&buf)
+}
+
+/// Parameters as shown in explanations.
+pub fn display_params(inst: &Instance) -> BTreeMap<String, String> {
+    inst.params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+}
+
+/// Plans `targets` (all instances when `None`), with the instances of the
+/// `force`d stages stale whatever their keys.
+pub fn plan(
+    p: &Pipeline,
+    g: &Graph,
+    store: &Store,
+    stat: &StatCache,
+    targets: Option<&[usize]>,
+    force: &HashSet<String>,
+) -> Result<Plan> {
+    let n = p.instances.len();
+    let mask = match targets {
+        Some(t) => g.upstream_closure(t),
+        None => vec![true; n],
+    };
+    let mut status: Vec<Status> = vec![Status::Skipped; n];
+    let mut keys: Vec<Option<Keyed>> = vec![None; n];
+    for &id in g.order() {
+        if !mask[id] {
+            continue;
+        }
+        let inst = &p.instances[id];
+        if let Some(&d) = inst.deps.iter().find(|&&d| !matches!(status[d], Status::Fresh(_))) {
+            status[id] = Status::Stale(vec![Reason::UpstreamPending {
+                instance: p.instances[d].name.clone(),
+            }]);
+            continue;
+        }
+        let upstream = |d: usize| match &status[d] {
+            Status::Fresh(r) => Some((**r).clone()),
+            _ => None,
+        };
+        let k = key_of(inst, stat, &upstream)?;
+        let forced = force.contains(&inst.stage_name) || force.contains(&inst.name);
+        status[id] = match (forced, store.record(&k.key)) {
+            (false, Some(rec)) => Status::Fresh(Box::new(rec)),
+            (true, _) => Status::Stale(vec![Reason::Forced]),
+            (false, None) => Status::Stale(explain(inst, &k, store.state(&p.name, &inst.name))),
+        };
+        keys[id] = Some(k);
+    }
+    Ok(Plan { status, keys })
+}
+
+/// Why an instance with key `k` is not in the store, compared with its
+/// last run.
+pub fn explain(inst: &Instance, k: &Keyed, last: Option<Record>) -> Vec<Reason> {
+    let Some(last) = last else { return vec![Reason::NeverRun] };
+    if last.key == k.key.to_hex().as_str() {
+        return vec![Reason::Missing];
+    }
+    let mut reasons = Vec::new();
+    let op = inst.op();
+    if last.op_version != op.version() || last.op != op.name() {
+        reasons.push(Reason::OpVersion {
+            old: last.op_version,
+            new: op.version(),
+        });
+    }
+    let now = display_params(inst);
+    let names: std::collections::BTreeSet<&String> = now.keys().chain(last.params.keys()).collect();
+    for name in names {
+        let (old, new) = (last.params.get(name), now.get(name));
+        if old != new {
+            reasons.push(Reason::Param {
+                name: name.clone(),
+                old: old.cloned(),
+                new: new.cloned(),
+            });
+        }
+    }
+    let artifacts: HashSet<&str> = inst
+        .params
+        .values()
+        .flat_map(|v| v.paths())
+        .filter(|r| matches!(r, PathRef::Artifact { .. }))
+        .map(|r| r.label())
+        .collect();
+    for (label, h) in &k.inputs {
+        if last.inputs.get(label).is_some_and(|old| old != h) {
+            reasons.push(if artifacts.contains(label.as_str()) {
+                Reason::Upstream { label: label.clone() }
+            } else {
+                Reason::Input { label: label.clone() }
+            });
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push(Reason::KeyChanged);
+    }
+    reasons
+}

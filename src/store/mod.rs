@@ -1,0 +1,539 @@
+//! The content-addressed store (default `cache/`).
+//!
+//! ```text
+//! cache/
+//!   objects/ab/cdef…      file contents, named by their blake3, read-only
+//!   records/ab/cdef….json one record per executed key: outputs, log, timing
+//!   state/<pipeline>/…    the last record of each instance, to explain changes
+//!   tmp/                  work directories of running instances
+//!   statcache             stat → hash cache of input files
+//!   lock                  held by a running `podium run`
+//! ```
+//!
+//! Every file is written to a temporary name, fsynced, then renamed, so a
+//! crash leaves either the old or the new content, never a torn file.
+
+mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use record::{FileEntry, Output, OutputKind, Record};
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::{self, Hash};
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync
+/// of the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = temp_name(path);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp_name(path: &Path) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while a run writes to the store; released on drop.
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["objects", "records", "state", "tmp"] {
+            fs::create_dir_all(root.join(sub)).at(&root.join(sub))?;
+        }
+        Ok(Store {
+            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn statcache_path(&self) -> PathBuf {
+        self.root.join("statcache")
+    }
+
+    /// Takes the store's lock. When another run holds it: with `wait`, calls
+    /// `on_wait` with the holder's pid and blocks; without, fails.
+    pub fn lock(&self, wait: bool, on_wait: impl FnOnce(&str)) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(self.root.join("lock.pid")).unwrap_or_else(|_| "?".into());
+                let pid = pid.trim().to_string();
+                if !wait {
+                    return Err(Error::Locked { path: self.root.clone(), pid });
+                }
+                on_wait(&pid);
+                file.lock().at(&path)?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(&path),
+        }
+        let _ = fs::write(self.root.join("lock.pid"), std::process::id().to_string());
+        // Work directories left by a run that was killed are garbage now.
+        if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = remove_all(&e.path());
+            }
+        }
+        Ok(StoreLock { _file: file })
+    }
+
+    pub fn object_path(&self, h: &Hash) -> PathBuf {
+        let hex = h.to_hex();
+        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+    }
+
+    fn record_path(&self, key: &Hash) -> PathBuf {
+        let hex = key.to_hex();
+        self.root.join("records").join(&hex[..2]).join(format!("{}.json", &hex[2..]))
+    }
+
+    fn state_path(&self, pipeline: &str, instance: &str) -> PathBuf {
+        let h = blake3::hash(instance.as_bytes()).to_hex();
+        self.root.join("state").join(sanitize(pipeline)).join(format!("{}.json", &h[..32]))
+    }
+
+    /// A fresh work directory for one execution.
+    pub fn work_dir(&self, key: &Hash) -> Result<PathBuf> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let d = self.root.join("tmp").join(format!("{}-{}-{n}", &key.to_hex()[..16], std::process::id()));
+        fs::create_dir_all(&d).at(&d)?;
+        Ok(d)
+    }
+
+    /// Moves a finished file into the objects, returning its hash. The file
+    /// is fsynced before it becomes visible under its hash.
+    pub fn put_file(&self, path: &Path) -> Result<(Hash, u64, bool)> {
+        let meta = fs::metadata(path).at(path)?;
+        let exec = meta.permissions().mode() & 0o111 != 0;
+        let h = hash::hash_file(path).at(path)?;
+        let dest = self.object_path(&h);
+        if dest.exists() {
+            let _ = fs::remove_file(path);
+        } else {
+            File::open(path).and_then(|f| f.sync_all()).at(path)?;
+            let mode = if exec { 0o555 } else { 0o444 };
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
+            let parent = dest.parent().unwrap();
+            fs::create_dir_all(parent).at(parent)?;
+            match fs::rename(path, &dest) {
+                Ok(()) => sync_dir(parent),
+                // Not on the same filesystem: copy, then rename into place.
+                Err(_) => {
+                    let tmp = temp_name(&dest);
+                    fs::copy(path, &tmp).at(&tmp)?;
+                    File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+                    fs::rename(&tmp, &dest).at(&dest)?;
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+        Ok((h, meta.len(), exec))
+    }
+
+    /// Stores a declared output (file or directory) found at `path`.
+    pub fn put_output(&self, path: &Path) -> Result<Output> {
+        let meta = fs::metadata(path).at(path)?;
+        if meta.is_dir() {
+            let files = hash::list_files(path, None).at(path)?;
+            let mut entries = Vec::with_capacity(files.len());
+            let mut size = 0;
+            for (rel, p) in files {
+                let (h, n, exec) = self.put_file(&p)?;
+                size += n;
+                entries.push(FileEntry {
+                    path: rel,
+                    hash: h.to_hex().to_string(),
+                    size: n,
+                    exec,
+                });
+            }
+            let hashes: Vec<Hash> = entries.iter().map(|e| Hash::from_hex(&e.hash).unwrap()).collect();
+            let h = hash::merkle(entries.iter().map(|e| e.path.as_str()).zip(hashes.iter()));
+            Ok(Output {
+                kind: OutputKind::Dir,
+                hash: h.to_hex().to_string(),
+                size,
+                exec: false,
+                files: entries,
+            })
+        } else {
+            let (h, n, exec) = self.put_file(path)?;
+            Ok(Output {
+                kind: OutputKind::File,
+                hash: h.to_hex().to_string(),
+                size: n,
+                exec,
+                files: Vec::new(),
+            })
+        }
+    }
+
+    /// Stores bytes as an object (logs).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Hash> {
+        let h = blake3::hash(bytes);
+        let dest = self.object_path(&h);
+        if !dest.exists() {
+            atomic_write(&dest, bytes).at(&dest)?;
+            let _ = fs::set_permissions(&dest, fs::Permissions::from_mode(0o444));
+        }
+        Ok(h)
+    }
+
+    /// Every object file an output consists of.
+    pub fn output_objects(&self, o: &Output) -> Vec<PathBuf> {
+        match o.kind {
+            OutputKind::File => Hash::from_hex(&o.hash).map(|h| vec![self.object_path(&h)]).unwrap_or_default(),
+            OutputKind::Dir => o
+                .files
+                .iter()
+                .filter_map(|f| Hash::from_hex(&f.hash).ok())
+                .map(|h| self.object_path(&h))
+                .collect(),
+        }
+    }
+
+    /// The record of a key, if it exists and all its objects are present.
+    pub fn record(&self, key: &Hash) -> Option<Record> {
+        let path = self.record_path(key);
+        let bytes = fs::read(&path).ok()?;
+        let rec: Record = serde_json::from_slice(&bytes).ok()?;
+        let complete = rec
+            .outputs
+            .values()
+            .flat_map(|o| self.output_objects(o))
+            .all(|p| p.exists());
+        complete.then_some(rec)
+    }
+
+    pub fn put_record(&self, rec: &Record) -> Result<()> {
+        let key = Hash::from_hex(&rec.key).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let path = self.record_path(&key);
+        let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
+        atomic_write(&path, &bytes).at(&path)
+    }
+
+    /// The record of an instance's last successful run in a pipeline.
+    pub fn state(&self, pipeline: &str, instance: &str) -> Option<Record> {
+        let bytes = fs::read(self.state_path(pipeline, instance)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn put_state(&self, rec: &Record) -> Result<()> {
+        let path = self.state_path(&rec.pipeline, &rec.instance);
+        let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
+        atomic_write(&path, &bytes).at(&path)
+    }
+
+    /// Every record in the store.
+    pub fn records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for path in walk(&self.root.join("records")) {
+            if let Ok(bytes) = fs::read(&path)
+                && let Ok(r) = serde_json::from_slice::<Record>(&bytes)
+            {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// The last records of every instance of a pipeline.
+    pub fn states(&self, pipeline: &str) -> Vec<Record> {
+        walk(&self.root.join("state").join(sanitize(pipeline)))
+            .into_iter()
+            .filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
+            .collect()
+    }
+
+    /// Re-hashes every object. Corrupted objects are reported and removed,
+    /// so the next run recomputes whatever needs them.
+    pub fn verify(&self, mut on_object: impl FnMut(usize)) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let objects = walk(&self.root.join("objects"));
+        for (i, path) in objects.iter().enumerate() {
+            on_object(i);
+            report.checked += 1;
+            let name = object_name(path);
+            let ok = match (name.and_then(|n| Hash::from_hex(&n).ok()), hash::hash_file(path)) {
+                (Some(want), Ok(got)) => want == got,
+                _ => false,
+            };
+            if !ok {
+                let _ = fs::remove_file(path);
+                report.corrupted.push(path.clone());
+            }
+        }
+        for path in walk(&self.root.join("records")).into_iter().chain(walk(&self.root.join("state"))) {
+            let ok = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                .is_some();
+            if !ok {
+                let _ = fs::remove_file(&path);
+                report.corrupted.push(path);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes every record not in `live` and every object no live record
+    /// uses. Returns what was (or, with `dry_run`, would be) freed.
+    pub fn gc(&self, live: &std::collections::HashSet<String>, dry_run: bool) -> Result<GcReport> {
+        let mut keep_objects = std::collections::HashSet::new();
+        let mut report = GcReport::default();
+        for path in walk(&self.root.join("records")) {
+            let rec = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+            match rec {
+                Some(r) if live.contains(&r.key) => {
+                    for o in r.outputs.values() {
+                        for p in self.output_objects(o) {
+                            keep_objects.insert(p);
+                        }
+                    }
+                    if let Some(l) = r.log.as_ref().and_then(|l| Hash::from_hex(l).ok()) {
+                        keep_objects.insert(self.object_path(&l));
+                    }
+                }
+                _ => {
+                    report.records += 1;
+                    report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    if !dry_run {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        for path in walk(&self.root.join("objects")) {
+            if !keep_objects.contains(&path) {
+                report.objects += 1;
+                report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if !dry_run {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes an output visible at `dest` (hard links to the objects,
+    /// copies where links fail). Does nothing when it is there already.
+    pub fn materialize(&self, o: &Output, dest: &Path) -> Result<()> {
+        match o.kind {
+            OutputKind::File => {
+                let h = Hash::from_hex(&o.hash).map_err(|e| Error::Corrupt(e.to_string()))?;
+                self.link(&self.object_path(&h), dest)
+            }
+            OutputKind::Dir => {
+                fs::create_dir_all(dest).at(dest)?;
+                for f in &o.files {
+                    let h = Hash::from_hex(&f.hash).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    self.link(&self.object_path(&h), &dest.join(&f.path))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn link(&self, object: &Path, dest: &Path) -> Result<()> {
+        let om = fs::metadata(object).at(object)?;
+        if let Ok(dm) = fs::symlink_metadata(dest) {
+            if dm.ino() == om.ino() && dm.dev() == om.dev() {
+                return Ok(());
+            }
+            if dm.is_dir() {
+                remove_all(dest).at(dest)?;
+            } else {
+                fs::remove_file(dest).at(dest)?;
+            }
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).at(parent)?;
+        }
+        if fs::hard_link(object, dest).is_err() {
+            let tmp = temp_name(dest);
+            fs::copy(object, &tmp).at(&tmp)?;
+            fs::rename(&tmp, dest).at(dest)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes a file or a directory tree, read-only files included.
+pub fn remove_all(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn object_name(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let dir = path.parent()?.file_name()?.to_str()?;
+    Some(format!("{dir}{file}"))
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+/// Every file under `dir`, skipping temporary files.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(_) if !e.file_name().to_string_lossy().starts_with('.') => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub corrupted: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub records: usize,
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_file_is_content_addressed_and_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("cache")).unwrap();
+        let f = d.path().join("a");
+        fs::write(&f, "hello").unwrap();
+        let (h, n, _) = s.put_file(&f).unwrap();
+        assert_eq!(h, blake3::hash(b"hello"));
+        assert_eq!(n, 5);
+        assert!(!f.exists(), "the file is moved into the store");
+        let obj = s.object_path(&h);
+        assert_eq!(fs::read(&obj).unwrap(), b"hello");
+        assert!(fs::metadata(&obj).unwrap().permissions().readonly());
+    }
+
+    #[test]
+    fn verify_drops_a_corrupted_object_and_the_record_becomes_incomplete() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("cache")).unwrap();
+        let f = d.path().join("a");
+        fs::write(&f, "hello").unwrap();
+        let out = s.put_output(&f).unwrap();
+        let key = blake3::hash(b"key");
+        let mut rec = Record::new(&key, "p", "st", "st", "exec", 1);
+        rec.outputs.insert("a".into(), out);
+        s.put_record(&rec).unwrap();
+        assert!(s.record(&key).is_some());
+        let obj = s.object_path(&blake3::hash(b"hello"));
+        fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&obj, "HELLO").unwrap();
+        let r = s.verify(|_| {}).unwrap();
+        assert_eq!(r.corrupted, vec![obj.clone()]);
+        assert!(!obj.exists());
+        assert!(s.record(&key).is_none(), "a record with a missing object is not a cache hit");
+        assert!(s.verify(|_| {}).unwrap().corrupted.is_empty());
+    }
+
+    #[test]
+    fn the_lock_excludes_a_second_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("cache")).unwrap();
+        let _held = s.lock(false, |_| {}).unwrap();
+        let s2 = Store::open(&d.path().join("cache")).unwrap();
+        match s2.lock(false, |_| {}) {
+            Err(Error::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("second lock succeeded"),
+        }
+    }
+
+    #[test]
+    fn gc_keeps_live_records_and_their_objects() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("cache")).unwrap();
+        let mut keys = Vec::new();
+        for (i, content) in ["live", "dead"].iter().enumerate() {
+            let f = d.path().join(content);
+            fs::write(&f, content).unwrap();
+            let key = blake3::hash(&[i as u8]);
+            let mut rec = Record::new(&key, "p", content, content, "exec", 1);
+            rec.outputs.insert("o".into(), s.put_output(&f).unwrap());
+            s.put_record(&rec).unwrap();
+            keys.push(key);
+        }
+        let live = std::collections::HashSet::from([keys[0].to_hex().to_string()]);
+        let dry = s.gc(&live, true).unwrap();
+        assert_eq!((dry.records, dry.objects), (1, 1));
+        assert!(s.record(&keys[1]).is_some(), "dry run removes nothing");
+        let r = s.gc(&live, false).unwrap();
+        assert_eq!((r.records, r.objects), (1, 1));
+        assert!(r.bytes > 0);
+        assert!(s.record(&keys[0]).is_some());
+        assert!(s.record(&keys[1]).is_none());
+    }
+}
