@@ -313,7 +313,10 @@ impl miette::Diagnostic for MietteDiag {
 }
 
 /// A suggestion for a misspelt name, as `did you mean ...?` help text.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(name, c), c))

@@ -25,7 +25,8 @@ impl GraphBuilder {
 
     /// `to` reads an output of `from`.
     pub fn add_edge(&mut self, from: usize, to: usize) {
-        self.g.add_edge(NodeIndex::new(from), NodeIndex::new(to), ());
+        self.g
+            .add_edge(NodeIndex::new(from), NodeIndex::new(to), ());
     }
 
     /// Checks for cycles and fixes the order. On a cycle, returns the ids in it.
@@ -35,14 +36,21 @@ impl GraphBuilder {
         use std::cmp::Reverse;
         let n = self.g.node_count();
         let mut indeg: Vec<usize> = (0..n)
-            .map(|i| self.g.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count())
+            .map(|i| {
+                self.g
+                    .neighbors_directed(NodeIndex::new(i), Direction::Incoming)
+                    .count()
+            })
             .collect();
         let mut ready: std::collections::BinaryHeap<Reverse<usize>> =
             (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(Reverse(i)) = ready.pop() {
             order.push(i);
-            for m in self.g.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            for m in self
+                .g
+                .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
+            {
                 indeg[m.index()] -= 1;
                 if indeg[m.index()] == 0 {
                     ready.push(Reverse(m.index()));
@@ -79,7 +87,8 @@ impl Graph {
                 b.add_edge(d, i.id);
             }
         }
-        b.seal().expect("the checker orders stages, so instances cannot form a cycle")
+        b.seal()
+            .expect("the checker orders stages, so instances cannot form a cycle")
     }
 
     pub fn len(&self) -> usize {
@@ -96,11 +105,15 @@ impl Graph {
     }
 
     pub fn deps(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
-        self.g.neighbors_directed(NodeIndex::new(id), Direction::Incoming).map(|n| n.index())
+        self.g
+            .neighbors_directed(NodeIndex::new(id), Direction::Incoming)
+            .map(|n| n.index())
     }
 
     pub fn dependents(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
-        self.g.neighbors_directed(NodeIndex::new(id), Direction::Outgoing).map(|n| n.index())
+        self.g
+            .neighbors_directed(NodeIndex::new(id), Direction::Outgoing)
+            .map(|n| n.index())
     }
 
     /// The targets and everything they depend on, as a mask.
@@ -118,10 +131,17 @@ impl Graph {
 
     /// Graphviz DOT, one node per instance; `stale` instances drawn red.
     pub fn to_dot(&self, p: &Pipeline, stale: &dyn Fn(usize) -> bool) -> String {
-        let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n", esc(&p.name));
+        let mut s = format!(
+            "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n",
+            esc(&p.name)
+        );
         for &i in &self.order {
             let inst = &p.instances[i];
-            let (fill, note) = if stale(i) { ("#f8d0d0", "\\nstale") } else { ("#d4ecd4", "") };
+            let (fill, note) = if stale(i) {
+                ("#f8d0d0", "\\nstale")
+            } else {
+                ("#d4ecd4", "")
+            };
             s.push_str(&format!(
                 "  n{i} [label=\"{}\\n({}){note}\", fillcolor=\"{fill}\"];\n",
                 esc(&inst.name),
@@ -139,11 +159,17 @@ impl Graph {
 
     /// Mermaid flowchart; stale instances get the `stale` class.
     pub fn to_mermaid(&self, p: &Pipeline, stale: &dyn Fn(usize) -> bool) -> String {
-        let mut s = String::from("flowchart LR\n  classDef stale fill:#f8d0d0,stroke:#b00;\n  classDef fresh fill:#d4ecd4,stroke:#080;\n");
+        let mut s = String::from(
+            "flowchart LR\n  classDef stale fill:#f8d0d0,stroke:#b00;\n  classDef fresh fill:#d4ecd4,stroke:#080;\n",
+        );
         for &i in &self.order {
             let inst = &p.instances[i];
             let class = if stale(i) { "stale" } else { "fresh" };
-            s.push_str(&format!("  n{i}[\"{}<br/>({})\"]:::{class}\n", inst.name.replace('"', "#quot;"), inst.op));
+            s.push_str(&format!(
+                "  n{i}[\"{}<br/>({})\"]:::{class}\n",
+                inst.name.replace('"', "#quot;"),
+                inst.op
+            ));
         }
         for &i in &self.order {
             for d in self.deps(i) {

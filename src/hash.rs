@@ -63,10 +63,18 @@ pub fn list_files(dir: &Path, glob: Option<&str>) -> io::Result<Vec<(String, Pat
         for entry in fs::read_dir(&d)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
             let path = entry.path();
             let ft = entry.file_type()?;
-            let is_dir = if ft.is_symlink() { path.is_dir() } else { ft.is_dir() };
+            let is_dir = if ft.is_symlink() {
+                path.is_dir()
+            } else {
+                ft.is_dir()
+            };
             if is_dir {
                 stack.push((path, rel));
             } else if matcher.as_ref().is_none_or(|m| m.is_match(&rel)) {
@@ -208,7 +216,9 @@ impl StatCache {
             .par_iter()
             .map(|(_, p)| self.file(p))
             .collect::<io::Result<_>>()?;
-        Ok(merkle(files.iter().map(|(r, _)| r.as_str()).zip(hashes.iter())))
+        Ok(merkle(
+            files.iter().map(|(r, _)| r.as_str()).zip(hashes.iter()),
+        ))
     }
 }
 

@@ -112,6 +112,8 @@ pub fn check(raw: &RawManifest) -> (Option<Pipeline>, Vec<Diagnostic>) {
         diags: Vec::new(),
         seen: HashSet::new(),
         dir: absolute(raw.dir()),
+        dir_shown: raw.dir().display().to_string(),
+        failed: HashSet::new(),
     };
     let p = cx.run();
     let failed = cx.diags.iter().any(Diagnostic::is_error);
@@ -127,6 +129,11 @@ struct Checker<'a> {
     diags: Vec<Diagnostic>,
     seen: HashSet<(String, Option<Span>)>,
     dir: PathBuf,
+    /// The manifest's directory as the user named it, for messages.
+    dir_shown: String,
+    /// Stages with errors: stages reading them are not checked further,
+    /// which would only repeat the same problem.
+    failed: HashSet<String>,
 }
 
 impl Checker<'_> {
@@ -184,18 +191,18 @@ impl Checker<'_> {
         let raw = self.raw;
         for (k, v) in &raw.params {
             if ROOTS.contains(&k.name.as_str()) || k.name.contains(['[', ']', '.']) {
-                self.push(Diagnostic::error("bad-name", format!("`{}` cannot be a param name", k.name)).at(k.span, "reserved"));
+                self.push(
+                    Diagnostic::error("bad-name", format!("`{}` cannot be a param name", k.name))
+                        .at(k.span, "reserved"),
+                );
                 continue;
             }
             let env = BasicEnv {
                 params: Value::Table(done.clone()),
                 inputs: None,
             };
-            match self.value(v, &env) {
-                Some(val) => {
-                    done.insert(k.name.clone(), val);
-                }
-                None => {}
+            if let Some(val) = self.value(v, &env) {
+                done.insert(k.name.clone(), val);
             }
         }
         done
@@ -208,37 +215,62 @@ impl Checker<'_> {
             inputs: None,
         };
         for i in &self.raw.inputs {
-            let Some(pv) = self.value(&i.path, &env) else { continue };
+            let Some(pv) = self.value(&i.path, &env) else {
+                continue;
+            };
             let Some(path) = pv.as_str() else {
                 self.push(
-                    Diagnostic::error("wrong-type", format!("`inputs.{}.path` must be a string", i.name.name))
-                        .at(i.path.span, format!("this is a {}", pv.type_name())),
+                    Diagnostic::error(
+                        "wrong-type",
+                        format!("`inputs.{}.path` must be a string", i.name.name),
+                    )
+                    .at(
+                        i.path.span,
+                        format!("this is {}", crate::value::a(pv.type_name())),
+                    ),
                 );
                 continue;
             };
             let full = self.dir.join(path);
             if !full.exists() {
                 self.push(
-                    Diagnostic::error("missing-input", format!("input `{}`: {} does not exist", i.name.name, full.display()))
-                        .at(i.path.span, "no such file or directory")
-                        .help(format!("paths are relative to the manifest's directory, {}", self.dir.display())),
+                    Diagnostic::error(
+                        "missing-input",
+                        format!("input `{}`: `{path}` does not exist", i.name.name),
+                    )
+                    .at(i.path.span, "no such file or directory")
+                    .help(format!(
+                        "paths are relative to the manifest's directory, {}",
+                        self.dir_shown
+                    )),
                 );
                 continue;
             }
             let glob = match &i.glob {
                 None => None,
                 Some(g) => {
-                    let Some(gv) = self.value(g, &env) else { continue };
+                    let Some(gv) = self.value(g, &env) else {
+                        continue;
+                    };
                     let Some(gs) = gv.as_str().map(str::to_string) else {
-                        self.push(Diagnostic::error("wrong-type", "`glob` must be a string").at(g.span, "not a string"));
+                        self.push(
+                            Diagnostic::error("wrong-type", "`glob` must be a string")
+                                .at(g.span, "not a string"),
+                        );
                         continue;
                     };
                     if let Err(e) = globset::Glob::new(&gs) {
-                        self.push(Diagnostic::error("bad-glob", format!("invalid glob: {e}")).at(g.span, "invalid glob"));
+                        self.push(
+                            Diagnostic::error("bad-glob", format!("invalid glob: {e}"))
+                                .at(g.span, "invalid glob"),
+                        );
                         continue;
                     }
                     if !full.is_dir() {
-                        self.push(Diagnostic::error("bad-glob", "`glob` applies to a directory input").at(g.span, format!("{} is a file", full.display())));
+                        self.push(
+                            Diagnostic::error("bad-glob", "`glob` applies to a directory input")
+                                .at(g.span, format!("`{path}` is a file")),
+                        );
                         continue;
                     }
                     Some(gs)
@@ -280,11 +312,23 @@ impl Checker<'_> {
                     None => {
                         bad.insert(i);
                         self.push(
-                            Diagnostic::error("unknown-reference", format!("no stage named `{name}`"))
-                                .at(span, "unknown stage")
-                                .help(did_you_mean(&name, index.keys().copied()).unwrap_or_else(|| {
-                                    format!("stages: {}", raw.stages.iter().map(|s| s.name.name.as_str()).collect::<Vec<_>>().join(", "))
-                                })),
+                            Diagnostic::error(
+                                "unknown-reference",
+                                format!("no stage named `{name}`"),
+                            )
+                            .at(span, "unknown stage")
+                            .help(
+                                did_you_mean(&name, index.keys().copied()).unwrap_or_else(|| {
+                                    format!(
+                                        "stages: {}",
+                                        raw.stages
+                                            .iter()
+                                            .map(|s| s.name.name.as_str())
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                }),
+                            ),
                         );
                     }
                 }
@@ -298,11 +342,17 @@ impl Checker<'_> {
             let mut members = scc.clone();
             members.sort();
             let cycle = cycle_path(&g, &members);
-            let names: Vec<&str> = cycle.iter().map(|&i| raw.stages[i].name.name.as_str()).collect();
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&i| raw.stages[i].name.name.as_str())
+                .collect();
             let first = &raw.stages[members[0]];
             self.push(
                 Diagnostic::error("cycle", format!("dependency cycle: {}", names.join(" → ")))
-                    .at(first.name.span, "this stage depends on itself through the cycle")
+                    .at(
+                        first.name.span,
+                        "this stage depends on itself through the cycle",
+                    )
                     .help("a stage cannot read, directly or through others, an output of its own"),
             );
             bad.extend(members);
@@ -311,8 +361,10 @@ impl Checker<'_> {
         let mut indeg: Vec<usize> = (0..raw.stages.len())
             .map(|i| g.neighbors_directed(i, petgraph::Incoming).count())
             .collect();
-        let mut ready: BinaryHeap<std::cmp::Reverse<usize>> =
-            (0..raw.stages.len()).filter(|&i| indeg[i] == 0).map(std::cmp::Reverse).collect();
+        let mut ready: BinaryHeap<std::cmp::Reverse<usize>> = (0..raw.stages.len())
+            .filter(|&i| indeg[i] == 0)
+            .map(std::cmp::Reverse)
+            .collect();
         let mut order = Vec::new();
         while let Some(std::cmp::Reverse(i)) = ready.pop() {
             order.push(i);
@@ -326,7 +378,9 @@ impl Checker<'_> {
         // Stages downstream of a bad one would only report follow-on errors.
         let mut skip = bad;
         for &i in &order {
-            if g.neighbors_directed(i, petgraph::Incoming).any(|j| skip.contains(&j)) {
+            if g.neighbors_directed(i, petgraph::Incoming)
+                .any(|j| skip.contains(&j))
+            {
                 skip.insert(i);
             }
         }
@@ -334,11 +388,36 @@ impl Checker<'_> {
     }
 
     fn stage(&mut self, st: &RawStage, p: &mut Pipeline, params: &Value, inputs: &Value) {
+        let before = self.diags.len();
+        if stage_refs(st)
+            .iter()
+            .any(|(name, _)| self.failed.contains(name))
+        {
+            self.failed.insert(st.name.name.clone());
+            return;
+        }
+        self.stage_inner(st, p, params, inputs);
+        if self.diags[before..].iter().any(Diagnostic::is_error) {
+            self.failed.insert(st.name.name.clone());
+        }
+    }
+
+    fn stage_inner(&mut self, st: &RawStage, p: &mut Pipeline, params: &Value, inputs: &Value) {
         let Some((op_name, op_span)) = &st.op else {
             self.push(
-                Diagnostic::error("missing-key", format!("stage `{}` has no `op`", st.name.name))
-                    .at(st.name.span, "needs `op = \"...\"`")
-                    .help(format!("ops: {}", ops::all().iter().map(|o| o.name()).collect::<Vec<_>>().join(", "))),
+                Diagnostic::error(
+                    "missing-key",
+                    format!("stage `{}` has no `op`", st.name.name),
+                )
+                .at(st.name.span, "needs `op = \"...\"`")
+                .help(format!(
+                    "ops: {}",
+                    ops::all()
+                        .iter()
+                        .map(|o| o.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
             );
             return;
         };
@@ -346,16 +425,30 @@ impl Checker<'_> {
             self.push(
                 Diagnostic::error("unknown-op", format!("unknown op `{op_name}`"))
                     .at(*op_span, "no such op")
-                    .help(did_you_mean(op_name, ops::all().iter().map(|o| o.name())).unwrap_or_else(|| {
-                        format!("ops: {}", ops::all().iter().map(|o| o.name()).collect::<Vec<_>>().join(", "))
-                    })),
+                    .help(
+                        did_you_mean(op_name, ops::all().iter().map(|o| o.name())).unwrap_or_else(
+                            || {
+                                format!(
+                                    "ops: {}",
+                                    ops::all()
+                                        .iter()
+                                        .map(|o| o.name())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            },
+                        ),
+                    ),
             );
             return;
         };
         if st.name.name.contains(['[', ']', '.', '/', '=', ',']) || st.name.name.is_empty() {
             self.push(
-                Diagnostic::error("bad-name", format!("`{}` cannot be a stage name", st.name.name))
-                    .at(st.name.span, "use letters, digits, `_` and `-`"),
+                Diagnostic::error(
+                    "bad-name",
+                    format!("`{}` cannot be a stage name", st.name.name),
+                )
+                .at(st.name.span, "use letters, digits, `_` and `-`"),
             );
             return;
         }
@@ -368,9 +461,15 @@ impl Checker<'_> {
                 let mut known: Vec<&str> = specs.iter().map(|s| s.name).collect();
                 known.extend(STAGE_KEYS);
                 self.push(
-                    Diagnostic::error("unknown-param", format!("op `{op_name}` has no parameter `{}`", k.name))
-                        .at(k.span, "unknown parameter")
-                        .help(did_you_mean(&k.name, known.iter().copied()).unwrap_or_else(|| format!("parameters: {}", known.join(", ")))),
+                    Diagnostic::error(
+                        "unknown-param",
+                        format!("op `{op_name}` has no parameter `{}`", k.name),
+                    )
+                    .at(k.span, "unknown parameter")
+                    .help(
+                        did_you_mean(&k.name, known.iter().copied())
+                            .unwrap_or_else(|| format!("parameters: {}", known.join(", "))),
+                    ),
                 );
             }
         }
@@ -378,13 +477,18 @@ impl Checker<'_> {
             if !st.fields.iter().any(|(k, _)| k.name == s.name) {
                 ok = false;
                 self.push(
-                    Diagnostic::error("missing-param", format!("stage `{}` needs parameter `{}`", st.name.name, s.name))
-                        .at(st.name.span, format!("`{}` is missing", s.name))
-                        .help(format!("{}: {}", s.name, s.help)),
+                    Diagnostic::error(
+                        "missing-param",
+                        format!("stage `{}` needs parameter `{}`", st.name.name, s.name),
+                    )
+                    .at(st.name.span, format!("`{}` is missing", s.name))
+                    .help(format!("{}: {}", s.name, s.help)),
                 );
             }
         }
-        let Some(combos) = self.matrix(st, params, inputs) else { return };
+        let Some(combos) = self.matrix(st, params, inputs) else {
+            return;
+        };
         if !ok {
             return;
         }
@@ -398,8 +502,12 @@ impl Checker<'_> {
             matrix_keys: st.matrix.iter().map(|(k, _)| k.name.clone()).collect(),
             instances: Vec::new(),
         };
-        let stage_index: HashMap<String, usize> =
-            p.stages.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        let stage_index: HashMap<String, usize> = p
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         let mut names = HashSet::new();
         for combo in combos {
             let name = if combo.is_empty() {
@@ -408,13 +516,20 @@ impl Checker<'_> {
                 format!(
                     "{}[{}]",
                     st.name.name,
-                    combo.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect::<Vec<_>>().join(",")
+                    combo
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", plain(v)))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 )
             };
             if !names.insert(name.clone()) {
                 self.push(
-                    Diagnostic::error("matrix-clash", format!("two instances would both be named `{name}`"))
-                        .at(st.matrix[0].1.span, "a matrix value repeats"),
+                    Diagnostic::error(
+                        "matrix-clash",
+                        format!("two instances would both be named `{name}`"),
+                    )
+                    .at(st.matrix[0].1.span, "a matrix value repeats"),
                 );
                 continue;
             }
@@ -438,7 +553,10 @@ impl Checker<'_> {
                             continue;
                         }
                     },
-                    None => (ops::default_value(spec).expect("required params checked above"), st.name.span),
+                    None => (
+                        ops::default_value(spec).expect("required params checked above"),
+                        st.name.span,
+                    ),
                 };
                 match self.typed(spec.kind, val, span, spec.name) {
                     Some(v) => {
@@ -453,14 +571,20 @@ impl Checker<'_> {
             }
             for e in op.validate(&params_out) {
                 let span = spans.get(&e.param).copied().unwrap_or(st.name.span);
-                self.push(Diagnostic::error("invalid-param", e.message).at(span, format!("in `{}`", e.param)));
+                self.push(
+                    Diagnostic::error("invalid-param", e.message)
+                        .at(span, format!("in `{}`", e.param)),
+                );
                 inst_ok = false;
             }
             let outputs = match op.outputs(&params_out) {
                 Ok(o) => o,
                 Err(e) => {
                     let span = spans.get(&e.param).copied().unwrap_or(st.name.span);
-                    self.push(Diagnostic::error("invalid-param", e.message).at(span, format!("in `{}`", e.param)));
+                    self.push(
+                        Diagnostic::error("invalid-param", e.message)
+                            .at(span, format!("in `{}`", e.param)),
+                    );
                     continue;
                 }
             };
@@ -497,7 +621,12 @@ impl Checker<'_> {
     }
 
     /// The matrix's combinations, in key order then value order.
-    fn matrix(&mut self, st: &RawStage, params: &Value, inputs: &Value) -> Option<Vec<Vec<(String, Value)>>> {
+    fn matrix(
+        &mut self,
+        st: &RawStage,
+        params: &Value,
+        inputs: &Value,
+    ) -> Option<Vec<Vec<(String, Value)>>> {
         let env = BasicEnv {
             params: params.clone(),
             inputs: Some(inputs.clone()),
@@ -505,11 +634,19 @@ impl Checker<'_> {
         let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
         let mut ok = true;
         for (k, rv) in &st.matrix {
-            if ROOTS.contains(&k.name.as_str()) || crate::expr::FUNCTIONS.contains(&k.name.as_str()) {
+            if ROOTS.contains(&k.name.as_str()) || crate::expr::FUNCTIONS.contains(&k.name.as_str())
+            {
                 self.push(
-                    Diagnostic::error("matrix-clash", format!("matrix key `{}` clashes with a built-in name", k.name))
-                        .at(k.span, "reserved name")
-                        .help(format!("reserved: {}, {}", ROOTS.join(", "), crate::expr::FUNCTIONS.join(", "))),
+                    Diagnostic::error(
+                        "matrix-clash",
+                        format!("matrix key `{}` clashes with a built-in name", k.name),
+                    )
+                    .at(k.span, "reserved name")
+                    .help(format!(
+                        "reserved: {}, {}",
+                        ROOTS.join(", "),
+                        crate::expr::FUNCTIONS.join(", ")
+                    )),
                 );
                 ok = false;
                 continue;
@@ -521,27 +658,53 @@ impl Checker<'_> {
             let Value::List(items) = v else {
                 self.push(
                     Diagnostic::error("wrong-type", format!("matrix `{}` must be a list", k.name))
-                        .at(rv.span, format!("this is a {}", v.type_name()))
+                        .at(
+                            rv.span,
+                            format!("this is {}", crate::value::a(v.type_name())),
+                        )
                         .help("for example `[0, 1, 2]` or `\"${range(5)}\"`"),
                 );
                 ok = false;
                 continue;
             };
             if items.is_empty() {
-                self.push(Diagnostic::error("wrong-type", format!("matrix `{}` is empty", k.name)).at(rv.span, "no values"));
+                self.push(
+                    Diagnostic::error("wrong-type", format!("matrix `{}` is empty", k.name))
+                        .at(rv.span, "no values"),
+                );
                 ok = false;
                 continue;
             }
-            if let Some(bad) = items.iter().find(|v| !matches!(v, Value::Int(_) | Value::Str(_) | Value::Bool(_) | Value::Float(_))) {
+            if let Some(bad) = items.iter().find(|v| {
+                !matches!(
+                    v,
+                    Value::Int(_) | Value::Str(_) | Value::Bool(_) | Value::Float(_)
+                )
+            }) {
                 self.push(
-                    Diagnostic::error("wrong-type", format!("matrix `{}` values must be numbers, strings or booleans", k.name))
-                        .at(rv.span, format!("contains a {}", bad.type_name())),
+                    Diagnostic::error(
+                        "wrong-type",
+                        format!(
+                            "matrix `{}` values must be numbers, strings or booleans",
+                            k.name
+                        ),
+                    )
+                    .at(
+                        rv.span,
+                        format!("contains {}", crate::value::a(bad.type_name())),
+                    ),
                 );
                 ok = false;
                 continue;
             }
             if combos.len().saturating_mul(items.len()) > 1_000_000 {
-                self.push(Diagnostic::error("matrix-clash", "matrix has more than 1,000,000 combinations").at(rv.span, "too many"));
+                self.push(
+                    Diagnostic::error(
+                        "matrix-clash",
+                        "matrix has more than 1,000,000 combinations",
+                    )
+                    .at(rv.span, "too many"),
+                );
                 return None;
             }
             combos = combos
@@ -566,21 +729,35 @@ impl Checker<'_> {
             inputs: Some(inputs.clone()),
         };
         let RawKind::Table(entries) = &rv.kind else {
-            self.push(Diagnostic::error("wrong-type", "`resources` must be a table").at(rv.span, "e.g. { threads = 2, gpu = 1 }"));
+            self.push(
+                Diagnostic::error("wrong-type", "`resources` must be a table")
+                    .at(rv.span, "e.g. { threads = 2, gpu = 1 }"),
+            );
             return r;
         };
         for (k, v) in entries {
-            let Some(val) = self.value(v, &env) else { continue };
+            let Some(val) = self.value(v, &env) else {
+                continue;
+            };
             let n = match val.as_int() {
                 Some(n) if n >= 0 => n as usize,
                 _ => {
-                    self.push(Diagnostic::error("wrong-type", format!("`resources.{}` must be a non-negative integer", k.name)).at(v.span, format!("this is {val}")));
+                    self.push(
+                        Diagnostic::error(
+                            "wrong-type",
+                            format!("`resources.{}` must be a non-negative integer", k.name),
+                        )
+                        .at(v.span, format!("this is {val}")),
+                    );
                     continue;
                 }
             };
             match k.name.as_str() {
                 "threads" if n >= 1 => r.threads = n,
-                "threads" => self.push(Diagnostic::error("wrong-type", "`resources.threads` must be at least 1").at(v.span, "zero")),
+                "threads" => self.push(
+                    Diagnostic::error("wrong-type", "`resources.threads` must be at least 1")
+                        .at(v.span, "zero"),
+                ),
                 "gpu" => r.gpu = n,
                 _ => self.push(
                     Diagnostic::error("unknown-key", format!("unknown resource `{}`", k.name))
@@ -644,9 +821,12 @@ impl Checker<'_> {
                 k => format!("expected a {}", k.describe()),
             };
             self.push(
-                Diagnostic::error("wrong-type", format!("parameter `{name}` must be a {}, not {v}", kind.describe()))
-                    .at(span, format!("this is a {}", v.type_name()))
-                    .help(help),
+                Diagnostic::error(
+                    "wrong-type",
+                    format!("parameter `{name}` must be a {}, not {v}", kind.describe()),
+                )
+                .at(span, format!("this is {}", crate::value::a(v.type_name())))
+                .help(help),
             );
             return None;
         }
@@ -679,13 +859,20 @@ impl Checker<'_> {
                 let full = self.dir.join(&s);
                 if !full.exists() {
                     self.push(
-                        Diagnostic::error("missing-input", format!("{} does not exist", full.display()))
-                            .at(span, format!("`{s}` not found"))
-                            .help(format!("paths are relative to the manifest's directory, {}", self.dir.display())),
+                        Diagnostic::error("missing-input", format!("`{s}` does not exist"))
+                            .at(span, "no such file or directory")
+                            .help(format!(
+                                "paths are relative to the manifest's directory, {}",
+                                self.dir_shown
+                            )),
                     );
                     return None;
                 }
-                Some(Value::Path(PathRef::File { path: full, glob: None, label: s }))
+                Some(Value::Path(PathRef::File {
+                    path: full,
+                    glob: None,
+                    label: s,
+                }))
             }
             other => Some(other),
         }
@@ -699,7 +886,10 @@ fn cycle_path(g: &DiGraphMap<usize, ()>, members: &[usize]) -> Vec<usize> {
     let mut prev: HashMap<usize, usize> = HashMap::new();
     let mut queue = std::collections::VecDeque::from([start]);
     while let Some(n) = queue.pop_front() {
-        let mut next: Vec<usize> = g.neighbors_directed(n, petgraph::Outgoing).filter(|m| inside.contains(m)).collect();
+        let mut next: Vec<usize> = g
+            .neighbors_directed(n, petgraph::Outgoing)
+            .filter(|m| inside.contains(m))
+            .collect();
         next.sort();
         for m in next {
             if m == start {
@@ -741,7 +931,7 @@ fn stage_refs(st: &RawStage) -> Vec<(String, Span)> {
 
 fn walk_raw(rv: &RawValue, f: &mut dyn FnMut(&Expr)) {
     match &rv.kind {
-        RawKind::Str(t) => t.exprs().for_each(|e| f(e)),
+        RawKind::Str(t) => t.exprs().for_each(&mut *f),
         RawKind::Array(items) => items.iter().for_each(|i| walk_raw(i, f)),
         RawKind::Table(entries) => entries.iter().for_each(|(_, v)| walk_raw(v, f)),
         _ => {}
@@ -761,7 +951,9 @@ fn collect_stage_refs(e: &Expr, out: &mut Vec<(String, Span)>) {
     }
     match &e.kind {
         ExprKind::Lit(_) | ExprKind::Ident(_) => {}
-        ExprKind::Field(b, _) | ExprKind::SelectAll(b) | ExprKind::Unary(_, b) => collect_stage_refs(b, out),
+        ExprKind::Field(b, _) | ExprKind::SelectAll(b) | ExprKind::Unary(_, b) => {
+            collect_stage_refs(b, out)
+        }
         ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => {
             collect_stage_refs(a, out);
             collect_stage_refs(b, out);
@@ -775,12 +967,16 @@ fn collect_stage_refs(e: &Expr, out: &mut Vec<(String, Span)>) {
                 collect_stage_refs(x, out);
             }
         }
-        ExprKind::Call(_, args) | ExprKind::List(args) => args.iter().for_each(|x| collect_stage_refs(x, out)),
+        ExprKind::Call(_, args) | ExprKind::List(args) => {
+            args.iter().for_each(|x| collect_stage_refs(x, out))
+        }
     }
 }
 
 fn unknown(span: Span, what: String, help: String) -> Diagnostic {
-    Diagnostic::error("unknown-reference", what).at(span, "unknown reference").help(help)
+    Diagnostic::error("unknown-reference", what)
+        .at(span, "unknown reference")
+        .help(help)
 }
 
 /// Names visible in params, inputs, matrices and resources.
@@ -797,15 +993,32 @@ impl Env for BasicEnv {
             ("inputs", None) | ("stages", _) => Err(unknown(
                 span,
                 format!("`{name}` cannot be used here"),
-                if self.inputs.is_none() { "params can refer only to params defined above them".into() } else { "matrix values and resources cannot depend on stage outputs".into() },
+                if self.inputs.is_none() {
+                    "params can refer only to params defined above them".into()
+                } else {
+                    "matrix values and resources cannot depend on stage outputs".into()
+                },
             )),
-            _ => Err(unknown(span, format!("unknown name `{name}`"), "names: params, inputs, stages, and the stage's matrix keys".into())),
+            _ => Err(unknown(
+                span,
+                format!("unknown name `{name}`"),
+                "names: params, inputs, stages, and the stage's matrix keys".into(),
+            )),
         }
     }
     fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic> {
-        Err(unknown(span, format!("`stages.{name}` cannot be used here"), "only stage parameters can refer to stages".into()))
+        Err(unknown(
+            span,
+            format!("`stages.{name}` cannot be used here"),
+            "only stage parameters can refer to stages".into(),
+        ))
     }
-    fn select(&self, _: &StageSel, _: &[(String, Value, Span)], span: Span) -> Result<StageSel, Diagnostic> {
+    fn select(
+        &self,
+        _: &StageSel,
+        _: &[(String, Value, Span)],
+        span: Span,
+    ) -> Result<StageSel, Diagnostic> {
         Err(unknown(span, "no stages here".into(), String::new()))
     }
     fn output(&self, _: &StageSel, _: &str, span: Span) -> Result<Value, Diagnostic> {
@@ -837,7 +1050,8 @@ impl Env for StageEnv<'_> {
                     Err(unknown(
                         span,
                         format!("unknown name `{name}`"),
-                        did_you_mean(name, names.iter().copied()).unwrap_or_else(|| format!("names here: {}", names.join(", "))),
+                        did_you_mean(name, names.iter().copied())
+                            .unwrap_or_else(|| format!("names here: {}", names.join(", "))),
                     ))
                 }
             },
@@ -846,7 +1060,11 @@ impl Env for StageEnv<'_> {
 
     fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic> {
         let &i = self.stage_index.get(name).ok_or_else(|| {
-            unknown(span, format!("no stage named `{name}`"), did_you_mean(name, self.stage_index.keys().map(String::as_str)).unwrap_or_default())
+            unknown(
+                span,
+                format!("no stage named `{name}`"),
+                did_you_mean(name, self.stage_index.keys().map(String::as_str)).unwrap_or_default(),
+            )
         })?;
         Ok(StageSel {
             stage: name.to_string(),
@@ -855,17 +1073,29 @@ impl Env for StageEnv<'_> {
         })
     }
 
-    fn select(&self, sel: &StageSel, keys: &[(String, Value, Span)], span: Span) -> Result<StageSel, Diagnostic> {
+    fn select(
+        &self,
+        sel: &StageSel,
+        keys: &[(String, Value, Span)],
+        span: Span,
+    ) -> Result<StageSel, Diagnostic> {
         let st = &self.stages[self.stage_index[&sel.stage]];
         for (k, _, kspan) in keys {
             if !st.matrix_keys.contains(k) {
-                return Err(Diagnostic::error("unknown-reference", format!("stage `{}` has no matrix key `{k}`", st.name))
-                    .at(*kspan, "not a matrix key")
-                    .help(if st.matrix_keys.is_empty() {
-                        format!("`{}` has no matrix; refer to it without `[...]`", st.name)
-                    } else {
-                        format!("matrix keys of `{}`: {}", st.name, st.matrix_keys.join(", "))
-                    }));
+                return Err(Diagnostic::error(
+                    "unknown-reference",
+                    format!("stage `{}` has no matrix key `{k}`", st.name),
+                )
+                .at(*kspan, "not a matrix key")
+                .help(if st.matrix_keys.is_empty() {
+                    format!("`{}` has no matrix; refer to it without `[...]`", st.name)
+                } else {
+                    format!(
+                        "matrix keys of `{}`: {}",
+                        st.name,
+                        st.matrix_keys.join(", ")
+                    )
+                }));
             }
         }
         let chosen: Vec<usize> = sel
@@ -880,15 +1110,30 @@ impl Env for StageEnv<'_> {
             })
             .collect();
         if chosen.is_empty() {
-            let want = keys.iter().map(|(k, v, _)| format!("{k}={}", plain(v))).collect::<Vec<_>>().join(",");
-            return Err(Diagnostic::error("unknown-reference", format!("no instance `{}[{want}]`", st.name))
-                .at(span, "matches no instance")
-                .help(format!(
-                    "instances: {}",
-                    st.instances.iter().take(8).map(|&i| self.instances[i].name.as_str()).collect::<Vec<_>>().join(", ")
-                )));
+            let want = keys
+                .iter()
+                .map(|(k, v, _)| format!("{k}={}", plain(v)))
+                .collect::<Vec<_>>()
+                .join(",");
+            return Err(Diagnostic::error(
+                "unknown-reference",
+                format!("no instance `{}[{want}]`", st.name),
+            )
+            .at(span, "matches no instance")
+            .help(format!(
+                "instances: {}",
+                st.instances
+                    .iter()
+                    .take(8)
+                    .map(|&i| self.instances[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
-        let all_keys = st.matrix_keys.iter().all(|mk| keys.iter().any(|(k, _, _)| k == mk));
+        let all_keys = st
+            .matrix_keys
+            .iter()
+            .all(|mk| keys.iter().any(|(k, _, _)| k == mk));
         Ok(StageSel {
             stage: sel.stage.clone(),
             instances: chosen,
@@ -899,25 +1144,31 @@ impl Env for StageEnv<'_> {
     fn output(&self, sel: &StageSel, output: &str, span: Span) -> Result<Value, Diagnostic> {
         let st = &self.stages[self.stage_index[&sel.stage]];
         if !sel.many && sel.instances.len() != 1 {
-            return Err(Diagnostic::error("unknown-reference", format!("stage `{}` has {} instances", st.name, sel.instances.len()))
-                .at(span, "which instance?")
-                .help(format!(
-                    "select one with `stages.{0}[{1}=...]` or all with `stages.{0}[*]`",
-                    st.name,
-                    st.matrix_keys.first().map(String::as_str).unwrap_or("key")
-                )));
+            return Err(Diagnostic::error(
+                "unknown-reference",
+                format!("stage `{}` has {} instances", st.name, sel.instances.len()),
+            )
+            .at(span, "which instance?")
+            .help(format!(
+                "select one with `stages.{0}[{1}=...]` or all with `stages.{0}[*]`",
+                st.name,
+                st.matrix_keys.first().map(String::as_str).unwrap_or("key")
+            )));
         }
         let mut out = Vec::new();
         for &i in &sel.instances {
             let inst = &self.instances[i];
             let name = resolve_output(&inst.outputs, output).ok_or_else(|| {
-                Diagnostic::error("unknown-reference", format!("`{}` has no output `{output}`", inst.name))
-                    .at(span, "unknown output")
-                    .help(if inst.outputs.is_empty() {
-                        format!("`{}` declares no outputs", inst.name)
-                    } else {
-                        format!("outputs: {}", inst.outputs.join(", "))
-                    })
+                Diagnostic::error(
+                    "unknown-reference",
+                    format!("`{}` has no output `{output}`", inst.name),
+                )
+                .at(span, "unknown output")
+                .help(if inst.outputs.is_empty() {
+                    format!("`{}` declares no outputs", inst.name)
+                } else {
+                    format!("outputs: {}", inst.outputs.join(", "))
+                })
             })?;
             out.push(Value::Path(PathRef::Artifact {
                 inst: i,
@@ -925,7 +1176,11 @@ impl Env for StageEnv<'_> {
                 output: name,
             }));
         }
-        Ok(if sel.many { Value::List(out) } else { out.pop().unwrap() })
+        Ok(if sel.many {
+            Value::List(out)
+        } else {
+            out.pop().unwrap()
+        })
     }
 }
 
@@ -950,6 +1205,47 @@ pub fn resolve_output(outputs: &[String], name: &str) -> Option<String> {
 }
 
 impl Pipeline {
+    /// A readable dump of the checked pipeline: params, inputs (relative
+    /// to the manifest), and every instance with its parameters and reads.
+    pub fn dump(&self) -> String {
+        use std::fmt::Write;
+        let mut s = format!("pipeline {}\n", self.name);
+        for (k, v) in &self.params {
+            let _ = writeln!(s, "param {k} = {v}");
+        }
+        for (k, i) in &self.inputs {
+            let rel = i.path.strip_prefix(&self.dir).unwrap_or(&i.path);
+            let glob = i
+                .glob
+                .as_deref()
+                .map(|g| format!(" glob {g}"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "input {k} = {}{glob}", rel.display());
+        }
+        for i in &self.instances {
+            let _ = writeln!(
+                s,
+                "instance {} (op {}, threads {}, gpu {})",
+                i.name, i.op, i.resources.threads, i.resources.gpu
+            );
+            for (k, v) in &i.params {
+                let _ = writeln!(s, "  {k} = {v}");
+            }
+            if !i.outputs.is_empty() {
+                let _ = writeln!(s, "  -> {}", i.outputs.join(", "));
+            }
+            if !i.deps.is_empty() {
+                let deps: Vec<&str> = i
+                    .deps
+                    .iter()
+                    .map(|&d| self.instances[d].name.as_str())
+                    .collect();
+                let _ = writeln!(s, "  reads {}", deps.join(", "));
+            }
+        }
+        s
+    }
+
     pub fn instance_by_name(&self, name: &str) -> Option<&Instance> {
         self.instances.iter().find(|i| i.name == name)
     }
@@ -967,16 +1263,27 @@ impl Pipeline {
                 _ => (t.as_str(), None),
             };
             let Some(st) = self.stages.iter().find(|s| s.name == stage) else {
-                let hint = did_you_mean(stage, self.stages.iter().map(|s| s.name.as_str())).map(|h| format!(" ({h})")).unwrap_or_default();
+                let hint = did_you_mean(stage, self.stages.iter().map(|s| s.name.as_str()))
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
                 return Err(format!("no stage `{stage}`{hint}"));
             };
             let pairs: Vec<(&str, &str)> = filter
-                .map(|f| f.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect())
+                .map(|f| {
+                    f.split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.trim(), v.trim()))
+                        .collect()
+                })
                 .unwrap_or_default();
             let before = out.len();
             for &i in &st.instances {
                 let inst = &self.instances[i];
-                if pairs.iter().all(|(k, v)| inst.matrix.iter().any(|(mk, mv)| mk == k && plain(mv) == *v)) {
+                if pairs.iter().all(|(k, v)| {
+                    inst.matrix
+                        .iter()
+                        .any(|(mk, mv)| mk == k && plain(mv) == *v)
+                }) {
                     out.push(i);
                 }
             }
@@ -996,7 +1303,12 @@ mod tests {
 
     #[test]
     fn outputs_resolve_by_name_or_unique_stem() {
-        let outs = vec!["oof.csv".to_string(), "model.pt".to_string(), "a.x".into(), "a.y".into()];
+        let outs = vec![
+            "oof.csv".to_string(),
+            "model.pt".to_string(),
+            "a.x".into(),
+            "a.y".into(),
+        ];
         assert_eq!(resolve_output(&outs, "oof.csv").as_deref(), Some("oof.csv"));
         assert_eq!(resolve_output(&outs, "oof").as_deref(), Some("oof.csv"));
         assert_eq!(resolve_output(&outs, "a"), None);

@@ -118,13 +118,20 @@ pub fn parse(
         let key = cx.name(k);
         match key.name.as_str() {
             "pipeline" => {
-                let Some(t) = cx.table(v, "[pipeline]", &mut diags) else { continue };
+                let Some(t) = cx.table(v, "[pipeline]", &mut diags) else {
+                    continue;
+                };
                 for (k, v) in t.iter() {
                     let key = cx.name(k);
                     match key.name.as_str() {
                         "name" | "description" => {
                             let Some(s) = v.get_ref().as_str() else {
-                                diags.push(type_error(&cx, v, &format!("pipeline.{}", key.name), "a string"));
+                                diags.push(type_error(
+                                    &cx,
+                                    v,
+                                    &format!("pipeline.{}", key.name),
+                                    "a string",
+                                ));
                                 continue;
                             };
                             if key.name == "name" {
@@ -138,7 +145,9 @@ pub fn parse(
                 }
             }
             "params" => {
-                let Some(t) = cx.table(v, "[params]", &mut diags) else { continue };
+                let Some(t) = cx.table(v, "[params]", &mut diags) else {
+                    continue;
+                };
                 for (k, v) in t.iter() {
                     let key = cx.name(k);
                     if let Some(v) = cx.value(v, &mut diags) {
@@ -147,7 +156,9 @@ pub fn parse(
                 }
             }
             "inputs" => {
-                let Some(t) = cx.table(v, "[inputs]", &mut diags) else { continue };
+                let Some(t) = cx.table(v, "[inputs]", &mut diags) else {
+                    continue;
+                };
                 for (k, v) in t.iter() {
                     let key = cx.name(k);
                     if let Some(i) = cx.input(key, v, &mut diags) {
@@ -156,7 +167,9 @@ pub fn parse(
                 }
             }
             "stages" => {
-                let Some(t) = cx.table(v, "[stages]", &mut diags) else { continue };
+                let Some(t) = cx.table(v, "[stages]", &mut diags) else {
+                    continue;
+                };
                 for (k, v) in t.iter() {
                     let key = cx.name(k);
                     if let Some(s) = cx.stage(key, v, &mut diags) {
@@ -171,17 +184,22 @@ pub fn parse(
 }
 
 fn unknown_key(key: &Name, place: &str, known: &[&str]) -> Diagnostic {
-    Diagnostic::error("unknown-key", format!("unknown key `{}` in {place}", key.name))
-        .at(key.span, "unknown key")
-        .help(
-            did_you_mean(&key.name, known.iter().copied())
-                .unwrap_or_else(|| format!("allowed here: {}", known.join(", "))),
-        )
+    Diagnostic::error(
+        "unknown-key",
+        format!("unknown key `{}` in {place}", key.name),
+    )
+    .at(key.span, "unknown key")
+    .help(
+        did_you_mean(&key.name, known.iter().copied())
+            .unwrap_or_else(|| format!("allowed here: {}", known.join(", "))),
+    )
 }
 
 fn type_error(cx: &Cx, v: &toml::Spanned<DeValue>, what: &str, want: &str) -> Diagnostic {
-    Diagnostic::error("wrong-type", format!("`{what}` must be {want}"))
-        .at(cx.span(v), format!("this is {}", article(v.get_ref().type_str())))
+    Diagnostic::error("wrong-type", format!("`{what}` must be {want}")).at(
+        cx.span(v),
+        format!("this is {}", article(v.get_ref().type_str())),
+    )
 }
 
 fn article(t: &str) -> String {
@@ -334,15 +352,23 @@ impl Cx<'_> {
                     Some(path) => Some(RawInput { name, path, glob }),
                     None => {
                         diags.push(
-                            Diagnostic::error("missing-key", format!("input `{}` has no `path`", name.name))
-                                .at(name.span, "needs `path = \"...\"`"),
+                            Diagnostic::error(
+                                "missing-key",
+                                format!("input `{}` has no `path`", name.name),
+                            )
+                            .at(name.span, "needs `path = \"...\"`"),
                         );
                         None
                     }
                 }
             }
             _ => {
-                diags.push(type_error(self, v, &format!("inputs.{}", name.name), "a path string or a table"));
+                diags.push(type_error(
+                    self,
+                    v,
+                    &format!("inputs.{}", name.name),
+                    "a path string or a table",
+                ));
                 None
             }
         }
@@ -372,7 +398,9 @@ impl Cx<'_> {
                 },
                 "description" => st.description = v.get_ref().as_str().map(str::to_string),
                 "matrix" => {
-                    let Some(mt) = self.table(v, "matrix", diags) else { continue };
+                    let Some(mt) = self.table(v, "matrix", diags) else {
+                        continue;
+                    };
                     for (mk, mv) in mt.iter() {
                         if let Some(val) = self.value(mv, diags) {
                             st.matrix.push((self.name(mk), val));
@@ -402,14 +430,18 @@ pub struct Override {
 pub fn parse_override(arg: &str, sources: &mut SourceMap) -> Result<Override, Diagnostic> {
     let src = sources.add(format!("--set {arg}"), arg);
     let Some(eq) = arg.find('=') else {
-        return Err(Diagnostic::error("bad-override", format!("`--set {arg}` needs KEY=VALUE"))
-            .at(Span::new(src, 0, arg.len()), "no `=`"));
+        return Err(
+            Diagnostic::error("bad-override", format!("`--set {arg}` needs KEY=VALUE"))
+                .at(Span::new(src, 0, arg.len()), "no `=`"),
+        );
     };
     let key = arg[..eq].trim();
     let path: Vec<String> = key.split('.').map(|s| s.trim().to_string()).collect();
     if path.iter().any(String::is_empty) {
-        return Err(Diagnostic::error("bad-override", format!("bad key `{key}`"))
-            .at(Span::new(src, 0, eq), "empty key part"));
+        return Err(
+            Diagnostic::error("bad-override", format!("bad key `{key}`"))
+                .at(Span::new(src, 0, eq), "empty key part"),
+        );
     }
     let vtext = &arg[eq + 1..];
     let vspan = Span::new(src, eq + 1, arg.len());
@@ -424,7 +456,10 @@ pub fn parse_override(arg: &str, sources: &mut SourceMap) -> Result<Override, Di
         Err(_) => {
             let map = SpanMap::for_string(vspan, vtext, vtext);
             match parse_template(vtext, &map) {
-                Ok(t) => Some(RawValue { kind: RawKind::Str(t), span: vspan }),
+                Ok(t) => Some(RawValue {
+                    kind: RawKind::Str(t),
+                    span: vspan,
+                }),
                 Err(es) => {
                     diags.extend(es);
                     None
@@ -434,9 +469,10 @@ pub fn parse_override(arg: &str, sources: &mut SourceMap) -> Result<Override, Di
     };
     match value {
         Some(value) if diags.is_empty() => Ok(Override { path, value }),
-        _ => Err(diags.into_iter().next().unwrap_or_else(|| {
-            Diagnostic::error("bad-override", "bad value").at(vspan, "here")
-        })),
+        _ => Err(diags
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Diagnostic::error("bad-override", "bad value").at(vspan, "here"))),
     }
 }
 
@@ -470,14 +506,19 @@ impl RawManifest {
     /// Applies a `--set` override: `params.NAME[.KEY...]`, `stages.NAME.FIELD`,
     /// `inputs.NAME.path`, `pipeline.name`.
     pub fn apply(&mut self, o: &Override) -> Result<(), Diagnostic> {
-        let bad = |msg: String| {
-            Diagnostic::error("bad-override", msg).at(o.value.span, "for this value")
-        };
+        let bad =
+            |msg: String| Diagnostic::error("bad-override", msg).at(o.value.span, "for this value");
         let named = |n: &str| Name {
             name: n.to_string(),
             span: o.value.span,
         };
-        match o.path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        match o
+            .path
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["params", name, rest @ ..] => {
                 match self.params.iter_mut().find(|(k, _)| k.name == *name) {
                     Some((_, v)) => set_in(v, rest, o.value.clone()).map_err(bad)?,
@@ -503,7 +544,8 @@ impl RawManifest {
                                 kind: RawKind::Table(vec![]),
                                 span: o.value.span,
                             });
-                            set_in(st.resources.as_mut().unwrap(), rest, o.value.clone()).map_err(bad)?
+                            set_in(st.resources.as_mut().unwrap(), rest, o.value.clone())
+                                .map_err(bad)?
                         }
                     },
                     _ => match st.fields.iter_mut().find(|(k, _)| k.name == *field) {

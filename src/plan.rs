@@ -24,11 +24,24 @@ use crate::value::{PathRef, Value};
 pub enum Reason {
     NeverRun,
     Forced,
-    OpVersion { old: u32, new: u32 },
-    Param { name: String, old: Option<String>, new: Option<String> },
-    Input { label: String },
-    Upstream { label: String },
-    UpstreamPending { instance: String },
+    OpVersion {
+        old: u32,
+        new: u32,
+    },
+    Param {
+        name: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    Input {
+        label: String,
+    },
+    Upstream {
+        label: String,
+    },
+    UpstreamPending {
+        instance: String,
+    },
     Missing,
     KeyChanged,
 }
@@ -40,7 +53,10 @@ impl fmt::Display for Reason {
             Reason::Forced => write!(f, "forced"),
             Reason::OpVersion { old, new } => write!(f, "op version changed ({old} → {new})"),
             Reason::Param { name, old, new } => {
-                let (o, n) = compact_change(old.as_deref().unwrap_or("unset"), new.as_deref().unwrap_or("unset"));
+                let (o, n) = compact_change(
+                    old.as_deref().unwrap_or("unset"),
+                    new.as_deref().unwrap_or("unset"),
+                );
                 write!(f, "param {name} changed ({o} → {n})")
             }
             Reason::Input { label } => write!(f, "input {label} content changed"),
@@ -61,7 +77,13 @@ fn compact_change(old: &str, new: &str) -> (String, String) {
     let (o, n): (Vec<char>, Vec<char>) = (old.chars().collect(), new.chars().collect());
     let prefix = o.iter().zip(&n).take_while(|(a, b)| a == b).count();
     let max_suffix = o.len().min(n.len()) - prefix;
-    let suffix = o.iter().rev().zip(n.iter().rev()).take(max_suffix).take_while(|(a, b)| a == b).count();
+    let suffix = o
+        .iter()
+        .rev()
+        .zip(n.iter().rev())
+        .take(max_suffix)
+        .take_while(|(a, b)| a == b)
+        .count();
     let cut = |v: &[char]| {
         let start = prefix.saturating_sub(CONTEXT);
         let end = (v.len() - suffix + CONTEXT).min(v.len());
@@ -97,8 +119,9 @@ mod tests {
         let old = format!("{}s=3{}", "a".repeat(50), "b".repeat(50));
         let new = format!("{}s=4{}", "a".repeat(50), "b".repeat(50));
         let (o, n) = compact_change(&old, &new);
-        assert_eq!(o, format!("…{}s=3{}…", "a".repeat(10), "b".repeat(10)));
-        assert_eq!(n, format!("…{}s=4{}…", "a".repeat(10), "b".repeat(10)));
+        // Ten characters of context on each side of the differing `3`/`4`.
+        assert_eq!(o, format!("…{}s=3{}…", "a".repeat(8), "b".repeat(10)));
+        assert_eq!(n, format!("…{}s=4{}…", "a".repeat(8), "b".repeat(10)));
         assert_eq!(compact_change("1", "2"), ("1".to_string(), "2".to_string()));
     }
 }
@@ -123,11 +146,17 @@ impl Plan {
     }
 
     pub fn stale_count(&self) -> usize {
-        self.status.iter().filter(|s| matches!(s, Status::Stale(_))).count()
+        self.status
+            .iter()
+            .filter(|s| matches!(s, Status::Stale(_)))
+            .count()
     }
 
     pub fn fresh_count(&self) -> usize {
-        self.status.iter().filter(|s| matches!(s, Status::Fresh(_))).count()
+        self.status
+            .iter()
+            .filter(|s| matches!(s, Status::Fresh(_)))
+            .count()
     }
 }
 
@@ -143,8 +172,16 @@ pub fn key_of(
     let mut content = |r: &PathRef| -> Hash {
         let h = match r {
             PathRef::File { path, glob, .. } => stat.path(path, glob.as_deref()).at(path),
-            PathRef::Artifact { inst: up, output, label } => upstream(*up)
-                .and_then(|rec| rec.outputs.get(output).and_then(|o| Hash::from_hex(&o.hash).ok()))
+            PathRef::Artifact {
+                inst: up,
+                output,
+                label,
+            } => upstream(*up)
+                .and_then(|rec| {
+                    rec.outputs
+                        .get(output)
+                        .and_then(|o| Hash::from_hex(&o.hash).ok())
+                })
                 .ok_or_else(|| Error::Corrupt(format!("no stored output for {label}"))),
         };
         match h {
@@ -192,7 +229,10 @@ fn encode_key(inst: &Instance, content: &mut dyn FnMut(&PathRef) -> Hash) -> Has
 
 /// Parameters as shown in explanations.
 pub fn display_params(inst: &Instance) -> BTreeMap<String, String> {
-    inst.params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+    inst.params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect()
 }
 
 /// Plans `targets` (all instances when `None`), with the instances of the
@@ -217,7 +257,11 @@ pub fn plan(
             continue;
         }
         let inst = &p.instances[id];
-        if let Some(&d) = inst.deps.iter().find(|&&d| !matches!(status[d], Status::Fresh(_))) {
+        if let Some(&d) = inst
+            .deps
+            .iter()
+            .find(|&&d| !matches!(status[d], Status::Fresh(_)))
+        {
             status[id] = Status::Stale(vec![Reason::UpstreamPending {
                 instance: p.instances[d].name.clone(),
             }]);
@@ -242,7 +286,9 @@ pub fn plan(
 /// Why an instance with key `k` is not in the store, compared with its
 /// last run.
 pub fn explain(inst: &Instance, k: &Keyed, last: Option<Record>) -> Vec<Reason> {
-    let Some(last) = last else { return vec![Reason::NeverRun] };
+    let Some(last) = last else {
+        return vec![Reason::NeverRun];
+    };
     if last.key == k.key.to_hex().as_str() {
         return vec![Reason::Missing];
     }
@@ -276,9 +322,13 @@ pub fn explain(inst: &Instance, k: &Keyed, last: Option<Record>) -> Vec<Reason> 
     for (label, h) in &k.inputs {
         if last.inputs.get(label).is_some_and(|old| old != h) {
             reasons.push(if artifacts.contains(label.as_str()) {
-                Reason::Upstream { label: label.clone() }
+                Reason::Upstream {
+                    label: label.clone(),
+                }
             } else {
-                Reason::Input { label: label.clone() }
+                Reason::Input {
+                    label: label.clone(),
+                }
             });
         }
     }

@@ -23,6 +23,14 @@ pub enum Value {
     Interp(Vec<Part>),
 }
 
+/// A type name with its article: `an integer`, `a string`.
+pub fn a(type_name: &str) -> String {
+    match type_name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
 /// What a [`Value::Path`] points at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PathRef {
@@ -190,11 +198,9 @@ impl Value {
                     .collect(),
             ),
             Value::List(l) => Value::List(l.iter().map(|v| v.map_paths(f)).collect()),
-            Value::Table(t) => Value::Table(
-                t.iter()
-                    .map(|(k, v)| (k.clone(), v.map_paths(f)))
-                    .collect(),
-            ),
+            Value::Table(t) => {
+                Value::Table(t.iter().map(|(k, v)| (k.clone(), v.map_paths(f))).collect())
+            }
             other => other.clone(),
         }
     }

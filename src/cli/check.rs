@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use super::{Format, default_manifests, use_color};
 
 pub fn check(manifests: &[PathBuf], set: &[String], format: Format) -> anyhow::Result<i32> {
-    let files = if manifests.is_empty() { default_manifests()? } else { manifests.to_vec() };
+    let files = if manifests.is_empty() {
+        default_manifests()?
+    } else {
+        manifests.to_vec()
+    };
     let mut errors = 0;
     let mut json = Vec::new();
     for f in &files {
@@ -32,12 +36,19 @@ pub fn check(manifests: &[PathBuf], set: &[String], format: Format) -> anyhow::R
                     eprint!("{}", report.render(use_color()));
                 }
             }
-            Format::Json => json.extend(report.to_json().into_iter().map(|d| serde_json::to_value(d).unwrap())),
+            Format::Json => json.extend(
+                report
+                    .to_json()
+                    .into_iter()
+                    .map(|d| serde_json::to_value(d).unwrap()),
+            ),
         }
     }
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&json)?),
-        Format::Text if errors > 0 => eprintln!("error: {errors} error(s) in {} manifest(s)", files.len()),
+        Format::Text if errors > 0 => {
+            eprintln!("error: {errors} error(s) in {} manifest(s)", files.len())
+        }
         Format::Text => {}
     }
     Ok(if errors > 0 { 1 } else { 0 })

@@ -20,7 +20,12 @@ fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     Ok(Store::open(&cli.store)?)
 }
 
-fn make_plan(cli: &Cli, p: &Pipeline, targets: &[String], force: &[String]) -> anyhow::Result<(Graph, Plan)> {
+fn make_plan(
+    cli: &Cli,
+    p: &Pipeline,
+    targets: &[String],
+    force: &[String],
+) -> anyhow::Result<(Graph, Plan)> {
     let store = open_store(cli)?;
     let stat = StatCache::load(&store.statcache_path());
     let g = Graph::of(p);
@@ -31,7 +36,13 @@ fn make_plan(cli: &Cli, p: &Pipeline, targets: &[String], force: &[String]) -> a
     Ok((g, pl))
 }
 
-pub fn plan(cli: &Cli, m: &ManifestArgs, targets: &[String], force: &[String], format: Format) -> anyhow::Result<i32> {
+pub fn plan(
+    cli: &Cli,
+    m: &ManifestArgs,
+    targets: &[String],
+    force: &[String],
+    format: Format,
+) -> anyhow::Result<i32> {
     let p = m.load()?;
     let (g, pl) = make_plan(cli, &p, targets, force)?;
     match format {
@@ -50,7 +61,12 @@ pub fn plan_text(p: &Pipeline, g: &Graph, pl: &Plan) -> String {
         pl.fresh_count(),
         pl.stale_count()
     );
-    let width = p.instances.iter().map(|i| i.name.chars().count()).max().unwrap_or(0);
+    let width = p
+        .instances
+        .iter()
+        .map(|i| i.name.chars().count())
+        .max()
+        .unwrap_or(0);
     for &id in g.order() {
         let name = &p.instances[id].name;
         match &pl.status[id] {
@@ -99,7 +115,10 @@ pub fn run(
     let p = m.load()?;
     let store = open_store(cli)?;
     let _lock = store.lock(!no_wait, |pid| {
-        eprintln!("waiting for another podium run (pid {pid}) to release {}", cli.store.display());
+        eprintln!(
+            "waiting for another podium run (pid {pid}) to release {}",
+            cli.store.display()
+        );
     })?;
     let stat = StatCache::load(&store.statcache_path());
     let opts = RunOptions {
@@ -110,7 +129,11 @@ pub fn run(
         force: force.iter().cloned().collect(),
         out_root: cli.out_dir.clone(),
     };
-    let executor = LocalExecutor { threads: jobs, gpus, keep_going };
+    let executor = LocalExecutor {
+        threads: jobs,
+        gpus,
+        keep_going,
+    };
     let progress = std::sync::OnceLock::new();
     let events = LazyProgress(&progress);
     let report = exec::run(&p, &store, &stat, &executor, &opts, &events, &|pl| {
@@ -125,7 +148,12 @@ pub fn run(
     let failed = count(|o| matches!(o, Outcome::Failed { .. }));
     let skipped = count(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled));
     for (name, o) in &report.outcomes {
-        if let Outcome::Failed { message, log, log_tail } = o {
+        if let Outcome::Failed {
+            message,
+            log,
+            log_tail,
+        } = o
+        {
             eprintln!("error: {name} failed: {message}");
             if let Some(log) = log {
                 if !log_tail.is_empty() {
@@ -141,7 +169,12 @@ pub fn run(
     match format {
         Format::Json => {
             let names = |f: fn(&Outcome) -> bool| -> Vec<&str> {
-                report.outcomes.iter().filter(|(_, o)| f(o)).map(|(n, _)| n.as_str()).collect()
+                report
+                    .outcomes
+                    .iter()
+                    .filter(|(_, o)| f(o))
+                    .map(|(n, _)| n.as_str())
+                    .collect()
             };
             println!(
                 "{}",
@@ -210,16 +243,35 @@ pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32
                         "last_run": last.as_ref().map(|r| json!({"finished_at": r.finished_at, "duration_s": r.duration_s, "metrics": r.metrics, "key": r.key}))})
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"pipeline": p.name, "instances": items}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"pipeline": p.name, "instances": items}))?
+            );
         }
         Format::Text => {
-            let width = rows.iter().map(|r| r.0.name.chars().count()).max().unwrap_or(0);
-            println!("pipeline {} ({}): {} fresh, {} stale", p.name, p.manifest.display(), pl.fresh_count(), pl.stale_count());
+            let width = rows
+                .iter()
+                .map(|r| r.0.name.chars().count())
+                .max()
+                .unwrap_or(0);
+            println!(
+                "pipeline {} ({}): {} fresh, {} stale",
+                p.name,
+                p.manifest.display(),
+                pl.fresh_count(),
+                pl.stale_count()
+            );
             for (i, s, last) in rows {
                 let info = match last {
                     Some(r) => {
-                        let metrics: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
-                        format!("last run {:.2}s{}{}", r.duration_s, if metrics.is_empty() { "" } else { "  " }, metrics.join(" "))
+                        let metrics: Vec<String> =
+                            r.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        format!(
+                            "last run {:.2}s{}{}",
+                            r.duration_s,
+                            if metrics.is_empty() { "" } else { "  " },
+                            metrics.join(" ")
+                        )
                     }
                     None => "never run".into(),
                 };
@@ -242,12 +294,20 @@ pub fn dag(cli: &Cli, m: &ManifestArgs, format: DagFormat) -> anyhow::Result<i32
 }
 
 pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32> {
-    let files = if manifests.is_empty() { default_manifests()? } else { manifests.to_vec() };
+    let files = if manifests.is_empty() {
+        default_manifests()?
+    } else {
+        manifests.to_vec()
+    };
     let store = open_store(cli)?;
-    let _lock = store.lock(true, |pid| eprintln!("waiting for the podium run (pid {pid}) to finish"))?;
+    let _lock = store.lock(true, |pid| {
+        eprintln!("waiting for the podium run (pid {pid}) to finish")
+    })?;
     let mut live = HashSet::new();
     for f in &files {
-        let (p, _) = podium::load(f, &[]).with_context(|| format!("gc keeps what {} references, so it must check", f.display()))?;
+        let (p, _) = podium::load(f, &[]).with_context(|| {
+            format!("gc keeps what {} references, so it must check", f.display())
+        })?;
         let (_, pl) = make_plan(cli, &p, &[], &[])?;
         for s in &pl.status {
             if let Status::Fresh(r) = s {
@@ -277,11 +337,20 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32
 
 pub fn verify(cli: &Cli) -> anyhow::Result<i32> {
     let store = open_store(cli)?;
-    let _lock = store.lock(true, |pid| eprintln!("waiting for the podium run (pid {pid}) to finish"))?;
+    let _lock = store.lock(true, |pid| {
+        eprintln!("waiting for the podium run (pid {pid}) to finish")
+    })?;
     let r = store.verify(|_| {})?;
     for c in &r.corrupted {
-        eprintln!("corrupted: {} (dropped; the next run recomputes what needs it)", c.display());
+        eprintln!(
+            "corrupted: {} (dropped; the next run recomputes what needs it)",
+            c.display()
+        );
     }
-    println!("verified {} object(s): {} corrupted", r.checked, r.corrupted.len());
+    println!(
+        "verified {} object(s): {} corrupted",
+        r.checked,
+        r.corrupted.len()
+    );
     Ok(if r.corrupted.is_empty() { 0 } else { 1 })
 }

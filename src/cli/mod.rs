@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "podium", version, about = "Declarative, content-hashed pipelines for computer-vision competitions")]
+#[command(
+    name = "podium",
+    version,
+    about = "Declarative, content-hashed pipelines for computer-vision competitions"
+)]
 pub struct Cli {
     /// The store: content-addressed results and run records.
     #[arg(long, global = true, env = "PODIUM_STORE", default_value = "cache")]
@@ -138,7 +142,9 @@ enum Command {
 }
 
 fn default_jobs() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Runs the command line; returns the exit code.
@@ -146,16 +152,48 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     ctrlc_handler();
     let result = match &cli.command {
-        Command::Check { manifests, set, format } => check::check(manifests, set, *format),
-        Command::Plan { manifest, targets, force, format } => commands::plan(&cli, manifest, targets, force, *format),
-        Command::Run { manifest, targets, jobs, gpus, keep_going, force, no_wait, format } => {
-            commands::run(&cli, manifest, targets, *jobs, *gpus, *keep_going, force, *no_wait, *format)
-        }
+        Command::Check {
+            manifests,
+            set,
+            format,
+        } => check::check(manifests, set, *format),
+        Command::Plan {
+            manifest,
+            targets,
+            force,
+            format,
+        } => commands::plan(&cli, manifest, targets, force, *format),
+        Command::Run {
+            manifest,
+            targets,
+            jobs,
+            gpus,
+            keep_going,
+            force,
+            no_wait,
+            format,
+        } => commands::run(
+            &cli,
+            manifest,
+            targets,
+            *jobs,
+            *gpus,
+            *keep_going,
+            force,
+            *no_wait,
+            *format,
+        ),
         Command::Status { manifest, format } => commands::status(&cli, manifest, *format),
         Command::Dag { manifest, format } => commands::dag(&cli, manifest, *format),
         Command::Gc { dry_run, manifests } => commands::gc(&cli, manifests, *dry_run),
         Command::Verify => commands::verify(&cli),
-        Command::Op { kind, inputs, set, output, list } => op::op(kind.as_deref(), inputs, set, output.as_deref(), *list),
+        Command::Op {
+            kind,
+            inputs,
+            set,
+            output,
+            list,
+        } => op::op(kind.as_deref(), inputs, set, output.as_deref(), *list),
     };
     match result {
         Ok(code) => code,
@@ -177,7 +215,9 @@ fn ctrlc_handler() {
             eprintln!("\ninterrupted again; exiting now");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: stopping running instances; finished ones are kept (Ctrl-C again to exit at once)");
+        eprintln!(
+            "\ninterrupted: stopping running instances; finished ones are kept (Ctrl-C again to exit at once)"
+        );
         podium::cancel::cancel();
     });
 }
@@ -218,7 +258,10 @@ impl ManifestArgs {
         }
         anyhow::bail!(
             "several manifests here; choose one with -f: {}",
-            all.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            all.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 

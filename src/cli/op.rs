@@ -8,12 +8,21 @@ use podium::expr::{Segment, Template};
 use podium::manifest::{Name, RawKind, RawManifest, RawStage, RawValue, parse_override};
 use podium::ops::{self, OpContext};
 
-pub fn op(kind: Option<&str>, inputs: &[PathBuf], set: &[String], output: Option<&Path>, list: bool) -> anyhow::Result<i32> {
+pub fn op(
+    kind: Option<&str>,
+    inputs: &[PathBuf],
+    set: &[String],
+    output: Option<&Path>,
+    list: bool,
+) -> anyhow::Result<i32> {
     if list || kind.is_none() {
         for o in ops::all() {
             println!("{:<10} {}", o.name(), o.summary());
             for p in o.params() {
-                let default = p.default.map(|d| format!(" (default {d})")).unwrap_or_else(|| " (required)".into());
+                let default = p
+                    .default
+                    .map(|d| format!(" (default {d})"))
+                    .unwrap_or_else(|| " (required)".into());
                 println!("    {:<12} {}{default}", p.name, p.kind.describe());
             }
         }
@@ -34,10 +43,15 @@ pub fn op(kind: Option<&str>, inputs: &[PathBuf], set: &[String], output: Option
     let src = sources.add("<podium op>", "");
     let span = Span::new(src, 0, 0);
     let lit = |s: String| RawValue {
-        kind: RawKind::Str(Template { segments: vec![Segment::Lit(s)] }),
+        kind: RawKind::Str(Template {
+            segments: vec![Segment::Lit(s)],
+        }),
         span,
     };
-    let name = |n: &str| Name { name: n.to_string(), span };
+    let name = |n: &str| Name {
+        name: n.to_string(),
+        span,
+    };
     let mut stage = RawStage {
         name: name("op"),
         op: Some((kind.to_string(), span)),
@@ -52,9 +66,20 @@ pub fn op(kind: Option<&str>, inputs: &[PathBuf], set: &[String], output: Option
         };
         let abs: Vec<RawValue> = inputs
             .iter()
-            .map(|i| lit(std::path::absolute(i).unwrap_or_else(|_| i.clone()).display().to_string()))
+            .map(|i| {
+                lit(std::path::absolute(i)
+                    .unwrap_or_else(|_| i.clone())
+                    .display()
+                    .to_string())
+            })
             .collect();
-        stage.fields.push((name(param), RawValue { kind: RawKind::Array(abs), span }));
+        stage.fields.push((
+            name(param),
+            RawValue {
+                kind: RawKind::Array(abs),
+                span,
+            },
+        ));
     }
     let mut raw = RawManifest {
         path: PathBuf::from("podium-op.toml"),
@@ -79,25 +104,39 @@ pub fn op(kind: Option<&str>, inputs: &[PathBuf], set: &[String], output: Option
     }
     let Some(pipeline) = pipeline else {
         for d in diags.iter().filter(|d| d.is_error()) {
-            let label = if d.label.is_empty() { String::new() } else { format!(" ({})", d.label) };
+            let label = if d.label.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.label)
+            };
             eprintln!("error: {kind}: {}{label}", d.message);
         }
         return Ok(1);
     };
     let inst = &pipeline.instances[0];
     if !inst.outputs.is_empty() && output.is_none() {
-        anyhow::bail!("op `{kind}` writes {}; say where with -o", inst.outputs.join(", "));
+        anyhow::bail!(
+            "op `{kind}` writes {}; say where with -o",
+            inst.outputs.join(", ")
+        );
     }
-    let work = tempfile::Builder::new().prefix(".podium-op").tempdir_in(".")?;
+    let work = tempfile::Builder::new()
+        .prefix(".podium-op")
+        .tempdir_in(".")?;
     let out_dir = work.path().join("out");
     std::fs::create_dir(&out_dir)?;
     let params = inst
         .params
         .iter()
-        .map(|(k, v)| (k.clone(), v.map_paths(&|r| match r {
-            podium::value::PathRef::File { path, .. } => path.display().to_string(),
-            other => other.label().to_string(),
-        })))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.map_paths(&|r| match r {
+                    podium::value::PathRef::File { path, .. } => path.display().to_string(),
+                    other => other.label().to_string(),
+                }),
+            )
+        })
         .collect();
     let log_path = work.path().join("log");
     let mut log = std::fs::File::create(&log_path)?;
@@ -108,7 +147,9 @@ pub fn op(kind: Option<&str>, inputs: &[PathBuf], set: &[String], output: Option
         work_dir: &cwd,
         log: &mut log,
         cancel: podium::cancel::flag(),
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         gpus: &[],
     };
     let result = op.run(&mut cx);
@@ -120,13 +161,15 @@ pub fn op(kind: Option<&str>, inputs: &[PathBuf], set: &[String], output: Option
     }
     if let Some(output) = output {
         // Written beside the target, then renamed: a failure leaves it untouched.
-        let src: PathBuf = if inst.outputs.len() == 1 { out_dir.join(&inst.outputs[0]) } else { out_dir.clone() };
+        let src: PathBuf = if inst.outputs.len() == 1 {
+            out_dir.join(&inst.outputs[0])
+        } else {
+            out_dir.clone()
+        };
         if output.is_dir() && inst.outputs.len() != 1 {
             podium::store::remove_all(output)?;
         }
-        std::fs::rename(&src, output).or_else(|_| {
-            std::fs::copy(&src, output).map(|_| ())
-        })?;
+        std::fs::rename(&src, output).or_else(|_| std::fs::copy(&src, output).map(|_| ()))?;
     }
     Ok(0)
 }

@@ -20,9 +20,11 @@ impl Progress {
             let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let bar = mp.add(ProgressBar::new(total as u64));
             bar.set_style(
-                ProgressStyle::with_template("{elapsed_precise:.dim} [{bar:30.cyan/blue}] {pos}/{len} {wide_msg}")
-                    .unwrap()
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{elapsed_precise:.dim} [{bar:30.cyan/blue}] {pos}/{len} {wide_msg}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
             );
             bar.enable_steady_tick(Duration::from_millis(120));
             (mp, bar)
@@ -76,7 +78,11 @@ impl Events for Progress {
         self.line(format!("[{:>width$}/{}] {what}", *done, self.total));
         if let Some((_, bar)) = &self.bars {
             bar.set_position(*done as u64);
-            bar.set_message(if r.is_empty() { String::new() } else { format!("running {}", r.join(", ")) });
+            bar.set_message(if r.is_empty() {
+                String::new()
+            } else {
+                format!("running {}", r.join(", "))
+            });
         }
     }
 }

@@ -28,7 +28,8 @@ impl Executor for LocalExecutor {
             .thread_name(|i| format!("podium-worker-{i}"))
             .build()
             .expect("thread pool");
-        let index: HashMap<usize, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+        let index: HashMap<usize, usize> =
+            jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
         let mut waiting: Vec<usize> = jobs
             .iter()
             .map(|j| j.deps.iter().filter(|d| index.contains_key(d)).count())
@@ -81,7 +82,9 @@ impl Executor for LocalExecutor {
                     if want_threads <= free_threads && job.resources.gpu <= free_gpus.len() {
                         ready.remove(i);
                         free_threads -= want_threads;
-                        let gpus: Vec<usize> = (0..job.resources.gpu).map(|_| free_gpus.pop().unwrap()).collect();
+                        let gpus: Vec<usize> = (0..job.resources.gpu)
+                            .map(|_| free_gpus.pop().unwrap())
+                            .collect();
                         running += 1;
                         events.started(job);
                         let tx = tx.clone();
@@ -97,7 +100,9 @@ impl Executor for LocalExecutor {
                 if running == 0 {
                     break;
                 }
-                let Ok((ji, outcome, gpus, used, took)) = rx.recv() else { break };
+                let Ok((ji, outcome, gpus, used, took)) = rx.recv() else {
+                    break;
+                };
                 running -= 1;
                 free_threads += used;
                 free_gpus.extend(gpus);
@@ -131,7 +136,8 @@ impl Executor for LocalExecutor {
                         Outcome::Cancelled
                     } else {
                         Outcome::Skipped {
-                            because: "the run stopped after a failure (use --keep-going to go on)".into(),
+                            because: "the run stopped after a failure (use --keep-going to go on)"
+                                .into(),
                         }
                     }),
                 )
@@ -182,17 +188,30 @@ mod tests {
 
     #[test]
     fn runs_in_dependency_order_and_skips_after_failure() {
-        let jobs = vec![job(0, &[], 1), job(1, &[0], 1), job(2, &[1], 1), job(3, &[], 1)];
+        let jobs = vec![
+            job(0, &[], 1),
+            job(1, &[0], 1),
+            job(2, &[1], 1),
+            job(3, &[], 1),
+        ];
         let log = Mutex::new(Vec::new());
         let run = |j: &Job, _: &[usize]| {
             log.lock().unwrap().push(j.id);
             if j.id == 1 {
-                Outcome::Failed { message: "boom".into(), log: None, log_tail: String::new() }
+                Outcome::Failed {
+                    message: "boom".into(),
+                    log: None,
+                    log_tail: String::new(),
+                }
             } else {
                 Outcome::Executed
             }
         };
-        let ex = LocalExecutor { threads: 2, gpus: 0, keep_going: true };
+        let ex = LocalExecutor {
+            threads: 2,
+            gpus: 0,
+            keep_going: true,
+        };
         let out: HashMap<usize, Outcome> = ex.execute(&jobs, &run, &NoEvents).into_iter().collect();
         assert_eq!(out[&0], Outcome::Executed);
         assert!(matches!(out[&1], Outcome::Failed { .. }));
@@ -217,7 +236,11 @@ mod tests {
             busy.lock().unwrap().0 -= 2;
             Outcome::Executed
         };
-        let ex = LocalExecutor { threads: 4, gpus: 0, keep_going: false };
+        let ex = LocalExecutor {
+            threads: 4,
+            gpus: 0,
+            keep_going: false,
+        };
         ex.execute(&jobs, &run, &NoEvents);
         assert!(busy.lock().unwrap().1 <= 4);
     }
@@ -226,7 +249,11 @@ mod tests {
     fn a_job_needing_more_gpus_than_exist_fails_clearly() {
         let mut j = job(0, &[], 1);
         j.resources.gpu = 1;
-        let ex = LocalExecutor { threads: 1, gpus: 0, keep_going: false };
+        let ex = LocalExecutor {
+            threads: 1,
+            gpus: 0,
+            keep_going: false,
+        };
         let out = ex.execute(&[j], &|_, _| Outcome::Executed, &NoEvents);
         match &out[0].1 {
             Outcome::Failed { message, .. } => assert!(message.contains("GPU")),

@@ -20,9 +20,15 @@ pub enum Outcome {
     Executed,
     /// Its key was in the store after all (an upstream reran with identical output).
     Cached,
-    Failed { message: String, log: Option<std::path::PathBuf>, log_tail: String },
+    Failed {
+        message: String,
+        log: Option<std::path::PathBuf>,
+        log_tail: String,
+    },
     /// Not run because an instance it reads failed.
-    Skipped { because: String },
+    Skipped {
+        because: String,
+    },
     Cancelled,
 }
 
@@ -98,11 +104,15 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn succeeded(&self) -> bool {
-        self.outcomes.iter().all(|(_, o)| matches!(o, Outcome::Executed | Outcome::Cached))
+        self.outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Executed | Outcome::Cached))
     }
 
     pub fn cancelled(&self) -> bool {
-        self.outcomes.iter().any(|(_, o)| matches!(o, Outcome::Cancelled))
+        self.outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Cancelled))
     }
 
     /// Names of the instances whose op ran.
@@ -155,6 +165,9 @@ pub fn run(
     outcomes.sort_by_key(|(id, _)| g.order().iter().position(|x| x == id));
     Ok(RunReport {
         fresh,
-        outcomes: outcomes.into_iter().map(|(id, o)| (p.instances[id].name.clone(), o)).collect(),
+        outcomes: outcomes
+            .into_iter()
+            .map(|(id, o)| (p.instances[id].name.clone(), o))
+            .collect(),
     })
 }

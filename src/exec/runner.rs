@@ -20,7 +20,11 @@ use crate::value::PathRef;
 /// `out/<stage>/` or, for a matrix stage, `out/<stage>/<key=value,...>/`.
 pub fn outputs_dir(out_root: &Path, inst: &Instance) -> PathBuf {
     let d = out_root.join(&inst.stage_name);
-    if inst.matrix.is_empty() { d } else { d.join(inst.matrix_label()) }
+    if inst.matrix.is_empty() {
+        d
+    } else {
+        d.join(inst.matrix_label())
+    }
 }
 
 /// Runs instances of one pipeline against one store.
@@ -55,7 +59,8 @@ impl<'a> Runner<'a> {
             pipeline,
             store,
             stat,
-            out_root,
+            // Commands run in the manifest's directory, so paths must not be relative.
+            out_root: std::path::absolute(&out_root).unwrap_or(out_root),
             force,
             records: RwLock::new(records),
         }
@@ -71,7 +76,9 @@ impl<'a> Runner<'a> {
 
     /// Makes an instance's stored outputs visible under `out/`.
     pub fn materialize(&self, id: usize) -> Result<()> {
-        let Some(rec) = self.record(id) else { return Ok(()) };
+        let Some(rec) = self.record(id) else {
+            return Ok(());
+        };
         let dir = outputs_dir(&self.out_root, &self.pipeline.instances[id]);
         for (name, o) in &rec.outputs {
             self.store.materialize(o, &dir.join(name))?;
@@ -83,10 +90,12 @@ impl<'a> Runner<'a> {
     pub fn path_of(&self, r: &PathRef) -> String {
         match r {
             PathRef::File { path, .. } => path.display().to_string(),
-            PathRef::Artifact { inst, output, .. } => outputs_dir(&self.out_root, &self.pipeline.instances[*inst])
-                .join(output)
-                .display()
-                .to_string(),
+            PathRef::Artifact { inst, output, .. } => {
+                outputs_dir(&self.out_root, &self.pipeline.instances[*inst])
+                    .join(output)
+                    .display()
+                    .to_string()
+            }
         }
     }
 
@@ -95,9 +104,19 @@ impl<'a> Runner<'a> {
         let safe: String = inst
             .name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_=,.".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_=,.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        self.store.root().join("logs").join(&self.pipeline.name).join(format!("{safe}.log"))
+        self.store
+            .root()
+            .join("logs")
+            .join(&self.pipeline.name)
+            .join(format!("{safe}.log"))
     }
 
     /// Runs one instance (unless its key turns out to be stored already).
@@ -148,8 +167,12 @@ impl<'a> Runner<'a> {
                 threads: inst.resources.threads,
                 gpus,
             };
-            catch_unwind(AssertUnwindSafe(|| op.run(&mut cx)))
-                .unwrap_or_else(|_| Err(OpError::Failed(format!("op `{}` panicked (a bug in podium)", op.name()))))
+            catch_unwind(AssertUnwindSafe(|| op.run(&mut cx))).unwrap_or_else(|_| {
+                Err(OpError::Failed(format!(
+                    "op `{}` panicked (a bug in podium)",
+                    op.name()
+                )))
+            })
         };
         let duration = started.elapsed();
         drop(log);
@@ -164,19 +187,29 @@ impl<'a> Runner<'a> {
                 log_tail: tail(&log_bytes, 20),
             }),
             Ok(()) => {
-                let mut rec = Record::new(&k.key, &p.name, &inst.stage_name, &inst.name, op.name(), op.version());
+                let mut rec = Record::new(
+                    &k.key,
+                    &p.name,
+                    &inst.stage_name,
+                    &inst.name,
+                    op.name(),
+                    op.version(),
+                );
                 rec.params = plan::display_params(inst);
                 rec.inputs = k.inputs.clone();
                 for o in &inst.outputs {
                     let out = self.store.put_output(&out_dir.join(o))?;
                     if o.ends_with("metrics.json") {
-                        rec.metrics = read_metrics(&self.store, &out);
+                        rec.metrics = read_metrics(self.store, &out);
                     }
                     rec.outputs.insert(o.clone(), out);
                 }
                 rec.log = Some(self.store.put_bytes(&log_bytes)?.to_hex().to_string());
                 rec.duration_s = duration.as_secs_f64();
-                rec.finished_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                rec.finished_at = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 self.store.put_record(&rec)?;
                 let dir = outputs_dir(&self.out_root, inst);
                 // The previous run's files must not linger beside the new ones.
@@ -192,13 +225,20 @@ impl<'a> Runner<'a> {
     }
 }
 
-fn read_metrics(store: &Store, o: &crate::store::Output) -> std::collections::BTreeMap<String, f64> {
+fn read_metrics(
+    store: &Store,
+    o: &crate::store::Output,
+) -> std::collections::BTreeMap<String, f64> {
     store
         .output_objects(o)
         .first()
         .and_then(|p| fs::read(p).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok())
-        .map(|m| m.into_iter().filter_map(|(k, v)| v.as_f64().map(|f| (k, f))).collect())
+        .map(|m| {
+            m.into_iter()
+                .filter_map(|(k, v)| v.as_f64().map(|f| (k, f)))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -100,15 +100,20 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
                 EVal::Stage(sel) => Ok(EVal::V(env.output(&sel, name, e.span)?)),
                 EVal::V(Value::Table(t)) => match t.get(name) {
                     Some(v) => Ok(EVal::V(v.clone())),
-                    None => Err(Diagnostic::error("unknown-reference", format!("no field `{name}`"))
-                        .at(e.span, "not found")
-                        .help(crate::diag::did_you_mean(name, t.keys().map(String::as_str))
-                            .unwrap_or_else(|| format!("fields: {}", keys(&t))))),
+                    None => Err(Diagnostic::error(
+                        "unknown-reference",
+                        format!("no field `{name}`"),
+                    )
+                    .at(e.span, "not found")
+                    .help(
+                        crate::diag::did_you_mean(name, t.keys().map(String::as_str))
+                            .unwrap_or_else(|| format!("fields: {}", keys(&t))),
+                    )),
                 },
                 EVal::V(v) => Err(err(
                     e.span,
-                    format!("a {} has no fields", v.type_name()),
-                    format!("`.{name}` on a {}", v.type_name()),
+                    format!("{} has no fields", crate::value::a(v.type_name())),
+                    format!("`.{name}` on {}", crate::value::a(v.type_name())),
                 )),
             };
         }
@@ -133,9 +138,11 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
                 }
                 (EVal::V(Value::Table(t)), Value::Str(k)) => match t.get(&k) {
                     Some(v) => Ok(EVal::V(v.clone())),
-                    None => Err(Diagnostic::error("unknown-reference", format!("no key `{k}`"))
-                        .at(idx.span, "not in the table")
-                        .help(format!("keys: {}", keys(&t)))),
+                    None => Err(
+                        Diagnostic::error("unknown-reference", format!("no key `{k}`"))
+                            .at(idx.span, "not in the table")
+                            .help(format!("keys: {}", keys(&t))),
+                    ),
                 },
                 (b, i) => Err(err(
                     e.span,
@@ -160,9 +167,10 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
         ExprKind::Unary(op, x) => {
             let v = eval(x, env)?;
             match (op, v) {
-                (UnOp::Neg, Value::Int(i)) => Value::Int(i.checked_neg().ok_or_else(|| {
-                    err(e.span, "integer overflow", "overflows")
-                })?),
+                (UnOp::Neg, Value::Int(i)) => Value::Int(
+                    i.checked_neg()
+                        .ok_or_else(|| err(e.span, "integer overflow", "overflows"))?,
+                ),
                 (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
                 (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
                 (op, v) => {
@@ -173,7 +181,7 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
                             if *op == UnOp::Neg { "-" } else { "!" },
                             v.type_name()
                         ),
-                        format!("this is a {}", v.type_name()),
+                        format!("this is {}", crate::value::a(v.type_name())),
                     ));
                 }
             }
@@ -187,17 +195,26 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
                 v => {
                     return Err(err(
                         c.span,
-                        format!("the condition of `if` must be a boolean, not a {}", v.type_name()),
+                        format!(
+                            "the condition of `if` must be a boolean, not {}",
+                            crate::value::a(v.type_name())
+                        ),
                         "not a boolean",
                     ));
                 }
             }
         }
-        ExprKind::List(items) => {
-            Value::List(items.iter().map(|x| eval(x, env)).collect::<Result<_, _>>()?)
-        }
+        ExprKind::List(items) => Value::List(
+            items
+                .iter()
+                .map(|x| eval(x, env))
+                .collect::<Result<_, _>>()?,
+        ),
         ExprKind::Call(name, args) => {
-            let vals: Vec<Value> = args.iter().map(|x| eval(x, env)).collect::<Result<_, _>>()?;
+            let vals: Vec<Value> = args
+                .iter()
+                .map(|x| eval(x, env))
+                .collect::<Result<_, _>>()?;
             call(name, &vals, args, e.span)?
         }
     }))
@@ -231,14 +248,22 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, span: Span, env: &dyn Env) -> Result<Va
     if matches!(op, BinOp::And | BinOp::Or) {
         let av = eval(a, env)?;
         let ab = av.as_bool().ok_or_else(|| {
-            err(a.span, format!("`{}` needs booleans", op.symbol()), format!("this is a {}", av.type_name()))
+            err(
+                a.span,
+                format!("`{}` needs booleans", op.symbol()),
+                format!("this is {}", crate::value::a(av.type_name())),
+            )
         })?;
         if (op == BinOp::And && !ab) || (op == BinOp::Or && ab) {
             return Ok(Value::Bool(ab));
         }
         let bv = eval(b, env)?;
         return bv.as_bool().map(Value::Bool).ok_or_else(|| {
-            err(b.span, format!("`{}` needs booleans", op.symbol()), format!("this is a {}", bv.type_name()))
+            err(
+                b.span,
+                format!("`{}` needs booleans", op.symbol()),
+                format!("this is {}", crate::value::a(bv.type_name())),
+            )
         });
     }
     let av = eval(a, env)?;
@@ -247,10 +272,10 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, span: Span, env: &dyn Env) -> Result<Va
         err(
             span,
             format!(
-                "`{}` does not apply to a {} and a {}",
+                "`{}` does not apply to {} and {}",
                 op.symbol(),
-                av.type_name(),
-                bv.type_name()
+                crate::value::a(av.type_name()),
+                crate::value::a(bv.type_name())
             ),
             "type mismatch",
         )
@@ -268,7 +293,9 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, span: Span, env: &dyn Env) -> Result<Va
                     _ => return Err(mismatch()),
                 },
             };
-            let Some(ord) = ord else { return Ok(Bool(false)) };
+            let Some(ord) = ord else {
+                return Ok(Bool(false));
+            };
             Bool(match op {
                 BinOp::Lt => ord.is_lt(),
                 BinOp::Le => ord.is_le(),
@@ -321,7 +348,9 @@ fn arith(a: &Value, b: &Value, f: impl Fn(f64, f64) -> f64) -> Option<Value> {
 }
 
 /// The names of the built-in functions.
-pub const FUNCTIONS: &[&str] = &["range", "len", "concat", "min", "max", "format", "str", "join"];
+pub const FUNCTIONS: &[&str] = &[
+    "range", "len", "concat", "min", "max", "format", "str", "join",
+];
 
 fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, Diagnostic> {
     let arity = |lo: usize, hi: usize| -> Result<(), Diagnostic> {
@@ -344,7 +373,11 @@ fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, 
     };
     let int_arg = |i: usize| -> Result<i64, Diagnostic> {
         vals[i].as_int().ok_or_else(|| {
-            err(args[i].span, format!("`{name}` needs an integer"), format!("this is a {}", vals[i].type_name()))
+            err(
+                args[i].span,
+                format!("`{name}` needs an integer"),
+                format!("this is {}", crate::value::a(vals[i].type_name())),
+            )
         })
     };
     match name {
@@ -359,9 +392,17 @@ fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, 
             if step == 0 {
                 return Err(err(args[2].span, "`range` step must not be zero", "zero"));
             }
-            let count = if step > 0 { (end - start).max(0) / step } else { (start - end).max(0) / -step };
+            let count = if step > 0 {
+                (end - start).max(0) / step
+            } else {
+                (start - end).max(0) / -step
+            };
             if count > 1_000_000 {
-                return Err(err(span, "`range` of more than 1,000,000 values", "too large"));
+                return Err(err(
+                    span,
+                    "`range` of more than 1,000,000 values",
+                    "too large",
+                ));
             }
             let mut out = Vec::new();
             let mut i = start;
@@ -377,18 +418,30 @@ fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, 
                 Value::List(l) => Ok(Value::Int(l.len() as i64)),
                 Value::Str(s) => Ok(Value::Int(s.chars().count() as i64)),
                 Value::Table(t) => Ok(Value::Int(t.len() as i64)),
-                v => Err(err(args[0].span, format!("`len` of a {}", v.type_name()), "no length")),
+                v => Err(err(
+                    args[0].span,
+                    format!("`len` of {}", crate::value::a(v.type_name())),
+                    "no length",
+                )),
             }
         }
         "concat" => {
             if vals.iter().all(|v| matches!(v, Value::List(_))) {
-                Ok(Value::List(vals.iter().flat_map(|v| v.as_list().unwrap().to_vec()).collect()))
+                Ok(Value::List(
+                    vals.iter()
+                        .flat_map(|v| v.as_list().unwrap().to_vec())
+                        .collect(),
+                ))
             } else {
                 let mut parts = Vec::new();
                 for (v, a) in vals.iter().zip(args) {
                     match v {
                         Value::List(_) | Value::Table(_) => {
-                            return Err(err(a.span, "`concat` takes all lists or all strings", "mixed"));
+                            return Err(err(
+                                a.span,
+                                "`concat` takes all lists or all strings",
+                                "mixed",
+                            ));
                         }
                         v => v.interpolate_into(&mut parts),
                     }
@@ -405,13 +458,24 @@ fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, 
             let mut best: Option<Value> = None;
             for v in items {
                 if v.as_f64().is_none() {
-                    return Err(err(span, format!("`{name}` needs numbers, got a {}", v.type_name()), "not a number"));
+                    return Err(err(
+                        span,
+                        format!(
+                            "`{name}` needs numbers, got {}",
+                            crate::value::a(v.type_name())
+                        ),
+                        "not a number",
+                    ));
                 }
                 best = Some(match best {
                     None => v,
                     Some(b) => {
                         let (x, y) = (b.as_f64().unwrap(), v.as_f64().unwrap());
-                        if (name == "min" && y < x) || (name == "max" && y > x) { v } else { b }
+                        if (name == "min" && y < x) || (name == "max" && y > x) {
+                            v
+                        } else {
+                            b
+                        }
                     }
                 });
             }
@@ -420,13 +484,21 @@ fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, 
         "format" => {
             arity(1, usize::MAX)?;
             let Value::Str(fmt) = &vals[0] else {
-                return Err(err(args[0].span, "`format` needs a format string first", "not a string"));
+                return Err(err(
+                    args[0].span,
+                    "`format` needs a format string first",
+                    "not a string",
+                ));
             };
             let pieces: Vec<&str> = fmt.split("{}").collect();
             if pieces.len() - 1 != vals.len() - 1 {
                 return Err(err(
                     span,
-                    format!("format string has {} `{{}}` but {} value(s) follow", pieces.len() - 1, vals.len() - 1),
+                    format!(
+                        "format string has {} `{{}}` but {} value(s) follow",
+                        pieces.len() - 1,
+                        vals.len() - 1
+                    ),
                     "count mismatch",
                 ));
             }
@@ -448,7 +520,11 @@ fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, 
         "join" => {
             arity(2, 2)?;
             let (Value::List(items), Value::Str(sep)) = (&vals[0], &vals[1]) else {
-                return Err(err(span, "`join` takes a list and a separator string", "bad arguments"));
+                return Err(err(
+                    span,
+                    "`join` takes a list and a separator string",
+                    "bad arguments",
+                ));
             };
             let mut parts = Vec::new();
             for (i, v) in items.iter().enumerate() {
@@ -459,9 +535,13 @@ fn call(name: &str, vals: &[Value], args: &[Expr], span: Span) -> Result<Value, 
             }
             Ok(Value::from_parts(parts))
         }
-        _ => Err(Diagnostic::error("unknown-function", format!("unknown function `{name}`"))
-            .at(span, "not a function")
-            .help(crate::diag::did_you_mean(name, FUNCTIONS.iter().copied())
-                .unwrap_or_else(|| format!("functions: {}", FUNCTIONS.join(", "))))),
+        _ => Err(
+            Diagnostic::error("unknown-function", format!("unknown function `{name}`"))
+                .at(span, "not a function")
+                .help(
+                    crate::diag::did_you_mean(name, FUNCTIONS.iter().copied())
+                        .unwrap_or_else(|| format!("functions: {}", FUNCTIONS.join(", "))),
+                ),
+        ),
     }
 }

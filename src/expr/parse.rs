@@ -119,11 +119,10 @@ pub fn parse_expr(text: &str, map: &SpanMap) -> Result<Expr, Diagnostic> {
         .max()
         .unwrap_or(0);
     if depth as usize > MAX_DEPTH {
-        return Err(Diagnostic::error(
-            "expression-syntax",
-            "expression nests too deeply",
-        )
-        .at(map.span(0, text.len()), "more than 64 levels of brackets"));
+        return Err(
+            Diagnostic::error("expression-syntax", "expression nests too deeply")
+                .at(map.span(0, text.len()), "more than 64 levels of brackets"),
+        );
     }
     let mut pairs = ExprParser::parse(Rule::expression, text).map_err(|e| {
         let (start, end) = match e.location {
@@ -134,10 +133,10 @@ pub fn parse_expr(text: &str, map: &SpanMap) -> Result<Expr, Diagnostic> {
         let found = text[start.min(text.len())..]
             .chars()
             .next()
-            .map(|c| format!("`{c}`"))
-            .unwrap_or_else(|| "the end of the expression".into());
+            .map(|c| format!("unexpected `{c}`"))
+            .unwrap_or_else(|| "the expression ends too soon".into());
         Diagnostic::error("expression-syntax", "invalid expression")
-            .at(map.span(start, end), format!("unexpected {found}"))
+            .at(map.span(start, end), found)
             .help(expected_help(&e))
     })?;
     let expression = pairs.next().expect("grammar: expression");
@@ -159,7 +158,17 @@ fn expected_help(e: &pest::error::Error<Rule>) -> String {
 
 fn rule_name(r: Rule) -> &'static str {
     match r {
-        Rule::expr | Rule::primary | Rule::operand => "a value",
+        Rule::expr
+        | Rule::primary
+        | Rule::operand
+        | Rule::boolean
+        | Rule::list
+        | Rule::call
+        | Rule::conditional
+        | Rule::neg
+        | Rule::not
+        | Rule::prefix
+        | Rule::literal => "a value",
         Rule::ident => "a name",
         Rule::int | Rule::float => "a number",
         Rule::string => "a string",
@@ -178,11 +187,9 @@ fn rule_name(r: Rule) -> &'static str {
         | Rule::div
         | Rule::rem
         | Rule::infix => "an operator",
-        Rule::field | Rule::index | Rule::select | Rule::select_all | Rule::postfix => {
-            "`.`, `[`"
-        }
+        Rule::field | Rule::index | Rule::select | Rule::select_all | Rule::postfix => "`.`, `[`",
         Rule::selector => "`key=value`",
-        _ => "something else",
+        _ => "more",
     }
 }
 
@@ -216,9 +223,10 @@ fn build(pairs: Pairs<Rule>, map: &SpanMap) -> Expr {
                 Rule::field => {
                     ExprKind::Field(lhs, op.into_inner().next().unwrap().as_str().to_string())
                 }
-                Rule::index => {
-                    ExprKind::Index(lhs, Box::new(build_expr(op.into_inner().next().unwrap(), map)))
-                }
+                Rule::index => ExprKind::Index(
+                    lhs,
+                    Box::new(build_expr(op.into_inner().next().unwrap(), map)),
+                ),
                 Rule::select_all => ExprKind::SelectAll(lhs),
                 _ => ExprKind::Select(
                     lhs,

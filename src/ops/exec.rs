@@ -83,18 +83,41 @@ impl Op for Exec {
             if let Err(msg) = check_out(o) {
                 errs.push(ParamError::new("outs", format!("output `{o}` {msg}")));
             } else if !seen.insert(normalize_out(o)) {
-                errs.push(ParamError::new("outs", format!("output `{o}` is declared twice")));
+                errs.push(ParamError::new(
+                    "outs",
+                    format!("output `{o}` is declared twice"),
+                ));
             }
         }
         match params.get("env") {
             Some(Value::Table(t)) => {
                 for (k, v) in t {
-                    if !matches!(v, Value::Str(_) | Value::Interp(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Path(_)) {
-                        errs.push(ParamError::new("env", format!("env `{k}` must be a string, not a {}", v.type_name())));
+                    if !matches!(
+                        v,
+                        Value::Str(_)
+                            | Value::Interp(_)
+                            | Value::Int(_)
+                            | Value::Float(_)
+                            | Value::Bool(_)
+                            | Value::Path(_)
+                    ) {
+                        errs.push(ParamError::new(
+                            "env",
+                            format!(
+                                "env `{k}` must be a string, not {}",
+                                crate::value::a(v.type_name())
+                            ),
+                        ));
                     }
                 }
             }
-            Some(v) => errs.push(ParamError::new("env", format!("`env` must be a table, not a {}", v.type_name()))),
+            Some(v) => errs.push(ParamError::new(
+                "env",
+                format!(
+                    "`env` must be a table, not {}",
+                    crate::value::a(v.type_name())
+                ),
+            )),
             None => {}
         }
         errs
@@ -126,7 +149,9 @@ impl Op for Exec {
                 }
             }
             Some(v @ Value::Str(_)) => {
-                command.env("PODIUM_DEP_0", plain(v)).env("PODIUM_DEPS", plain(v));
+                command
+                    .env("PODIUM_DEP_0", plain(v))
+                    .env("PODIUM_DEPS", plain(v));
             }
             _ => {}
         }
@@ -139,8 +164,14 @@ impl Op for Exec {
                 command.env(k, plain(v));
             }
         }
-        let log_out = cx.log.try_clone().map_err(|e| OpError::io(Path::new("log"), e))?;
-        let log_err = cx.log.try_clone().map_err(|e| OpError::io(Path::new("log"), e))?;
+        let log_out = cx
+            .log
+            .try_clone()
+            .map_err(|e| OpError::io(Path::new("log"), e))?;
+        let log_err = cx
+            .log
+            .try_clone()
+            .map_err(|e| OpError::io(Path::new("log"), e))?;
         command.stdout(log_out).stderr(log_err);
         let mut child = command
             .spawn()
@@ -148,7 +179,8 @@ impl Op for Exec {
         crate::cancel::register_child(child.id());
         let status = child.wait();
         crate::cancel::unregister_child(child.id());
-        let status = status.map_err(|e| OpError::Failed(format!("waiting for the command: {e}")))?;
+        let status =
+            status.map_err(|e| OpError::Failed(format!("waiting for the command: {e}")))?;
         if crate::cancel::is_cancelled() {
             return Err(OpError::Cancelled);
         }
@@ -168,7 +200,11 @@ impl Op for Exec {
         if !missing.is_empty() {
             return Err(OpError::Failed(format!(
                 "the command did not write declared output(s) {} to $PODIUM_OUT",
-                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         Ok(())
@@ -184,7 +220,13 @@ fn plain(v: &Value) -> String {
 
 fn env_name(k: &str) -> String {
     k.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -234,7 +276,13 @@ mod tests {
 
     #[test]
     fn outs_outside_the_output_directory_are_rejected() {
-        let errs = Exec.validate(&params(&["/etc/passwd", "../x", "a/../../b", ".", "ok.csv"]));
+        let errs = Exec.validate(&params(&[
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            ".",
+            "ok.csv",
+        ]));
         let msgs: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(msgs.len(), 4, "{msgs:?}");
         assert!(msgs[0].contains("absolute"));
@@ -257,7 +305,10 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         let mut log = std::fs::File::create(dir.path().join("log")).unwrap();
         let mut p = params(&["a.txt", "b.txt"]);
-        p.insert("cmd".into(), Value::Str("echo hi > $PODIUM_OUT/a.txt; echo to-log".into()));
+        p.insert(
+            "cmd".into(),
+            Value::Str("echo hi > $PODIUM_OUT/a.txt; echo to-log".into()),
+        );
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let mut cx = OpContext {
             params: &p,
@@ -271,7 +322,10 @@ mod tests {
         let err = Exec.run(&mut cx).unwrap_err().to_string();
         assert!(err.contains("`b.txt`"), "{err}");
         assert_eq!(std::fs::read_to_string(out.join("a.txt")).unwrap(), "hi\n");
-        assert_eq!(std::fs::read_to_string(dir.path().join("log")).unwrap(), "to-log\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).unwrap(),
+            "to-log\n"
+        );
     }
 
     #[test]
@@ -290,6 +344,9 @@ mod tests {
             threads: 1,
             gpus: &[],
         };
-        assert_eq!(Exec.run(&mut cx).unwrap_err().to_string(), "command exited with status 3");
+        assert_eq!(
+            Exec.run(&mut cx).unwrap_err().to_string(),
+            "command exited with status 3"
+        );
     }
 }

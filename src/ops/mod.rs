@@ -206,7 +206,13 @@ mod tests {
         for op in all() {
             for p in op.params() {
                 if let Some(v) = default_value(p) {
-                    assert!(kind_accepts(p.kind, &v), "{}.{}: default {v} is not a {:?}", op.name(), p.name, p.kind);
+                    assert!(
+                        kind_accepts(p.kind, &v),
+                        "{}.{}: default {v} is not a {:?}",
+                        op.name(),
+                        p.name,
+                        p.kind
+                    );
                 }
             }
         }

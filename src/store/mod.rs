@@ -56,7 +56,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn temp_name(path: &Path) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
 }
 
@@ -103,10 +106,14 @@ impl Store {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                let pid = fs::read_to_string(self.root.join("lock.pid")).unwrap_or_else(|_| "?".into());
+                let pid =
+                    fs::read_to_string(self.root.join("lock.pid")).unwrap_or_else(|_| "?".into());
                 let pid = pid.trim().to_string();
                 if !wait {
-                    return Err(Error::Locked { path: self.root.clone(), pid });
+                    return Err(Error::Locked {
+                        path: self.root.clone(),
+                        pid,
+                    });
                 }
                 on_wait(&pid);
                 file.lock().at(&path)?;
@@ -130,18 +137,28 @@ impl Store {
 
     fn record_path(&self, key: &Hash) -> PathBuf {
         let hex = key.to_hex();
-        self.root.join("records").join(&hex[..2]).join(format!("{}.json", &hex[2..]))
+        self.root
+            .join("records")
+            .join(&hex[..2])
+            .join(format!("{}.json", &hex[2..]))
     }
 
     fn state_path(&self, pipeline: &str, instance: &str) -> PathBuf {
         let h = blake3::hash(instance.as_bytes()).to_hex();
-        self.root.join("state").join(sanitize(pipeline)).join(format!("{}.json", &h[..32]))
+        self.root
+            .join("state")
+            .join(sanitize(pipeline))
+            .join(format!("{}.json", &h[..32]))
     }
 
     /// A fresh work directory for one execution.
     pub fn work_dir(&self, key: &Hash) -> Result<PathBuf> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let d = self.root.join("tmp").join(format!("{}-{}-{n}", &key.to_hex()[..16], std::process::id()));
+        let d = self.root.join("tmp").join(format!(
+            "{}-{}-{n}",
+            &key.to_hex()[..16],
+            std::process::id()
+        ));
         fs::create_dir_all(&d).at(&d)?;
         Ok(d)
     }
@@ -193,7 +210,10 @@ impl Store {
                     exec,
                 });
             }
-            let hashes: Vec<Hash> = entries.iter().map(|e| Hash::from_hex(&e.hash).unwrap()).collect();
+            let hashes: Vec<Hash> = entries
+                .iter()
+                .map(|e| Hash::from_hex(&e.hash).unwrap())
+                .collect();
             let h = hash::merkle(entries.iter().map(|e| e.path.as_str()).zip(hashes.iter()));
             Ok(Output {
                 kind: OutputKind::Dir,
@@ -228,7 +248,9 @@ impl Store {
     /// Every object file an output consists of.
     pub fn output_objects(&self, o: &Output) -> Vec<PathBuf> {
         match o.kind {
-            OutputKind::File => Hash::from_hex(&o.hash).map(|h| vec![self.object_path(&h)]).unwrap_or_default(),
+            OutputKind::File => Hash::from_hex(&o.hash)
+                .map(|h| vec![self.object_path(&h)])
+                .unwrap_or_default(),
             OutputKind::Dir => o
                 .files
                 .iter()
@@ -300,7 +322,10 @@ impl Store {
             on_object(i);
             report.checked += 1;
             let name = object_name(path);
-            let ok = match (name.and_then(|n| Hash::from_hex(&n).ok()), hash::hash_file(path)) {
+            let ok = match (
+                name.and_then(|n| Hash::from_hex(&n).ok()),
+                hash::hash_file(path),
+            ) {
                 (Some(want), Ok(got)) => want == got,
                 _ => false,
             };
@@ -309,7 +334,10 @@ impl Store {
                 report.corrupted.push(path.clone());
             }
         }
-        for path in walk(&self.root.join("records")).into_iter().chain(walk(&self.root.join("state"))) {
+        for path in walk(&self.root.join("records"))
+            .into_iter()
+            .chain(walk(&self.root.join("state")))
+        {
             let ok = fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
@@ -328,7 +356,9 @@ impl Store {
         let mut keep_objects = std::collections::HashSet::new();
         let mut report = GcReport::default();
         for path in walk(&self.root.join("records")) {
-            let rec = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+            let rec = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
             match rec {
                 Some(r) if live.contains(&r.key) => {
                     for o in r.outputs.values() {
@@ -422,7 +452,13 @@ fn object_name(path: &Path) -> Option<String> {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -431,7 +467,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             match e.file_type() {
@@ -495,7 +533,10 @@ mod tests {
         let r = s.verify(|_| {}).unwrap();
         assert_eq!(r.corrupted, vec![obj.clone()]);
         assert!(!obj.exists());
-        assert!(s.record(&key).is_none(), "a record with a missing object is not a cache hit");
+        assert!(
+            s.record(&key).is_none(),
+            "a record with a missing object is not a cache hit"
+        );
         assert!(s.verify(|_| {}).unwrap().corrupted.is_empty());
     }
 

@@ -62,7 +62,14 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(key: &Hash, pipeline: &str, stage: &str, instance: &str, op: &str, op_version: u32) -> Record {
+    pub fn new(
+        key: &Hash,
+        pipeline: &str,
+        stage: &str,
+        instance: &str,
+        op: &str,
+        op_version: u32,
+    ) -> Record {
         Record {
             key: key.to_hex().to_string(),
             podium_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -1,0 +1,585 @@
+//! The CLI on fixture pipelines: what executes, what is a cache hit, and
+//! what survives a kill, asserted by instance name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+
+/// A scratch workspace with a manifest, its data, a store and `out/`.
+struct Ws {
+    dir: tempfile::TempDir,
+}
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "t"
+
+[params]
+folds = 3
+scale = 2
+note = "a"
+
+[inputs.numbers]
+path = "data/numbers.txt"
+
+[stages.prepare]
+op = "exec"
+# `note` only reaches a comment: the output bytes do not depend on it.
+cmd = "sort -n ${inputs.numbers} > $PODIUM_OUT/sorted.txt # ${params.note}"
+outs = ["sorted.txt"]
+
+[stages.split]
+op = "exec"
+cmd = "awk -v k=${params.folds} '{print NR % k, $1}' ${stages.prepare.sorted} > $PODIUM_OUT/folds.txt"
+outs = ["folds.txt"]
+
+[stages.train]
+op = "exec"
+matrix = { fold = "${range(params.folds)}" }
+cmd = "awk -v f=${fold} -v s=${params.scale} '$1 != f {t += $2} END {print t * s}' ${stages.split.folds} > $PODIUM_OUT/model.txt"
+outs = ["model.txt"]
+
+[stages.report]
+op = "exec"
+cmd = "cat ${stages.train[*].model} > $PODIUM_OUT/all.txt"
+outs = ["all.txt"]
+"#;
+
+impl Ws {
+    fn new(manifest: &str) -> Ws {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let numbers: String = (1..=50).rev().map(|i| format!("{i}\n")).collect();
+        std::fs::write(dir.path().join("data/numbers.txt"), numbers).unwrap();
+        std::fs::write(dir.path().join("p.toml"), manifest).unwrap();
+        Ws { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::cargo_bin("podium").unwrap();
+        c.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("PODIUM_STORE")
+            .env_remove("PODIUM_OUT_DIR");
+        c
+    }
+
+    fn podium(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and returns the JSON report; panics unless it exits with `code`.
+    fn run_code(&self, extra: &[&str], code: i32) -> Value {
+        let mut args = vec!["run", "-f", "p.toml", "--format", "json"];
+        args.extend_from_slice(extra);
+        let out = self.podium(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn run(&self, extra: &[&str]) -> Value {
+        self.run_code(extra, 0)
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+}
+
+fn names(v: &Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+const ALL: [&str; 6] = [
+    "prepare",
+    "split",
+    "train[fold=0]",
+    "train[fold=1]",
+    "train[fold=2]",
+    "report",
+];
+
+#[test]
+fn first_run_executes_everything_and_a_rerun_nothing() {
+    let ws = Ws::new(PIPELINE);
+    let r = ws.run(&[]);
+    assert_eq!(names(&r, "executed"), ALL);
+    // The folds hold every number once; fold f's model is 2 × the sum of the others.
+    let folds = ws.read("out/split/folds.txt");
+    assert_eq!(folds.lines().count(), 50);
+    let total: i64 = (1..=50).sum();
+    let fold0: i64 = folds
+        .lines()
+        .filter(|l| l.starts_with("0 "))
+        .map(|l| l[2..].parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(
+        ws.read("out/train/fold=0/model.txt").trim(),
+        (2 * (total - fold0)).to_string()
+    );
+    let r = ws.run(&[]);
+    assert!(names(&r, "executed").is_empty());
+    assert_eq!(names(&r, "fresh"), ALL);
+    // Outputs are visible read-only.
+    let meta = std::fs::metadata(ws.path("out/report/all.txt")).unwrap();
+    assert!(meta.permissions().readonly());
+}
+
+#[test]
+fn changing_one_param_reruns_exactly_the_dependent_instances() {
+    let ws = Ws::new(PIPELINE);
+    ws.run(&[]);
+    let r = ws.run(&["--set", "params.scale=3"]);
+    assert_eq!(
+        names(&r, "executed"),
+        ["train[fold=0]", "train[fold=1]", "train[fold=2]", "report"]
+    );
+    assert_eq!(names(&r, "fresh"), ["prepare", "split"]);
+    // Back to the old value: everything is in the store already.
+    let r = ws.run(&[]);
+    assert!(names(&r, "executed").is_empty());
+}
+
+#[test]
+fn plan_explains_why_each_instance_is_stale() {
+    let ws = Ws::new(PIPELINE);
+    ws.run(&[]);
+    std::fs::write(ws.path("data/numbers.txt"), "7\n3\n").unwrap();
+    let out = ws.podium(&["plan", "-f", "p.toml", "--set", "params.folds=2"]);
+    assert!(out.status.success());
+    insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap());
+    let out = ws.podium(&[
+        "plan", "-f", "p.toml", "--force", "report", "--format", "json",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "report")
+        .unwrap();
+    assert_eq!(report["status"], "stale");
+}
+
+#[test]
+fn touching_an_input_without_changing_its_bytes_reruns_nothing() {
+    let ws = Ws::new(PIPELINE);
+    ws.run(&[]);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(ws.path("data/numbers.txt"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let r = ws.run(&[]);
+    assert!(names(&r, "executed").is_empty(), "{r}");
+}
+
+#[test]
+fn an_upstream_rerun_with_identical_output_stops_at_the_cutoff() {
+    let ws = Ws::new(PIPELINE);
+    ws.run(&[]);
+    let r = ws.run(&["--set", "params.note=\"b\""]);
+    assert_eq!(names(&r, "executed"), ["prepare"]);
+    // Downstream instances were waiting on `prepare`; their keys turn out unchanged.
+    assert_eq!(names(&r, "cached"), ALL[1..]);
+    assert_eq!(names(&r, "fresh"), Vec::<String>::new());
+    // The input changing in a way that reaches the output does rerun downstream.
+    std::fs::write(ws.path("data/numbers.txt"), "1\n2\n3\n").unwrap();
+    let r = ws.run(&[]);
+    assert_eq!(names(&r, "executed"), ALL);
+}
+
+#[test]
+fn results_are_identical_with_one_thread_and_four_cold_and_warm() {
+    let a = Ws::new(PIPELINE);
+    let b = Ws::new(PIPELINE);
+    a.run(&["-j", "1"]);
+    b.run(&["-j", "4"]);
+    let keys = |ws: &Ws| {
+        let out = ws.podium(&["plan", "-f", "p.toml", "--format", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["instance"].to_string(), i["key"].to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&a), keys(&b));
+    for rel in ["out/report/all.txt", "out/train/fold=2/model.txt"] {
+        assert_eq!(a.read(rel), b.read(rel));
+    }
+    // Warm: a second -j 4 run over the -j 1 store runs nothing.
+    assert!(names(&a.run(&["-j", "4"]), "executed").is_empty());
+}
+
+#[test]
+fn a_failing_instance_shows_its_log_tail_and_spares_independent_work() {
+    let ws = Ws::new(PIPELINE);
+    let r = ws.run_code(&["--set", "stages.train.cmd=\"echo bad-fold-${fold} >&2; test ${fold} != 1 && echo 1 > $PODIUM_OUT/model.txt\"", "--keep-going"], 1);
+    assert_eq!(names(&r, "failed"), ["train[fold=1]"]);
+    assert_eq!(names(&r, "skipped"), ["report"]);
+    let out = ws.podium(&["run", "-f", "p.toml", "--set", "stages.train.cmd=\"echo bad-fold-${fold} >&2; test ${fold} != 1 && echo 1 > $PODIUM_OUT/model.txt\""]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: train[fold=1] failed: command exited with status 1"),
+        "{err}"
+    );
+    assert!(err.contains("bad-fold-1"), "the log tail is shown: {err}");
+    assert!(err.contains("full log: "), "{err}");
+}
+
+#[test]
+fn a_missing_declared_output_fails_the_instance() {
+    let ws = Ws::new(PIPELINE);
+    let out = ws.podium(&[
+        "run",
+        "-f",
+        "p.toml",
+        "--set",
+        "stages.prepare.cmd=\"true\"",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not write declared output(s) `sorted.txt`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_and_exits_nonzero() {
+    let ws = Ws::new(PIPELINE);
+    let out = ws.podium(&[
+        "check",
+        "p.toml",
+        "--set",
+        "stages.split.cmd=\"${stages.nope.x} ${params.missing}\"",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no stage named `nope`"), "{err}");
+    let out = ws.podium(&[
+        "check",
+        "p.toml",
+        "--format",
+        "json",
+        "--set",
+        "stages.report.outs=[\"../x\"]",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["code"], "invalid-param");
+    assert!(
+        v[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("outside $PODIUM_OUT")
+    );
+    let out = ws.podium(&["check", "missing.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn sigkill_mid_run_redoes_only_unfinished_instances_and_the_store_verifies() {
+    let manifest = PIPELINE.replace(
+        "cmd = \"awk -v f=${fold}",
+        "cmd = \"if [ ${fold} = 2 ]; then touch started-2; sleep 30; fi; awk -v f=${fold}",
+    );
+    let ws = Ws::new(&manifest);
+    let mut child = ws
+        .cmd(&["run", "-f", "p.toml", "-j", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ws.path("started-2").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance fold=2 never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The orphaned `sleep` holds nothing of the store; clean it up anyway.
+    let _ = Command::new("pkill").args(["-f", "sleep 30"]).status();
+    let out = ws.podium(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(ws.path("started-2")).unwrap();
+    let fast = manifest.replace("sleep 30", "true");
+    std::fs::write(ws.path("p.toml"), fast).unwrap();
+    let r = ws.run(&[]);
+    // The cmd of every train instance changed (the text of the command), so
+    // compare against a store with the unchanged upstream only.
+    assert_eq!(names(&r, "fresh"), ["prepare", "split"]);
+    assert!(
+        std::fs::read_dir(ws.path("cache/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "work dirs are cleaned"
+    );
+    let out = ws.podium(&["verify"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 corrupted"));
+}
+
+#[test]
+fn sigkill_then_rerun_of_the_same_manifest_skips_finished_instances() {
+    // fold=2 blocks until a marker file appears, so the kill lands while it runs.
+    let manifest = PIPELINE.replace(
+        "cmd = \"awk -v f=${fold}",
+        "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; sleep 30; fi; awk -v f=${fold}",
+    );
+    let ws = Ws::new(&manifest);
+    let mut child = ws
+        .cmd(&["run", "-f", "p.toml", "-j", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ws.path("started-2").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance fold=2 never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(ws.path("release"), "").unwrap();
+    let r = ws.run(&[]);
+    assert_eq!(
+        names(&r, "fresh"),
+        ["prepare", "split", "train[fold=0]", "train[fold=1]"]
+    );
+    assert_eq!(names(&r, "executed"), ["train[fold=2]", "report"]);
+    let out = ws.podium(&["verify"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn two_concurrent_runs_on_one_store_both_end_correctly() {
+    let manifest = PIPELINE.replace("sort -n", "sleep 0.3; sort -n");
+    let ws = Ws::new(&manifest);
+    let spawn = || {
+        ws.cmd(&["run", "-f", "p.toml", "--format", "json"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    let (ra, rb): (Value, Value) = (
+        serde_json::from_slice(&a.stdout).unwrap(),
+        serde_json::from_slice(&b.stdout).unwrap(),
+    );
+    let mut executed = names(&ra, "executed");
+    executed.extend(names(&rb, "executed"));
+    executed.sort();
+    let mut all: Vec<String> = ALL.iter().map(|s| s.to_string()).collect();
+    all.sort();
+    assert_eq!(
+        executed, all,
+        "each instance ran exactly once across both runs"
+    );
+    let waited = [&a, &b]
+        .iter()
+        .any(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for another podium run"));
+    assert!(waited);
+    assert!(ws.podium(&["verify"]).status.success());
+    // --no-wait fails clearly while the lock is held.
+    let holder = ws
+        .cmd(&["run", "-f", "p.toml", "--force", "prepare"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let out = ws.podium(&["run", "-f", "p.toml", "--no-wait"]);
+    let mut holder = holder;
+    holder.wait().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locked by another podium run"));
+}
+
+#[test]
+fn verify_drops_a_corrupted_object_and_the_next_run_recomputes_it() {
+    let ws = Ws::new(PIPELINE);
+    ws.run(&[]);
+    let target = std::fs::canonicalize(ws.path("out/report/all.txt")).unwrap();
+    // The out/ file is a hard link to the object: corrupt the object through a fresh path.
+    let objects = ws.path("cache/objects");
+    let want = blake3::hash(std::fs::read(&target).unwrap().as_slice())
+        .to_hex()
+        .to_string();
+    let obj = objects.join(&want[..2]).join(&want[2..]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&obj, "garbage").unwrap();
+    let out = ws.podium(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupted"));
+    let r = ws.run(&[]);
+    assert_eq!(names(&r, "executed"), ["report"]);
+    assert!(ws.podium(&["verify"]).status.success());
+}
+
+#[test]
+fn gc_frees_what_no_manifest_references() {
+    let ws = Ws::new(PIPELINE);
+    ws.run(&["--set", "params.scale=5"]);
+    ws.run(&[]);
+    let out = ws.podium(&["gc", "p.toml", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("would free"), "{text}");
+    let out = ws.podium(&["gc", "p.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("4 record(s)"),
+        "the scale=5 train and report records go: {text}"
+    );
+    assert!(
+        names(&ws.run(&[]), "executed").is_empty(),
+        "what the manifest uses stays"
+    );
+    assert_eq!(
+        names(&ws.run(&["--set", "params.scale=5"]), "executed").len(),
+        4
+    );
+}
+
+#[test]
+fn dag_marks_stale_instances() {
+    let ws = Ws::new(PIPELINE);
+    ws.run(&["report"]);
+    let out = ws.podium(&[
+        "dag",
+        "-f",
+        "p.toml",
+        "--set",
+        "params.scale=9",
+        "--format",
+        "dot",
+    ]);
+    let dot = String::from_utf8(out.stdout).unwrap();
+    assert!(dot.starts_with("digraph \"t\""));
+    assert!(dot.contains("train[fold=1]\\n(exec)\\nstale"), "{dot}");
+    assert!(
+        dot.contains("n0 [label=\"prepare\\n(exec)\", fillcolor=\"#d4ecd4\"]"),
+        "{dot}"
+    );
+    assert!(dot.contains("n1 -> n2;"));
+}
+
+#[test]
+fn targets_run_only_what_they_need() {
+    let ws = Ws::new(PIPELINE);
+    let r = ws.run(&["train[fold=1]"]);
+    assert_eq!(names(&r, "executed"), ["prepare", "split", "train[fold=1]"]);
+    let out = ws.podium(&["run", "-f", "p.toml", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stage `nope`"));
+}
+
+#[test]
+fn op_runs_one_op_alone_and_reports_bad_parameters() {
+    let ws = Ws::new(PIPELINE);
+    let out = ws.podium(&[
+        "op",
+        "exec",
+        "--set",
+        "cmd=sort -n $PODIUM_DEP_0 > $PODIUM_OUT/s.txt",
+        "--set",
+        "outs=[\"s.txt\"]",
+        "data/numbers.txt",
+        "-o",
+        "sorted.txt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ws.read("sorted.txt").starts_with("1\n2\n3\n"));
+    let out = ws.podium(&[
+        "op",
+        "exec",
+        "--set",
+        "cmd=exit 1",
+        "--set",
+        "outs=[\"s.txt\"]",
+        "-o",
+        "sorted.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error: exec: command exited with status 1")),
+        "{err}"
+    );
+    assert!(
+        ws.read("sorted.txt").starts_with("1\n2\n3\n"),
+        "output untouched on failure"
+    );
+    let out = ws.podium(&["op", "exec", "--set", "cmnd=true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("error: exec: op `exec` has no parameter `cmnd`")
+    );
+}
+
+#[test]
+fn the_demo_pipeline_runs_and_scores_well_above_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::cargo_bin("podium")
+        .unwrap()
+        .current_dir(root)
+        .args(["run", "-f", "pipelines/demo.toml", "--format", "json"])
+        .arg("--store")
+        .arg(dir.path().join("cache"))
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/evaluate/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let acc = metrics["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.8, "3 classes, chance is 0.33: got {acc}");
+    let sub = std::fs::read_to_string(dir.path().join("out/submission/submission.csv")).unwrap();
+    assert_eq!(sub.lines().count(), 601);
+}
