@@ -97,3 +97,29 @@ fn overrides_replace_params_and_stage_fields_with_spans_in_the_override() {
         "{r}"
     );
 }
+
+#[test]
+fn the_manifest_reference_documents_every_op_parameter_and_default() {
+    let doc = std::fs::read_to_string("docs/manifest.md").unwrap();
+    for op in podium::ops::all() {
+        assert!(
+            doc.contains(&format!("### `{}`", op.name())),
+            "op {} undocumented",
+            op.name()
+        );
+        for p in op.params() {
+            let default = p
+                .default
+                .map(|d| format!("`{d}`"))
+                .unwrap_or_else(|| "required".into());
+            let row = format!("| `{}` | {} | {default} |", p.name, p.kind.describe());
+            let row_alt = format!("| `{}` |", p.name);
+            assert!(
+                doc.lines()
+                    .any(|l| l.starts_with(&row_alt) && l.contains(&default)),
+                "docs/manifest.md lacks `{row}` for op {}",
+                op.name()
+            );
+        }
+    }
+}
