@@ -169,7 +169,7 @@ impl StatCache {
                 e.hash.to_hex()
             );
         }
-        crate::store::atomic_write(path, out.as_bytes())
+        crate::store::atomic_write_nosync(path, out.as_bytes())
     }
 
     /// The hash of a file, from the cache when its stat is unchanged.

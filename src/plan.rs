@@ -160,12 +160,12 @@ impl Plan {
     }
 }
 
-/// Computes an instance's key. `upstream` gives the record of each instance
-/// it reads.
+/// Computes an instance's key. `upstream` gives the stored hash of output
+/// `name` of instance `id`.
 pub fn key_of(
     inst: &Instance,
     stat: &StatCache,
-    upstream: &dyn Fn(usize) -> Option<Record>,
+    upstream: &dyn Fn(usize, &str) -> Option<Hash>,
 ) -> Result<Keyed> {
     let mut inputs = BTreeMap::new();
     let mut err = None;
@@ -176,12 +176,7 @@ pub fn key_of(
                 inst: up,
                 output,
                 label,
-            } => upstream(*up)
-                .and_then(|rec| {
-                    rec.outputs
-                        .get(output)
-                        .and_then(|o| Hash::from_hex(&o.hash).ok())
-                })
+            } => upstream(*up, output)
                 .ok_or_else(|| Error::Corrupt(format!("no stored output for {label}"))),
         };
         match h {
@@ -223,7 +218,7 @@ fn encode_key(inst: &Instance, content: &mut dyn FnMut(&PathRef) -> Hash) -> Has
         }
     }
     let lookup = |p: &PathRef| *hashes[p].as_bytes();
-    Value::Table(inst.params.clone()).encode(&mut buf, &lookup);
+    Value::encode_table(&inst.params, &mut buf, &lookup);
     blake3::hash(&buf)
 }
 
@@ -267,8 +262,8 @@ pub fn plan(
             }]);
             continue;
         }
-        let upstream = |d: usize| match &status[d] {
-            Status::Fresh(r) => Some((**r).clone()),
+        let upstream = |d: usize, output: &str| match &status[d] {
+            Status::Fresh(r) => r.output_hash(output),
             _ => None,
         };
         let k = key_of(inst, stat, &upstream)?;

@@ -205,6 +205,21 @@ impl Value {
         }
     }
 
+    /// [`Value::encode`] of `Value::Table(t)`, without building it.
+    pub fn encode_table(
+        t: &BTreeMap<String, Value>,
+        out: &mut Vec<u8>,
+        content: &dyn Fn(&PathRef) -> [u8; 32],
+    ) {
+        out.push(b't');
+        out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+        for (k, v) in t {
+            out.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+            v.encode(out, content);
+        }
+    }
+
     /// Canonical bytes of this value for hashing. Paths are encoded by the
     /// content hash that `content` gives for them, so a key changes when a
     /// file's bytes change and not when its location or timestamp does.
@@ -234,14 +249,7 @@ impl Value {
                 out.extend_from_slice(&(l.len() as u64).to_le_bytes());
                 l.iter().for_each(|v| v.encode(out, content));
             }
-            Value::Table(t) => {
-                out.push(b't');
-                out.extend_from_slice(&(t.len() as u64).to_le_bytes());
-                for (k, v) in t {
-                    bytes(out, k.as_bytes());
-                    v.encode(out, content);
-                }
-            }
+            Value::Table(t) => Value::encode_table(t, out, content),
             Value::Path(p) => {
                 out.push(b'p');
                 out.extend_from_slice(&content(p));

@@ -140,16 +140,12 @@ pub fn run(
     let targets = p.select_targets(&opts.targets).map_err(Error::Usage)?;
     let plan = plan::plan(p, &g, store, stat, Some(&targets), &opts.force)?;
     on_plan(&plan);
-    let runner = Runner::new(p, store, stat, opts.out_root.clone(), &opts.force, &plan);
     let mut fresh = Vec::new();
     let mut jobs = Vec::new();
     for &id in g.order() {
         let inst = &p.instances[id];
         match &plan.status[id] {
-            plan::Status::Fresh(_) => {
-                runner.materialize(id)?;
-                fresh.push(inst.name.clone());
-            }
+            plan::Status::Fresh(_) => fresh.push(id),
             plan::Status::Stale(_) => jobs.push(Job {
                 id,
                 name: inst.name.clone(),
@@ -159,6 +155,14 @@ pub fn run(
             plan::Status::Skipped => {}
         }
     }
+    let runner = Runner::new(p, store, stat, opts.out_root.clone(), &opts.force, plan);
+    for &id in &fresh {
+        runner.materialize(id)?;
+    }
+    let fresh = fresh
+        .into_iter()
+        .map(|id| p.instances[id].name.clone())
+        .collect();
     let results = executor.execute(&jobs, &|job, gpus| runner.run(job.id, gpus), events);
     let _ = stat.save(&store.statcache_path());
     let mut outcomes: Vec<(usize, Outcome)> = results;

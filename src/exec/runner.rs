@@ -45,13 +45,13 @@ impl<'a> Runner<'a> {
         stat: &'a StatCache,
         out_root: PathBuf,
         force: &'a HashSet<String>,
-        plan: &Plan,
+        plan: Plan,
     ) -> Runner<'a> {
         let records = plan
             .status
-            .iter()
+            .into_iter()
             .map(|s| match s {
-                Status::Fresh(r) => Some((**r).clone()),
+                Status::Fresh(r) => Some(*r),
                 _ => None,
             })
             .collect();
@@ -135,7 +135,11 @@ impl<'a> Runner<'a> {
         let p = self.pipeline;
         let inst = &p.instances[id];
         let op = inst.op();
-        let k = plan::key_of(inst, self.stat, &|d| self.record(d))?;
+        let k = plan::key_of(inst, self.stat, &|d, output| {
+            self.records.read().unwrap_or_else(|e| e.into_inner())[d]
+                .as_ref()?
+                .output_hash(output)
+        })?;
         let forced = self.force.contains(&inst.stage_name) || self.force.contains(&inst.name);
         if !forced && let Some(rec) = self.store.record(&k.key) {
             self.set_record(id, rec.clone());
@@ -178,7 +182,7 @@ impl<'a> Runner<'a> {
         drop(log);
         let log_bytes = fs::read(&log_file).unwrap_or_default();
         let kept_log = self.log_path(inst);
-        let _ = store::atomic_write(&kept_log, &log_bytes);
+        let _ = store::atomic_write_nosync(&kept_log, &log_bytes);
         let outcome = match result {
             Err(OpError::Cancelled) => Ok(Outcome::Cancelled),
             Err(e) => Ok(Outcome::Failed {

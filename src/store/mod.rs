@@ -29,15 +29,30 @@ use crate::hash::{self, Hash};
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync
 /// of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_renamed(path, bytes, true)
+}
+
+/// Atomic like [`atomic_write`] (readers see the old or the new content) but
+/// not durable: for files that can be lost in a power cut without harm
+/// (explanations, convenience copies of logs, the stat cache).
+pub fn atomic_write_nosync(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_renamed(path, bytes, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = temp_name(path);
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        sync_dir(dir);
+        if durable {
+            sync_dir(dir);
+        }
         Ok(())
     })();
     if result.is_err() {
@@ -289,7 +304,8 @@ impl Store {
     pub fn put_state(&self, rec: &Record) -> Result<()> {
         let path = self.state_path(&rec.pipeline, &rec.instance);
         let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
-        atomic_write(&path, &bytes).at(&path)
+        // Only explanations depend on it; the record itself is durable.
+        atomic_write_nosync(&path, &bytes).at(&path)
     }
 
     /// Every record in the store.

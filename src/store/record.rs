@@ -62,6 +62,13 @@ pub struct Record {
 }
 
 impl Record {
+    /// The stored hash of one output.
+    pub fn output_hash(&self, output: &str) -> Option<Hash> {
+        self.outputs
+            .get(output)
+            .and_then(|o| Hash::from_hex(&o.hash).ok())
+    }
+
     pub fn new(
         key: &Hash,
         pipeline: &str,
