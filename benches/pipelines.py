@@ -216,13 +216,43 @@ def bench(tool, n, reps):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def plan_scale(instances, reps):
+    """Time `podium plan` (cold store) and `podium check` on one stage fanned out
+    by a matrix into `instances` instances, plus a fan-in stage over all of them."""
+    d = tempfile.mkdtemp(prefix="bench-scale-")
+    try:
+        a = 1000
+        b = max(1, instances // a)
+        with open(os.path.join(d, "p.toml"), "w") as fh:
+            fh.write(f"""[stages.train]
+op = "exec"
+matrix = {{ a = "${{range({a})}}", b = "${{range({b})}}" }}
+cmd = "echo ${{a}} ${{b}} > $PODIUM_OUT/o"
+outs = ["o"]
+[stages.fuse]
+op = "exec"
+cmd = "cat ${{stages.train[*].o}} > $PODIUM_OUT/o"
+outs = ["o"]
+""")
+        n = a * b + 1
+        check = timed([PODIUM, "check", "p.toml"], d, reps)
+        plan = timed([PODIUM, "plan", "-f", "p.toml"], d, reps)
+        print(f"scale: {n} instances: check {check:.3f}s, plan {plan:.3f}s (median of {reps})")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--tools", nargs="+", default=["podium", "ninja", "snakemake", "dvc"])
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the no-op and dry runs (median)")
     ap.add_argument("--dvc-max", type=int, default=100)
+    ap.add_argument("--plan-scale", type=int, default=0, metavar="INSTANCES",
+                    help="also time planning a matrix fan-out of this many instances")
     a = ap.parse_args()
+    if a.plan_scale:
+        plan_scale(a.plan_scale, a.reps)
     rows = []
     for n in a.sizes:
         for tool in a.tools:

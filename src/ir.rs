@@ -410,14 +410,7 @@ impl Checker<'_> {
                     format!("stage `{}` has no `op`", st.name.name),
                 )
                 .at(st.name.span, "needs `op = \"...\"`")
-                .help(format!(
-                    "ops: {}",
-                    ops::all()
-                        .iter()
-                        .map(|o| o.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
+                .help(format!("ops: {}", op_names())),
             );
             return;
         };
@@ -426,18 +419,8 @@ impl Checker<'_> {
                 Diagnostic::error("unknown-op", format!("unknown op `{op_name}`"))
                     .at(*op_span, "no such op")
                     .help(
-                        did_you_mean(op_name, ops::all().iter().map(|o| o.name())).unwrap_or_else(
-                            || {
-                                format!(
-                                    "ops: {}",
-                                    ops::all()
-                                        .iter()
-                                        .map(|o| o.name())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )
-                            },
-                        ),
+                        did_you_mean(op_name, ops::all().iter().map(|o| o.name()))
+                            .unwrap_or_else(|| format!("ops: {}", op_names())),
                     ),
             );
             return;
@@ -877,6 +860,14 @@ impl Checker<'_> {
             other => Some(other),
         }
     }
+}
+
+fn op_names() -> String {
+    ops::all()
+        .iter()
+        .map(|o| o.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A shortest cycle through the first member, as stage indices, closed.

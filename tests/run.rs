@@ -97,6 +97,28 @@ impl Ws {
     }
 }
 
+impl Ws {
+    /// Starts `podium ARGS` and returns once the file `marker` appears (a
+    /// stage's command touches it when it has started).
+    fn spawn_until(&self, args: &[&str], marker: &str) -> std::process::Child {
+        let child = self
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.path(marker).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{marker} never appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    }
+}
+
 fn names(v: &Value, field: &str) -> Vec<String> {
     v[field]
         .as_array()
@@ -306,19 +328,7 @@ fn sigkill_mid_run_redoes_only_unfinished_instances_and_the_store_verifies() {
         "cmd = \"if [ ${fold} = 2 ]; then touch started-2; sleep 30; fi; awk -v f=${fold}",
     );
     let ws = Ws::new(&manifest);
-    let mut child = ws
-        .cmd(&["run", "-f", "p.toml", "-j", "1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ws.path("started-2").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "instance fold=2 never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut child = ws.spawn_until(&["run", "-f", "p.toml", "-j", "1"], "started-2");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The orphaned `sleep` holds nothing of the store; clean it up anyway.
@@ -355,19 +365,7 @@ fn sigkill_then_rerun_of_the_same_manifest_skips_finished_instances() {
         "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; sleep 30; fi; awk -v f=${fold}",
     );
     let ws = Ws::new(&manifest);
-    let mut child = ws
-        .cmd(&["run", "-f", "p.toml", "-j", "1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ws.path("started-2").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "instance fold=2 never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut child = ws.spawn_until(&["run", "-f", "p.toml", "-j", "1"], "started-2");
     child.kill().unwrap();
     child.wait().unwrap();
     std::fs::write(ws.path("release"), "").unwrap();
@@ -582,4 +580,49 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
     assert!(acc > 0.8, "3 classes, chance is 0.33: got {acc}");
     let sub = std::fs::read_to_string(dir.path().join("out/submission/submission.csv")).unwrap();
     assert_eq!(sub.lines().count(), 601);
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_keeping_finished_instances() {
+    let manifest = PIPELINE.replace(
+        "cmd = \"awk -v f=${fold}",
+        "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; echo partial > $PODIUM_OUT/model.txt; sleep 30; fi; awk -v f=${fold}",
+    );
+    let ws = Ws::new(&manifest);
+    let child = ws.spawn_until(
+        &["run", "-f", "p.toml", "-j", "1", "--format", "json"],
+        "started-2",
+    );
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "the running command was stopped, not waited for"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(
+        !ws.path("out/train/fold=2").exists(),
+        "the partial output is discarded"
+    );
+    assert!(
+        std::fs::read_dir(ws.path("cache/tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    std::fs::write(ws.path("release"), "").unwrap();
+    let r = ws.run(&[]);
+    assert_eq!(
+        names(&r, "fresh"),
+        ["prepare", "split", "train[fold=0]", "train[fold=1]"]
+    );
+    assert_eq!(names(&r, "executed"), ["train[fold=2]", "report"]);
 }
