@@ -49,6 +49,16 @@ pub fn merkle<'a>(files: impl IntoIterator<Item = (&'a str, &'a Hash)>) -> Hash 
 /// Every regular file under `dir` (symlinks followed), as sorted
 /// `/`-separated relative paths, optionally filtered by a glob.
 pub fn list_files(dir: &Path, glob: Option<&str>) -> io::Result<Vec<(String, PathBuf)>> {
+    Ok(list_files_stat(dir, glob)?
+        .into_iter()
+        .map(|(r, p, _)| (r, p))
+        .collect())
+}
+
+/// As [`list_files`], with each file's stat, read relative to its directory
+/// while listing (cheaper than a stat by full path). Directories are walked
+/// in parallel.
+fn list_files_stat(dir: &Path, glob: Option<&str>) -> io::Result<Listed> {
     let matcher = match glob {
         Some(g) => Some(
             globset::Glob::new(g)
@@ -57,33 +67,46 @@ pub fn list_files(dir: &Path, glob: Option<&str>) -> io::Result<Vec<(String, Pat
         ),
         None => None,
     };
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((d, prefix)) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let path = entry.path();
-            let ft = entry.file_type()?;
-            let is_dir = if ft.is_symlink() {
-                path.is_dir()
-            } else {
-                ft.is_dir()
-            };
-            if is_dir {
-                stack.push((path, rel));
-            } else if matcher.as_ref().is_none_or(|m| m.is_match(&rel)) {
-                out.push((rel, path));
-            }
+    let mut out = walk_dir(dir, "", matcher.as_ref())?;
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+type Listed = Vec<(String, PathBuf, Stat)>;
+
+fn walk_dir(
+    dir: &Path,
+    prefix: &str,
+    matcher: Option<&globset::GlobMatcher>,
+) -> io::Result<Listed> {
+    let mut files = Vec::new();
+    let mut subdirs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = entry.path();
+        let meta = if entry.file_type()?.is_symlink() {
+            fs::metadata(&path)?
+        } else {
+            entry.metadata()?
+        };
+        if meta.is_dir() {
+            subdirs.push((path, rel));
+        } else if matcher.is_none_or(|m| m.is_match(&rel)) {
+            files.push((rel, path, Stat::of(&meta)));
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    let nested: Vec<Listed> = subdirs
+        .par_iter()
+        .map(|(p, rel)| walk_dir(p, rel, matcher))
+        .collect::<io::Result<_>>()?;
+    files.extend(nested.into_iter().flatten());
+    Ok(files)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +202,10 @@ impl StatCache {
     }
 
     fn file_with_meta(&self, path: &Path, meta: &fs::Metadata) -> io::Result<Hash> {
-        let stat = Stat::of(meta);
+        self.file_with_stat(path, Stat::of(meta))
+    }
+
+    fn file_with_stat(&self, path: &Path, stat: Stat) -> io::Result<Hash> {
         {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = entries.get(path)
@@ -211,13 +237,13 @@ impl StatCache {
         if !meta.is_dir() {
             return self.file_with_meta(path, &meta);
         }
-        let files = list_files(path, glob)?;
+        let files = list_files_stat(path, glob)?;
         let hashes: Vec<Hash> = files
             .par_iter()
-            .map(|(_, p)| self.file(p))
+            .map(|(_, p, st)| self.file_with_stat(p, *st))
             .collect::<io::Result<_>>()?;
         Ok(merkle(
-            files.iter().map(|(r, _)| r.as_str()).zip(hashes.iter()),
+            files.iter().map(|(r, _, _)| r.as_str()).zip(hashes.iter()),
         ))
     }
 }
