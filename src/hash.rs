@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -145,10 +146,16 @@ fn now_ns() -> i128 {
 /// Remembers the hash of each file by its (size, mtime, ctime, inode), so
 /// that an unchanged file is not read again. Entries for files modified just
 /// before they were hashed are not trusted (racy timestamps).
+///
+/// Entries loaded from the cache file are read without a lock (hashing
+/// threads look up many files at once); entries made during this process go
+/// to a locked map and are merged when the cache is saved.
 #[derive(Default)]
 pub struct StatCache {
-    entries: Mutex<HashMap<PathBuf, Entry>>,
-    dirty: std::sync::atomic::AtomicBool,
+    // Keyed by the path's bytes: hashing a `Path` walks its components, which
+    // costs more than the lookup itself.
+    loaded: HashMap<Box<[u8]>, Entry>,
+    fresh: Mutex<HashMap<Box<[u8]>, Entry>>,
 }
 
 impl StatCache {
@@ -158,25 +165,28 @@ impl StatCache {
         if let Ok(text) = fs::read_to_string(path) {
             for line in text.lines() {
                 if let Some((p, e)) = parse_line(line) {
-                    entries.insert(p, e);
+                    entries.insert(p.as_bytes().into(), e);
                 }
             }
         }
         StatCache {
-            entries: Mutex::new(entries),
-            dirty: Default::default(),
+            loaded: entries,
+            fresh: Mutex::new(HashMap::new()),
         }
     }
 
     /// Writes the cache atomically if it changed.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        if !self.dirty.load(std::sync::atomic::Ordering::Relaxed) {
+        let fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh.is_empty() {
             return Ok(());
         }
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::with_capacity(entries.len() * 160);
-        for (p, e) in entries.iter() {
-            let Some(ps) = p.to_str() else { continue };
+        let mut out = String::with_capacity((self.loaded.len() + fresh.len()) * 160);
+        let old = self.loaded.iter().filter(|(p, _)| !fresh.contains_key(*p));
+        for (p, e) in fresh.iter().chain(old) {
+            let Ok(ps) = std::str::from_utf8(p) else {
+                continue;
+            };
             if ps.contains(['\t', '\n']) {
                 continue;
             }
@@ -206,27 +216,31 @@ impl StatCache {
     }
 
     fn file_with_stat(&self, path: &Path, stat: Stat) -> io::Result<Hash> {
+        let trusted = |e: &Entry| e.stat == stat && e.stat.mtime_ns + RACY_NS <= e.hashed_at_ns;
+        let key = path.as_os_str().as_bytes();
+        if let Some(e) = self.loaded.get(key).filter(|e| trusted(e)) {
+            return Ok(e.hash);
+        }
+        if let Some(e) = self
+            .fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|e| trusted(e))
         {
-            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = entries.get(path)
-                && e.stat == stat
-                && e.stat.mtime_ns + RACY_NS <= e.hashed_at_ns
-            {
-                return Ok(e.hash);
-            }
+            return Ok(e.hash);
         }
         let hashed_at_ns = now_ns();
         let hash = hash_file(path)?;
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.insert(
-            path.to_path_buf(),
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        fresh.insert(
+            key.into(),
             Entry {
                 stat,
                 hashed_at_ns,
                 hash,
             },
         );
-        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(hash)
     }
 
@@ -248,9 +262,9 @@ impl StatCache {
     }
 }
 
-fn parse_line(line: &str) -> Option<(PathBuf, Entry)> {
+fn parse_line(line: &str) -> Option<(&str, Entry)> {
     let mut it = line.split('\t');
-    let p = PathBuf::from(it.next()?);
+    let p = it.next()?;
     let size = it.next()?.parse().ok()?;
     let mtime_ns = it.next()?.parse().ok()?;
     let ctime_ns = it.next()?.parse().ok()?;
@@ -332,7 +346,10 @@ mod tests {
         let cache_file = d.path().join("statcache");
         c.save(&cache_file).unwrap();
         let loaded = StatCache::load(&cache_file);
-        let entries = loaded.entries.lock().unwrap();
-        assert_eq!(entries.get(&f).unwrap().hash, blake3::hash(b"content"));
+        let key = f.as_os_str().as_bytes();
+        assert_eq!(
+            loaded.loaded.get(key).unwrap().hash,
+            blake3::hash(b"content")
+        );
     }
 }
