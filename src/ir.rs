@@ -78,6 +78,10 @@ pub struct Instance {
     /// Instances whose outputs this one reads, ascending.
     pub deps: Vec<usize>,
     pub resources: Resources,
+    /// The `[params]` this instance's stage refers to, with their values:
+    /// explanations name `params.lr` rather than only the op parameter it
+    /// was interpolated into.
+    pub uses: BTreeMap<String, Value>,
 }
 
 impl Instance {
@@ -491,6 +495,10 @@ impl Checker<'_> {
             .enumerate()
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
+        let uses: BTreeMap<String, Value> = param_refs(st)
+            .into_iter()
+            .filter_map(|n| p.params.get(&n).map(|v| (n, v.clone())))
+            .collect();
         let mut names = HashSet::new();
         for combo in combos {
             let name = if combo.is_empty() {
@@ -598,6 +606,7 @@ impl Checker<'_> {
                 outputs,
                 deps,
                 resources,
+                uses: uses.clone(),
             });
         }
         p.stages.push(stage);
@@ -904,6 +913,52 @@ fn cycle_path(g: &DiGraphMap<usize, ()>, members: &[usize]) -> Vec<usize> {
     members.to_vec()
 }
 
+/// Every `params.NAME` a stage mentions.
+fn param_refs(st: &RawStage) -> std::collections::BTreeSet<String> {
+    fn collect(e: &Expr, out: &mut std::collections::BTreeSet<String>) {
+        let is_params = |b: &Expr| matches!(&b.kind, ExprKind::Ident(n) if n == "params");
+        match &e.kind {
+            ExprKind::Field(b, name) if is_params(b) => {
+                out.insert(name.clone());
+            }
+            ExprKind::Index(b, i) if is_params(b) => {
+                if let ExprKind::Lit(Value::Str(name)) = &i.kind {
+                    out.insert(name.clone());
+                }
+            }
+            _ => {}
+        }
+        for child in children(e) {
+            collect(child, out);
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    let values = st
+        .fields
+        .iter()
+        .map(|(_, v)| v)
+        .chain(st.resources.iter())
+        .chain(st.matrix.iter().map(|(_, v)| v));
+    for v in values {
+        walk_raw(v, &mut |e| collect(e, &mut out));
+    }
+    out
+}
+
+/// The direct sub-expressions of an expression.
+fn children(e: &Expr) -> Vec<&Expr> {
+    match &e.kind {
+        ExprKind::Lit(_) | ExprKind::Ident(_) => vec![],
+        ExprKind::Field(b, _) | ExprKind::SelectAll(b) | ExprKind::Unary(_, b) => vec![b],
+        ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => vec![a, b],
+        ExprKind::Select(b, pairs) => std::iter::once(&**b)
+            .chain(pairs.iter().map(|(_, x)| x))
+            .collect(),
+        ExprKind::If(a, b, c) => vec![a, b, c],
+        ExprKind::Call(_, args) | ExprKind::List(args) => args.iter().collect(),
+    }
+}
+
 /// Every `stages.NAME` a stage's fields and resources mention, with spans.
 fn stage_refs(st: &RawStage) -> Vec<(String, Span)> {
     let mut out = Vec::new();
@@ -940,27 +995,8 @@ fn collect_stage_refs(e: &Expr, out: &mut Vec<(String, Span)>) {
         }
         _ => {}
     }
-    match &e.kind {
-        ExprKind::Lit(_) | ExprKind::Ident(_) => {}
-        ExprKind::Field(b, _) | ExprKind::SelectAll(b) | ExprKind::Unary(_, b) => {
-            collect_stage_refs(b, out)
-        }
-        ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => {
-            collect_stage_refs(a, out);
-            collect_stage_refs(b, out);
-        }
-        ExprKind::Select(b, pairs) => {
-            collect_stage_refs(b, out);
-            pairs.iter().for_each(|(_, x)| collect_stage_refs(x, out));
-        }
-        ExprKind::If(a, b, c) => {
-            for x in [a, b, c] {
-                collect_stage_refs(x, out);
-            }
-        }
-        ExprKind::Call(_, args) | ExprKind::List(args) => {
-            args.iter().for_each(|x| collect_stage_refs(x, out))
-        }
+    for child in children(e) {
+        collect_stage_refs(child, out);
     }
 }
 
@@ -1304,5 +1340,15 @@ mod tests {
         assert_eq!(resolve_output(&outs, "oof").as_deref(), Some("oof.csv"));
         assert_eq!(resolve_output(&outs, "a"), None);
         assert_eq!(resolve_output(&outs, "nope"), None);
+    }
+
+    #[test]
+    fn instances_record_the_params_their_stage_mentions() {
+        let text = "[params]\nscale = 2\nother = 1\n[stages.a]\nop = \"exec\"\nmatrix = { f = [0, 1] }\ncmd = \"echo ${f} ${params.scale}\"\n";
+        let (p, r) = crate::check_str("m.toml".as_ref(), text, &[]);
+        assert!(!r.has_errors(), "{r}");
+        let p = p.unwrap();
+        let uses: Vec<&String> = p.instances[0].uses.keys().collect();
+        assert_eq!(uses, ["scale"]);
     }
 }

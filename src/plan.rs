@@ -57,7 +57,11 @@ impl fmt::Display for Reason {
                     old.as_deref().unwrap_or("unset"),
                     new.as_deref().unwrap_or("unset"),
                 );
-                write!(f, "param {name} changed ({o} → {n})")
+                if name.starts_with("params.") {
+                    write!(f, "{name} changed ({o} → {n})")
+                } else {
+                    write!(f, "param {name} changed ({o} → {n})")
+                }
             }
             Reason::Input { label } => write!(f, "input {label} content changed"),
             Reason::Upstream { label } => write!(f, "upstream {label} output changed"),
@@ -222,12 +226,15 @@ fn encode_key(inst: &Instance, content: &mut dyn FnMut(&PathRef) -> Hash) -> Has
     blake3::hash(&buf)
 }
 
-/// Parameters as shown in explanations.
+/// Parameters as shown in explanations: the op's, and the `[params]` the
+/// stage refers to (as `params.NAME`).
 pub fn display_params(inst: &Instance) -> BTreeMap<String, String> {
-    inst.params
+    let ops = inst.params.iter().map(|(k, v)| (k.clone(), v.to_string()));
+    let uses = inst
+        .uses
         .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect()
+        .map(|(k, v)| (format!("params.{k}"), v.to_string()));
+    ops.chain(uses).collect()
 }
 
 /// Plans `targets` (all instances when `None`), with the instances of the
@@ -297,7 +304,10 @@ pub fn explain(inst: &Instance, k: &Keyed, last: Option<Record>) -> Vec<Reason> 
     }
     let now = display_params(inst);
     let names: std::collections::BTreeSet<&String> = now.keys().chain(last.params.keys()).collect();
-    for name in names {
+    // Manifest params first: they are what the user edited.
+    let (manifest, op): (Vec<&String>, Vec<&String>) =
+        names.into_iter().partition(|n| n.starts_with("params."));
+    for name in manifest.into_iter().chain(op) {
         let (old, new) = (last.params.get(name), now.get(name));
         if old != new {
             reasons.push(Reason::Param {
