@@ -323,51 +323,22 @@ fn check_reports_every_error_and_exits_nonzero() {
 
 #[test]
 fn sigkill_mid_run_redoes_only_unfinished_instances_and_the_store_verifies() {
-    let manifest = PIPELINE.replace(
-        "cmd = \"awk -v f=${fold}",
-        "cmd = \"if [ ${fold} = 2 ]; then touch started-2; sleep 30; fi; awk -v f=${fold}",
-    );
-    let ws = Ws::new(&manifest);
-    let mut child = ws.spawn_until(&["run", "-f", "p.toml", "-j", "1"], "started-2");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    // The orphaned `sleep` holds nothing of the store; clean it up anyway.
-    let _ = Command::new("pkill").args(["-f", "sleep 30"]).status();
-    let out = ws.podium(&["verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_file(ws.path("started-2")).unwrap();
-    let fast = manifest.replace("sleep 30", "true");
-    std::fs::write(ws.path("p.toml"), fast).unwrap();
-    let r = ws.run(&[]);
-    // The cmd of every train instance changed (the text of the command), so
-    // compare against a store with the unchanged upstream only.
-    assert_eq!(names(&r, "fresh"), ["prepare", "split"]);
-    assert!(
-        std::fs::read_dir(ws.path("cache/tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "work dirs are cleaned"
-    );
-    let out = ws.podium(&["verify"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 corrupted"));
-}
-
-#[test]
-fn sigkill_then_rerun_of_the_same_manifest_skips_finished_instances() {
     // fold=2 blocks until a marker file appears, so the kill lands while it runs.
     let manifest = PIPELINE.replace(
         "cmd = \"awk -v f=${fold}",
-        "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; sleep 30; fi; awk -v f=${fold}",
+        "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; sleep 31; fi; awk -v f=${fold}",
     );
     let ws = Ws::new(&manifest);
     let mut child = ws.spawn_until(&["run", "-f", "p.toml", "-j", "1"], "started-2");
-    child.kill().unwrap();
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
+    // The orphaned command (its own process group) holds nothing of the store.
+    let _ = Command::new("pkill").args(["-f", "sleep 31"]).status();
+    let out = ws.podium(&["verify"]);
+    assert!(
+        out.status.success(),
+        "the store is consistent right after the kill"
+    );
     std::fs::write(ws.path("release"), "").unwrap();
     let r = ws.run(&[]);
     assert_eq!(
@@ -375,8 +346,15 @@ fn sigkill_then_rerun_of_the_same_manifest_skips_finished_instances() {
         ["prepare", "split", "train[fold=0]", "train[fold=1]"]
     );
     assert_eq!(names(&r, "executed"), ["train[fold=2]", "report"]);
+    assert!(
+        std::fs::read_dir(ws.path("cache/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the killed run's work directory is gone"
+    );
     let out = ws.podium(&["verify"]);
-    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 corrupted"));
 }
 
 #[test]
