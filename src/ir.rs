@@ -1040,17 +1040,6 @@ impl Env for BasicEnv {
             "only stage parameters can refer to stages".into(),
         ))
     }
-    fn select(
-        &self,
-        _: &StageSel,
-        _: &[(String, Value, Span)],
-        span: Span,
-    ) -> Result<StageSel, Diagnostic> {
-        Err(unknown(span, "no stages here".into(), String::new()))
-    }
-    fn output(&self, _: &StageSel, _: &str, span: Span) -> Result<Value, Diagnostic> {
-        Err(unknown(span, "no stages here".into(), String::new()))
-    }
 }
 
 /// Names visible in a stage's parameters.

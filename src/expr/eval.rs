@@ -32,15 +32,20 @@ pub trait Env {
     fn var(&self, name: &str, span: Span) -> Result<EVal, Diagnostic>;
     /// `stages.NAME`.
     fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic>;
-    /// `stage[key=value, ...]`.
+    /// `stage[key=value, ...]`. Only reached with a selection that
+    /// [`Env::stage`] made, so environments without stages need not say.
     fn select(
         &self,
-        sel: &StageSel,
-        keys: &[(String, Value, Span)],
+        _sel: &StageSel,
+        _keys: &[(String, Value, Span)],
         span: Span,
-    ) -> Result<StageSel, Diagnostic>;
-    /// `stage.OUTPUT` (or `stage["OUTPUT"]`).
-    fn output(&self, sel: &StageSel, output: &str, span: Span) -> Result<Value, Diagnostic>;
+    ) -> Result<StageSel, Diagnostic> {
+        Err(Diagnostic::error("unknown-reference", "no stages here").at(span, "not a stage"))
+    }
+    /// `stage.OUTPUT` (or `stage["OUTPUT"]`); as [`Env::select`].
+    fn output(&self, _sel: &StageSel, _output: &str, span: Span) -> Result<Value, Diagnostic> {
+        Err(Diagnostic::error("unknown-reference", "no stages here").at(span, "not a stage"))
+    }
 }
 
 fn err(span: Span, msg: impl Into<String>, label: impl Into<String>) -> Diagnostic {

@@ -25,17 +25,6 @@ impl Env for TestEnv {
     fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic> {
         Err(Diagnostic::error("unknown-reference", format!("no stage `{name}`")).at(span, ""))
     }
-    fn select(
-        &self,
-        _: &StageSel,
-        _: &[(String, Value, Span)],
-        span: Span,
-    ) -> Result<StageSel, Diagnostic> {
-        Err(Diagnostic::error("x", "no stages").at(span, ""))
-    }
-    fn output(&self, _: &StageSel, _: &str, span: Span) -> Result<Value, Diagnostic> {
-        Err(Diagnostic::error("x", "no stages").at(span, ""))
-    }
 }
 
 fn env() -> TestEnv {
