@@ -110,12 +110,6 @@ impl Graph {
             .map(|n| n.index())
     }
 
-    pub fn dependents(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
-        self.g
-            .neighbors_directed(NodeIndex::new(id), Direction::Outgoing)
-            .map(|n| n.index())
-    }
-
     /// The targets and everything they depend on, as a mask.
     pub fn upstream_closure(&self, targets: &[usize]) -> Vec<bool> {
         let mut mask = vec![false; self.len()];

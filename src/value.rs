@@ -115,10 +115,6 @@ impl Value {
         }
     }
 
-    pub fn truthy(&self) -> Option<bool> {
-        self.as_bool()
-    }
-
     /// Every path this value mentions, in order.
     pub fn paths(&self) -> Vec<&PathRef> {
         let mut out = Vec::new();

@@ -20,20 +20,38 @@ fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     Ok(Store::open(&cli.store)?)
 }
 
-fn make_plan(
-    cli: &Cli,
-    p: &Pipeline,
-    targets: &[String],
-    force: &[String],
-) -> anyhow::Result<(Graph, Plan)> {
-    let store = open_store(cli)?;
-    let stat = StatCache::load(&store.statcache_path());
-    let g = Graph::of(p);
-    let t = p.select_targets(targets).map_err(podium::Error::Usage)?;
-    let force: HashSet<String> = force.iter().cloned().collect();
-    let pl = plan::plan(p, &g, &store, &stat, Some(&t), &force)?;
-    let _ = stat.save(&store.statcache_path());
-    Ok((g, pl))
+/// The store and its stat cache, opened once per command.
+struct Opened {
+    store: Store,
+    stat: StatCache,
+}
+
+impl Opened {
+    fn new(cli: &Cli) -> anyhow::Result<Opened> {
+        let store = open_store(cli)?;
+        let stat = StatCache::load(&store.statcache_path());
+        Ok(Opened { store, stat })
+    }
+
+    fn plan(
+        &self,
+        p: &Pipeline,
+        targets: &[String],
+        force: &[String],
+    ) -> anyhow::Result<(Graph, Plan)> {
+        let g = Graph::of(p);
+        let t = p.select_targets(targets).map_err(podium::Error::Usage)?;
+        let force: HashSet<String> = force.iter().cloned().collect();
+        let pl = plan::plan(p, &g, &self.store, &self.stat, Some(&t), &force)?;
+        Ok((g, pl))
+    }
+}
+
+impl Drop for Opened {
+    /// Hashes learnt while planning speed up the next command.
+    fn drop(&mut self) {
+        let _ = self.stat.save(&self.store.statcache_path());
+    }
 }
 
 pub fn plan(
@@ -44,7 +62,7 @@ pub fn plan(
     format: Format,
 ) -> anyhow::Result<i32> {
     let p = m.load()?;
-    let (g, pl) = make_plan(cli, &p, targets, force)?;
+    let (g, pl) = Opened::new(cli)?.plan(&p, targets, force)?;
     match format {
         Format::Text => print!("{}", plan_text(&p, &g, &pl)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&plan_json(&p, &g, &pl))?),
@@ -142,11 +160,10 @@ pub fn run(
     if let Some(pr) = progress.get() {
         pr.finish();
     }
-    let count = |f: fn(&Outcome) -> bool| report.outcomes.iter().filter(|(_, o)| f(o)).count();
-    let executed = count(|o| matches!(o, Outcome::Executed));
-    let cached = count(|o| matches!(o, Outcome::Cached));
-    let failed = count(|o| matches!(o, Outcome::Failed { .. }));
-    let skipped = count(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled));
+    let executed = report.names(|o| matches!(o, Outcome::Executed));
+    let cached = report.names(|o| matches!(o, Outcome::Cached));
+    let failed = report.names(|o| matches!(o, Outcome::Failed { .. }));
+    let skipped = report.names(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled));
     for (name, o) in &report.outcomes {
         if let Outcome::Failed {
             message,
@@ -168,30 +185,26 @@ pub fn run(
     }
     match format {
         Format::Json => {
-            let names = |f: fn(&Outcome) -> bool| -> Vec<&str> {
-                report
-                    .outcomes
-                    .iter()
-                    .filter(|(_, o)| f(o))
-                    .map(|(n, _)| n.as_str())
-                    .collect()
-            };
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({
                     "pipeline": p.name,
                     "fresh": report.fresh,
-                    "executed": names(|o| matches!(o, Outcome::Executed)),
-                    "cached": names(|o| matches!(o, Outcome::Cached)),
-                    "failed": names(|o| matches!(o, Outcome::Failed { .. })),
-                    "skipped": names(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled)),
+                    "executed": executed,
+                    "cached": cached,
+                    "failed": failed,
+                    "skipped": skipped,
                 }))?
             );
         }
         Format::Text => eprintln!(
-            "{}: {executed} ran, {cached} cached after upstream cutoff, {} already fresh, {failed} failed, {skipped} not run ({:.2}s)",
+            "{}: {} ran, {} cached after upstream cutoff, {} already fresh, {} failed, {} not run ({:.2}s)",
             p.name,
+            executed.len(),
+            cached.len(),
             report.fresh.len(),
+            failed.len(),
+            skipped.len(),
             started.elapsed().as_secs_f64()
         ),
     }
@@ -222,8 +235,9 @@ impl exec::Events for LazyProgress<'_> {
 
 pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32> {
     let p = m.load()?;
-    let store = open_store(cli)?;
-    let (g, pl) = make_plan(cli, &p, &[], &[])?;
+    let opened = Opened::new(cli)?;
+    let store = &opened.store;
+    let (g, pl) = opened.plan(&p, &[], &[])?;
     let mut rows = Vec::new();
     for &id in g.order() {
         let inst = &p.instances[id];
@@ -284,7 +298,7 @@ pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32
 
 pub fn dag(cli: &Cli, m: &ManifestArgs, format: DagFormat) -> anyhow::Result<i32> {
     let p = m.load()?;
-    let (g, pl) = make_plan(cli, &p, &[], &[])?;
+    let (g, pl) = Opened::new(cli)?.plan(&p, &[], &[])?;
     let stale = |id: usize| pl.is_stale(id);
     match format {
         DagFormat::Dot => print!("{}", g.to_dot(&p, &stale)),
@@ -299,7 +313,8 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32
     } else {
         manifests.to_vec()
     };
-    let store = open_store(cli)?;
+    let opened = Opened::new(cli)?;
+    let store = &opened.store;
     let _lock = store.lock(true, |pid| {
         eprintln!("waiting for the podium run (pid {pid}) to finish")
     })?;
@@ -308,7 +323,7 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32
         let (p, _) = podium::load(f, &[]).with_context(|| {
             format!("gc keeps what {} references, so it must check", f.display())
         })?;
-        let (_, pl) = make_plan(cli, &p, &[], &[])?;
+        let (_, pl) = opened.plan(&p, &[], &[])?;
         for s in &pl.status {
             if let Status::Fresh(r) = s {
                 live.insert(r.key.clone());

@@ -115,11 +115,11 @@ impl RunReport {
             .any(|(_, o)| matches!(o, Outcome::Cancelled))
     }
 
-    /// Names of the instances whose op ran.
-    pub fn executed(&self) -> Vec<&str> {
+    /// Names of the instances whose outcome satisfies `f`, in order.
+    pub fn names(&self, f: fn(&Outcome) -> bool) -> Vec<&str> {
         self.outcomes
             .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Executed))
+            .filter(|(_, o)| f(o))
             .map(|(n, _)| n.as_str())
             .collect()
     }
@@ -166,7 +166,11 @@ pub fn run(
     let results = executor.execute(&jobs, &|job, gpus| runner.run(job.id, gpus), events);
     let _ = stat.save(&store.statcache_path());
     let mut outcomes: Vec<(usize, Outcome)> = results;
-    outcomes.sort_by_key(|(id, _)| g.order().iter().position(|x| x == id));
+    let mut rank = vec![0; g.len()];
+    for (i, &id) in g.order().iter().enumerate() {
+        rank[id] = i;
+    }
+    outcomes.sort_by_key(|(id, _)| rank[*id]);
     Ok(RunReport {
         fresh,
         outcomes: outcomes

@@ -66,17 +66,14 @@ impl<'a> Runner<'a> {
         }
     }
 
-    pub fn record(&self, id: usize) -> Option<Record> {
-        self.records.read().unwrap_or_else(|e| e.into_inner())[id].clone()
-    }
-
     fn set_record(&self, id: usize, rec: Record) {
         self.records.write().unwrap_or_else(|e| e.into_inner())[id] = Some(rec);
     }
 
     /// Makes an instance's stored outputs visible under `out/`.
     pub fn materialize(&self, id: usize) -> Result<()> {
-        let Some(rec) = self.record(id) else {
+        let records = self.records.read().unwrap_or_else(|e| e.into_inner());
+        let Some(rec) = &records[id] else {
             return Ok(());
         };
         let dir = outputs_dir(&self.out_root, &self.pipeline.instances[id]);
@@ -97,26 +94,6 @@ impl<'a> Runner<'a> {
                     .to_string()
             }
         }
-    }
-
-    /// The log file an instance's latest run left.
-    pub fn log_path(&self, inst: &Instance) -> PathBuf {
-        let safe: String = inst
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_=,.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.store
-            .root()
-            .join("logs")
-            .join(&self.pipeline.name)
-            .join(format!("{safe}.log"))
     }
 
     /// Runs one instance (unless its key turns out to be stored already).
@@ -181,7 +158,7 @@ impl<'a> Runner<'a> {
         let duration = started.elapsed();
         drop(log);
         let log_bytes = fs::read(&log_file).unwrap_or_default();
-        let kept_log = self.log_path(inst);
+        let kept_log = self.store.log_path(&p.name, &inst.name);
         let _ = store::atomic_write_nosync(&kept_log, &log_bytes);
         let outcome = match result {
             Err(OpError::Cancelled) => Ok(Outcome::Cancelled),

@@ -162,8 +162,16 @@ impl Store {
         let h = blake3::hash(instance.as_bytes()).to_hex();
         self.root
             .join("state")
-            .join(sanitize(pipeline))
+            .join(sanitize(pipeline, "-_"))
             .join(format!("{}.json", &h[..32]))
+    }
+
+    /// The log an instance's latest run left, kept after failures too.
+    pub fn log_path(&self, pipeline: &str, instance: &str) -> PathBuf {
+        self.root
+            .join("logs")
+            .join(sanitize(pipeline, "-_"))
+            .join(format!("{}.log", sanitize(instance, "-_=,.")))
     }
 
     /// A fresh work directory for one execution.
@@ -323,7 +331,7 @@ impl Store {
 
     /// The last records of every instance of a pipeline.
     pub fn states(&self, pipeline: &str) -> Vec<Record> {
-        walk(&self.root.join("state").join(sanitize(pipeline)))
+        walk(&self.root.join("state").join(sanitize(pipeline, "-_")))
             .into_iter()
             .filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
             .collect()
@@ -466,10 +474,12 @@ fn object_name(path: &Path) -> Option<String> {
     Some(format!("{dir}{file}"))
 }
 
-fn sanitize(s: &str) -> String {
+/// `s` as one path component: characters other than ASCII letters, digits
+/// and those in `keep` become `_`.
+fn sanitize(s: &str, keep: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            if c.is_ascii_alphanumeric() || keep.contains(c) {
                 c
             } else {
                 '_'
