@@ -847,6 +847,8 @@ impl Checker<'_> {
 
     fn path(&mut self, v: Value, span: Span) -> Option<Value> {
         match v {
+            // The empty string: an optional path not given.
+            Value::Str(s) if s.is_empty() => Some(Value::Str(s)),
             Value::Str(s) => {
                 let full = self.dir.join(&s);
                 if !full.exists() {

@@ -27,6 +27,7 @@
 //! - [`store`]: objects, records, atomic writes, the lock; [`hash`]: content hashing and the stat cache.
 
 pub mod cancel;
+pub mod data;
 pub mod diag;
 pub mod error;
 pub mod exec;

@@ -145,7 +145,8 @@ pub fn run(
         gpus,
         keep_going,
         force: force.iter().cloned().collect(),
-        out_root: cli.out_dir.clone(),
+        // Absolute: ops run in the manifest's directory, not here.
+        out_root: std::path::absolute(&cli.out_dir).unwrap_or_else(|_| cli.out_dir.clone()),
     };
     let executor = LocalExecutor {
         threads: jobs,

@@ -61,9 +61,6 @@ pub fn op(
         fields: Vec::new(),
     };
     if !inputs.is_empty() {
-        let Some(param) = op.input_param() else {
-            anyhow::bail!("op `{kind}` takes no inputs; give its parameters with --set");
-        };
         let abs: Vec<RawValue> = inputs
             .iter()
             .map(|i| {
@@ -73,13 +70,32 @@ pub fn op(
                     .to_string())
             })
             .collect();
-        stage.fields.push((
-            name(param),
-            RawValue {
-                kind: RawKind::Array(abs),
-                span,
-            },
-        ));
+        let names = op.inputs();
+        let takes_list = |n: &str| {
+            op.params()
+                .iter()
+                .any(|p| p.name == n && p.kind == ops::ParamKind::Paths)
+        };
+        match names {
+            [] => anyhow::bail!("op `{kind}` takes no inputs; give its parameters with --set"),
+            [one] if takes_list(one) => stage.fields.push((
+                name(one),
+                RawValue {
+                    kind: RawKind::Array(abs),
+                    span,
+                },
+            )),
+            _ if abs.len() > names.len() => anyhow::bail!(
+                "op `{kind}` takes at most {} input(s): {}",
+                names.len(),
+                names.join(", ")
+            ),
+            _ => {
+                for (n, v) in names.iter().zip(abs) {
+                    stage.fields.push((name(n), v));
+                }
+            }
+        }
     }
     let mut raw = RawManifest {
         path: PathBuf::from("podium-op.toml"),

@@ -63,8 +63,8 @@ impl Op for Exec {
         PARAMS
     }
 
-    fn input_param(&self) -> Option<&'static str> {
-        Some("deps")
+    fn inputs(&self) -> &'static [&'static str] {
+        &["deps"]
     }
 
     fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {

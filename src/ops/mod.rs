@@ -8,6 +8,9 @@ use std::sync::atomic::AtomicBool;
 use crate::value::Value;
 
 pub mod exec;
+pub mod nms;
+pub mod soft_nms;
+pub mod wbf;
 
 /// Resolved parameters of one instance, by name.
 pub type Params = BTreeMap<String, Value>;
@@ -27,6 +30,8 @@ pub enum ParamKind {
     Paths,
     /// A list of strings.
     StrList,
+    /// A list of numbers.
+    FloatList,
     /// Anything.
     Any,
 }
@@ -42,6 +47,7 @@ impl ParamKind {
             ParamKind::Path => "path".into(),
             ParamKind::Paths => "list or table of paths".into(),
             ParamKind::StrList => "list of strings".into(),
+            ParamKind::FloatList => "list of numbers".into(),
             ParamKind::Any => "any".into(),
         }
     }
@@ -119,6 +125,73 @@ impl OpContext<'_> {
     pub fn str(&self, name: &str) -> &str {
         self.params.get(name).and_then(Value::as_str).unwrap_or("")
     }
+
+    pub fn f64(&self, name: &str) -> f64 {
+        self.params.get(name).and_then(Value::as_f64).unwrap_or(0.0)
+    }
+
+    pub fn int(&self, name: &str) -> i64 {
+        self.params.get(name).and_then(Value::as_int).unwrap_or(0)
+    }
+
+    pub fn bool(&self, name: &str) -> bool {
+        self.params
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// A path parameter, relative paths taken from the manifest's directory;
+    /// `None` when it is the empty string (not given).
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        let s = self.str(name);
+        (!s.is_empty()).then(|| self.work_dir.join(s))
+    }
+
+    /// A list-of-paths parameter (a single path counts as a list of one).
+    pub fn paths(&self, name: &str) -> Vec<PathBuf> {
+        match self.params.get(name) {
+            Some(Value::List(l)) => l
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|s| self.work_dir.join(s))
+                .collect(),
+            Some(Value::Str(s)) if !s.is_empty() => vec![self.work_dir.join(s)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A list of numbers.
+    pub fn floats(&self, name: &str) -> Vec<f64> {
+        self.params
+            .get(name)
+            .and_then(Value::as_list)
+            .map(|l| l.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    }
+
+    /// A thread pool of the instance's size, for data-parallel ops.
+    pub fn pool(&self) -> Result<rayon::ThreadPool, OpError> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads.max(1))
+            .build()
+            .map_err(|e| OpError::Failed(format!("cannot start threads: {e}")))
+    }
+
+    /// Fails with [`OpError::Cancelled`] once the run is interrupted.
+    pub fn check_cancel(&self) -> Result<(), OpError> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(OpError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A line in the instance's log.
+    pub fn log(&mut self, line: impl std::fmt::Display) {
+        use std::io::Write;
+        let _ = writeln!(self.log, "{line}");
+    }
 }
 
 /// A kind of stage.
@@ -130,9 +203,10 @@ pub trait Op: Send + Sync {
     /// One line for `podium op --list` and the docs.
     fn summary(&self) -> &'static str;
     fn params(&self) -> &'static [ParamSpec];
-    /// The parameter that `podium op KIND INPUT...` fills with its inputs.
-    fn input_param(&self) -> Option<&'static str> {
-        None
+    /// The parameters that `podium op KIND INPUT...` fills with its inputs:
+    /// one `Paths` parameter takes them all; otherwise one input each, in order.
+    fn inputs(&self) -> &'static [&'static str] {
+        &[]
     }
     /// Names (relative paths) of the outputs this instance will write.
     fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError>;
@@ -143,7 +217,7 @@ pub trait Op: Send + Sync {
     fn run(&self, cx: &mut OpContext) -> Result<(), OpError>;
 }
 
-static OPS: &[&dyn Op] = &[&exec::Exec];
+static OPS: &[&dyn Op] = &[&exec::Exec, &wbf::Wbf, &nms::Nms, &soft_nms::SoftNms];
 
 /// All ops, by name.
 pub fn all() -> &'static [&'static dyn Op] {
@@ -193,6 +267,9 @@ pub fn kind_accepts(kind: ParamKind, v: &Value) -> bool {
         (ParamKind::Paths, Value::Table(t)) => t.values().all(|x| kind_accepts(ParamKind::Path, x)),
         (ParamKind::Paths, Value::Path(_) | Value::Str(_)) => true,
         (ParamKind::StrList, Value::List(l)) => l.iter().all(|x| matches!(x, Value::Str(_))),
+        (ParamKind::FloatList, Value::List(l)) => l
+            .iter()
+            .all(|x| matches!(x, Value::Int(_) | Value::Float(_))),
         _ => false,
     }
 }

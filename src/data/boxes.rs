@@ -1,0 +1,292 @@
+//! Boxes: COCO results JSON, a list of
+//! `{"image_id": int|str, "category_id": int, "bbox": [x, y, w, h], "score": float}`,
+//! and COCO ground truth (`images`, `annotations`, `categories`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DataError, read_nonempty, write_atomic};
+
+/// An image id as COCO files spell it: a number or a string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ImageId {
+    Int(i64),
+    Str(String),
+}
+
+impl std::fmt::Display for ImageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageId::Int(i) => write!(f, "{i}"),
+            ImageId::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One detection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Det {
+    pub image_id: ImageId,
+    pub category_id: i64,
+    /// `[x, y, width, height]`.
+    pub bbox: [f64; 4],
+    pub score: f64,
+}
+
+fn json_error(path: &Path, e: serde_json::Error) -> DataError {
+    let msg = e.to_string();
+    // serde_json appends " at line L column C"; keep the column, move the line.
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => {
+            let col = msg[i..].rsplit(' ').next().unwrap_or("");
+            format!("{} (column {col})", &msg[..i])
+        }
+        None => msg,
+    };
+    DataError::at(path, e.line().max(1), msg)
+}
+
+/// Reads a detections file; scores and coordinates must be finite and
+/// widths and heights not negative.
+pub fn read_dets(path: &Path) -> Result<Vec<Det>, DataError> {
+    let bytes = read_nonempty(path)?;
+    let dets: Vec<Det> = serde_json::from_slice(&bytes).map_err(|e| json_error(path, e))?;
+    for (i, d) in dets.iter().enumerate() {
+        let bad = |what: &str| {
+            DataError::new(
+                path,
+                format!("detection {i} (image {}): {what}", d.image_id),
+            )
+        };
+        if !d.score.is_finite() {
+            return Err(bad("score is not a finite number"));
+        }
+        if d.bbox.iter().any(|v| !v.is_finite()) {
+            return Err(bad("bbox has a value that is not a finite number"));
+        }
+        if d.bbox[2] < 0.0 || d.bbox[3] < 0.0 {
+            return Err(bad("bbox has a negative width or height"));
+        }
+    }
+    Ok(dets)
+}
+
+pub fn write_dets(path: &Path, dets: &[Det]) -> Result<(), DataError> {
+    let mut text = serde_json::to_vec(dets).expect("detections serialize");
+    text.push(b'\n');
+    write_atomic(path, &text)
+}
+
+/// A COCO ground-truth file, reduced to what the ops use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coco {
+    pub images: Vec<CocoImage>,
+    #[serde(default)]
+    pub annotations: Vec<CocoAnn>,
+    #[serde(default)]
+    pub categories: Vec<CocoCategory>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CocoImage {
+    pub id: ImageId,
+    pub width: f64,
+    pub height: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CocoAnn {
+    #[serde(default)]
+    pub id: i64,
+    pub image_id: ImageId,
+    pub category_id: i64,
+    pub bbox: [f64; 4],
+    #[serde(default)]
+    pub area: Option<f64>,
+    #[serde(default)]
+    pub iscrowd: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CocoCategory {
+    pub id: i64,
+    #[serde(default)]
+    pub name: String,
+}
+
+pub fn read_coco(path: &Path) -> Result<Coco, DataError> {
+    let bytes = read_nonempty(path)?;
+    let coco: Coco = serde_json::from_slice(&bytes).map_err(|e| json_error(path, e))?;
+    for im in &coco.images {
+        if !(im.width > 0.0 && im.height > 0.0 && im.width.is_finite() && im.height.is_finite()) {
+            return Err(DataError::new(
+                path,
+                format!("image {} has no positive width and height", im.id),
+            ));
+        }
+    }
+    let known: std::collections::HashSet<&ImageId> = coco.images.iter().map(|i| &i.id).collect();
+    for a in &coco.annotations {
+        if !known.contains(&a.image_id) {
+            return Err(DataError::new(
+                path,
+                format!(
+                    "annotation {} is on image {}, which is not in `images`",
+                    a.id, a.image_id
+                ),
+            ));
+        }
+        if a.bbox.iter().any(|v| !v.is_finite()) || a.bbox[2] < 0.0 || a.bbox[3] < 0.0 {
+            return Err(DataError::new(
+                path,
+                format!("annotation {} has a bad bbox {:?}", a.id, a.bbox),
+            ));
+        }
+    }
+    Ok(coco)
+}
+
+pub fn write_coco(path: &Path, coco: &Coco) -> Result<(), DataError> {
+    let mut text = serde_json::to_vec(coco).expect("coco serializes");
+    text.push(b'\n');
+    write_atomic(path, &text)
+}
+
+/// A box as the fusion code sees it: corners normalized to [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NBox {
+    pub label: i64,
+    pub score: f64,
+    /// x1, y1, x2, y2.
+    pub xyxy: [f64; 4],
+}
+
+/// The detections of several models, grouped by image (in order of first
+/// appearance) with one list per model, coordinates normalized.
+pub struct Grouped {
+    pub images: Vec<ImageId>,
+    /// `boxes[image][model]`.
+    pub boxes: Vec<Vec<Vec<NBox>>>,
+    /// Width and height per image where boxes were in pixels.
+    pub sizes: Option<Vec<(f64, f64)>>,
+}
+
+/// How far above 1 a coordinate may reach before the boxes are taken to be
+/// in pixels rather than slightly out of range.
+pub const PIXEL_LIMIT: f64 = 2.0;
+
+/// Groups the detections of each model by image. With `sizes` (a COCO file
+/// with each image's width and height), pixel boxes are normalized; without
+/// it, coordinates far above 1 are an error.
+pub fn group(
+    models: &[(&Path, Vec<Det>)],
+    sizes: Option<(&Path, &Coco)>,
+) -> Result<Grouped, DataError> {
+    let size_of: Option<HashMap<&ImageId, (f64, f64)>> = sizes.map(|(_, c)| {
+        c.images
+            .iter()
+            .map(|i| (&i.id, (i.width, i.height)))
+            .collect()
+    });
+    let mut index: HashMap<ImageId, usize> = HashMap::new();
+    let mut g = Grouped {
+        images: Vec::new(),
+        boxes: Vec::new(),
+        sizes: size_of.as_ref().map(|_| Vec::new()),
+    };
+    for (m, (path, dets)) in models.iter().enumerate() {
+        for d in dets {
+            let i = match index.get(&d.image_id) {
+                Some(&i) => i,
+                None => {
+                    if let (Some(map), Some(sizes), Some((spath, _))) =
+                        (&size_of, &mut g.sizes, sizes)
+                    {
+                        let Some(&wh) = map.get(&d.image_id) else {
+                            return Err(DataError::new(
+                                path,
+                                format!(
+                                    "image {} is not in the image sizes file {}",
+                                    d.image_id,
+                                    spath.display()
+                                ),
+                            ));
+                        };
+                        sizes.push(wh);
+                    }
+                    let i = g.images.len();
+                    index.insert(d.image_id.clone(), i);
+                    g.images.push(d.image_id.clone());
+                    g.boxes.push(vec![Vec::new(); models.len()]);
+                    i
+                }
+            };
+            let [x, y, w, h] = d.bbox;
+            let (sx, sy) = match &g.sizes {
+                Some(s) => s[i],
+                None => {
+                    let far = (x + w).max(y + h);
+                    if far > PIXEL_LIMIT {
+                        return Err(DataError::new(
+                            path,
+                            format!(
+                                "boxes look like pixels (image {}: bbox {:?}); podium fuses boxes normalized to [0, 1]: give `images`, a COCO file with each image's width and height",
+                                d.image_id, d.bbox
+                            ),
+                        ));
+                    }
+                    (1.0, 1.0)
+                }
+            };
+            g.boxes[i][m].push(NBox {
+                label: d.category_id,
+                score: d.score,
+                xyxy: [x / sx, y / sy, (x + w) / sx, (y + h) / sy],
+            });
+        }
+    }
+    Ok(g)
+}
+
+/// Reads one detections file per model, applies `f` to each image's boxes
+/// (in parallel, on the current rayon pool) and returns the results as
+/// detections in the input's units, images in order of first appearance.
+pub fn map_images<F>(
+    inputs: &[std::path::PathBuf],
+    images: Option<&Path>,
+    f: F,
+) -> Result<Vec<Det>, DataError>
+where
+    F: Fn(&[Vec<NBox>]) -> Vec<NBox> + Sync,
+{
+    use rayon::prelude::*;
+    let models: Vec<(&Path, Vec<Det>)> = inputs
+        .par_iter()
+        .map(|p| read_dets(p).map(|d| (p.as_path(), d)))
+        .collect::<Result<_, _>>()?;
+    let sizes = match images {
+        Some(p) => Some((p, read_coco(p)?)),
+        None => None,
+    };
+    let g = group(&models, sizes.as_ref().map(|(p, c)| (*p, c)))?;
+    let fused: Vec<Vec<NBox>> = g.boxes.par_iter().map(|per_model| f(per_model)).collect();
+    let mut out = Vec::with_capacity(fused.iter().map(Vec::len).sum());
+    for (i, boxes) in fused.into_iter().enumerate() {
+        let (sx, sy) = g.sizes.as_ref().map(|s| s[i]).unwrap_or((1.0, 1.0));
+        for b in boxes {
+            let [x1, y1, x2, y2] = b.xyxy;
+            out.push(Det {
+                image_id: g.images[i].clone(),
+                category_id: b.label,
+                bbox: [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
+                score: b.score,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,74 @@
+//! The file formats the built-in ops read and write, with errors that name
+//! the file (and the line, where there is one):
+//!
+//! - [`table`]: CSV with a header row, the first column the row id.
+//! - [`boxes`]: COCO results JSON (detections) and COCO ground truth.
+//! - [`metrics`]: a JSON object of named numbers.
+//!
+//! See `docs/formats.md`.
+
+use std::path::{Path, PathBuf};
+
+pub mod boxes;
+pub mod metrics;
+pub mod table;
+
+/// Bad input: the file, the line where known, and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct DataError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl DataError {
+    pub fn new(path: &Path, message: impl Into<String>) -> DataError {
+        DataError {
+            path: path.to_path_buf(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn at(path: &Path, line: usize, message: impl Into<String>) -> DataError {
+        DataError {
+            path: path.to_path_buf(),
+            line: Some(line),
+            message: message.into(),
+        }
+    }
+
+    pub fn io(path: &Path, e: std::io::Error) -> DataError {
+        DataError::new(path, e.to_string())
+    }
+}
+
+impl From<DataError> for crate::ops::OpError {
+    fn from(e: DataError) -> Self {
+        crate::ops::OpError::Failed(e.to_string())
+    }
+}
+
+/// Reads a whole file, naming it in the error; an empty file is an error.
+pub fn read_nonempty(path: &Path) -> Result<Vec<u8>, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DataError::new(path, "empty file"));
+    }
+    Ok(bytes)
+}
+
+/// Writes a file through a temporary beside it and a rename, so that a
+/// failure never leaves half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(path, e))?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| DataError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| DataError::io(path, e.error))?;
+    Ok(())
+}

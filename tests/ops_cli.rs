@@ -1,0 +1,176 @@
+//! The data ops through `podium op` (the pinned interface): results on good
+//! input, and on bad input a one-line `error:` naming the file, a non-zero
+//! exit and the output left untouched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::{Value, json};
+
+struct Ws {
+    dir: tempfile::TempDir,
+}
+
+impl Ws {
+    fn new() -> Ws {
+        Ws {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+
+    fn op(&self, args: &[&str]) -> Output {
+        Command::cargo_bin("podium")
+            .unwrap()
+            .current_dir(self.dir.path())
+            .arg("op")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let out = self.op(args);
+        assert!(
+            out.status.success(),
+            "podium op {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Fails with one `error:` line mentioning `needle`; `out.txt` untouched.
+    fn fails(&self, args: &[&str], needle: &str) {
+        self.write("out.txt", "untouched");
+        let mut all = args.to_vec();
+        all.extend(["-o", "out.txt"]);
+        let out = self.op(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "podium op {args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "podium op {args:?}: {err}");
+        assert!(lines[0].contains(needle), "podium op {args:?}: {err}");
+        assert_eq!(self.read("out.txt"), "untouched");
+    }
+}
+
+fn det(image: Value, cat: i64, bbox: [f64; 4], score: f64) -> Value {
+    json!({"image_id": image, "category_id": cat, "bbox": bbox, "score": score})
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn wbf_fuses_pixel_boxes_through_image_sizes_and_writes_pixels_back() {
+    let ws = Ws::new();
+    let a = json!([det(json!("img1"), 1, [100.0, 50.0, 200.0, 100.0], 0.9)]);
+    let b = json!([
+        det(json!("img1"), 1, [110.0, 50.0, 200.0, 100.0], 0.3),
+        det(json!(7), 2, [0.0, 0.0, 10.0, 10.0], 0.5)
+    ]);
+    ws.write("a.json", &a.to_string());
+    ws.write("b.json", &b.to_string());
+    let images = json!({"images": [
+        {"id": "img1", "width": 1000, "height": 500},
+        {"id": 7, "width": 20, "height": 20}
+    ]});
+    ws.write("images.json", &images.to_string());
+    ws.ok(&[
+        "wbf",
+        "--set",
+        "images=images.json",
+        "--set",
+        "conf_type=max",
+        "--set",
+        "weights=[2,1]",
+        "a.json",
+        "b.json",
+        "-o",
+        "fused.json",
+    ]);
+    let out = read_json(&ws.path("fused.json"));
+    let out = out.as_array().unwrap();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0]["image_id"], json!("img1"));
+    assert_eq!(out[1]["image_id"], json!(7));
+    let x = out[0]["bbox"][0].as_f64().unwrap();
+    let want = (1.8 * 100.0 + 0.3 * 110.0) / 2.1;
+    assert!((x - want).abs() < 1e-3, "{x} vs {want}");
+    // max: the best weighted score over the largest weight.
+    assert!((out[0]["score"].as_f64().unwrap() - 0.9).abs() < 1e-6);
+    let bbox: Vec<f64> = serde_json::from_value(out[1]["bbox"].clone()).unwrap();
+    for (g, w) in bbox.iter().zip([0.0, 0.0, 10.0, 10.0]) {
+        assert!((g - w).abs() < 1e-4, "{bbox:?}");
+    }
+}
+
+#[test]
+fn box_ops_reject_bad_input_with_one_error_line_naming_the_file() {
+    let ws = Ws::new();
+    ws.write(
+        "ok.json",
+        &json!([det(json!(1), 0, [0.1, 0.1, 0.2, 0.2], 0.5)]).to_string(),
+    );
+    ws.write(
+        "pixels.json",
+        &json!([det(json!(1), 0, [10.0, 10.0, 200.0, 200.0], 0.5)]).to_string(),
+    );
+    ws.write(
+        "broken.json",
+        "[{\"image_id\": 1, \"category_id\": 0,\n \"bbox\": [0.1, 0.1, 0.2, 0.2]",
+    );
+    ws.write(
+        "short.json",
+        "[{\"image_id\": 1, \"category_id\": 0, \"bbox\": [0.1, 0.1, 0.2], \"score\": 1}]",
+    );
+    ws.write(
+        "nan.json",
+        "[{\"image_id\": 1, \"category_id\": 0, \"bbox\": [0.1, 0.1, 0.2, 0.2], \"score\": NaN}]",
+    );
+    ws.write("empty.json", "");
+    ws.write(
+        "sizes.json",
+        &json!({"images": [{"id": 2, "width": 10, "height": 10}]}).to_string(),
+    );
+    for op in ["wbf", "nms", "soft_nms"] {
+        ws.fails(
+            &[op, "ok.json", "pixels.json"],
+            "pixels.json: boxes look like pixels",
+        );
+        ws.fails(
+            &[op, "ok.json", "broken.json"],
+            "broken.json:2: EOF while parsing",
+        );
+        ws.fails(&[op, "short.json"], "short.json:1: invalid length 3");
+        ws.fails(&[op, "nan.json"], "nan.json:1: expected value");
+        ws.fails(&[op, "empty.json"], "empty.json: empty file");
+        ws.fails(
+            &[op, "missing.json"],
+            "missing.json: no such file or directory",
+        );
+        ws.fails(
+            &[op, "--set", "images=sizes.json", "ok.json"],
+            "image 1 is not in the image sizes file",
+        );
+        ws.fails(
+            &[op, "--set", "weights=[1,2,3]", "ok.json"],
+            "3 weights for 1 models",
+        );
+    }
+}
