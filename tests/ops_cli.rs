@@ -174,3 +174,129 @@ fn box_ops_reject_bad_input_with_one_error_line_naming_the_file() {
         );
     }
 }
+
+fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn folds_writes_one_fold_per_id_for_every_kind() {
+    let ws = Ws::new();
+    let mut csv = String::from("id,label,patient\n");
+    for i in 0..60 {
+        csv += &format!("r{i},{},{}\n", ["a", "b", "c"][i % 3], i / 4);
+    }
+    ws.write("labels.csv", &csv);
+    for (kind, extra) in [
+        ("kfold", vec![]),
+        ("stratified", vec!["--set", "by=label"]),
+        ("group", vec!["--set", "group=patient"]),
+        (
+            "stratified_group",
+            vec!["--set", "by=label", "--set", "group=patient"],
+        ),
+    ] {
+        let mut args = vec!["folds", "--set", "k=4", "--set"];
+        let kind_arg = format!("kind={kind}");
+        args.push(&kind_arg);
+        args.extend(extra);
+        args.extend(["labels.csv", "-o", "folds.csv"]);
+        ws.ok(&args);
+        let text = ws.read("folds.csv");
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("id,fold"));
+        let rows: Vec<(String, usize)> = lines
+            .map(|l| {
+                let (id, f) = l.split_once(',').unwrap();
+                (id.to_string(), f.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(rows.len(), 60, "{kind}");
+        assert!(
+            rows.iter()
+                .enumerate()
+                .all(|(i, (id, f))| *id == format!("r{i}") && *f < 4)
+        );
+    }
+    ws.ok(&[
+        "folds",
+        "--set",
+        "kind=multilabel",
+        "--set",
+        "by=Target",
+        &fixture("ops/folds/multilabel_hpa.csv"),
+        "-o",
+        "ml.csv",
+    ]);
+    assert_eq!(ws.read("ml.csv").lines().count(), 3001);
+}
+
+#[test]
+fn folds_rejects_bad_input_with_one_error_line_naming_the_file() {
+    let ws = Ws::new();
+    ws.write("labels.csv", "id,label\na,x\nb,y\nc,x\n");
+    ws.write("dup.csv", "id,label\na,x\na,y\nc,x\n");
+    ws.write("ragged.csv", "id,label\na,x\nb\n");
+    ws.write("cols.csv", "id,l0,l1\na,1,0\nb,0,2\n");
+    ws.fails(
+        &["folds", "--set", "k=5", "labels.csv"],
+        "labels.csv: 5 folds, but only 3 rows",
+    );
+    ws.fails(
+        &[
+            "folds",
+            "--set",
+            "k=2",
+            "--set",
+            "kind=stratified",
+            "--set",
+            "by=lable",
+            "labels.csv",
+        ],
+        "labels.csv:1: no column `lable`; columns: label",
+    );
+    ws.fails(
+        &["folds", "--set", "k=2", "dup.csv"],
+        "dup.csv:3: id `a` appears twice",
+    );
+    ws.fails(
+        &["folds", "--set", "k=2", "ragged.csv"],
+        "ragged.csv:3: row has 1 fields, the header has 2",
+    );
+    ws.fails(
+        &[
+            "folds",
+            "--set",
+            "k=2",
+            "--set",
+            "kind=multilabel",
+            "--set",
+            "by=[\"l0\",\"l1\"]",
+            "cols.csv",
+        ],
+        "cols.csv:3: `2` in column `l1` (id b) is not 0 or 1",
+    );
+    ws.fails(
+        &["folds", "--set", "kind=group", "labels.csv"],
+        "needs `group`, the group column",
+    );
+    ws.fails(
+        &[
+            "folds",
+            "--set",
+            "k=2",
+            "--set",
+            "kind=group",
+            "--set",
+            "group=label",
+            "--set",
+            "k=3",
+            "labels.csv",
+        ],
+        "3 folds, but only 2 groups",
+    );
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use crate::value::Value;
 
 pub mod exec;
+pub mod folds;
 pub mod nms;
 pub mod soft_nms;
 pub mod wbf;
@@ -32,6 +33,8 @@ pub enum ParamKind {
     StrList,
     /// A list of numbers.
     FloatList,
+    /// A column name, or a list of them.
+    Columns,
     /// Anything.
     Any,
 }
@@ -48,6 +51,7 @@ impl ParamKind {
             ParamKind::Paths => "list or table of paths".into(),
             ParamKind::StrList => "list of strings".into(),
             ParamKind::FloatList => "list of numbers".into(),
+            ParamKind::Columns => "column or list of columns".into(),
             ParamKind::Any => "any".into(),
         }
     }
@@ -161,6 +165,19 @@ impl OpContext<'_> {
         }
     }
 
+    /// A list of strings (a single string counts as a list of one).
+    pub fn strs(&self, name: &str) -> Vec<String> {
+        match self.params.get(name) {
+            Some(Value::List(l)) => l
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            Some(Value::Str(s)) if !s.is_empty() => vec![s.clone()],
+            _ => Vec::new(),
+        }
+    }
+
     /// A list of numbers.
     pub fn floats(&self, name: &str) -> Vec<f64> {
         self.params
@@ -217,7 +234,13 @@ pub trait Op: Send + Sync {
     fn run(&self, cx: &mut OpContext) -> Result<(), OpError>;
 }
 
-static OPS: &[&dyn Op] = &[&exec::Exec, &wbf::Wbf, &nms::Nms, &soft_nms::SoftNms];
+static OPS: &[&dyn Op] = &[
+    &exec::Exec,
+    &wbf::Wbf,
+    &nms::Nms,
+    &soft_nms::SoftNms,
+    &folds::Folds,
+];
 
 /// All ops, by name.
 pub fn all() -> &'static [&'static dyn Op] {
@@ -267,6 +290,8 @@ pub fn kind_accepts(kind: ParamKind, v: &Value) -> bool {
         (ParamKind::Paths, Value::Table(t)) => t.values().all(|x| kind_accepts(ParamKind::Path, x)),
         (ParamKind::Paths, Value::Path(_) | Value::Str(_)) => true,
         (ParamKind::StrList, Value::List(l)) => l.iter().all(|x| matches!(x, Value::Str(_))),
+        (ParamKind::Columns, Value::Str(_)) => true,
+        (ParamKind::Columns, Value::List(l)) => l.iter().all(|x| matches!(x, Value::Str(_))),
         (ParamKind::FloatList, Value::List(l)) => l
             .iter()
             .all(|x| matches!(x, Value::Int(_) | Value::Float(_))),
