@@ -36,6 +36,7 @@ pub mod graph;
 pub mod hash;
 pub mod ir;
 pub mod manifest;
+pub mod metrics;
 pub mod ops;
 pub mod plan;
 pub mod store;

@@ -300,3 +300,123 @@ fn folds_rejects_bad_input_with_one_error_line_naming_the_file() {
         "3 folds, but only 2 groups",
     );
 }
+
+fn metric(ws: &Ws, file: &str, name: &str) -> f64 {
+    read_json(&ws.path(file))[name].as_f64().unwrap()
+}
+
+#[test]
+fn evaluate_joins_on_id_and_writes_metrics() {
+    let ws = Ws::new();
+    ws.write(
+        "truth.csv",
+        "id,grade,Target\na,0,1 2\nb,1,3\nc,2,\nd,2,1\n",
+    );
+    ws.write("pred.csv", "id,grade\nd,2\nc,1\nb,1\na,0\n");
+    ws.ok(&[
+        "evaluate",
+        "--set",
+        "metric=[\"accuracy\",\"qwk\"]",
+        "truth.csv",
+        "pred.csv",
+        "-o",
+        "m.json",
+    ]);
+    assert_eq!(metric(&ws, "m.json", "accuracy"), 0.75);
+    assert!(metric(&ws, "m.json", "qwk") > 0.7);
+    ws.write("labels.csv", "id,Target\nd,1\nc,\nb,3\na,2 1\n");
+    ws.ok(&[
+        "evaluate",
+        "--set",
+        "metric=accuracy",
+        "--set",
+        "column=Target",
+        "truth.csv",
+        "labels.csv",
+        "-o",
+        "t.json",
+    ]);
+    assert_eq!(metric(&ws, "t.json", "accuracy"), 1.0);
+    ws.write("gt.json", &json!({"images": [{"id": 1, "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0}],
+        "categories": [{"id": 1}]}).to_string());
+    ws.write(
+        "dets.json",
+        &json!([det(json!(1), 1, [1.0, 1.0, 4.0, 4.0], 0.9)]).to_string(),
+    );
+    ws.ok(&[
+        "evaluate",
+        "--set",
+        "metric=[\"coco_map\",\"coco_map50\"]",
+        "gt.json",
+        "dets.json",
+        "-o",
+        "c.json",
+    ]);
+    assert_eq!(metric(&ws, "c.json", "coco_map"), 1.0);
+}
+
+#[test]
+fn evaluate_rejects_bad_input_with_one_error_line_naming_the_file() {
+    let ws = Ws::new();
+    ws.write("truth.csv", "id,y\na,0\nb,1\n");
+    ws.write("missing_id.csv", "id,y\na,0.5\n");
+    ws.write("extra_id.csv", "id,y\na,0.5\nb,0.5\nz,0.1\n");
+    ws.write("nan.csv", "id,y\na,0.5\nb,nan\n");
+    ws.write("other.csv", "id,p\na,0.5\nb,0.5\n");
+    ws.write("one_class.csv", "id,y\na,1\nb,1\n");
+    ws.write(
+        "dets.json",
+        &json!([det(json!(9), 1, [1.0, 1.0, 4.0, 4.0], 0.9)]).to_string(),
+    );
+    ws.write(
+        "gt.json",
+        &json!({"images": [{"id": 1, "width": 10, "height": 10}]}).to_string(),
+    );
+    ws.fails(
+        &["evaluate", "truth.csv", "missing_id.csv"],
+        "missing_id.csv: no prediction for id `b` (line 3 of",
+    );
+    ws.fails(
+        &["evaluate", "truth.csv", "extra_id.csv"],
+        "extra_id.csv:4: id `z` is not in the truth",
+    );
+    ws.fails(
+        &["evaluate", "--set", "metric=auc", "truth.csv", "nan.csv"],
+        "nan.csv:3: `nan` in column `y` (id b) is not a finite number",
+    );
+    ws.fails(
+        &["evaluate", "truth.csv", "other.csv"],
+        "other.csv:1: no value column in common with",
+    );
+    ws.fails(
+        &[
+            "evaluate",
+            "--set",
+            "metric=auc",
+            "one_class.csv",
+            "truth.csv",
+        ],
+        "one_class.csv: log_loss and auc need two classes in column `y`, found 1",
+    );
+    ws.fails(
+        &[
+            "evaluate",
+            "--set",
+            "metric=coco_map",
+            "gt.json",
+            "dets.json",
+        ],
+        "dets.json: image 9 is not in the ground truth",
+    );
+    ws.fails(
+        &[
+            "evaluate",
+            "--set",
+            "metric=kappa",
+            "truth.csv",
+            "truth.csv",
+        ],
+        "unknown metric `kappa`",
+    );
+}

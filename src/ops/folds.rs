@@ -65,7 +65,7 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "by",
-        kind: ParamKind::Columns,
+        kind: ParamKind::Strs,
         default: Some("\"\""),
         help: "The label column. For multilabel: one column of space-separated label lists (HPA's `Target`), or a list of 0/1 columns.",
     },

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::value::Value;
 
+pub mod evaluate;
 pub mod exec;
 pub mod folds;
 pub mod nms;
@@ -33,8 +34,8 @@ pub enum ParamKind {
     StrList,
     /// A list of numbers.
     FloatList,
-    /// A column name, or a list of them.
-    Columns,
+    /// A string, or a list of them.
+    Strs,
     /// Anything.
     Any,
 }
@@ -51,7 +52,7 @@ impl ParamKind {
             ParamKind::Paths => "list or table of paths".into(),
             ParamKind::StrList => "list of strings".into(),
             ParamKind::FloatList => "list of numbers".into(),
-            ParamKind::Columns => "column or list of columns".into(),
+            ParamKind::Strs => "string or list of strings".into(),
             ParamKind::Any => "any".into(),
         }
     }
@@ -240,6 +241,7 @@ static OPS: &[&dyn Op] = &[
     &nms::Nms,
     &soft_nms::SoftNms,
     &folds::Folds,
+    &evaluate::Evaluate,
 ];
 
 /// All ops, by name.
@@ -290,8 +292,8 @@ pub fn kind_accepts(kind: ParamKind, v: &Value) -> bool {
         (ParamKind::Paths, Value::Table(t)) => t.values().all(|x| kind_accepts(ParamKind::Path, x)),
         (ParamKind::Paths, Value::Path(_) | Value::Str(_)) => true,
         (ParamKind::StrList, Value::List(l)) => l.iter().all(|x| matches!(x, Value::Str(_))),
-        (ParamKind::Columns, Value::Str(_)) => true,
-        (ParamKind::Columns, Value::List(l)) => l.iter().all(|x| matches!(x, Value::Str(_))),
+        (ParamKind::Strs, Value::Str(_)) => true,
+        (ParamKind::Strs, Value::List(l)) => l.iter().all(|x| matches!(x, Value::Str(_))),
         (ParamKind::FloatList, Value::List(l)) => l
             .iter()
             .all(|x| matches!(x, Value::Int(_) | Value::Float(_))),

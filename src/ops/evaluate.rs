@@ -1,0 +1,322 @@
+//! `evaluate`: scores a prediction against the truth and writes
+//! `metrics.json`. Values equal scikit-learn's and pycocotools' (see
+//! [`crate::metrics`]).
+//!
+//! ```toml
+//! [stages.score]
+//! op = "evaluate"
+//! truth = "${inputs.train_csv}"
+//! pred = "${stages.oof.table}"
+//! metric = ["qwk", "accuracy"]
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use crate::data::DataError;
+use crate::data::boxes::{read_coco, read_dets};
+use crate::data::metrics::{Metrics, write};
+use crate::data::table::Table;
+use crate::metrics::{NAMES, classify as m, coco};
+use crate::value::Value;
+
+pub struct Evaluate;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "truth",
+        kind: ParamKind::Path,
+        default: None,
+        help: "The truth: a table (id and a value column), or a COCO ground-truth file for coco_map and coco_map50.",
+    },
+    ParamSpec {
+        name: "pred",
+        kind: ParamKind::Path,
+        default: None,
+        help: "The prediction: a table with the same ids and value column, or a boxes file for coco_map and coco_map50.",
+    },
+    ParamSpec {
+        name: "metric",
+        kind: ParamKind::Strs,
+        default: Some("\"accuracy\""),
+        help: "One metric or a list: accuracy, qwk, f1_macro, log_loss, auc, coco_map, coco_map50, box_iou, dice.",
+    },
+    ParamSpec {
+        name: "column",
+        kind: ParamKind::Str,
+        default: Some("\"\""),
+        help: "The value column compared; empty: the one value column both tables have.",
+    },
+];
+
+impl Op for Evaluate {
+    fn name(&self) -> &'static str {
+        "evaluate"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Score a prediction against the truth (as scikit-learn / pycocotools) into metrics.json."
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn inputs(&self) -> &'static [&'static str] {
+        &["truth", "pred"]
+    }
+
+    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
+        Ok(vec!["metrics.json".into()])
+    }
+
+    fn validate(&self, params: &Params) -> Vec<ParamError> {
+        let names: Vec<&str> = match params.get("metric") {
+            Some(Value::Str(s)) => vec![s.as_str()],
+            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let mut errs = Vec::new();
+        if names.is_empty() {
+            errs.push(ParamError::new("metric", "name at least one metric"));
+        }
+        for n in names {
+            if !NAMES.contains(&n) {
+                errs.push(ParamError::new(
+                    "metric",
+                    format!("unknown metric `{n}`; metrics: {}", NAMES.join(", ")),
+                ));
+            }
+        }
+        let is_coco = |n: &&str| n.starts_with("coco_");
+        if let Some(Value::List(l)) = params.get("metric") {
+            let names: Vec<&str> = l.iter().filter_map(Value::as_str).collect();
+            if names.iter().any(is_coco) && !names.iter().all(is_coco) {
+                errs.push(ParamError::new(
+                    "metric",
+                    "coco metrics read COCO files, the others tables: evaluate them in separate stages",
+                ));
+            }
+        }
+        errs
+    }
+
+    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
+        let truth = cx.path("truth").unwrap_or_default();
+        let pred = cx.path("pred").unwrap_or_default();
+        let names = cx.strs("metric");
+        let column = cx.str("column").to_string();
+        let mut out = Metrics::new();
+        if names.iter().all(|n| n.starts_with("coco_")) {
+            let gt = read_coco(&truth)?;
+            let dets = read_dets(&pred)?;
+            let known: BTreeSet<_> = gt.images.iter().map(|i| &i.id).collect();
+            if let Some(d) = dets.iter().find(|d| !known.contains(&d.image_id)) {
+                return Err(DataError::new(
+                    &pred,
+                    format!(
+                        "image {} is not in the ground truth {}",
+                        d.image_id,
+                        truth.display()
+                    ),
+                )
+                .into());
+            }
+            let (map, map50) = coco::coco_map(&gt, &dets);
+            for n in &names {
+                out.insert(n.clone(), if n == "coco_map" { map } else { map50 });
+            }
+        } else {
+            let (t, p) = (Table::read(&truth)?, Table::read(&pred)?);
+            let (tc, pc) = shared_column(&t, &p, &column)?;
+            let rows = join(&t, &p)?;
+            let tcells: Vec<&str> = rows.iter().map(|&(i, _)| t.rows[i][tc].as_str()).collect();
+            let pcells: Vec<&str> = rows.iter().map(|&(_, j)| p.rows[j][pc].as_str()).collect();
+            for n in &names {
+                let v = score(n, &tcells, &pcells, (&t, tc), (&p, pc), &rows)?;
+                out.insert(n.clone(), v);
+            }
+        }
+        for (k, v) in &out {
+            cx.log(format_args!("{k} = {v:.6}"));
+        }
+        write(&cx.out_dir.join("metrics.json"), &out)?;
+        Ok(())
+    }
+}
+
+/// The value column compared: `column`, or the one both tables share.
+fn shared_column(t: &Table, p: &Table, column: &str) -> Result<(usize, usize), DataError> {
+    if !column.is_empty() {
+        return Ok((t.col(column)?, p.col(column)?));
+    }
+    let shared: Vec<&String> = t
+        .value_columns()
+        .iter()
+        .filter(|c| p.value_columns().contains(c))
+        .collect();
+    match shared.as_slice() {
+        [c] => Ok((t.col(c)?, p.col(c)?)),
+        [] => Err(DataError::at(
+            &p.path,
+            1,
+            format!(
+                "no value column in common with {} (columns {}); name one with `column`",
+                t.path.display(),
+                t.value_columns().join(", ")
+            ),
+        )),
+        _ => Err(DataError::at(
+            &p.path,
+            1,
+            format!(
+                "several value columns in common with {} ({}); name one with `column`",
+                t.path.display(),
+                shared
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Truth rows in order, each with its prediction row; every id on both sides.
+fn join(t: &Table, p: &Table) -> Result<Vec<(usize, usize)>, DataError> {
+    t.index()?;
+    let pi = p.index()?;
+    let mut rows = Vec::with_capacity(t.len());
+    for (i, id) in t.ids.iter().enumerate() {
+        match pi.get(id.as_str()) {
+            Some(&j) => rows.push((i, j)),
+            None => {
+                return Err(DataError::new(
+                    &p.path,
+                    format!(
+                        "no prediction for id `{id}` (line {} of {})",
+                        t.lines[i],
+                        t.path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if p.len() > t.len() {
+        let ti = t.index()?;
+        if let Some(j) = (0..p.len()).find(|&j| !ti.contains_key(p.ids[j].as_str())) {
+            return Err(DataError::at(
+                &p.path,
+                p.lines[j],
+                format!("id `{}` is not in the truth {}", p.ids[j], t.path.display()),
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+fn sets(cells: &[&str]) -> Vec<BTreeSet<String>> {
+    cells
+        .iter()
+        .map(|c| c.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+fn score(
+    name: &str,
+    tcells: &[&str],
+    pcells: &[&str],
+    (t, tc): (&Table, usize),
+    (p, pc): (&Table, usize),
+    rows: &[(usize, usize)],
+) -> Result<f64, DataError> {
+    let multi = tcells.iter().chain(pcells).any(|c| c.trim().contains(' '));
+    let floats = |tab: &Table, col: usize, pick: &dyn Fn(&(usize, usize)) -> usize| {
+        rows.iter()
+            .map(|r| tab.float(pick(r), col))
+            .collect::<Result<Vec<f64>, _>>()
+    };
+    Ok(match name {
+        "accuracy" if multi => m::accuracy_sets(&sets(tcells), &sets(pcells)),
+        "accuracy" => m::accuracy(&m::labels(tcells), &m::labels(pcells)),
+        "f1_macro" if multi => m::f1_macro_sets(&sets(tcells), &sets(pcells)),
+        "f1_macro" => m::f1_macro(&m::labels(tcells), &m::labels(pcells)),
+        "qwk" => {
+            if multi {
+                return Err(DataError::new(
+                    &t.path,
+                    "qwk needs one label per row, not label lists",
+                ));
+            }
+            m::qwk(&m::labels(tcells), &m::labels(pcells))
+        }
+        "log_loss" | "auc" => {
+            let truth = binary(t, tc, tcells)?;
+            let score = floats(p, pc, &|r| r.1)?;
+            if name == "auc" {
+                m::auc(&truth, &score)
+            } else {
+                if let Some(j) = score.iter().position(|s| !(0.0..=1.0).contains(s)) {
+                    return Err(p.cell_error(rows[j].1, pc, "is not a probability in [0, 1]"));
+                }
+                m::log_loss(&truth, &score)
+            }
+        }
+        "box_iou" => {
+            let parse = |tab: &Table, col: usize, row: usize| -> Result<[f64; 4], DataError> {
+                let v: Vec<f64> = tab.rows[row][col]
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                v.try_into()
+                    .map_err(|_| tab.cell_error(row, col, "is not a box `x y w h`"))
+            };
+            let mut s = 0.0;
+            for &(i, j) in rows {
+                s += m::box_iou(parse(t, tc, i)?, parse(p, pc, j)?);
+            }
+            s / rows.len() as f64
+        }
+        "dice" => {
+            let mut s = 0.0;
+            for &(i, j) in rows {
+                let a = m::rle_pixels(&t.rows[i][tc])
+                    .map_err(|e| DataError::at(&t.path, t.lines[i], e))?;
+                let b = m::rle_pixels(&p.rows[j][pc])
+                    .map_err(|e| DataError::at(&p.path, p.lines[j], e))?;
+                s += m::dice(&a, &b);
+            }
+            s / rows.len() as f64
+        }
+        other => {
+            return Err(DataError::new(
+                Path::new(""),
+                format!("unknown metric {other}"),
+            ));
+        }
+    })
+}
+
+/// The truth as positive / negative: two classes, the larger positive.
+fn binary(t: &Table, tc: usize, cells: &[&str]) -> Result<Vec<bool>, DataError> {
+    let labels = m::labels(cells);
+    let mut classes = labels.clone();
+    classes.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    classes.dedup();
+    if classes.len() != 2 {
+        return Err(DataError::new(
+            &t.path,
+            format!(
+                "log_loss and auc need two classes in column `{}`, found {}",
+                t.value_columns()[tc],
+                classes.len()
+            ),
+        ));
+    }
+    Ok(labels.iter().map(|l| *l == classes[1]).collect())
+}
