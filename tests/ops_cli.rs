@@ -420,3 +420,47 @@ fn evaluate_rejects_bad_input_with_one_error_line_naming_the_file() {
         "unknown metric `kappa`",
     );
 }
+
+#[test]
+fn ensemble_aligns_rows_by_id_and_rejects_mismatched_tables() {
+    let ws = Ws::new();
+    ws.write("a.csv", "id,p0,p1\nx,0.2,0.8\ny,0.6,0.4\n");
+    ws.write("b.csv", "id,p1,p0\ny,0.2,0.8\nx,0.6,0.4\n");
+    ws.ok(&[
+        "ensemble",
+        "--set",
+        "weights=[3,1]",
+        "a.csv",
+        "b.csv",
+        "-o",
+        "e.csv",
+    ]);
+    let got: Vec<Vec<String>> = ws
+        .read("e.csv")
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(got[0], ["id", "p0", "p1"]);
+    for (row, want) in got[1..]
+        .iter()
+        .zip([("x", [0.25, 0.75]), ("y", [0.65, 0.35])])
+    {
+        assert_eq!(row[0], want.0);
+        for (g, w) in row[1..].iter().zip(want.1) {
+            assert!((g.parse::<f64>().unwrap() - w).abs() < 1e-12, "{row:?}");
+        }
+    }
+    ws.write("c.csv", "id,p0,p1\nx,0.2,0.8\nz,0.6,0.4\n");
+    ws.write("d.csv", "id,p0\nx,0.2\ny,0.6\n");
+    ws.write("zero.csv", "id,p0,p1\nx,0,0.8\ny,0.6,0.4\n");
+    ws.fails(&["ensemble", "a.csv", "c.csv"], "c.csv: no row for id `y`");
+    ws.fails(&["ensemble", "a.csv", "d.csv"], "d.csv:1: no column `p1`");
+    ws.fails(
+        &["ensemble", "--set", "method=geometric", "a.csv", "zero.csv"],
+        "zero.csv:2: `0` in column `p0` (id x) is not positive",
+    );
+    ws.fails(
+        &["ensemble", "--set", "weights=[1]", "a.csv", "b.csv"],
+        "1 weights for 2 tables",
+    );
+}

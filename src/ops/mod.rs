@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::value::Value;
 
+pub mod ensemble;
 pub mod evaluate;
 pub mod exec;
 pub mod folds;
@@ -242,6 +243,7 @@ static OPS: &[&dyn Op] = &[
     &soft_nms::SoftNms,
     &folds::Folds,
     &evaluate::Evaluate,
+    &ensemble::Ensemble,
 ];
 
 /// All ops, by name.

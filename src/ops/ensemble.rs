@@ -1,0 +1,323 @@
+//! `ensemble`: combines prediction tables with the same ids and columns
+//! (TTA variants, seeds, folds, models alike) into one.
+//!
+//! ```toml
+//! [stages.blend]
+//! op = "ensemble"
+//! preds = "${stages.predict[*].pred}"
+//! method = "rank"
+//! weights = [2, 1, 1]
+//! ```
+
+use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use crate::data::DataError;
+use crate::data::table::{Table, fmt_f64};
+use crate::value::Value;
+
+pub struct Ensemble;
+
+pub const METHODS: &[&str] = &["mean", "max", "geometric", "rank"];
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "preds",
+        kind: ParamKind::Paths,
+        default: None,
+        help: "Prediction tables with the same ids and value columns (any row order).",
+    },
+    ParamSpec {
+        name: "method",
+        kind: ParamKind::Enum(METHODS),
+        default: Some("\"mean\""),
+        help: "mean (weighted by `weights`), max, geometric (weighted geometric mean; values must be positive), rank (weighted mean of each column's ranks scaled to (0, 1]).",
+    },
+    ParamSpec {
+        name: "weights",
+        kind: ParamKind::FloatList,
+        default: Some("[]"),
+        help: "One weight per table; empty means all equal. Not used by max.",
+    },
+];
+
+impl Op for Ensemble {
+    fn name(&self) -> &'static str {
+        "ensemble"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Combine prediction tables: mean, weighted mean, max, geometric mean, rank average."
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn inputs(&self) -> &'static [&'static str] {
+        &["preds"]
+    }
+
+    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
+        Ok(vec!["pred.csv".into()])
+    }
+
+    fn validate(&self, params: &Params) -> Vec<ParamError> {
+        let w = params
+            .get("weights")
+            .and_then(Value::as_list)
+            .unwrap_or(&[]);
+        let n = match params.get("preds") {
+            Some(Value::List(l)) => l.len(),
+            _ => return Vec::new(),
+        };
+        let mut errs = Vec::new();
+        if !w.is_empty() && w.len() != n {
+            errs.push(ParamError::new(
+                "weights",
+                format!("{} weights for {n} tables; give one per table", w.len()),
+            ));
+        }
+        if w.iter()
+            .any(|x| x.as_f64().is_none_or(|x| x.is_nan() || x < 0.0))
+            || (!w.is_empty() && w.iter().all(|x| x.as_f64() == Some(0.0)))
+        {
+            errs.push(ParamError::new(
+                "weights",
+                "weights must be non-negative, and not all zero",
+            ));
+        }
+        errs
+    }
+
+    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
+        let paths = cx.paths("preds");
+        let tables = paths
+            .iter()
+            .map(|p| Table::read(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let aligned = align(&tables)?;
+        let w = cx.floats("weights");
+        let w = if w.is_empty() {
+            vec![1.0; tables.len()]
+        } else {
+            w
+        };
+        let method = cx.str("method").to_string();
+        if method == "geometric"
+            && let Some((t, i)) = aligned
+                .iter()
+                .enumerate()
+                .find_map(|(t, m)| m.iter().position(|&x| x <= 0.0).map(|i| (t, i)))
+        {
+            let cols = tables[0].value_columns().len();
+            let (row, col) = (i / cols, i % cols);
+            let id = &tables[0].ids[row];
+            let tab = &tables[t];
+            let r = tab.ids.iter().position(|x| x == id).unwrap_or(0);
+            let c = tab.col(&tables[0].value_columns()[col])?;
+            return Err(tab
+                .cell_error(
+                    r,
+                    c,
+                    "is not positive: the geometric mean needs positive values",
+                )
+                .into());
+        }
+        let out = combine(&aligned, &w, &method, tables[0].value_columns().len());
+        let first = &tables[0];
+        let mut t = Table {
+            path: Default::default(),
+            columns: first.columns.clone(),
+            ids: Vec::new(),
+            rows: Vec::new(),
+            lines: Vec::new(),
+        };
+        let cols = first.value_columns().len();
+        for (r, id) in first.ids.iter().enumerate() {
+            t.push(
+                id.clone(),
+                out[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|&x| fmt_f64(x))
+                    .collect(),
+            );
+        }
+        cx.log(format_args!(
+            "{method} of {} tables, {} rows",
+            tables.len(),
+            t.len()
+        ));
+        t.write(&cx.out_dir.join("pred.csv"))?;
+        Ok(())
+    }
+}
+
+/// Each table's values as a row-major matrix in the first table's row and
+/// column order; ids and columns must be the same sets.
+pub fn align(tables: &[Table]) -> Result<Vec<Vec<f64>>, DataError> {
+    let first = &tables[0];
+    first.index()?;
+    let cols = first.value_columns();
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let index = t.index()?;
+        let mut order = Vec::with_capacity(cols.len());
+        for c in cols {
+            order.push(t.col(c).map_err(|_| {
+                DataError::at(
+                    &t.path,
+                    1,
+                    format!("no column `{c}`, which {} has", first.path.display()),
+                )
+            })?);
+        }
+        if t.value_columns().len() != cols.len() {
+            return Err(DataError::at(
+                &t.path,
+                1,
+                format!(
+                    "columns {} differ from {}'s {}",
+                    t.value_columns().join(", "),
+                    first.path.display(),
+                    cols.join(", ")
+                ),
+            ));
+        }
+        if t.len() != first.len() {
+            return Err(DataError::new(
+                &t.path,
+                format!(
+                    "{} rows, {} has {}",
+                    t.len(),
+                    first.path.display(),
+                    first.len()
+                ),
+            ));
+        }
+        let mut m = Vec::with_capacity(first.len() * cols.len());
+        for id in &first.ids {
+            let Some(&r) = index.get(id.as_str()) else {
+                return Err(DataError::new(
+                    &t.path,
+                    format!("no row for id `{id}`, which {} has", first.path.display()),
+                ));
+            };
+            for &c in &order {
+                m.push(t.float(r, c)?);
+            }
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Combines aligned matrices (`cols` columns each).
+pub fn combine(m: &[Vec<f64>], w: &[f64], method: &str, cols: usize) -> Vec<f64> {
+    let len = m[0].len();
+    let wsum: f64 = w.iter().sum();
+    match method {
+        "max" => (0..len)
+            .map(|i| m.iter().map(|t| t[i]).fold(f64::NEG_INFINITY, f64::max))
+            .collect(),
+        "geometric" => (0..len)
+            .map(|i| (m.iter().zip(w).map(|(t, w)| w * t[i].ln()).sum::<f64>() / wsum).exp())
+            .collect(),
+        "rank" => {
+            let ranked: Vec<Vec<f64>> = m.iter().map(|t| ranks(t, cols)).collect();
+            weighted_mean(&ranked, w, wsum, len)
+        }
+        _ => weighted_mean(m, w, wsum, len),
+    }
+}
+
+fn weighted_mean(m: &[Vec<f64>], w: &[f64], wsum: f64, len: usize) -> Vec<f64> {
+    (0..len)
+        .map(|i| m.iter().zip(w).map(|(t, w)| w * t[i]).sum::<f64>() / wsum)
+        .collect()
+}
+
+/// Each column's average ranks (ties share), divided by the row count.
+pub fn ranks(m: &[f64], cols: usize) -> Vec<f64> {
+    let rows = m.len() / cols.max(1);
+    let mut out = vec![0.0; m.len()];
+    for c in 0..cols {
+        let mut idx: Vec<usize> = (0..rows).collect();
+        idx.sort_by(|&a, &b| m[a * cols + c].total_cmp(&m[b * cols + c]));
+        let mut i = 0;
+        while i < rows {
+            let mut j = i;
+            while j + 1 < rows && m[idx[j + 1] * cols + c] == m[idx[i] * cols + c] {
+                j += 1;
+            }
+            let r = ((i + j) as f64 / 2.0 + 1.0) / rows as f64;
+            for &x in &idx[i..=j] {
+                out[x * cols + c] = r;
+            }
+            i = j + 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn matrices() -> impl Strategy<Value = (Vec<Vec<f64>>, Vec<f64>, usize)> {
+        (1usize..4, 1usize..20, 1usize..5).prop_flat_map(|(cols, rows, n)| {
+            (
+                prop::collection::vec(prop::collection::vec(0.001f64..1.0, rows * cols), n),
+                prop::collection::vec(0.1f64..5.0, n),
+                Just(cols),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_method_stays_within_the_inputs((m, w, cols) in matrices()) {
+            for method in ["mean", "max", "geometric"] {
+                let out = combine(&m, &w, method, cols);
+                for (i, v) in out.iter().enumerate() {
+                    let lo = m.iter().map(|t| t[i]).fold(f64::INFINITY, f64::min);
+                    let hi = m.iter().map(|t| t[i]).fold(f64::NEG_INFINITY, f64::max);
+                    prop_assert!(*v >= lo - 1e-12 && *v <= hi + 1e-12, "{method}: {v} not in [{lo}, {hi}]");
+                }
+            }
+        }
+
+        #[test]
+        fn copies_of_one_table_give_it_back((m, w, cols) in matrices()) {
+            let copies = vec![m[0].clone(); m.len()];
+            for method in ["mean", "max", "geometric"] {
+                for (a, b) in combine(&copies, &w, method, cols).iter().zip(&m[0]) {
+                    prop_assert!((a - b).abs() < 1e-12);
+                }
+            }
+            // Rank keeps each column's order.
+            let r = combine(&copies, &w, "rank", cols);
+            let rows = m[0].len() / cols;
+            for c in 0..cols {
+                for i in 0..rows {
+                    for j in 0..rows {
+                        if m[0][i * cols + c] < m[0][j * cols + c] {
+                            prop_assert!(r[i * cols + c] < r[j * cols + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weights_tilt_the_mean() {
+        let m = vec![vec![0.0, 1.0], vec![1.0, 1.0]];
+        assert_eq!(combine(&m, &[3.0, 1.0], "mean", 1), [0.25, 1.0]);
+        assert_eq!(combine(&m, &[1.0, 1.0], "max", 2), [1.0, 1.0]);
+        assert_eq!(ranks(&[0.3, 0.1, 0.3, 0.9], 1), [0.625, 0.25, 0.625, 1.0]);
+    }
+}
