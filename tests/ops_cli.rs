@@ -464,3 +464,165 @@ fn ensemble_aligns_rows_by_id_and_rejects_mismatched_tables() {
         "1 weights for 2 tables",
     );
 }
+
+fn write_images(ws: &Ws) {
+    std::fs::create_dir_all(ws.path("imgs/sub")).unwrap();
+    let rgb = image::RgbImage::from_fn(40, 20, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 12) as u8, 90])
+    });
+    rgb.save(ws.path("imgs/a.png")).unwrap();
+    rgb.save(ws.path("imgs/sub/b.jpg")).unwrap();
+    let g16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(30, 30, |x, _| {
+        image::Luma([(x * 2000) as u16])
+    });
+    g16.save(ws.path("imgs/c.tif")).unwrap();
+}
+
+#[test]
+fn resize_writes_every_size_and_transforms_boxes() {
+    let ws = Ws::new();
+    write_images(&ws);
+    ws.write("coco.json", &json!({"images": [
+        {"id": 1, "file_name": "a.png", "width": 40, "height": 20},
+        {"id": 2, "file_name": "sub/b.jpg", "width": 40, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 10, 5], "area": 50, "iscrowd": 0}],
+        "categories": [{"id": 1}]}).to_string());
+    ws.ok(&[
+        "resize",
+        "--set",
+        "sizes=[16, 8]",
+        "--set",
+        "mode=longest_side_pad",
+        "--set",
+        "boxes=coco.json",
+        "imgs",
+        "-o",
+        "out",
+    ]);
+    for (size, name) in [
+        (16, "a.png"),
+        (16, "sub/b.png"),
+        (16, "c.png"),
+        (8, "a.png"),
+    ] {
+        let img = image::open(ws.path(&format!("out/images_{size}/{name}"))).unwrap();
+        assert_eq!((img.width(), img.height()), (size, size), "{name}");
+    }
+    let c16 = image::open(ws.path("out/images_16/c.png")).unwrap();
+    assert!(
+        matches!(c16, image::DynamicImage::ImageLuma16(_)),
+        "16-bit stays 16-bit"
+    );
+    // 40x20 into 16: scale 0.4, 16x8 placed 4 rows down.
+    let coco = read_json(&ws.path("out/coco_16.json"));
+    let bbox: Vec<f64> = serde_json::from_value(coco["annotations"][0]["bbox"].clone()).unwrap();
+    assert_eq!(bbox, [8.0, 8.0, 4.0, 2.0]);
+    assert_eq!(coco["images"][1]["file_name"], json!("sub/b.png"));
+    assert_eq!(coco["images"][0]["width"], json!(16.0));
+}
+
+#[test]
+fn resize_names_a_corrupt_image_or_skips_it_into_a_report() {
+    let ws = Ws::new();
+    write_images(&ws);
+    ws.write("imgs/bad.png", "not a png");
+    ws.fails(
+        &["resize", "--set", "sizes=[8]", "imgs"],
+        "bad.png: cannot decode the image",
+    );
+    ws.ok(&[
+        "resize",
+        "--set",
+        "sizes=[8]",
+        "--set",
+        "on_error=skip",
+        "imgs",
+        "-o",
+        "out",
+    ]);
+    let report = ws.read("out/skipped.csv");
+    assert!(report.starts_with("id,error\nbad.png,"), "{report}");
+    assert!(ws.path("out/images_8/a.png").exists());
+    ws.fails(
+        &["resize", "--set", "sizes=[0]", "imgs"],
+        "0 is not a whole number of pixels",
+    );
+    ws.write("empty/readme.txt", "x");
+    ws.fails(&["resize", "empty"], "empty: no PNG, JPEG or TIFF images");
+}
+
+#[test]
+fn stats_gives_per_channel_mean_and_std_in_unit_range() {
+    let ws = Ws::new();
+    std::fs::create_dir_all(ws.path("imgs")).unwrap();
+    // Red channel 0 and 255 in equal parts: mean 0.5, std 0.5; green constant 51: 0.2, 0.
+    image::RgbImage::from_fn(4, 2, |x, _| {
+        image::Rgb([if x < 2 { 0 } else { 255 }, 51, 0])
+    })
+    .save(ws.path("imgs/a.png"))
+    .unwrap();
+    image::RgbImage::from_fn(2, 2, |x, _| {
+        image::Rgb([if x < 1 { 0 } else { 255 }, 51, 0])
+    })
+    .save(ws.path("imgs/b.png"))
+    .unwrap();
+    ws.ok(&["stats", "imgs", "-o", "s.json"]);
+    let s = read_json(&ws.path("s.json"));
+    let close = |v: &Value, w: f64| assert!((v.as_f64().unwrap() - w).abs() < 1e-12, "{v} vs {w}");
+    close(&s["mean"][0], 0.5);
+    close(&s["std"][0], 0.5);
+    close(&s["mean"][1], 0.2);
+    close(&s["std"][1], 0.0);
+    assert_eq!(s["pixels"], json!(12));
+}
+
+#[test]
+fn synth_is_deterministic_and_shaped_like_a_competition() {
+    let ws = Ws::new();
+    for task in [
+        "classify",
+        "multilabel",
+        "regress",
+        "box",
+        "detect",
+        "segment",
+    ] {
+        let set = format!("task={task}");
+        for out in ["a", "b"] {
+            ws.ok(&[
+                "synth",
+                "--set",
+                &set,
+                "--set",
+                "n_train=12",
+                "--set",
+                "n_test=5",
+                "--set",
+                "size=16",
+                "-o",
+                out,
+            ]);
+        }
+        for f in [
+            "train.csv",
+            "test.csv",
+            "sample_submission.csv",
+            "train/train_00011.png",
+            "test/test_00004.png",
+        ] {
+            assert_eq!(
+                std::fs::read(ws.path(&format!("a/{f}"))).unwrap(),
+                std::fs::read(ws.path(&format!("b/{f}"))).unwrap(),
+                "{task}: {f} differs between two runs"
+            );
+        }
+        assert_eq!(ws.read("a/train.csv").lines().count(), 13, "{task}");
+        assert_eq!(
+            ws.read("a/sample_submission.csv").lines().count(),
+            6,
+            "{task}"
+        );
+        std::fs::remove_dir_all(ws.path("a")).unwrap();
+        std::fs::remove_dir_all(ws.path("b")).unwrap();
+    }
+}

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod boxes;
+pub mod images;
 pub mod metrics;
 pub mod table;
 

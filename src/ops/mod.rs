@@ -12,7 +12,10 @@ pub mod evaluate;
 pub mod exec;
 pub mod folds;
 pub mod nms;
+pub mod resize;
 pub mod soft_nms;
+pub mod stats;
+pub mod synth;
 pub mod wbf;
 
 /// Resolved parameters of one instance, by name.
@@ -244,6 +247,9 @@ static OPS: &[&dyn Op] = &[
     &folds::Folds,
     &evaluate::Evaluate,
     &ensemble::Ensemble,
+    &resize::Resize,
+    &stats::Stats,
+    &synth::Synth,
 ];
 
 /// All ops, by name.

@@ -1,0 +1,123 @@
+//! Image sets: a directory of PNG, JPEG or TIFF files (8- or 16-bit),
+//! found recursively and named by their path relative to it.
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageFormat};
+
+use super::DataError;
+
+pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "tif", "tiff"];
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Image files under `dir`, relative to it, sorted.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::new(dir, "not a directory of images"));
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| DataError::io(&d, e))?;
+        for e in entries {
+            let e = e.map_err(|e| DataError::io(&d, e))?;
+            let p = e.path();
+            let ft = e.file_type().map_err(|e| DataError::io(&p, e))?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if is_image(&p) {
+                out.push(p.strip_prefix(dir).expect("under dir").to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Decodes an image, naming the file when it is corrupt.
+pub fn open(path: &Path) -> Result<DynamicImage, DataError> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    let mut reader = reader;
+    reader.no_limits();
+    reader
+        .decode()
+        .map_err(|e| DataError::new(path, format!("cannot decode the image: {e}")))
+}
+
+/// Output format of written images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// As the input file.
+    Same,
+    Png,
+    Jpeg,
+    Tiff,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["png", "jpeg", "tiff", "same"];
+
+    pub fn parse(s: &str) -> Format {
+        match s {
+            "jpeg" | "jpg" => Format::Jpeg,
+            "tiff" | "tif" => Format::Tiff,
+            "same" => Format::Same,
+            _ => Format::Png,
+        }
+    }
+
+    /// The file name an image written in this format gets.
+    pub fn rename(self, rel: &Path) -> PathBuf {
+        match self {
+            Format::Same => rel.to_path_buf(),
+            Format::Png => rel.with_extension("png"),
+            Format::Jpeg => rel.with_extension("jpg"),
+            Format::Tiff => rel.with_extension("tif"),
+        }
+    }
+}
+
+/// Writes an image by the extension of `path`; JPEG at `quality`, PNG with
+/// fast compression. 16-bit images become 8-bit for JPEG.
+pub fn save(img: &DynamicImage, path: &Path, quality: u8) -> Result<(), DataError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    let fmt = ImageFormat::from_path(path).map_err(|e| DataError::new(path, e.to_string()))?;
+    let file = std::fs::File::create(path).map_err(|e| DataError::io(path, e))?;
+    let mut w = BufWriter::new(file);
+    let err = |e: image::ImageError| DataError::new(path, format!("cannot write the image: {e}"));
+    match fmt {
+        ImageFormat::Jpeg => {
+            let img = match img {
+                DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => img.clone(),
+                DynamicImage::ImageLuma16(_)
+                | DynamicImage::ImageLumaA8(_)
+                | DynamicImage::ImageLumaA16(_) => DynamicImage::ImageLuma8(img.to_luma8()),
+                _ => DynamicImage::ImageRgb8(img.to_rgb8()),
+            };
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality);
+            img.write_with_encoder(enc).map_err(err)?;
+        }
+        ImageFormat::Png => {
+            let enc = image::codecs::png::PngEncoder::new_with_quality(
+                &mut w,
+                image::codecs::png::CompressionType::Fast,
+                image::codecs::png::FilterType::Adaptive,
+            );
+            img.write_with_encoder(enc).map_err(err)?;
+        }
+        _ => img.write_to(&mut w, fmt).map_err(err)?,
+    }
+    std::io::Write::flush(&mut w).map_err(|e| DataError::io(path, e))?;
+    Ok(())
+}

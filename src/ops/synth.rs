@@ -1,0 +1,464 @@
+//! `synth`: small data sets made deterministically from a seed, shaped like
+//! the competitions' (train and test images, labels, a sample submission),
+//! for the demo pipelines and the tests.
+//!
+//! ```toml
+//! [stages.data]
+//! op = "synth"
+//! task = "multilabel"
+//! n_train = 400
+//! size = 32
+//! ```
+//!
+//! Each image is noise with shapes drawn on it; a class is a shape (disc,
+//! square, triangle, cross, ring, bar, diamond, hollow square, ...), with a
+//! random colour, size and place.
+//!
+//! | task | label columns |
+//! |---|---|
+//! | classify | `label`: the one shape's class |
+//! | multilabel | `Target`: the classes drawn, space-separated (at least one) |
+//! | regress | `grade`: 0..classes-1, the brightness of a central disc, as a retinopathy grade |
+//! | box | `label`, `bbox` (`x y w h` pixels): one shape |
+//! | detect | `count`; boxes in `train_coco.json` / `test_coco.json` |
+//! | segment | `mask`: run-length encoding of the drawn blobs |
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use crate::data::boxes::{Coco, CocoAnn, CocoCategory, CocoImage, ImageId, write_coco};
+use crate::data::images;
+use crate::data::table::Table;
+use crate::value::Value;
+
+pub struct Synth;
+
+pub const TASKS: &[&str] = &[
+    "classify",
+    "multilabel",
+    "regress",
+    "box",
+    "detect",
+    "segment",
+];
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "task",
+        kind: ParamKind::Enum(TASKS),
+        default: Some("\"classify\""),
+        help: "The kind of data set: classify, multilabel, regress, box, detect, segment.",
+    },
+    ParamSpec {
+        name: "n_train",
+        kind: ParamKind::Int,
+        default: Some("200"),
+        help: "Training images.",
+    },
+    ParamSpec {
+        name: "n_test",
+        kind: ParamKind::Int,
+        default: Some("100"),
+        help: "Test images (their labels go to test.csv, which a competition would hide).",
+    },
+    ParamSpec {
+        name: "size",
+        kind: ParamKind::Int,
+        default: Some("32"),
+        help: "Side of the square RGB images, in pixels.",
+    },
+    ParamSpec {
+        name: "classes",
+        kind: ParamKind::Int,
+        default: Some("3"),
+        help: "Number of classes (grades for regress), 2 to 8.",
+    },
+    ParamSpec {
+        name: "noise",
+        kind: ParamKind::Float,
+        default: Some("0.1"),
+        help: "Standard deviation of the background noise, in [0, 1] units.",
+    },
+    ParamSpec {
+        name: "seed",
+        kind: ParamKind::Int,
+        default: Some("0"),
+        help: "The same seed gives the same bytes.",
+    },
+];
+
+impl Op for Synth {
+    fn name(&self) -> &'static str {
+        "synth"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "Generate a small competition-shaped data set (images, labels, sample submission) from a seed."
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
+        let mut out: Vec<String> = [
+            "train",
+            "test",
+            "train.csv",
+            "test.csv",
+            "sample_submission.csv",
+        ]
+        .map(String::from)
+        .to_vec();
+        if params.get("task").and_then(Value::as_str) == Some("detect") {
+            out.extend(["train_coco.json".into(), "test_coco.json".into()]);
+        }
+        Ok(out)
+    }
+
+    fn validate(&self, params: &Params) -> Vec<ParamError> {
+        let int = |n: &str| params.get(n).and_then(Value::as_int).unwrap_or(0);
+        let mut errs = Vec::new();
+        if !(2..=8).contains(&int("classes")) {
+            errs.push(ParamError::new("classes", "classes must be from 2 to 8"));
+        }
+        if !(8..=4096).contains(&int("size")) {
+            errs.push(ParamError::new(
+                "size",
+                "size must be from 8 to 4096 pixels",
+            ));
+        }
+        if int("n_train") < 1 || int("n_test") < 1 {
+            errs.push(ParamError::new(
+                "n_train",
+                "n_train and n_test must be at least 1",
+            ));
+        }
+        errs
+    }
+
+    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
+        let spec = Spec {
+            task: cx.str("task").to_string(),
+            size: cx.int("size") as u32,
+            classes: cx.int("classes") as u32,
+            noise: cx.f64("noise"),
+            seed: cx.int("seed") as u64,
+        };
+        let (n_train, n_test) = (cx.int("n_train") as usize, cx.int("n_test") as usize);
+        let pool = cx.pool()?;
+        for (split, n, offset) in [("train", n_train, 0u64), ("test", n_test, 1 << 40)] {
+            cx.check_cancel()?;
+            let samples: Vec<Sample> = pool.install(|| {
+                (0..n)
+                    .into_par_iter()
+                    .map(|i| spec.sample(offset + i as u64))
+                    .collect()
+            });
+            let dir = cx.out_dir.join(split);
+            pool.install(|| {
+                samples.par_iter().enumerate().try_for_each(|(i, s)| {
+                    images::save(
+                        &image::DynamicImage::ImageRgb8(s.image.clone()),
+                        &dir.join(format!("{split}_{i:05}.png")),
+                        95,
+                    )
+                })
+            })?;
+            let (table, coco) = spec.labels(split, &samples);
+            table.write(&cx.out_dir.join(format!("{split}.csv")))?;
+            if let Some(c) = coco {
+                write_coco(&cx.out_dir.join(format!("{split}_coco.json")), &c)?;
+            }
+            if split == "test" {
+                let mut sub = Table::new(
+                    &table
+                        .value_columns()
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                );
+                for id in &table.ids {
+                    sub.push(
+                        id.clone(),
+                        table
+                            .value_columns()
+                            .iter()
+                            .map(|_| "0".to_string())
+                            .collect(),
+                    );
+                }
+                sub.write(&cx.out_dir.join("sample_submission.csv"))?;
+            }
+        }
+        cx.log(format_args!(
+            "{} data set: {n_train} train and {n_test} test images of {}²",
+            spec.task, spec.size
+        ));
+        Ok(())
+    }
+}
+
+struct Spec {
+    task: String,
+    size: u32,
+    classes: u32,
+    noise: f64,
+    seed: u64,
+}
+
+/// One object drawn: class and `[x, y, w, h]`.
+type Object = (u32, [f64; 4]);
+
+struct Sample {
+    image: image::RgbImage,
+    objects: Vec<Object>,
+    grade: u32,
+    /// Pixel mask of the drawn shapes (segment).
+    mask: Vec<bool>,
+}
+
+impl Spec {
+    fn sample(&self, index: u64) -> Sample {
+        let mut r =
+            ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index);
+        let s = self.size;
+        let base: [f64; 3] = [
+            r.random_range(0.1..0.4),
+            r.random_range(0.1..0.4),
+            r.random_range(0.1..0.4),
+        ];
+        let mut px: Vec<[f64; 3]> = (0..s * s)
+            .map(|_| base.map(|b| b + self.noise * gauss(&mut r)))
+            .collect();
+        let mut mask = vec![false; (s * s) as usize];
+        let mut objects = Vec::new();
+        let mut grade = 0;
+        let classes: Vec<u32> = match self.task.as_str() {
+            "multilabel" => {
+                let mut c: Vec<u32> = (0..self.classes).filter(|_| r.random_bool(0.4)).collect();
+                if c.is_empty() {
+                    c.push(r.random_range(0..self.classes));
+                }
+                c
+            }
+            "detect" | "segment" => (0..r.random_range(1..=4))
+                .map(|_| r.random_range(0..self.classes))
+                .collect(),
+            "regress" => {
+                grade = r.random_range(0..self.classes);
+                Vec::new()
+            }
+            _ => vec![r.random_range(0..self.classes)],
+        };
+        if self.task == "regress" {
+            let level = 0.35 + 0.6 * grade as f64 / (self.classes - 1) as f64;
+            let rad = s as f64 * 0.3;
+            let (cx, cy) = (
+                s as f64 / 2.0 + r.random_range(-2.0..2.0),
+                s as f64 / 2.0 + r.random_range(-2.0..2.0),
+            );
+            paint(
+                &mut px,
+                &mut mask,
+                s,
+                |x, y| (x - cx).powi(2) + (y - cy).powi(2) <= rad * rad,
+                [level, level * 0.8, level * 0.5],
+            );
+        }
+        for c in classes {
+            let side = r.random_range(s as f64 * 0.25..s as f64 * 0.5);
+            let x0 = r.random_range(0.0..s as f64 - side);
+            let y0 = r.random_range(0.0..s as f64 - side);
+            let colour = [
+                r.random_range(0.6..1.0),
+                r.random_range(0.5..1.0),
+                r.random_range(0.4..1.0),
+            ];
+            let inside = shape(c, x0, y0, side);
+            paint(&mut px, &mut mask, s, inside, colour);
+            objects.push((c, [x0, y0, side, side]));
+        }
+        let image = image::RgbImage::from_fn(s, s, |x, y| {
+            let p = px[(y * s + x) as usize];
+            image::Rgb(p.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8))
+        });
+        Sample {
+            image,
+            objects,
+            grade,
+            mask,
+        }
+    }
+
+    fn labels(&self, split: &str, samples: &[Sample]) -> (Table, Option<Coco>) {
+        let id = |i: usize| format!("{split}_{i:05}");
+        let cols: &[&str] = match self.task.as_str() {
+            "multilabel" => &["Target"],
+            "regress" => &["grade"],
+            "box" => &["label", "bbox"],
+            "detect" => &["count"],
+            "segment" => &["mask"],
+            _ => &["label"],
+        };
+        let mut t = Table::new(cols);
+        for (i, s) in samples.iter().enumerate() {
+            let row = match self.task.as_str() {
+                "multilabel" => {
+                    let mut c: Vec<u32> = s.objects.iter().map(|o| o.0).collect();
+                    c.sort_unstable();
+                    c.dedup();
+                    vec![c.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")]
+                }
+                "regress" => vec![s.grade.to_string()],
+                "box" => {
+                    let (c, b) = s.objects[0];
+                    vec![
+                        c.to_string(),
+                        format!("{:.2} {:.2} {:.2} {:.2}", b[0], b[1], b[2], b[3]),
+                    ]
+                }
+                "detect" => vec![s.objects.len().to_string()],
+                "segment" => vec![rle(&s.mask, self.size)],
+                _ => vec![s.objects[0].0.to_string()],
+            };
+            t.push(id(i), row);
+        }
+        let coco = (self.task == "detect").then(|| {
+            let mut c = Coco {
+                categories: (0..self.classes)
+                    .map(|k| CocoCategory {
+                        id: k as i64,
+                        name: format!("shape{k}"),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            for (i, s) in samples.iter().enumerate() {
+                c.images.push(CocoImage {
+                    id: ImageId::Int(i as i64 + 1),
+                    width: self.size as f64,
+                    height: self.size as f64,
+                    file_name: format!("{}.png", id(i)),
+                });
+                for &(k, b) in &s.objects {
+                    c.annotations.push(CocoAnn {
+                        id: c.annotations.len() as i64 + 1,
+                        image_id: ImageId::Int(i as i64 + 1),
+                        category_id: k as i64,
+                        bbox: b,
+                        area: Some(b[2] * b[3]),
+                        iscrowd: 0,
+                    });
+                }
+            }
+            c
+        });
+        (t, coco)
+    }
+}
+
+fn gauss(r: &mut ChaCha8Rng) -> f64 {
+    // Box-Muller.
+    let u1: f64 = r.random_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = r.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Whether the pixel centre (x, y) is inside shape `class` in its box.
+fn shape(class: u32, x0: f64, y0: f64, side: f64) -> impl Fn(f64, f64) -> bool {
+    move |x, y| {
+        let (u, v) = ((x - x0) / side, (y - y0) / side);
+        if !(0.0..=1.0).contains(&u) || !(0.0..=1.0).contains(&v) {
+            return false;
+        }
+        let (du, dv) = (u - 0.5, v - 0.5);
+        let d2 = du * du + dv * dv;
+        match class % 8 {
+            0 => d2 <= 0.25,
+            1 => true,
+            2 => 2.0 * du.abs() <= v,
+            3 => du.abs() < 0.15 || dv.abs() < 0.15,
+            4 => (0.09..=0.25).contains(&d2),
+            5 => dv.abs() < 0.2,
+            6 => du.abs() + dv.abs() <= 0.5,
+            _ => du.abs() > 0.3 || dv.abs() > 0.3,
+        }
+    }
+}
+
+fn paint(
+    px: &mut [[f64; 3]],
+    mask: &mut [bool],
+    s: u32,
+    inside: impl Fn(f64, f64) -> bool,
+    colour: [f64; 3],
+) {
+    for y in 0..s {
+        for x in 0..s {
+            if inside(x as f64 + 0.5, y as f64 + 0.5) {
+                let i = (y * s + x) as usize;
+                px[i] = colour;
+                mask[i] = true;
+            }
+        }
+    }
+}
+
+/// Run-length encoding as Kaggle's masks: pixels numbered from 1 down each
+/// column, then across; `start length` pairs.
+pub fn rle(mask: &[bool], size: u32) -> String {
+    let mut out = Vec::new();
+    let mut run: Option<(u64, u64)> = None;
+    for x in 0..size {
+        for y in 0..size {
+            let n = (x * size + y) as u64 + 1;
+            if mask[(y * size + x) as usize] {
+                run = Some(match run {
+                    Some((start, len)) => (start, len + 1),
+                    None => (n, 1),
+                });
+            } else if let Some((start, len)) = run.take() {
+                out.push(format!("{start} {len}"));
+            }
+        }
+    }
+    if let Some((start, len)) = run {
+        out.push(format!("{start} {len}"));
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rle_runs_down_columns() {
+        // 2x2: top-left and bottom-left set: one run of 2 from pixel 1.
+        assert_eq!(rle(&[true, false, true, false], 2), "1 2");
+        assert_eq!(rle(&[false, true, false, true], 2), "3 2");
+        assert_eq!(rle(&[false; 4], 2), "");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_sample() {
+        let spec = Spec {
+            task: "detect".into(),
+            size: 16,
+            classes: 3,
+            noise: 0.1,
+            seed: 7,
+        };
+        let (a, b) = (spec.sample(3), spec.sample(3));
+        assert_eq!(a.image, b.image);
+        assert_eq!(a.objects, b.objects);
+        assert_ne!(spec.sample(4).image, a.image);
+    }
+}
