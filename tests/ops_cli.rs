@@ -626,3 +626,181 @@ fn synth_is_deterministic_and_shaped_like_a_competition() {
         std::fs::remove_dir_all(ws.path("b")).unwrap();
     }
 }
+
+#[test]
+fn postprocess_fits_thresholds_and_grades_and_overrides_by_nearest_neighbour() {
+    let ws = Ws::new();
+    // Class "1" is present when its score is above 0.3; "0" above 0.6.
+    ws.write(
+        "oof.csv",
+        "id,0,1\na,0.9,0.4\nb,0.7,0.2\nc,0.2,0.35\nd,0.5,0.1\n",
+    );
+    ws.write("truth.csv", "id,Target\na,0 1\nb,0\nc,1\nd,\n");
+    ws.write("test.csv", "id,0,1\nx,0.65,0.32\ny,0.1,0.1\n");
+    ws.ok(&[
+        "postprocess",
+        "--set",
+        "method=threshold",
+        "--set",
+        "fit_pred=oof.csv",
+        "--set",
+        "fit_truth=truth.csv",
+        "--set",
+        "at_least_one=true",
+        "--set",
+        "column=Predicted",
+        "test.csv",
+        "-o",
+        "out",
+    ]);
+    assert_eq!(ws.read("out/labels.csv"), "id,Predicted\nx,0 1\ny,0\n");
+    let fitted = read_json(&ws.path("out/fitted.json"));
+    assert_eq!(fitted["thresholds"], json!([0.6, 0.275]));
+    // Grades from a regressor reading 0.6 too high.
+    ws.write("reg_oof.csv", "id,grade\na,0.6\nb,1.6\nc,2.6\nd,3.6\n");
+    ws.write("reg_truth.csv", "id,grade\na,0\nb,1\nc,2\nd,3\n");
+    ws.write("reg_test.csv", "id,grade\nx,2.65\n");
+    ws.ok(&[
+        "postprocess",
+        "--set",
+        "method=grades",
+        "--set",
+        "grades=4",
+        "--set",
+        "fit_pred=reg_oof.csv",
+        "--set",
+        "fit_truth=reg_truth.csv",
+        "reg_test.csv",
+        "-o",
+        "g",
+    ]);
+    assert_eq!(ws.read("g/labels.csv"), "id,label\nx,2\n");
+    // Nearest neighbour: x points the way train row t1 does.
+    ws.write("emb.csv", "id,e0,e1\nx,1,0.01\ny,0,1\n");
+    ws.write("train_emb.csv", "id,e0,e1\nt1,2,0\nt2,1,1\n");
+    ws.write("train_labels.csv", "id,Target\nt1,5 7\nt2,3\n");
+    ws.ok(&[
+        "postprocess",
+        "--set",
+        "embeddings=emb.csv",
+        "--set",
+        "train_embeddings=train_emb.csv",
+        "--set",
+        "train_labels=train_labels.csv",
+        "--set",
+        "nn_distance=0.01",
+        "test.csv",
+        "-o",
+        "nn",
+    ]);
+    assert_eq!(ws.read("nn/labels.csv"), "id,label\nx,5 7\ny,0\n");
+    ws.fails(
+        &["postprocess", "--set", "method=grades", "test.csv"],
+        "test.csv:1: grades needs one value column, found 2",
+    );
+    ws.fails(
+        &["postprocess", "--set", "fit_pred=oof.csv", "test.csv"],
+        "fitting needs both `fit_pred` and `fit_truth`",
+    );
+}
+
+#[test]
+fn pseudo_label_keeps_confident_rows_hard_soft_or_boxes() {
+    let ws = Ws::new();
+    ws.write("p.csv", "id,cat,dog\na,0.9,0.1\nb,0.45,0.55\nc,0.2,0.8\n");
+    ws.ok(&[
+        "pseudo_label",
+        "--set",
+        "threshold=0.7",
+        "--set",
+        "weight=true",
+        "p.csv",
+        "-o",
+        "h.csv",
+    ]);
+    assert_eq!(ws.read("h.csv"), "id,label,weight\na,cat,0.9\nc,dog,0.8\n");
+    ws.ok(&["pseudo_label", "--set", "mode=soft", "p.csv", "-o", "s.csv"]);
+    assert_eq!(ws.read("s.csv"), ws.read("p.csv"));
+    ws.write(
+        "boxes.json",
+        &json!([
+            det(json!(1), 0, [1.0, 2.0, 3.0, 4.0], 0.9),
+            det(json!(1), 0, [5.0, 5.0, 3.0, 4.0], 0.95),
+            det(json!(2), 0, [1.0, 1.0, 1.0, 1.0], 0.2)
+        ])
+        .to_string(),
+    );
+    ws.write("images.json", &json!({"images": [{"id": 1, "width": 10, "height": 10}, {"id": 2, "width": 10, "height": 10}]}).to_string());
+    ws.ok(&[
+        "pseudo_label",
+        "--set",
+        "mode=boxes",
+        "--set",
+        "threshold=0.5",
+        "--set",
+        "images=images.json",
+        "boxes.json",
+        "-o",
+        "b",
+    ]);
+    assert_eq!(
+        ws.read("b/labels.csv"),
+        "id,label,bbox\n1,0,5.0 5.0 3.0 4.0\n"
+    );
+    assert_eq!(
+        read_json(&ws.path("b/pseudo_coco.json"))["annotations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    ws.fails(
+        &["pseudo_label", "--set", "mode=boxes", "boxes.json"],
+        "needs `images`",
+    );
+}
+
+#[test]
+fn submission_follows_the_sample_order_and_writes_detection_strings() {
+    let ws = Ws::new();
+    ws.write("sample.csv", "Id,Predicted\nb,0\na,0\n");
+    ws.write("labels.csv", "id,label\na,1 5\nb,2\nc,3\n");
+    ws.ok(&["submission", "labels.csv", "sample.csv", "-o", "sub.csv"]);
+    assert_eq!(ws.read("sub.csv"), "Id,Predicted\nb,2\na,1 5\n");
+    ws.write(
+        "siim.csv",
+        "id,PredictionString\nx_image,none 1 0 0 1 1\ny_image,none 1 0 0 1 1\n",
+    );
+    ws.write(
+        "boxes.json",
+        &json!([
+            det(json!("x"), 0, [10.0, 20.0, 30.0, 40.0], 0.5),
+            det(json!("x"), 0, [0.0, 0.0, 5.0, 5.0], 0.75)
+        ])
+        .to_string(),
+    );
+    ws.ok(&[
+        "submission",
+        "--set",
+        "class_names={ 0 = \"opacity\" }",
+        "--set",
+        "id_suffix=_image",
+        "boxes.json",
+        "siim.csv",
+        "-o",
+        "s.csv",
+    ]);
+    assert_eq!(
+        ws.read("s.csv"),
+        "id,PredictionString\nx_image,opacity 0.75 0 0 5 5 opacity 0.5 10 20 40 60\ny_image,none 1 0 0 1 1\n"
+    );
+    ws.write("short.csv", "id,label\na,1\n");
+    ws.fails(
+        &["submission", "short.csv", "sample.csv"],
+        "short.csv: no prediction for id `b` of the sample submission",
+    );
+    ws.fails(
+        &["submission", "boxes.json", "sample.csv"],
+        "boxes.json: image `x` is not in the sample submission",
+    );
+}

@@ -182,6 +182,13 @@ pub fn op(
         } else {
             out_dir.clone()
         };
+        if inst.outputs.len() != 1 && output.exists() && !output.is_dir() {
+            anyhow::bail!(
+                "{}: exists and is not a directory, but op `{kind}` writes several outputs ({})",
+                output.display(),
+                inst.outputs.join(", ")
+            );
+        }
         if output.is_dir() && inst.outputs.len() != 1 {
             podium::store::remove_all(output)?;
         }

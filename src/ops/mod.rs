@@ -12,9 +12,12 @@ pub mod evaluate;
 pub mod exec;
 pub mod folds;
 pub mod nms;
+pub mod postprocess;
+pub mod pseudo_label;
 pub mod resize;
 pub mod soft_nms;
 pub mod stats;
+pub mod submission;
 pub mod synth;
 pub mod wbf;
 
@@ -250,7 +253,21 @@ static OPS: &[&dyn Op] = &[
     &resize::Resize,
     &stats::Stats,
     &synth::Synth,
+    &postprocess::Postprocess,
+    &pseudo_label::PseudoLabel,
+    &submission::Submission,
 ];
+
+/// Whether an optional path (or string) parameter was given: a path, or a
+/// non-empty string.
+pub fn is_given(params: &Params, name: &str) -> bool {
+    match params.get(name) {
+        Some(Value::Str(s)) => !s.is_empty(),
+        Some(Value::Path(_) | Value::Interp(_)) => true,
+        Some(Value::List(l)) => !l.is_empty(),
+        _ => false,
+    }
+}
 
 /// All ops, by name.
 pub fn all() -> &'static [&'static dyn Op] {

@@ -112,7 +112,7 @@ impl Op for Resize {
 
     fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
         let sizes = sizes(params)?;
-        let boxes = params.get("boxes").and_then(Value::as_str) != Some("");
+        let boxes = super::is_given(params, "boxes");
         let mut out = Vec::new();
         for s in sizes {
             out.push(format!("images_{s}"));
