@@ -138,6 +138,9 @@ enum Command {
         /// List the ops with their parameters.
         #[arg(long)]
         list: bool,
+        /// Threads the op may use.
+        #[arg(short = 'j', long = "threads", default_value_t = default_jobs())]
+        threads: usize,
     },
 }
 
@@ -193,7 +196,15 @@ pub fn main() -> i32 {
             set,
             output,
             list,
-        } => op::op(kind.as_deref(), inputs, set, output.as_deref(), *list),
+            threads,
+        } => op::op(
+            kind.as_deref(),
+            inputs,
+            set,
+            output.as_deref(),
+            *list,
+            *threads,
+        ),
     };
     match result {
         Ok(code) => code,

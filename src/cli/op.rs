@@ -14,6 +14,7 @@ pub fn op(
     set: &[String],
     output: Option<&Path>,
     list: bool,
+    threads: usize,
 ) -> anyhow::Result<i32> {
     if list || kind.is_none() {
         for o in ops::all() {
@@ -163,9 +164,7 @@ pub fn op(
         work_dir: &cwd,
         log: &mut log,
         cancel: podium::cancel::flag(),
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        threads: threads.max(1),
         gpus: &[],
     };
     let result = op.run(&mut cx);

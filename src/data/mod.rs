@@ -60,6 +60,41 @@ pub fn read_nonempty(path: &Path) -> Result<Vec<u8>, DataError> {
     Ok(bytes)
 }
 
+/// A file's bytes, memory-mapped (no copy of a large input), naming the file
+/// in errors; an empty file is an error.
+pub fn map_nonempty(path: &Path) -> Result<Bytes, DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    let bytes = if len < 1 << 20 {
+        Bytes::Owned(std::fs::read(path).map_err(|e| DataError::io(path, e))?)
+    } else {
+        // SAFETY: the map is read-only and dropped before the op ends; a file
+        // changed under a running op is outside what podium guarantees, as for
+        // any reader.
+        Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?)
+    };
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DataError::new(path, "empty file"));
+    }
+    Ok(bytes)
+}
+
+/// File contents, read or mapped.
+pub enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
 /// Writes a file through a temporary beside it and a rename, so that a
 /// failure never leaves half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {

@@ -1,7 +1,7 @@
 //! Tables: CSV with a header row; the first column is the row id (named
 //! `id` in podium's own files; a competition's `Id` or `id_code` works too).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{DataError, read_nonempty, write_atomic};
@@ -62,7 +62,7 @@ impl Table {
         if columns.is_empty() || columns[0].is_empty() {
             return Err(DataError::at(path, 1, "the header row has no id column"));
         }
-        let mut seen = HashMap::new();
+        let mut seen = HashMap::default();
         for c in &columns {
             if seen.insert(c.as_str(), ()).is_some() {
                 return Err(DataError::at(
@@ -179,7 +179,7 @@ impl Table {
 
     /// Row index by id; a repeated id is an error.
     pub fn index(&self) -> Result<HashMap<&str, usize>, DataError> {
-        let mut m = HashMap::with_capacity(self.len());
+        let mut m = HashMap::with_capacity_and_hasher(self.len(), Default::default());
         for (i, id) in self.ids.iter().enumerate() {
             if m.insert(id.as_str(), i).is_some() {
                 return Err(DataError::at(

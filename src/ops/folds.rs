@@ -17,7 +17,7 @@
 //! StratifiedGroupKFold), `multilabel` (iterative stratification, Sechidis et
 //! al. 2011, then swaps that only make the per-label balance better).
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -173,10 +173,6 @@ impl Op for Folds {
             "multilabel" => multilabel(&label_sets(&t, &by)?, k, seed),
             _ => kfold(t.len(), k, seed),
         };
-        let mut out = Table::new(&["fold"]);
-        for (id, f) in t.ids.iter().zip(&folds) {
-            out.push(id.clone(), vec![f.to_string()]);
-        }
         let mut sizes = vec![0usize; k];
         for &f in &folds {
             sizes[f] += 1;
@@ -185,7 +181,16 @@ impl Op for Folds {
             "{kind} folds of {} rows: sizes {sizes:?}",
             t.len()
         ));
-        out.write(&cx.out_dir.join("folds.csv"))?;
+        // Written row by row: no table of strings for a column of numbers.
+        let mut w = csv::Writer::from_writer(Vec::with_capacity(t.len() * 12));
+        let row_err = |e: csv::Error| OpError::Failed(e.to_string());
+        w.write_record(["id", "fold"]).map_err(row_err)?;
+        for (id, f) in t.ids.iter().zip(&folds) {
+            w.write_record([id.as_str(), &f.to_string()])
+                .map_err(row_err)?;
+        }
+        let bytes = w.into_inner().map_err(|e| OpError::Failed(e.to_string()))?;
+        crate::data::write_atomic(&cx.out_dir.join("folds.csv"), &bytes)?;
         Ok(())
     }
 }
@@ -205,10 +210,10 @@ pub fn codes<'a>(values: impl Iterator<Item = &'a str>) -> Vec<usize> {
 pub fn label_sets(t: &Table, by: &[String]) -> Result<Vec<Vec<u32>>, DataError> {
     if let [col] = by {
         let c = t.col(col)?;
-        let mut names: HashMap<&str, u32> = HashMap::new();
-        let mut all: Vec<&str> = t.strs(c).flat_map(str::split_whitespace).collect();
+        let mut names: HashMap<&str, u32> = HashMap::default();
+        let distinct: FxHashSet<&str> = t.strs(c).flat_map(str::split_whitespace).collect();
+        let mut all: Vec<&str> = distinct.into_iter().collect();
         all.sort_unstable();
-        all.dedup();
         for (i, n) in all.iter().enumerate() {
             names.insert(n, i as u32);
         }
@@ -407,11 +412,22 @@ fn multilabel_once(labels: &[Vec<u32>], k: usize, seed: u64) -> Vec<usize> {
     let n_labels = labels.iter().flatten().max().map_or(0, |m| *m as usize + 1);
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut r);
-    let mut by_label: Vec<Vec<usize>> = vec![Vec::new(); n_labels];
-    let mut remaining = vec![0usize; n_labels];
+    // Rows renumbered in shuffled order, their labels side by side (the
+    // loop below touches them in that order; one allocation per row would
+    // make it wait on memory).
+    let mut offs: Vec<usize> = Vec::with_capacity(n + 1);
+    let mut flat: Vec<u32> = Vec::new();
     for &row in &order {
-        for &l in &labels[row] {
-            by_label[l as usize].push(row);
+        offs.push(flat.len());
+        flat.extend_from_slice(&labels[row]);
+    }
+    offs.push(flat.len());
+    let labels_of = |p: usize| &flat[offs[p]..offs[p + 1]];
+    let mut by_label: Vec<Vec<u32>> = vec![Vec::new(); n_labels];
+    let mut remaining = vec![0usize; n_labels];
+    for p in 0..n {
+        for &l in labels_of(p) {
+            by_label[l as usize].push(p as u32);
             remaining[l as usize] += 1;
         }
     }
@@ -420,7 +436,7 @@ fn multilabel_once(labels: &[Vec<u32>], k: usize, seed: u64) -> Vec<usize> {
     let mut want_label: Vec<Vec<f64>> = (0..k)
         .map(|_| remaining.iter().map(|&c| c as f64 * share).collect())
         .collect();
-    let mut fold = vec![usize::MAX; n];
+    let mut fold_at = vec![usize::MAX; n];
     let mut ties: Vec<usize> = Vec::with_capacity(k);
     // The label with the fewest (but some) rows left; ties at random.
     while let Some(min) = remaining.iter().copied().filter(|&c| c > 0).min() {
@@ -430,8 +446,9 @@ fn multilabel_once(labels: &[Vec<u32>], k: usize, seed: u64) -> Vec<usize> {
         } else {
             0
         }];
-        for &row in &by_label[l] {
-            if fold[row] != usize::MAX {
+        for &p in &by_label[l] {
+            let p = p as usize;
+            if fold_at[p] != usize::MAX {
                 continue;
             }
             // The fold wanting this label most; then wanting rows most; then at random.
@@ -452,13 +469,17 @@ fn multilabel_once(labels: &[Vec<u32>], k: usize, seed: u64) -> Vec<usize> {
             } else {
                 0
             }];
-            fold[row] = f;
+            fold_at[p] = f;
             want[f] -= 1.0;
-            for &m in &labels[row] {
+            for &m in labels_of(p) {
                 want_label[f][m as usize] -= 1.0;
                 remaining[m as usize] -= 1;
             }
         }
+    }
+    let mut fold = vec![usize::MAX; n];
+    for (p, &row) in order.iter().enumerate() {
+        fold[row] = fold_at[p];
     }
     // Rows without labels: to the folds wanting rows most.
     for &row in &order {
@@ -513,9 +534,10 @@ fn label_counts(
 /// it lowers the label imbalance. Candidates are looked for among the
 /// distinct label sets of each fold, not row by row.
 fn improve_by_swaps(labels: &[Vec<u32>], fold: &mut [usize], k: usize, n_labels: usize) {
+    let floor = lowest_imbalance(labels, k);
     let mut b = Balancer::new(labels, fold, k, n_labels);
     b.balance_sizes(fold);
-    b.swap_passes(fold);
+    b.swap_passes(fold, floor);
 }
 
 /// A row of label set `.0` moving from fold `.1` to fold `.2`.
@@ -537,7 +559,7 @@ impl<'a> Balancer<'a> {
     fn new(labels: &'a [Vec<u32>], fold: &[usize], k: usize, n_labels: usize) -> Self {
         let (counts, total) = label_counts(labels, fold, k, n_labels);
         let ideal = total.iter().map(|&t| t as f64 / k as f64).collect();
-        let mut set_of: HashMap<&[u32], usize> = HashMap::new();
+        let mut set_of: HashMap<&[u32], usize> = HashMap::default();
         let mut sets: Vec<&[u32]> = Vec::new();
         let row_set: Vec<usize> = labels
             .iter()
@@ -632,17 +654,24 @@ impl<'a> Balancer<'a> {
         gain
     }
 
-    /// Best swap first, until none lowers the imbalance: for each pair of
-    /// folds, the few label sets cheapest to move each way are paired and
-    /// their exact gain computed.
-    fn swap_passes(&mut self, fold: &mut [usize]) {
+    /// Swaps until none lowers the imbalance (or it is as low as it can
+    /// be): in each round, for each pair of folds, the few label sets
+    /// cheapest to move each way are paired and the best pair, if it helps,
+    /// swapped. When no swap helps, a rotation of three rows round three
+    /// folds is tried.
+    fn swap_passes(&mut self, fold: &mut [usize], floor: f64) {
         const TOP: usize = 32;
+        let mut imbalance = self.imbalance();
         let limit = 4 * self.labels.len() + 100;
         for _ in 0..limit {
-            let mut best: Option<(f64, usize, usize, usize, usize)> = None;
+            if imbalance <= floor + 1e-9 {
+                break;
+            }
+            let mut improved = false;
             for fa in 0..self.k {
                 for fb in fa + 1..self.k {
                     let (ca, cb) = (self.cheapest(fa, fb, TOP), self.cheapest(fb, fa, TOP));
+                    let mut best: Option<(f64, usize, usize)> = None;
                     for &sa in &ca {
                         for &sb in &cb {
                             if sa == sb {
@@ -650,22 +679,33 @@ impl<'a> Balancer<'a> {
                             }
                             let g = self.swap_gain(sa, fa, sb, fb);
                             if g < -1e-9 && best.is_none_or(|b| g < b.0) {
-                                best = Some((g, fa, sa, fb, sb));
+                                best = Some((g, sa, sb));
                             }
                         }
                     }
+                    if let Some((g, sa, sb)) = best {
+                        self.apply(fold, &[(sa, fa, fb), (sb, fb, fa)]);
+                        imbalance += g;
+                        improved = true;
+                    }
                 }
             }
-            if let Some((_, fa, sa, fb, sb)) = best {
-                self.apply(fold, &[(sa, fa, fb), (sb, fb, fa)]);
+            if improved {
                 continue;
             }
-            // No swap helps: try rotating three rows round three folds.
             let Some(cycle) = self.best_cycle(TOP / 4) else {
                 break;
             };
+            imbalance += self.exact_gain(&cycle);
             self.apply(fold, &cycle);
         }
+    }
+
+    fn imbalance(&self) -> f64 {
+        (0..self.k)
+            .flat_map(|f| (0..self.ideal.len()).map(move |l| (f, l)))
+            .map(|(f, l)| (self.counts[f][l] as f64 - self.ideal[l]).abs())
+            .sum()
     }
 
     /// Exact change of the imbalance when, for each `(set, from, to)`, a row
@@ -691,18 +731,27 @@ impl<'a> Balancer<'a> {
             .sum()
     }
 
+    /// The sets (present in `from`) cheapest to move one row of to `to`:
+    /// every one whose move alone helps, and at least `top`.
     fn cheapest(&self, from: usize, to: usize, top: usize) -> Vec<usize> {
+        // Per-label costs of one row leaving `from` and entering `to`; a
+        // set's cost is their sum.
+        let cost: Vec<f64> = (0..self.ideal.len())
+            .map(|l| self.delta(from, l as u32, -1) + self.delta(to, l as u32, 1))
+            .collect();
         let mut c: Vec<(f64, usize)> = (0..self.sets.len())
             .filter(|&s| !self.members[from][s].is_empty())
-            .map(|s| (self.move_gain(s, from, to), s))
+            .map(|s| (self.sets[s].iter().map(|&l| cost[l as usize]).sum(), s))
             .collect();
-        c.sort_by(|x, y| x.0.total_cmp(&y.0));
-        // Every set whose move alone helps, and at least `top`.
-        let helpful = c.iter().take_while(|x| x.0 < -1e-9).count();
-        c.into_iter()
-            .take(top.max(helpful))
-            .map(|(_, s)| s)
-            .collect()
+        let order = |x: &(f64, usize), y: &(f64, usize)| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1));
+        let helpful = c.iter().filter(|x| x.0 < -1e-9).count();
+        let n = top.max(helpful).min(c.len());
+        if n > 0 && n < c.len() {
+            c.select_nth_unstable_by(n - 1, order);
+            c.truncate(n);
+        }
+        c.sort_unstable_by(order);
+        c.into_iter().map(|(_, s)| s).collect()
     }
 
     /// The best improving rotation fa → fb → fc → fa of one row each.
