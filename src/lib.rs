@@ -23,7 +23,8 @@
 //! - [`graph`]: the instance DAG (petgraph), built then sealed.
 //! - [`plan`]: keys (blake3 of op, version, params, input content) and why each instance is stale.
 //! - [`exec`]: the executor interface and the local (rayon) executor.
-//! - [`ops`]: one file per op behind the [`ops::Op`] trait.
+//! - [`ops`]: one file per op behind the [`ops::Op`] trait; they read and write through
+//!   [`data`] (tables, COCO boxes, images) and score through [`metrics`].
 //! - [`store`]: objects, records, atomic writes, the lock; [`hash`]: content hashing and the stat cache.
 
 pub mod cancel;

@@ -607,8 +607,8 @@ fn synth_is_deterministic_and_shaped_like_a_competition() {
             "train.csv",
             "test.csv",
             "sample_submission.csv",
-            "train/train_00011.png",
-            "test/test_00004.png",
+            "train_images/train_00011.png",
+            "test_images/test_00004.png",
         ] {
             assert_eq!(
                 std::fs::read(ws.path(&format!("a/{f}"))).unwrap(),

@@ -1,6 +1,8 @@
 //! `synth`: small data sets made deterministically from a seed, shaped like
 //! the competitions' (train and test images, labels, a sample submission),
-//! for the demo pipelines and the tests.
+//! for the demo pipelines and the tests. Outputs: `train_images`,
+//! `test_images` (directories of PNGs named by id), `train.csv`, `test.csv`,
+//! `sample_submission.csv` (and COCO files for `detect`).
 //!
 //! ```toml
 //! [stages.data]
@@ -108,8 +110,8 @@ impl Op for Synth {
 
     fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
         let mut out: Vec<String> = [
-            "train",
-            "test",
+            "train_images",
+            "test_images",
             "train.csv",
             "test.csv",
             "sample_submission.csv",
@@ -161,7 +163,7 @@ impl Op for Synth {
                     .map(|i| spec.sample(offset + i as u64))
                     .collect()
             });
-            let dir = cx.out_dir.join(split);
+            let dir = cx.out_dir.join(format!("{split}_images"));
             pool.install(|| {
                 samples.par_iter().enumerate().try_for_each(|(i, s)| {
                     images::save(
