@@ -804,3 +804,53 @@ fn submission_follows_the_sample_order_and_writes_detection_strings() {
         "boxes.json: image `x` is not in the sample submission",
     );
 }
+
+/// Pillow's resize of the same images (tests/fixtures/ops/images/make.py):
+/// every value within one level, 8- and 16-bit alike.
+#[test]
+fn resize_matches_pillow_within_one_level_and_stats_match_numpy() {
+    let ws = Ws::new();
+    let src = fixture("ops/images/src");
+    for filter in ["bicubic", "bilinear"] {
+        let set = format!("filter={filter}");
+        ws.ok(&[
+            "resize",
+            "--set",
+            "sizes=[24]",
+            "--set",
+            &set,
+            &src,
+            "-o",
+            filter,
+        ]);
+        for name in ["a", "b"] {
+            let ours = image::open(ws.path(&format!("{filter}/{name}.png"))).unwrap();
+            let pillow =
+                image::open(fixture(&format!("ops/images/pillow/{name}_{filter}.png"))).unwrap();
+            assert_eq!(ours.color(), pillow.color(), "{name}");
+            let (a, b) = (ours.to_rgb16().into_raw(), pillow.to_rgb16().into_raw());
+            // 16-bit values compared as they are, 8-bit ones widened (x 257).
+            let level = if matches!(ours, image::DynamicImage::ImageLuma16(_)) {
+                1
+            } else {
+                257
+            };
+            let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            assert!(worst <= level, "{filter} {name}: off by {worst}");
+        }
+    }
+    std::fs::create_dir_all(ws.path("one")).unwrap();
+    std::fs::copy(fixture("ops/images/src/a.png"), ws.path("one/a.png")).unwrap();
+    ws.ok(&["stats", "one", "-o", "s.json"]);
+    let ours = read_json(&ws.path("s.json"));
+    let numpy = read_json(Path::new(&fixture("ops/images/reference.json")));
+    for key in ["mean", "std"] {
+        for c in 0..3 {
+            let (o, n) = (
+                ours[key][c].as_f64().unwrap(),
+                numpy["a.png"][key][c].as_f64().unwrap(),
+            );
+            assert!((o - n).abs() < 1e-9, "{key}[{c}]: {o} vs numpy {n}");
+        }
+    }
+}
