@@ -170,7 +170,7 @@ fn box_ops_reject_bad_input_with_one_error_line_naming_the_file() {
         );
         ws.fails(
             &[op, "--set", "weights=[1,2,3]", "ok.json"],
-            "3 weights for 1 models",
+            "3 weights for 1 models; give one per item of `boxes`",
         );
     }
 }
@@ -461,7 +461,7 @@ fn ensemble_aligns_rows_by_id_and_rejects_mismatched_tables() {
     );
     ws.fails(
         &["ensemble", "--set", "weights=[1]", "a.csv", "b.csv"],
-        "1 weights for 2 tables",
+        "1 weights for 2 tables; give one per item of `preds`",
     );
 }
 

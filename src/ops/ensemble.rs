@@ -12,7 +12,6 @@
 use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
 use crate::data::DataError;
 use crate::data::table::{Table, fmt_f64};
-use crate::value::Value;
 
 pub struct Ensemble;
 
@@ -65,31 +64,7 @@ impl Op for Ensemble {
     }
 
     fn validate(&self, params: &Params) -> Vec<ParamError> {
-        let w = params
-            .get("weights")
-            .and_then(Value::as_list)
-            .unwrap_or(&[]);
-        let n = match params.get("preds") {
-            Some(Value::List(l)) => l.len(),
-            _ => return Vec::new(),
-        };
-        let mut errs = Vec::new();
-        if !w.is_empty() && w.len() != n {
-            errs.push(ParamError::new(
-                "weights",
-                format!("{} weights for {n} tables; give one per table", w.len()),
-            ));
-        }
-        if w.iter()
-            .any(|x| x.as_f64().is_none_or(|x| x.is_nan() || x < 0.0))
-            || (!w.is_empty() && w.iter().all(|x| x.as_f64() == Some(0.0)))
-        {
-            errs.push(ParamError::new(
-                "weights",
-                "weights must be non-negative, and not all zero",
-            ));
-        }
-        errs
+        super::check_weights(params, "preds", "tables")
     }
 
     fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {

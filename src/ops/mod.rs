@@ -269,6 +269,37 @@ pub fn is_given(params: &Params, name: &str) -> bool {
     }
 }
 
+/// `weights`, when given: one non-negative number per item of the list
+/// parameter `of` (`what` names the items in the message), not all zero.
+pub fn check_weights(params: &Params, of: &str, what: &str) -> Vec<ParamError> {
+    let w = params
+        .get("weights")
+        .and_then(Value::as_list)
+        .unwrap_or(&[]);
+    let n = match params.get(of) {
+        Some(Value::List(l)) => l.len(),
+        _ => return Vec::new(),
+    };
+    let mut errs = Vec::new();
+    if !w.is_empty() && w.len() != n {
+        errs.push(ParamError::new(
+            "weights",
+            format!(
+                "{} weights for {n} {what}; give one per item of `{of}`",
+                w.len()
+            ),
+        ));
+    }
+    let bad = |x: &Value| x.as_f64().is_none_or(|x| x.is_nan() || x < 0.0);
+    if w.iter().any(bad) || (!w.is_empty() && w.iter().all(|x| x.as_f64() == Some(0.0))) {
+        errs.push(ParamError::new(
+            "weights",
+            "weights must be non-negative, and not all zero",
+        ));
+    }
+    errs
+}
+
 /// All ops, by name.
 pub fn all() -> &'static [&'static dyn Op] {
     OPS

@@ -15,7 +15,6 @@
 
 use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
 use crate::data::boxes::{NBox, map_images, write_dets};
-use crate::value::Value;
 
 pub struct Wbf;
 
@@ -111,32 +110,9 @@ impl Op for Wbf {
     }
 }
 
-/// `weights`, when given, must be one positive number per model.
+/// `weights`, when given: one per model.
 pub fn check_weights(params: &Params) -> Vec<ParamError> {
-    let w = params
-        .get("weights")
-        .and_then(Value::as_list)
-        .unwrap_or(&[]);
-    let n = match params.get("boxes") {
-        Some(Value::List(l)) => l.len(),
-        _ => return Vec::new(),
-    };
-    let mut errs = Vec::new();
-    if !w.is_empty() && w.len() != n {
-        errs.push(ParamError::new(
-            "weights",
-            format!("{} weights for {n} models; give one per model", w.len()),
-        ));
-    }
-    if w.iter()
-        .any(|x| x.as_f64().is_none_or(|x| x.is_nan() || x <= 0.0))
-    {
-        errs.push(ParamError::new(
-            "weights",
-            "weights must be positive numbers",
-        ));
-    }
-    errs
+    super::check_weights(params, "boxes", "models")
 }
 
 pub fn weights_or_ones(w: &[f64], n: usize) -> Vec<f64> {
