@@ -549,6 +549,21 @@ impl Checker<'_> {
                         st.name.span,
                     ),
                 };
+                // "" means "not given": only for a path that may be left out.
+                if spec.kind == ParamKind::Path
+                    && spec.default.is_none()
+                    && val.as_str() == Some("")
+                {
+                    self.push(
+                        Diagnostic::error(
+                            "missing-input",
+                            format!("parameter `{}` needs a path", spec.name),
+                        )
+                        .at(span, "empty"),
+                    );
+                    inst_ok = false;
+                    continue;
+                }
                 match self.typed(spec.kind, val, span, spec.name) {
                     Some(v) => {
                         params_out.insert(spec.name.to_string(), v);

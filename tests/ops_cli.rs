@@ -854,3 +854,36 @@ fn resize_matches_pillow_within_one_level_and_stats_match_numpy() {
         }
     }
 }
+
+#[test]
+fn a_required_path_left_empty_is_an_error_before_running() {
+    let ws = Ws::new();
+    ws.fails(
+        &["folds", "--set", "labels=\"\""],
+        "parameter `labels` needs a path",
+    );
+}
+
+#[test]
+fn submission_encodes_mask_images_as_run_lengths() {
+    let ws = Ws::new();
+    std::fs::create_dir_all(ws.path("masks")).unwrap();
+    let on = [(1, 0), (1, 1), (3, 2)];
+    image::GrayImage::from_fn(4, 3, |x, y| {
+        image::Luma([if on.contains(&(x, y)) { 255 } else { 0 }])
+    })
+    .save(ws.path("masks/k1.png"))
+    .unwrap();
+    image::GrayImage::new(4, 3)
+        .save(ws.path("masks/k2.png"))
+        .unwrap();
+    ws.write("sample.csv", "id,predicted\nk2,\nk1,\n");
+    ws.ok(&["submission", "masks", "sample.csv", "-o", "sub.csv"]);
+    // Numbered from 1 down each column: (1,0) is 4, (1,1) 5, (3,2) 12.
+    assert_eq!(ws.read("sub.csv"), "id,predicted\nk2,\nk1,4 2 12 1\n");
+    ws.write("more.csv", "id,predicted\nk3,\n");
+    ws.fails(
+        &["submission", "masks", "more.csv"],
+        "masks: no mask image for id `k3`",
+    );
+}

@@ -121,3 +121,42 @@ pub fn save(img: &DynamicImage, path: &Path, quality: u8) -> Result<(), DataErro
     std::io::Write::flush(&mut w).map_err(|e| DataError::io(path, e))?;
     Ok(())
 }
+
+/// Run-length encoding of a mask as Kaggle's masks: pixels numbered from 1
+/// down each column, then across; `start length` pairs. `mask` is row-major.
+pub fn rle(mask: &[bool], width: u32, height: u32) -> String {
+    let mut out = Vec::new();
+    let mut run: Option<(u64, u64)> = None;
+    for x in 0..width {
+        for y in 0..height {
+            let n = x as u64 * height as u64 + y as u64 + 1;
+            if mask[(y * width + x) as usize] {
+                run = Some(match run {
+                    Some((start, len)) => (start, len + 1),
+                    None => (n, 1),
+                });
+            } else if let Some((start, len)) = run.take() {
+                out.push(format!("{start} {len}"));
+            }
+        }
+    }
+    if let Some((start, len)) = run {
+        out.push(format!("{start} {len}"));
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rle_runs_down_columns() {
+        // 2x2: top-left and bottom-left set: one run of 2 from pixel 1.
+        assert_eq!(rle(&[true, false, true, false], 2, 2), "1 2");
+        assert_eq!(rle(&[false, true, false, true], 2, 2), "3 2");
+        assert_eq!(rle(&[false; 4], 2, 2), "");
+        // 3 wide, 1 high: columns of one pixel each.
+        assert_eq!(rle(&[true, true, false], 3, 1), "1 2");
+    }
+}

@@ -10,7 +10,8 @@
 //!
 //! A table's value columns are matched to the sample's by name, or, one to
 //! one, by position; label lists (HPA) and run-length masks (HuBMAP) are
-//! cells like any other. A boxes file becomes detection strings,
+//! cells like any other; a directory of mask images named by id becomes
+//! run-length encodings. A boxes file becomes detection strings,
 //! `"class score x1 y1 x2 y2 ..."` per image (SIIM), `empty` where an image
 //! has no box.
 
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
 use crate::data::DataError;
 use crate::data::boxes::read_dets;
+use crate::data::images;
 use crate::data::table::Table;
 use crate::value::Value;
 
@@ -29,7 +31,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "pred",
         kind: ParamKind::Path,
         default: None,
-        help: "The predictions: a table (labels, label lists, values, masks) or a boxes file (.json).",
+        help: "The predictions: a table (labels, label lists, values, run-length masks), a boxes file (.json), or a directory of mask images named by id.",
     },
     ParamSpec {
         name: "sample",
@@ -102,7 +104,34 @@ impl Op for Submission {
         sample.index()?;
         let mut out = sample.clone();
         let is_json = pred_path.extension().is_some_and(|e| e == "json");
-        if is_json {
+        if pred_path.is_dir() {
+            // Mask images named by id: non-zero pixels are the mask (HuBMAP).
+            if sample.value_columns().len() != 1 {
+                return Err(DataError::at(
+                    &sample.path,
+                    1,
+                    "masks go into a sample with one value column",
+                )
+                .into());
+            }
+            let files = images::list(&pred_path)?;
+            let by_id: HashMap<String, &std::path::PathBuf> = files
+                .iter()
+                .map(|f| (f.with_extension("").display().to_string(), f))
+                .collect();
+            for (r, id) in sample.ids.iter().enumerate() {
+                let Some(f) = by_id.get(id) else {
+                    return Err(DataError::new(
+                        &pred_path,
+                        format!("no mask image for id `{id}` of the sample submission"),
+                    )
+                    .into());
+                };
+                let img = images::open(&pred_path.join(f))?.to_luma16();
+                let mask: Vec<bool> = img.pixels().map(|p| p.0[0] != 0).collect();
+                out.rows[r][0] = images::rle(&mask, img.width(), img.height());
+            }
+        } else if is_json {
             if sample.value_columns().len() != 1 {
                 return Err(DataError::at(
                     &sample.path,

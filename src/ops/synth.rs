@@ -327,7 +327,7 @@ impl Spec {
                     ]
                 }
                 "detect" => vec![s.objects.len().to_string()],
-                "segment" => vec![rle(&s.mask, self.size)],
+                "segment" => vec![images::rle(&s.mask, self.size, self.size)],
                 _ => vec![s.objects[0].0.to_string()],
             };
             t.push(id(i), row);
@@ -413,41 +413,9 @@ fn paint(
     }
 }
 
-/// Run-length encoding as Kaggle's masks: pixels numbered from 1 down each
-/// column, then across; `start length` pairs.
-pub fn rle(mask: &[bool], size: u32) -> String {
-    let mut out = Vec::new();
-    let mut run: Option<(u64, u64)> = None;
-    for x in 0..size {
-        for y in 0..size {
-            let n = (x * size + y) as u64 + 1;
-            if mask[(y * size + x) as usize] {
-                run = Some(match run {
-                    Some((start, len)) => (start, len + 1),
-                    None => (n, 1),
-                });
-            } else if let Some((start, len)) = run.take() {
-                out.push(format!("{start} {len}"));
-            }
-        }
-    }
-    if let Some((start, len)) = run {
-        out.push(format!("{start} {len}"));
-    }
-    out.join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rle_runs_down_columns() {
-        // 2x2: top-left and bottom-left set: one run of 2 from pixel 1.
-        assert_eq!(rle(&[true, false, true, false], 2), "1 2");
-        assert_eq!(rle(&[false, true, false, true], 2), "3 2");
-        assert_eq!(rle(&[false; 4], 2), "");
-    }
 
     #[test]
     fn the_same_seed_gives_the_same_sample() {
