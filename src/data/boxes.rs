@@ -76,7 +76,7 @@ fn json_error(path: &Path, e: serde_json::Error) -> DataError {
 /// Reads a detections file; scores and coordinates must be finite and
 /// widths and heights not negative.
 pub fn read_dets(path: &Path) -> Result<Vec<Det>, DataError> {
-    let bytes = super::map_nonempty(path)?;
+    let bytes = read_nonempty(path)?;
     let dets: Vec<Det> = serde_json::from_slice(&bytes).map_err(|e| json_error(path, e))?;
     for (i, d) in dets.iter().enumerate() {
         let bad = |what: &str| {

@@ -51,18 +51,9 @@ impl From<DataError> for crate::ops::OpError {
     }
 }
 
-/// Reads a whole file, naming it in the error; an empty file is an error.
-pub fn read_nonempty(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(DataError::new(path, "empty file"));
-    }
-    Ok(bytes)
-}
-
-/// A file's bytes, memory-mapped (no copy of a large input), naming the file
-/// in errors; an empty file is an error.
-pub fn map_nonempty(path: &Path) -> Result<Bytes, DataError> {
+/// A file's bytes, read (or, when large, memory-mapped: no copy of a big
+/// input), naming the file in errors; an empty file is an error.
+pub fn read_nonempty(path: &Path) -> Result<Bytes, DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     let bytes = if len < 1 << 20 {

@@ -149,17 +149,16 @@ pub fn log_loss(truth: &[bool], p: &[f64]) -> f64 {
     s / truth.len() as f64
 }
 
-/// Area under the ROC curve: the probability a positive outscores a
-/// negative, ties counting half (the trapezoidal ROC area).
-pub fn auc(truth: &[bool], score: &[f64]) -> f64 {
-    let mut idx: Vec<usize> = (0..score.len()).collect();
-    idx.sort_by(|&a, &b| score[a].total_cmp(&score[b]));
-    // Average ranks over ties.
-    let mut rank = vec![0f64; score.len()];
+/// Ranks from 1 in ascending order, tied values sharing the mean of their
+/// ranks (scipy's `rankdata`, method "average").
+pub fn average_ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut rank = vec![0f64; v.len()];
     let mut i = 0;
     while i < idx.len() {
         let mut j = i;
-        while j + 1 < idx.len() && score[idx[j + 1]] == score[idx[i]] {
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
             j += 1;
         }
         let r = (i + j) as f64 / 2.0 + 1.0;
@@ -168,6 +167,13 @@ pub fn auc(truth: &[bool], score: &[f64]) -> f64 {
         }
         i = j + 1;
     }
+    rank
+}
+
+/// Area under the ROC curve: the probability a positive outscores a
+/// negative, ties counting half (the trapezoidal ROC area).
+pub fn auc(truth: &[bool], score: &[f64]) -> f64 {
+    let rank = average_ranks(score);
     let pos = truth.iter().filter(|&&t| t).count() as f64;
     let neg = truth.len() as f64 - pos;
     if pos == 0.0 || neg == 0.0 {

@@ -12,6 +12,7 @@
 use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
 use crate::data::DataError;
 use crate::data::table::{Table, fmt_f64};
+use crate::metrics::classify::average_ranks;
 
 pub struct Ensemble;
 
@@ -219,19 +220,9 @@ pub fn ranks(m: &[f64], cols: usize) -> Vec<f64> {
     let rows = m.len() / cols.max(1);
     let mut out = vec![0.0; m.len()];
     for c in 0..cols {
-        let mut idx: Vec<usize> = (0..rows).collect();
-        idx.sort_by(|&a, &b| m[a * cols + c].total_cmp(&m[b * cols + c]));
-        let mut i = 0;
-        while i < rows {
-            let mut j = i;
-            while j + 1 < rows && m[idx[j + 1] * cols + c] == m[idx[i] * cols + c] {
-                j += 1;
-            }
-            let r = ((i + j) as f64 / 2.0 + 1.0) / rows as f64;
-            for &x in &idx[i..=j] {
-                out[x * cols + c] = r;
-            }
-            i = j + 1;
+        let column: Vec<f64> = (0..rows).map(|r| m[r * cols + c]).collect();
+        for (r, rank) in average_ranks(&column).into_iter().enumerate() {
+            out[r * cols + c] = rank / rows as f64;
         }
     }
     out

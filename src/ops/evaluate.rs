@@ -189,7 +189,7 @@ fn shared_column(t: &Table, p: &Table, column: &str) -> Result<(usize, usize), D
 
 /// Truth rows in order, each with its prediction row; every id on both sides.
 fn join(t: &Table, p: &Table) -> Result<Vec<(usize, usize)>, DataError> {
-    t.index()?;
+    let ti = t.index()?;
     let pi = p.index()?;
     let mut rows = Vec::with_capacity(t.len());
     for (i, id) in t.ids.iter().enumerate() {
@@ -207,15 +207,14 @@ fn join(t: &Table, p: &Table) -> Result<Vec<(usize, usize)>, DataError> {
             }
         }
     }
-    if p.len() > t.len() {
-        let ti = t.index()?;
-        if let Some(j) = (0..p.len()).find(|&j| !ti.contains_key(p.ids[j].as_str())) {
-            return Err(DataError::at(
-                &p.path,
-                p.lines[j],
-                format!("id `{}` is not in the truth {}", p.ids[j], t.path.display()),
-            ));
-        }
+    if p.len() > t.len()
+        && let Some(j) = (0..p.len()).find(|&j| !ti.contains_key(p.ids[j].as_str()))
+    {
+        return Err(DataError::at(
+            &p.path,
+            p.lines[j],
+            format!("id `{}` is not in the truth {}", p.ids[j], t.path.display()),
+        ));
     }
     Ok(rows)
 }

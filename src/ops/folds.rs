@@ -376,6 +376,7 @@ pub fn multilabel(labels: &[Vec<u32>], k: usize, seed: u64) -> Vec<usize> {
             labels,
             k,
             seed.wrapping_add(attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            floor,
         );
         let imb = label_imbalance(labels, &f, k);
         if best.as_ref().is_none_or(|b| imb < b.0 - 1e-9) {
@@ -406,7 +407,7 @@ pub fn lowest_imbalance(labels: &[Vec<u32>], k: usize) -> f64 {
         .sum()
 }
 
-fn multilabel_once(labels: &[Vec<u32>], k: usize, seed: u64) -> Vec<usize> {
+fn multilabel_once(labels: &[Vec<u32>], k: usize, seed: u64, floor: f64) -> Vec<usize> {
     let mut r = rng(seed);
     let n = labels.len();
     let n_labels = labels.iter().flatten().max().map_or(0, |m| *m as usize + 1);
@@ -496,7 +497,7 @@ fn multilabel_once(labels: &[Vec<u32>], k: usize, seed: u64) -> Vec<usize> {
             want[f] -= 1.0;
         }
     }
-    improve_by_swaps(labels, &mut fold, k, n_labels);
+    improve_by_swaps(labels, &mut fold, k, n_labels, floor);
     fold
 }
 
@@ -533,8 +534,14 @@ fn label_counts(
 /// least), then greedy swaps of two rows between folds, each kept only when
 /// it lowers the label imbalance. Candidates are looked for among the
 /// distinct label sets of each fold, not row by row.
-fn improve_by_swaps(labels: &[Vec<u32>], fold: &mut [usize], k: usize, n_labels: usize) {
-    let floor = lowest_imbalance(labels, k);
+/// `floor` is [`lowest_imbalance`]: swapping stops there.
+fn improve_by_swaps(
+    labels: &[Vec<u32>],
+    fold: &mut [usize],
+    k: usize,
+    n_labels: usize,
+    floor: f64,
+) {
     let mut b = Balancer::new(labels, fold, k, n_labels);
     b.balance_sizes(fold);
     b.swap_passes(fold, floor);
@@ -884,7 +891,7 @@ mod tests {
             .collect();
         let mut fold: Vec<usize> = (0..40).map(|i| if i < 20 { 0 } else { 1 }).collect();
         let before = label_imbalance(&labels, &fold, 2);
-        improve_by_swaps(&labels, &mut fold, 2, 2);
+        improve_by_swaps(&labels, &mut fold, 2, 2, lowest_imbalance(&labels, 2));
         assert_eq!(sizes(&fold, 2), [20, 20]);
         assert!(label_imbalance(&labels, &fold, 2) < before);
         assert_eq!(label_imbalance(&labels, &fold, 2), 0.0);

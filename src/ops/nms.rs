@@ -93,16 +93,9 @@ pub(crate) fn run_suppression(
     let p = SuppressParams {
         method,
         iou_thr: cx.f64("iou_thr"),
-        sigma: cx
-            .params
-            .get("sigma")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.5),
-        thresh: cx
-            .params
-            .get("thresh")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.001),
+        // Soft-NMS only (`nms` has neither; plain NMS does not read them).
+        sigma: cx.f64("sigma"),
+        thresh: cx.f64("thresh"),
         weights: cx.floats("weights"),
         decayed_scores: cx.str("scores") == "decayed",
     };

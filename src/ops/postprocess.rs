@@ -298,7 +298,8 @@ fn ft_error(ft: &Table, i: usize, k: usize) -> DataError {
     )
 }
 
-fn argmax(row: &[f64]) -> usize {
+/// The first position of the largest value.
+pub(crate) fn argmax(row: &[f64]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
         if v > row[best] {

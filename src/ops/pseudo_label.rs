@@ -194,12 +194,7 @@ impl Op for PseudoLabel {
                     Table::new(&[cx.str("column")])
                 };
                 for (r, row) in scores.chunks(nc).enumerate() {
-                    let mut best = 0;
-                    for c in 1..nc {
-                        if row[c] > row[best] {
-                            best = c;
-                        }
-                    }
+                    let best = super::postprocess::argmax(row);
                     if row[best] < thr {
                         continue;
                     }

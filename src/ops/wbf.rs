@@ -256,22 +256,12 @@ pub fn fuse(models: &[Vec<NBox>], p: &WbfParams) -> Vec<NBox> {
             let n = m.len() as f64;
             f.score = match p.conf_type {
                 ConfType::BoxAndModelAvg => {
-                    let s = f.score * n / f.weight;
-                    let mut seen = Vec::new();
-                    let mut w = 0.0;
-                    for r in m {
-                        if !seen.contains(&r.model) {
-                            seen.push(r.model);
-                        }
-                    }
-                    seen.sort_unstable();
-                    for model in seen {
-                        w += m
-                            .iter()
-                            .find(|r| r.model == model)
-                            .map_or(0.0, |r| r.weight);
-                    }
-                    s * w / weight_sum
+                    // Rescaled by the weights of the models present.
+                    let mut models: Vec<usize> = m.iter().map(|r| r.model).collect();
+                    models.sort_unstable();
+                    models.dedup();
+                    let present: f64 = models.iter().map(|&t| p.weights[t]).sum();
+                    f.score * n / f.weight * present / weight_sum
                 }
                 ConfType::AbsentModelAwareAvg => {
                     let absent: f64 = (0..p.weights.len())
