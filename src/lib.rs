@@ -38,6 +38,7 @@ pub mod hash;
 pub mod ir;
 pub mod manifest;
 pub mod metrics;
+pub mod nn;
 pub mod ops;
 pub mod plan;
 pub mod store;

@@ -128,6 +128,7 @@ impl<'a> Runner<'a> {
             self.materialize(d)?;
         }
         let work = self.store.work_dir(&k.key)?;
+        let resume = self.store.resume_dir(&k.key);
         let out_dir = work.join("out");
         fs::create_dir_all(&out_dir).at(&out_dir)?;
         let log_file = work.join("log");
@@ -147,6 +148,7 @@ impl<'a> Runner<'a> {
                 cancel: crate::cancel::flag(),
                 threads: inst.resources.threads,
                 gpus,
+                resume_dir: Some(&resume),
             };
             catch_unwind(AssertUnwindSafe(|| op.run(&mut cx))).unwrap_or_else(|_| {
                 Err(OpError::Failed(format!(
@@ -202,6 +204,9 @@ impl<'a> Runner<'a> {
             }
         };
         let _ = store::remove_all(&work);
+        if matches!(outcome, Ok(Outcome::Executed)) {
+            let _ = store::remove_all(&resume);
+        }
         outcome
     }
 }

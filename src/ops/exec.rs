@@ -318,6 +318,7 @@ mod tests {
             cancel: &cancel,
             threads: 1,
             gpus: &[],
+            resume_dir: None,
         };
         let err = Exec.run(&mut cx).unwrap_err().to_string();
         assert!(err.contains("`b.txt`"), "{err}");
@@ -343,6 +344,7 @@ mod tests {
             cancel: &cancel,
             threads: 1,
             gpus: &[],
+            resume_dir: None,
         };
         assert_eq!(
             Exec.run(&mut cx).unwrap_err().to_string(),

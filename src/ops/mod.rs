@@ -13,12 +13,14 @@ pub mod exec;
 pub mod folds;
 pub mod nms;
 pub mod postprocess;
+pub mod predict;
 pub mod pseudo_label;
 pub mod resize;
 pub mod soft_nms;
 pub mod stats;
 pub mod submission;
 pub mod synth;
+pub mod train;
 pub mod wbf;
 
 /// Resolved parameters of one instance, by name.
@@ -131,6 +133,10 @@ pub struct OpContext<'a> {
     pub threads: usize,
     /// GPUs handed to this instance (device ordinals).
     pub gpus: &'a [usize],
+    /// A directory that outlives a killed or interrupted run of this same
+    /// instance (same key), for resumable work such as training's epochs;
+    /// removed once the instance succeeds. `None` for `podium op`.
+    pub resume_dir: Option<&'a Path>,
 }
 
 impl OpContext<'_> {
@@ -256,6 +262,8 @@ static OPS: &[&dyn Op] = &[
     &postprocess::Postprocess,
     &pseudo_label::PseudoLabel,
     &submission::Submission,
+    &train::Train,
+    &predict::Predict,
 ];
 
 /// Whether an optional path (or string) parameter was given: a path, or a

@@ -174,6 +174,12 @@ impl Store {
             .join(format!("{}.log", sanitize(instance, "-_=,.")))
     }
 
+    /// Where an instance keeps work that survives a killed run (training's
+    /// per-epoch state), by key; created by the op when it needs it.
+    pub fn resume_dir(&self, key: &Hash) -> PathBuf {
+        self.root.join("resume").join(key.to_hex().as_str())
+    }
+
     /// A fresh work directory for one execution.
     pub fn work_dir(&self, key: &Hash) -> Result<PathBuf> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,270 @@
+//! Augmentations on RGB images, box-aware: the eight dihedral transforms
+//! (flips, 90° rotations, transpose; also the TTA variants), random resized
+//! crop, brightness and contrast.
+
+use image::RgbImage;
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+
+/// The TTA variants, named as the HPA solution names them.
+pub const TTA_NAMES: [&str; 8] = [
+    "default",
+    "flipud",
+    "fliplr",
+    "transpose",
+    "flipud_lr",
+    "flipud_transpose",
+    "fliplr_transpose",
+    "flipud_lr_transpose",
+];
+
+/// One of the eight symmetries of the square: flip up-down, then left-right,
+/// then transpose, each optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dihedral {
+    pub flipud: bool,
+    pub fliplr: bool,
+    pub transpose: bool,
+}
+
+impl Dihedral {
+    pub fn parse(name: &str) -> Option<Dihedral> {
+        let i = TTA_NAMES.iter().position(|n| *n == name)?;
+        Some(Dihedral::all()[i])
+    }
+
+    /// All eight, in [`TTA_NAMES`] order.
+    pub fn all() -> [Dihedral; 8] {
+        let d = |flipud, fliplr, transpose| Dihedral {
+            flipud,
+            fliplr,
+            transpose,
+        };
+        [
+            d(false, false, false),
+            d(true, false, false),
+            d(false, true, false),
+            d(false, false, true),
+            d(true, true, false),
+            d(true, false, true),
+            d(false, true, true),
+            d(true, true, true),
+        ]
+    }
+
+    /// Where output pixel (y, x) of an `s × s` image comes from.
+    fn source(self, y: usize, x: usize, s: usize) -> (usize, usize) {
+        let (mut y, mut x) = (y, x);
+        if self.transpose {
+            std::mem::swap(&mut y, &mut x);
+        }
+        if self.fliplr {
+            x = s - 1 - x;
+        }
+        if self.flipud {
+            y = s - 1 - y;
+        }
+        (y, x)
+    }
+
+    /// This transform followed by `next`.
+    pub fn then(self, next: Dihedral) -> Dihedral {
+        let s = 3;
+        let probe = |f: &dyn Fn(usize, usize) -> (usize, usize)| [f(0, 1), f(1, 2), f(2, 0)];
+        let want = probe(&|y, x| {
+            let (y, x) = next.source(y, x, s);
+            self.source(y, x, s)
+        });
+        Dihedral::all()
+            .into_iter()
+            .find(|c| probe(&|y, x| c.source(y, x, s)) == want)
+            .expect("the dihedral group is closed")
+    }
+
+    pub fn inverse(self) -> Dihedral {
+        Dihedral::all()
+            .into_iter()
+            .find(|c| self.then(*c) == Dihedral::default())
+            .expect("every element has an inverse")
+    }
+
+    /// Applies the transform to a square CHW image.
+    pub fn apply(self, chw: &[f32], c: usize, s: usize) -> Vec<f32> {
+        if self == Dihedral::default() {
+            return chw.to_vec();
+        }
+        let mut out = vec![0f32; chw.len()];
+        for y in 0..s {
+            for x in 0..s {
+                let (sy, sx) = self.source(y, x, s);
+                for ch in 0..c {
+                    out[ch * s * s + y * s + x] = chw[ch * s * s + sy * s + sx];
+                }
+            }
+        }
+        out
+    }
+
+    /// Maps a normalized box `[cx, cy, w, h]` the way [`Dihedral::apply`] maps the image.
+    pub fn map_box(self, b: [f32; 4]) -> [f32; 4] {
+        let [mut cx, mut cy, mut w, mut h] = b;
+        if self.flipud {
+            cy = 1.0 - cy;
+        }
+        if self.fliplr {
+            cx = 1.0 - cx;
+        }
+        if self.transpose {
+            std::mem::swap(&mut cx, &mut cy);
+            std::mem::swap(&mut w, &mut h);
+        }
+        [cx, cy, w, h]
+    }
+}
+
+/// Training augmentations; probabilities in [0, 1].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Aug {
+    pub hflip: f64,
+    pub vflip: f64,
+    pub rot90: f64,
+    pub transpose: f64,
+    /// Random resized crop: the area fraction's range; `[1, 1]` is off.
+    pub crop_scale: [f64; 2],
+    pub brightness: f64,
+    pub contrast: f64,
+}
+
+impl Aug {
+    pub fn crops(&self) -> bool {
+        self.crop_scale[0] < 1.0
+    }
+
+    /// A random dihedral transform, each part drawn with its probability.
+    pub fn dihedral(&self, rng: &mut ChaCha8Rng) -> Dihedral {
+        let mut d = Dihedral::default();
+        if rng.random_bool(self.hflip.clamp(0.0, 1.0)) {
+            d = d.then(Dihedral::parse("fliplr").expect("known"));
+        }
+        if rng.random_bool(self.vflip.clamp(0.0, 1.0)) {
+            d = d.then(Dihedral::parse("flipud").expect("known"));
+        }
+        if rng.random_bool(self.rot90.clamp(0.0, 1.0)) {
+            // 90°, 180° or 270°.
+            let r = ["fliplr_transpose", "flipud_lr", "flipud_transpose"][rng.random_range(0..3)];
+            d = d.then(Dihedral::parse(r).expect("known"));
+        }
+        if rng.random_bool(self.transpose.clamp(0.0, 1.0)) {
+            d = d.then(Dihedral::parse("transpose").expect("known"));
+        }
+        d
+    }
+
+    /// torchvision's `RandomResizedCrop` region (x, y, w, h) in an image of
+    /// `w × h`: area fraction in `crop_scale`, aspect ratio in [3/4, 4/3]
+    /// (log-uniform), ten tries, then the centre.
+    pub fn crop_region(&self, w: u32, h: u32, rng: &mut ChaCha8Rng) -> (u32, u32, u32, u32) {
+        let area = f64::from(w) * f64::from(h);
+        let (lo, hi) = (self.crop_scale[0], self.crop_scale[1].max(self.crop_scale[0]));
+        let (lr0, lr1) = ((3f64 / 4.0).ln(), (4f64 / 3.0).ln());
+        for _ in 0..10 {
+            let target = area * rng.random_range(lo..=hi);
+            let ratio = rng.random_range(lr0..=lr1).exp();
+            let cw = (target * ratio).sqrt().round() as u32;
+            let ch = (target / ratio).sqrt().round() as u32;
+            if cw >= 1 && ch >= 1 && cw <= w && ch <= h {
+                let x = rng.random_range(0..=w - cw);
+                let y = rng.random_range(0..=h - ch);
+                return (x, y, cw, ch);
+            }
+        }
+        let s = w.min(h);
+        ((w - s) / 2, (h - s) / 2, s, s)
+    }
+
+    /// Brightness and contrast as torchvision's `ColorJitter`: scale by
+    /// b ∈ [1 − β, 1 + β], then blend with the grey mean by c ∈ [1 − γ, 1 + γ].
+    pub fn jitter(&self, chw: &mut [f32], rng: &mut ChaCha8Rng) {
+        if self.brightness > 0.0 {
+            let b = rng.random_range(1.0 - self.brightness..=1.0 + self.brightness) as f32;
+            chw.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0));
+        }
+        if self.contrast > 0.0 {
+            let c = rng.random_range(1.0 - self.contrast..=1.0 + self.contrast) as f32;
+            let n = chw.len() / 3;
+            let grey: f32 = (0..n)
+                .map(|i| 0.299 * chw[i] + 0.587 * chw[n + i] + 0.114 * chw[2 * n + i])
+                .sum::<f32>()
+                / n.max(1) as f32;
+            chw.iter_mut()
+                .for_each(|v| *v = (grey + c * (*v - grey)).clamp(0.0, 1.0));
+        }
+    }
+}
+
+/// An RGB image as CHW floats in [0, 1].
+pub fn to_chw(img: &RgbImage) -> Vec<f32> {
+    let n = (img.width() * img.height()) as usize;
+    let mut out = vec![0f32; 3 * n];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * n + i] = f32::from(p[c]) / 255.0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn dihedral_names_are_the_eight_distinct_symmetries() {
+        let s = 3;
+        let img: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        let outs: Vec<Vec<f32>> = Dihedral::all().iter().map(|d| d.apply(&img, 1, s)).collect();
+        for i in 0..8 {
+            for j in 0..i {
+                assert_ne!(outs[i], outs[j], "{} = {}", TTA_NAMES[i], TTA_NAMES[j]);
+            }
+        }
+        // np.flipud / np.fliplr / .T
+        assert_eq!(outs[1], [6., 7., 8., 3., 4., 5., 0., 1., 2.]);
+        assert_eq!(outs[2], [2., 1., 0., 5., 4., 3., 8., 7., 6.]);
+        assert_eq!(outs[3], [0., 3., 6., 1., 4., 7., 2., 5., 8.]);
+    }
+
+    #[test]
+    fn inverse_undoes_and_boxes_follow_pixels() {
+        let s = 4;
+        // A one-pixel "box" at (x=1, y=0): its centre moves with the pixel.
+        let mut img = vec![0f32; 16];
+        img[1] = 1.0;
+        let b = [1.5 / 4.0, 0.5 / 4.0, 0.25, 0.25];
+        for d in Dihedral::all() {
+            let out = d.apply(&img, 1, s);
+            assert_eq!(d.inverse().apply(&out, 1, s), img);
+            let k = out.iter().position(|v| *v == 1.0).unwrap();
+            let m = d.map_box(b);
+            assert_eq!(((m[0] * 4.0) as usize, (m[1] * 4.0) as usize), (k % 4, k / 4), "{d:?}");
+            let back = d.inverse().map_box(m);
+            assert!(back.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-6));
+        }
+    }
+
+    #[test]
+    fn crops_stay_inside_and_respect_the_area_range() {
+        let a = Aug {
+            crop_scale: [0.3, 0.6],
+            ..Aug::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..200 {
+            let (x, y, w, h) = a.crop_region(40, 30, &mut rng);
+            assert!(x + w <= 40 && y + h <= 30);
+            let f = f64::from(w * h) / 1200.0;
+            assert!(f > 0.25 && f < 0.68, "{f}");
+        }
+    }
+}

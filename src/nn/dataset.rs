@@ -1,0 +1,193 @@
+//! Labelled images for training: a labels table joined with an image
+//! directory by id, turned into per-sample targets for the task. Class
+//! names come from the table (sorted, numerically when they are numbers)
+//! or from the manifest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::models::Task;
+use crate::data::DataError;
+use crate::data::images;
+use crate::data::table::Table;
+use crate::metrics::classify::{Label, labels};
+
+/// Samples with their targets.
+#[derive(Default)]
+pub struct Samples {
+    pub ids: Vec<String>,
+    pub paths: Vec<PathBuf>,
+    /// Per sample: the class distribution (`classes` long), or the value (1 long).
+    pub targets: Vec<Vec<f32>>,
+    /// Per sample: the box in source pixels `x, y, w, h` (task box).
+    pub boxes: Vec<[f64; 4]>,
+    pub weights: Vec<f32>,
+}
+
+impl Samples {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn extend(&mut self, o: Samples) {
+        self.ids.extend(o.ids);
+        self.paths.extend(o.paths);
+        self.targets.extend(o.targets);
+        self.boxes.extend(o.boxes);
+        self.weights.extend(o.weights);
+    }
+}
+
+/// Image files of a directory by id (file name without its extension, and
+/// relative path without its extension).
+pub fn image_index(dir: &Path) -> Result<HashMap<String, PathBuf>, DataError> {
+    let mut m = HashMap::new();
+    for rel in images::list(dir)? {
+        let stem = rel.with_extension("");
+        if let Some(name) = stem.file_name().and_then(|s| s.to_str()) {
+            m.entry(name.to_string()).or_insert_with(|| dir.join(&rel));
+        }
+        if let Some(s) = stem.to_str() {
+            m.entry(s.to_string()).or_insert_with(|| dir.join(&rel));
+        }
+    }
+    Ok(m)
+}
+
+/// The label column: `name` when given, else `label` (`Target` for
+/// multilabel) when present, else the table's first value column that is
+/// not `bbox`, `fold` or `weight`.
+pub fn label_column(t: &Table, name: &str, task: Task) -> Result<usize, DataError> {
+    if !name.is_empty() {
+        return t.col(name);
+    }
+    let prefer = if task == Task::Multilabel { "Target" } else { "label" };
+    if let Ok(c) = t.col(prefer) {
+        return Ok(c);
+    }
+    let cols = t.value_columns();
+    cols.iter()
+        .position(|c| !["bbox", "fold", "weight"].contains(&c.as_str()))
+        .ok_or_else(|| DataError::new(&t.path, "no label column"))
+}
+
+/// The class names of a task's label cells, in order: numbers ascending
+/// when every label is a number, else text ascending.
+pub fn class_names(t: &Table, col: usize, task: Task) -> Vec<String> {
+    let cells: Vec<&str> = match task {
+        Task::Multilabel => t.strs(col).flat_map(str::split_whitespace).collect(),
+        _ => t.strs(col).map(str::trim).collect(),
+    };
+    let mut ls: Vec<(Label, &str)> = labels(&cells).into_iter().zip(cells).collect();
+    ls.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    ls.dedup_by(|a, b| a.0 == b.0);
+    ls.into_iter().map(|(_, s)| s.to_string()).collect()
+}
+
+/// Reads the samples of `table` whose ids `keep` accepts, images from `index`.
+/// A table whose columns include every class name gives soft targets
+/// (probabilities, as `pseudo_label` writes them); else the label column
+/// gives hard ones. A `weight` column weights the samples (else `weight`).
+#[allow(clippy::too_many_arguments)]
+pub fn read(
+    t: &Table,
+    task: Task,
+    label_col: &str,
+    classes: &[String],
+    index: &HashMap<String, PathBuf>,
+    images_dir: &Path,
+    weight: f32,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Samples, DataError> {
+    let soft: Option<Vec<usize>> = match task {
+        Task::Classify | Task::Multilabel => classes.iter().map(|c| t.col(c).ok()).collect(),
+        _ => None,
+    };
+    let col = if soft.is_some() {
+        0
+    } else {
+        label_column(t, label_col, task)?
+    };
+    let bbox_col = if task == Task::Box {
+        Some(t.col("bbox")?)
+    } else {
+        None
+    };
+    let wcol = t.col("weight").ok();
+    let mut s = Samples::default();
+    for (row, id) in t.ids.iter().enumerate() {
+        if !keep(id) {
+            continue;
+        }
+        let path = index.get(id.as_str()).ok_or_else(|| {
+            DataError::at(
+                &t.path,
+                t.lines[row],
+                format!("id `{id}` has no image in {}", images_dir.display()),
+            )
+        })?;
+        let target = match (&soft, task) {
+            (Some(cols), _) => cols
+                .iter()
+                .map(|&c| t.float(row, c).map(|v| v as f32))
+                .collect::<Result<Vec<f32>, _>>()?,
+            (None, Task::Regress) => vec![t.float(row, col)? as f32],
+            (None, Task::Multilabel) => {
+                let cell = t.rows[row][col].as_str();
+                let mut v = vec![0f32; classes.len()];
+                for l in cell.split_whitespace() {
+                    v[class_of(t, row, col, l, classes)?] = 1.0;
+                }
+                v
+            }
+            (None, _) => {
+                let mut v = vec![0f32; classes.len()];
+                v[class_of(t, row, col, t.rows[row][col].as_str().trim(), classes)?] = 1.0;
+                v
+            }
+        };
+        let bx = match bbox_col {
+            Some(c) => parse_box(t.rows[row][c].as_str()).ok_or_else(|| {
+                t.cell_error(row, c, "is not a box `x y w h` of four finite numbers")
+            })?,
+            None => [0.0; 4],
+        };
+        let w = match wcol {
+            Some(c) => t.float(row, c)? as f32,
+            None => weight,
+        };
+        s.ids.push(id.to_string());
+        s.paths.push(path.clone());
+        s.targets.push(target);
+        s.boxes.push(bx);
+        s.weights.push(w);
+    }
+    Ok(s)
+}
+
+fn class_of(t: &Table, row: usize, col: usize, l: &str, classes: &[String]) -> Result<usize, DataError> {
+    let want = labels(&[l]).pop();
+    classes
+        .iter()
+        .position(|c| labels(&[c.as_str()]).pop() == want)
+        .ok_or_else(|| {
+            t.cell_error(
+                row,
+                col,
+                &format!("holds `{l}`, which is not one of the classes {}", classes.join(", ")),
+            )
+        })
+}
+
+/// A box cell `x y w h`.
+pub fn parse_box(cell: &str) -> Option<[f64; 4]> {
+    let v: Vec<f64> = cell
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().ok().filter(|x| x.is_finite()))
+        .collect::<Option<_>>()?;
+    <[f64; 4]>::try_from(v).ok()
+}

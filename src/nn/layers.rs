@@ -1,0 +1,281 @@
+//! Layers with PyTorch's semantics and names, written so that every one has
+//! a working backward on candle 0.11: batch norm that trains, an overlapping
+//! max pool, and a depthwise convolution that does not split into one conv
+//! per channel.
+
+use candle_core::{D, Module, Result, Tensor};
+
+use super::vars::{Init, Role, Vb};
+
+/// A 2-D convolution, NCHW; `weight` is `[out, in / groups, k, k]`.
+pub struct Conv {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+/// A convolution with PyTorch's default initialization.
+pub fn conv(
+    vb: &Vb,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    bias: bool,
+) -> Result<Conv> {
+    let fan_in = cin / groups * k * k;
+    let weight = vb.var(
+        "weight",
+        (cout, cin / groups, k, k),
+        Init::Uniform { fan_in },
+        Role::Weight,
+    )?;
+    let bias = if bias {
+        Some(vb.var("bias", cout, Init::Uniform { fan_in }, Role::NoDecay)?)
+    } else {
+        None
+    };
+    Ok(Conv {
+        weight,
+        bias,
+        stride,
+        padding: k / 2,
+        groups,
+    })
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let cin = x.dim(1)?;
+        let y = if self.groups > 1 && self.groups == cin && self.weight.dim(0)? == cin {
+            depthwise(x, &self.weight, self.stride, self.padding)?
+        } else {
+            x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Elements `start, start + stride, …` (`n` of them) along `dim`.
+pub fn strided(x: &Tensor, dim: usize, start: usize, stride: usize, n: usize) -> Result<Tensor> {
+    if stride == 1 {
+        return x.narrow(dim, start, n);
+    }
+    let t = x.narrow(dim, start, n * stride)?;
+    let mut dims = t.dims().to_vec();
+    dims[dim] = n;
+    dims.insert(dim + 1, stride);
+    t.reshape(dims)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// Output size of a window of `k` with `stride` and `pad` on each side.
+pub fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (size + 2 * pad - k) / stride + 1
+}
+
+/// Zero padding, with room on the high side for [`strided`] views.
+fn pad_for_windows(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<(Tensor, usize, usize)> {
+    let (h, w) = (x.dim(2)?, x.dim(3)?);
+    let (oh, ow) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+    // The last view starts at k - 1 and takes oh * stride rows.
+    let need_h = (k - 1 + oh * stride).max(h + 2 * pad);
+    let need_w = (k - 1 + ow * stride).max(w + 2 * pad);
+    let x = x
+        .pad_with_zeros(2, pad, need_h - h - pad)?
+        .pad_with_zeros(3, pad, need_w - w - pad)?;
+    Ok((x, oh, ow))
+}
+
+/// The `k × k` windows of `x` as `k²` shifted views, each `[N, C, oh, ow]`.
+fn windows(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Vec<Tensor>> {
+    let (xp, oh, ow) = pad_for_windows(x, k, stride, pad)?;
+    let mut out = Vec::with_capacity(k * k);
+    for i in 0..k {
+        let rows = strided(&xp, 2, i, stride, oh)?;
+        for j in 0..k {
+            out.push(strided(&rows, 3, j, stride, ow)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Max pool over `k × k` windows with zero padding, any stride (ResNet's
+/// stem: k = 3, stride 2, pad 1). Zero padding equals PyTorch's −∞ padding
+/// for non-negative inputs, which is where this is used (after a ReLU).
+pub fn max_pool_relu(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    let mut it = windows(x, k, stride, pad)?.into_iter();
+    let first = it.next().expect("k >= 1");
+    it.try_fold(first, |acc, v| acc.maximum(&v))
+}
+
+/// Depthwise convolution: `weight` `[C, 1, k, k]`, each channel its own
+/// kernel, as a sum of `k²` shifted, per-channel-scaled views.
+pub fn depthwise(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    let c = weight.dim(0)?;
+    let k = weight.dim(3)?;
+    let w = weight.reshape((c, k * k))?;
+    let mut acc: Option<Tensor> = None;
+    for (idx, v) in windows(x, k, stride, pad)?.into_iter().enumerate() {
+        let wi = w.narrow(1, idx, 1)?.reshape((1, c, 1, 1))?;
+        let term = v.broadcast_mul(&wi)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => (a + term)?,
+        });
+    }
+    Ok(acc.expect("k >= 1"))
+}
+
+/// Batch norm over NCHW with PyTorch's semantics: batch statistics (biased
+/// variance) in training, which also move the running statistics (momentum
+/// 0.1, unbiased variance); running statistics in evaluation.
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    running_mean: candle_core::Var,
+    running_var: candle_core::Var,
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+pub fn batch_norm(vb: &Vb, c: usize) -> Result<BatchNorm> {
+    let weight = vb.var("weight", c, Init::Const(1.0), Role::NoDecay)?;
+    let bias = vb.var("bias", c, Init::Const(0.0), Role::NoDecay)?;
+    vb.var("running_mean", c, Init::Const(0.0), Role::Buffer)?;
+    vb.var("running_var", c, Init::Const(1.0), Role::Buffer)?;
+    let entry = |n: &str| vb.var_entry(n).expect("just created").var;
+    Ok(BatchNorm {
+        weight,
+        bias,
+        running_mean: entry("running_mean"),
+        running_var: entry("running_var"),
+        eps: 1e-5,
+        momentum: 0.1,
+    })
+}
+
+impl BatchNorm {
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let shape = (1, c, 1, 1);
+        let (mean, var) = if train {
+            let n = x.elem_count() / c;
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let centered = x.broadcast_sub(&mean)?;
+            let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
+            let m = self.momentum;
+            let unbiased = (var.detach() * (n as f64 / (n.max(2) - 1) as f64))?.flatten_all()?;
+            self.running_mean.set(
+                &((self.running_mean.as_tensor() * (1.0 - m))?
+                    + (mean.detach().flatten_all()? * m)?)?,
+            )?;
+            self.running_var
+                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+            (mean, var)
+        } else {
+            (
+                self.running_mean.as_tensor().reshape(shape)?,
+                self.running_var.as_tensor().reshape(shape)?,
+            )
+        };
+        let scale = (var + self.eps)?
+            .sqrt()?
+            .recip()?
+            .broadcast_mul(&self.weight.reshape(shape)?)?;
+        x.broadcast_sub(&mean)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&self.bias.reshape(shape)?)
+    }
+}
+
+/// A fully connected layer, `weight` `[out, in]`, PyTorch's initialization.
+pub fn linear(vb: &Vb, cin: usize, cout: usize) -> Result<candle_nn::Linear> {
+    let init = Init::Uniform { fan_in: cin };
+    let w = vb.var("weight", (cout, cin), init, Role::Weight)?;
+    let b = vb.var("bias", cout, init, Role::NoDecay)?;
+    Ok(candle_nn::Linear::new(w, Some(b)))
+}
+
+/// Mean over the spatial dimensions: `[N, C, H, W]` → `[N, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean((2, 3))
+}
+
+/// Log-softmax over the last dimension, from ops that all have a backward.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn max_pool_3x3_stride_2_matches_the_definition() {
+        // 1×1×5×5, values 0..24: each output is its window's largest value.
+        let x = t(&(0..25).map(|v| v as f32).collect::<Vec<_>>(), &[1, 1, 5, 5]);
+        let y = max_pool_relu(&x, 3, 2, 1).unwrap();
+        assert_eq!(y.dims(), [1, 1, 3, 3]);
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, [6., 8., 9., 16., 18., 19., 21., 23., 24.]);
+    }
+
+    #[test]
+    fn max_pool_of_even_size_and_its_gradient() {
+        let x = candle_core::Var::from_tensor(&t(
+            &(0..16).map(|v| ((v * 7) % 16) as f32).collect::<Vec<_>>(),
+            &[1, 1, 4, 4],
+        ))
+        .unwrap();
+        let y = max_pool_relu(x.as_tensor(), 3, 2, 1).unwrap();
+        assert_eq!(y.dims(), [1, 1, 2, 2]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        // Each output sends its gradient to its (unique) maximum.
+        assert_eq!(gx.iter().sum::<f32>(), 4.0);
+    }
+
+    #[test]
+    fn depthwise_equals_grouped_conv() {
+        let dev = Device::Cpu;
+        for (k, stride, size) in [(3, 1, 6), (3, 2, 7), (5, 2, 8), (5, 1, 5)] {
+            let x = Tensor::randn(0f32, 1., (2, 3, size, size), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (3, 1, k, k), &dev).unwrap();
+            let a = depthwise(&x, &w, stride, k / 2).unwrap();
+            let b = x.conv2d(&w, k / 2, stride, 1, 3).unwrap();
+            assert_eq!(a.dims(), b.dims());
+            let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(d < 1e-4, "k {k} stride {stride}: {d}");
+        }
+    }
+
+    #[test]
+    fn batch_norm_normalizes_and_moves_running_stats() {
+        let s = super::super::vars::VarStore::new(&Device::Cpu, 0);
+        let bn = batch_norm(&s.root().pp("bn"), 2).unwrap();
+        let x = t(&[1., 2., 3., 4., 10., 20., 30., 40.], &[1, 2, 2, 2]);
+        let y = bn.forward_t(&x, true).unwrap();
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        // Channel 0: mean 2.5, biased var 1.25.
+        assert!((v[0] - (1.0 - 2.5) / (1.25f32 + 1e-5).sqrt()).abs() < 1e-5);
+        let rm: Vec<f32> = s.get("bn.running_mean").unwrap().var.as_tensor().to_vec1().unwrap();
+        assert!((rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 2.5).abs() < 1e-5);
+        let rv: Vec<f32> = s.get("bn.running_var").unwrap().var.as_tensor().to_vec1().unwrap();
+        // 0.9 · 1 + 0.1 · unbiased var (5/3).
+        assert!((rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,175 @@
+//! The architectures `train` and `predict` build: a backbone that turns an
+//! image batch into one feature vector per image, and a head for the task.
+//! Variable names follow timm, so a timm/PyTorch `state_dict` saved as
+//! safetensors loads as pretrained weights.
+
+use candle_core::{Module, Result, Tensor};
+
+use super::layers::linear;
+use super::vars::{VarStore, Vb};
+
+pub mod efficientnet;
+pub mod resnet;
+pub mod simple_cnn;
+
+pub const ARCHS: &[&str] = &["simple_cnn", "resnet18", "resnet34", "efficientnet_b0"];
+pub const TASKS: &[&str] = &["classify", "multilabel", "regress", "box"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    Classify,
+    Multilabel,
+    Regress,
+    Box,
+}
+
+impl Task {
+    pub fn parse(s: &str) -> Option<Task> {
+        Some(match s {
+            "classify" => Task::Classify,
+            "multilabel" => Task::Multilabel,
+            "regress" => Task::Regress,
+            "box" => Task::Box,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        TASKS[self as usize]
+    }
+}
+
+/// Image batch `[N, 3, H, W]` → features `[N, F]`.
+pub trait Backbone: Send + Sync {
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+    fn feature_dim(&self) -> usize;
+    /// The blocks, from the input onwards, each as the name prefixes of its
+    /// variables: what freezing counts.
+    fn blocks(&self) -> Vec<Vec<String>>;
+    /// The name of the classifier layer in timm (`fc`, `classifier`, `head`).
+    fn head_name(&self) -> &'static str;
+}
+
+pub fn backbone(arch: &str, vb: &Vb) -> Result<Box<dyn Backbone>> {
+    Ok(match arch {
+        "simple_cnn" => Box::new(simple_cnn::SimpleCnn::new(vb)?),
+        "resnet18" => Box::new(resnet::ResNet::new(vb, [2, 2, 2, 2])?),
+        "resnet34" => Box::new(resnet::ResNet::new(vb, [3, 4, 6, 3])?),
+        "efficientnet_b0" => Box::new(efficientnet::EfficientNet::b0(vb)?),
+        other => candle_core::bail!("unknown arch `{other}`"),
+    })
+}
+
+/// A backbone with its task head.
+pub struct Model {
+    pub backbone: Box<dyn Backbone>,
+    /// Class logits (classify, multilabel, box) or the value (regress).
+    pub head: candle_nn::Linear,
+    /// For task = box: `[cx, cy, w, h]` logits, squashed to [0, 1].
+    pub box_head: Option<candle_nn::Linear>,
+    pub task: Task,
+    pub vars: VarStore,
+}
+
+/// What a forward pass gives.
+pub struct Output {
+    pub features: Tensor,
+    /// `[N, classes]` logits, or `[N, 1]` values.
+    pub logits: Tensor,
+    /// `[N, 4]` boxes, normalized `cx, cy, w, h`.
+    pub boxes: Option<Tensor>,
+}
+
+impl Model {
+    /// `classes` is the number of head outputs (1 for regress).
+    pub fn new(arch: &str, task: Task, classes: usize, vars: VarStore) -> Result<Model> {
+        let vb = vars.root();
+        let backbone = backbone(arch, &vb)?;
+        let f = backbone.feature_dim();
+        let head = linear(&vb.pp(backbone.head_name()), f, classes)?;
+        let box_head = match task {
+            Task::Box => Some(linear(&vb.pp("box_head"), f, 4)?),
+            _ => None,
+        };
+        Ok(Model {
+            backbone,
+            head,
+            box_head,
+            task,
+            vars,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Output> {
+        let features = self.backbone.features(x, train)?;
+        let logits = self.head.forward(&features)?;
+        let boxes = match &self.box_head {
+            Some(h) => Some(candle_nn::ops::sigmoid(&h.forward(&features)?)?),
+            None => None,
+        };
+        Ok(Output {
+            features,
+            logits,
+            boxes,
+        })
+    }
+
+    /// Name prefixes of the head's variables.
+    pub fn head_prefixes(&self) -> Vec<String> {
+        let mut v = vec![self.backbone.head_name().to_string()];
+        if self.box_head.is_some() {
+            v.push("box_head".into());
+        }
+        v
+    }
+}
+
+/// Whether `name` lies under `prefix` (`layer1` holds `layer1.0.conv1.weight`).
+pub fn under(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// After one backward pass every trainable variable of every arch has a
+    /// non-zero gradient: no layer silently drops its gradient.
+    #[test]
+    fn every_trainable_var_of_every_arch_gets_a_gradient() {
+        let dev = Device::Cpu;
+        for arch in ARCHS {
+            for task in [Task::Classify, Task::Box] {
+                let vars = VarStore::new(&dev, 1);
+                let m = Model::new(arch, task, 3, vars.clone()).unwrap();
+                let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &dev).unwrap();
+                let out = m.forward_t(&x, true).unwrap();
+                let mut loss = out.logits.sqr().unwrap().mean_all().unwrap();
+                if let Some(b) = out.boxes {
+                    loss = (loss + b.mean_all().unwrap()).unwrap();
+                }
+                let grads = loss.backward().unwrap();
+                for (name, e) in vars.entries() {
+                    if e.role == super::super::vars::Role::Buffer {
+                        continue;
+                    }
+                    let g = grads
+                        .get(e.var.as_tensor())
+                        .unwrap_or_else(|| panic!("{arch}: no gradient for {name}"));
+                    let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                    assert!(n > 0.0, "{arch}: zero gradient for {name}");
+                }
+                let _ = Var::from_tensor(&x);
+            }
+        }
+    }
+
+    #[test]
+    fn under_matches_whole_name_segments() {
+        assert!(under("layer1.0.conv1.weight", "layer1"));
+        assert!(!under("layer10.weight", "layer1"));
+        assert!(under("fc", "fc"));
+    }
+}

@@ -1,0 +1,63 @@
+//! `simple_cnn`: three blocks of 3×3 conv, batch norm, ReLU and 2×2 max
+//! pool (32, 64, 128 channels), then global average pooling. Small and
+//! fast: the demo pipeline and the tests train it in seconds.
+//!
+//! ```
+//! use podium::nn::{models::{Backbone, simple_cnn::SimpleCnn}, vars::VarStore};
+//! let vars = VarStore::new(&candle_core::Device::Cpu, 0);
+//! let net = SimpleCnn::new(&vars.root()).unwrap();
+//! let x = candle_core::Tensor::zeros((2, 3, 32, 32), candle_core::DType::F32, vars.device()).unwrap();
+//! assert_eq!(net.features(&x, false).unwrap().dims(), [2, 128]);
+//! ```
+
+use candle_core::{Module, Result, Tensor};
+
+use super::Backbone;
+use crate::nn::layers::{BatchNorm, Conv, batch_norm, conv, global_avg_pool};
+use crate::nn::vars::Vb;
+
+pub const WIDTHS: [usize; 3] = [32, 64, 128];
+
+pub struct SimpleCnn {
+    blocks: Vec<(Conv, BatchNorm)>,
+}
+
+impl SimpleCnn {
+    pub fn new(vb: &Vb) -> Result<SimpleCnn> {
+        let mut cin = 3;
+        let mut blocks = Vec::new();
+        for (i, &c) in WIDTHS.iter().enumerate() {
+            let b = vb.pp("blocks").pp(i);
+            blocks.push((conv(&b.pp("conv"), cin, c, 3, 1, 1, false)?, batch_norm(&b.pp("bn"), c)?));
+            cin = c;
+        }
+        Ok(SimpleCnn { blocks })
+    }
+}
+
+impl Backbone for SimpleCnn {
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (c, bn) in &self.blocks {
+            x = bn.forward_t(&c.forward(&x)?, train)?.relu()?;
+            if x.dim(2)? >= 2 && x.dim(3)? >= 2 {
+                x = x.max_pool2d(2)?;
+            }
+        }
+        global_avg_pool(&x)
+    }
+
+    fn feature_dim(&self) -> usize {
+        WIDTHS[WIDTHS.len() - 1]
+    }
+
+    fn blocks(&self) -> Vec<Vec<String>> {
+        (0..self.blocks.len())
+            .map(|i| vec![format!("blocks.{i}")])
+            .collect()
+    }
+
+    fn head_name(&self) -> &'static str {
+        "head"
+    }
+}

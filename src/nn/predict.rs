@@ -1,0 +1,192 @@
+//! Inference: a model over an image set, under any of the eight dihedral
+//! TTA variants merged by mean or max (boxes mapped back through each
+//! variant's inverse, then averaged), with optional penultimate-layer
+//! embeddings; and the prediction tables `train` and `predict` write.
+
+use candle_core::{D, Device, Tensor};
+
+use super::NnError;
+use super::aug::Dihedral;
+use super::loader::Images;
+use super::models::{Model, Task};
+use crate::data::table::{Table, fmt_f64};
+
+/// How logits become predictions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Softmax,
+    Sigmoid,
+    Identity,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Softmax => "softmax",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Identity => "identity",
+        }
+    }
+
+    pub fn parse(s: &str) -> Activation {
+        match s {
+            "softmax" => Activation::Softmax,
+            "sigmoid" => Activation::Sigmoid,
+            _ => Activation::Identity,
+        }
+    }
+
+    pub fn apply(self, logits: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Softmax => candle_nn::ops::softmax(logits, D::Minus1),
+            Activation::Sigmoid => candle_nn::ops::sigmoid(logits),
+            Activation::Identity => Ok(logits.clone()),
+        }
+    }
+}
+
+/// Merged predictions, one row per image.
+#[derive(Default)]
+pub struct Predictions {
+    pub probs: Vec<Vec<f32>>,
+    /// Normalized `cx, cy, w, h` in the original orientation (task box).
+    pub boxes: Vec<[f32; 4]>,
+    pub features: Vec<Vec<f32>>,
+}
+
+/// Runs `model` (in evaluation mode) on images `idx`, once per TTA variant,
+/// merging with `max` or the mean.
+#[allow(clippy::too_many_arguments)]
+pub fn infer(
+    model: &Model,
+    images: &Images,
+    idx: &[usize],
+    tta: &[Dihedral],
+    max: bool,
+    act: Activation,
+    embed: bool,
+    batch_size: usize,
+    device: &Device,
+    pool: &rayon::ThreadPool,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Predictions, NnError> {
+    let n = idx.len();
+    let mut out = Predictions::default();
+    let s = images.size as usize;
+    for (k, &d) in tta.iter().enumerate() {
+        let mut row = 0;
+        images.for_each_batch::<NnError>(idx, batch_size, None, d, None, pool, |b| {
+            if cancelled() {
+                return Err(NnError::Cancelled);
+            }
+            let m = b.idx.len();
+            let x = Tensor::from_vec(b.x, (m, 3, s, s), device)?;
+            let o = pool.install(|| model.forward_t(&x, false))?;
+            let p: Vec<Vec<f32>> = act.apply(&o.logits)?.to_vec2()?;
+            let bx: Option<Vec<Vec<f32>>> = match &o.boxes {
+                Some(t) => Some(t.to_vec2()?),
+                None => None,
+            };
+            let f: Option<Vec<Vec<f32>>> = if embed {
+                Some(o.features.to_vec2()?)
+            } else {
+                None
+            };
+            for j in 0..m {
+                let r = row + j;
+                let b = bx.as_ref().map(|v| {
+                    d.inverse()
+                        .map_box([v[j][0], v[j][1], v[j][2], v[j][3]])
+                });
+                if k == 0 {
+                    out.probs.push(p[j].clone());
+                    out.boxes.push(b.unwrap_or_default());
+                    if let Some(f) = &f {
+                        out.features.push(f[j].clone());
+                    }
+                } else {
+                    for (a, v) in out.probs[r].iter_mut().zip(&p[j]) {
+                        *a = if max { a.max(*v) } else { *a + v };
+                    }
+                    if let Some(b) = b {
+                        for (a, v) in out.boxes[r].iter_mut().zip(b) {
+                            *a += v;
+                        }
+                    }
+                    if let Some(f) = &f {
+                        for (a, v) in out.features[r].iter_mut().zip(&f[j]) {
+                            *a += v;
+                        }
+                    }
+                }
+            }
+            row += m;
+            Ok(())
+        })?;
+    }
+    let t = tta.len().max(1) as f32;
+    for r in 0..n {
+        if !max {
+            out.probs[r].iter_mut().for_each(|v| *v /= t);
+        }
+        out.boxes[r].iter_mut().for_each(|v| *v /= t);
+        if let Some(f) = out.features.get_mut(r) {
+            f.iter_mut().for_each(|v| *v /= t);
+        }
+    }
+    Ok(out)
+}
+
+/// The prediction table: class probabilities (classify, multilabel), the
+/// value (regress, in column `value_col`), or `label,score,bbox` with the
+/// box in the source image's pixels (box; `sizes` are the sources' sizes).
+pub fn table(
+    task: Task,
+    classes: &[String],
+    value_col: &str,
+    ids: &[String],
+    p: &Predictions,
+    sizes: &[(u32, u32)],
+) -> Table {
+    let cols: Vec<&str> = match task {
+        Task::Classify | Task::Multilabel => classes.iter().map(String::as_str).collect(),
+        Task::Regress => vec![value_col],
+        Task::Box => vec!["label", "score", "bbox"],
+    };
+    let mut t = Table::new(&cols);
+    for (i, id) in ids.iter().enumerate() {
+        let row = match task {
+            Task::Classify | Task::Multilabel | Task::Regress => {
+                p.probs[i].iter().map(|v| fmt_f64(f64::from(*v))).collect()
+            }
+            Task::Box => {
+                let pr = &p.probs[i];
+                let best = (0..pr.len()).fold(0, |b, k| if pr[k] > pr[b] { k } else { b });
+                let [cx, cy, w, h] = p.boxes[i].map(f64::from);
+                let (sw, sh) = (f64::from(sizes[i].0), f64::from(sizes[i].1));
+                let bbox = [(cx - w / 2.0) * sw, (cy - h / 2.0) * sh, w * sw, h * sh]
+                    .map(|v| format!("{v:.2}"))
+                    .join(" ");
+                vec![
+                    classes.get(best).cloned().unwrap_or_default(),
+                    fmt_f64(f64::from(pr[best])),
+                    bbox,
+                ]
+            }
+        };
+        t.push(id.clone(), row);
+    }
+    t
+}
+
+/// Embeddings as a table `id,f0,f1,…`.
+pub fn embeddings_table(ids: &[String], p: &Predictions) -> Table {
+    let dim = p.features.first().map_or(0, Vec::len);
+    let names: Vec<String> = (0..dim).map(|k| format!("f{k}")).collect();
+    let cols: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut t = Table::new(&cols);
+    for (id, f) in ids.iter().zip(&p.features) {
+        t.push(id.clone(), f.iter().map(|v| format!("{v:.6}")).collect());
+    }
+    t
+}

@@ -1,0 +1,739 @@
+//! The training loop: epochs of shuffled, augmented batches through the
+//! model, gradient accumulation and clipping, the optimizer and schedule,
+//! EMA of weights, freezing, validation with the task's metrics, keeping
+//! the best epoch, early stopping, and a resumable state written after
+//! every epoch.
+//!
+//! Every random choice (initialization, shuffling, augmentation) comes from
+//! generators seeded by the seed, the epoch and the sample's position, so
+//! on the CPU a fixed seed gives bit-identical weights, and a run resumed
+//! from its last finished epoch ends where an uninterrupted run ends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::NnError;
+use super::aug::{Aug, Dihedral};
+use super::checkpoint;
+use super::dataset::Samples;
+use super::loader::{Images, mix};
+use super::loss::{Loss, Targets};
+use super::models::{Model, Task, under};
+use super::optim::{Kind as OptKind, Optimizer, clip_grad_norm};
+use super::predict::{Activation, Predictions, infer};
+use super::schedule::Schedule;
+use super::vars::{Role, VarStore};
+use crate::metrics::classify::{self as m, Label};
+
+/// Everything that decides how a model trains.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub arch: String,
+    pub task: Task,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub image_size: u32,
+    pub optimizer: OptKind,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    pub loss: Loss,
+    pub accumulate: usize,
+    pub clip_grad: f64,
+    pub ema: f64,
+    pub freeze_epochs: usize,
+    /// After the frozen epochs, train only the last this-many blocks (and
+    /// the head); negative: all.
+    pub trainable_blocks: i64,
+    pub aug: Aug,
+    pub early_stopping: usize,
+    /// A metric name, or `loss` (the validation loss, lower is better).
+    pub monitor: String,
+    pub threshold: f64,
+    pub seed: u64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// The data: training and validation samples, class names (the value
+/// column's name for regress).
+pub struct Data {
+    pub train: Samples,
+    pub val: Samples,
+    pub classes: Vec<String>,
+    pub value_column: String,
+}
+
+/// Weights to start from.
+pub struct Start {
+    /// The model's variables (a checkpoint's, or a pretrained file's).
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Optimizer state and its step count, to go on with.
+    pub optim: Option<(BTreeMap<String, Tensor>, u64)>,
+    pub what: String,
+}
+
+/// One row of `history.csv`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Epoch {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub metrics: BTreeMap<String, f64>,
+    pub seconds: f64,
+}
+
+/// Where training stands after an epoch; saved with the weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    epochs_done: usize,
+    steps: u64,
+    schedule: Schedule,
+    history: Vec<Epoch>,
+    best_epoch: Option<usize>,
+    best_value: Option<f64>,
+    bad_epochs: usize,
+    stopped_early: bool,
+}
+
+/// What training produced, besides the files.
+pub struct Summary {
+    pub history: Vec<Epoch>,
+    pub best_epoch: Option<usize>,
+    pub resumed_from: Option<usize>,
+    /// The best epoch's validation predictions.
+    pub oof: Predictions,
+    pub activation: Activation,
+}
+
+/// Files of a training run.
+pub struct Paths {
+    /// Where the per-epoch state lives (kept across a killed run).
+    pub work: PathBuf,
+    pub best: PathBuf,
+    pub last: PathBuf,
+}
+
+impl Paths {
+    fn state(&self) -> PathBuf {
+        self.work.join("state.safetensors")
+    }
+
+    fn best_work(&self) -> PathBuf {
+        self.work.join("best.safetensors")
+    }
+}
+
+pub fn lower_is_better(metric: &str) -> bool {
+    metric == "loss" || metric == "log_loss"
+}
+
+/// The class activation a task and loss imply.
+pub fn activation(task: Task, loss: &Loss) -> Activation {
+    use super::loss::Kind;
+    match task {
+        Task::Classify => Activation::Softmax,
+        Task::Multilabel => Activation::Sigmoid,
+        Task::Regress => Activation::Identity,
+        Task::Box if loss.terms.iter().any(|(k, _)| *k == Kind::Bce) => Activation::Sigmoid,
+        Task::Box => Activation::Softmax,
+    }
+}
+
+/// The metrics validation reports for a task.
+pub fn metric_names(task: Task, classes: usize) -> Vec<&'static str> {
+    match task {
+        Task::Classify if classes == 2 => vec!["accuracy", "f1_macro", "qwk", "auc", "log_loss"],
+        Task::Classify => vec!["accuracy", "f1_macro", "qwk"],
+        Task::Multilabel => vec!["f1_macro", "accuracy"],
+        Task::Regress => vec!["qwk"],
+        Task::Box => vec!["box_iou", "accuracy"],
+    }
+}
+
+/// The metric `monitor = "auto"` picks.
+pub fn default_monitor(task: Task) -> &'static str {
+    match task {
+        Task::Classify => "accuracy",
+        Task::Multilabel => "f1_macro",
+        Task::Regress => "qwk",
+        Task::Box => "box_iou",
+    }
+}
+
+/// Scores validation predictions against the samples' targets.
+pub fn val_metrics(task: Task, threshold: f64, p: &Predictions, val: &Samples) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, k| if v[k] > v[b] { k } else { b });
+    match task {
+        Task::Classify | Task::Box => {
+            let truth: Vec<Label> = val.targets.iter().map(|t| Label::Num(argmax(t) as f64)).collect();
+            let pred: Vec<Label> = p.probs.iter().map(|t| Label::Num(argmax(t) as f64)).collect();
+            out.insert("accuracy".into(), m::accuracy(&truth, &pred));
+            if task == Task::Classify {
+                out.insert("f1_macro".into(), m::f1_macro(&truth, &pred));
+                out.insert("qwk".into(), m::qwk(&truth, &pred));
+                if p.probs.first().is_some_and(|r| r.len() == 2) {
+                    let pos: Vec<bool> = val.targets.iter().map(|t| argmax(t) == 1).collect();
+                    let score: Vec<f64> = p.probs.iter().map(|r| f64::from(r[1])).collect();
+                    if pos.iter().any(|&b| b) && pos.iter().any(|&b| !b) {
+                        out.insert("auc".into(), m::auc(&pos, &score));
+                    }
+                    out.insert("log_loss".into(), m::log_loss(&pos, &score));
+                }
+            } else {
+                let iou: f64 = p
+                    .boxes
+                    .iter()
+                    .zip(&val.boxes)
+                    .map(|(b, t)| m::box_iou(xywh(b), xywh(&t.map(|v| v as f32))))
+                    .sum();
+                out.insert("box_iou".into(), iou / val.len().max(1) as f64);
+            }
+        }
+        Task::Multilabel => {
+            let sets = |rows: &[Vec<f32>], th: f32| -> Vec<std::collections::BTreeSet<String>> {
+                rows.iter()
+                    .map(|r| {
+                        r.iter()
+                            .enumerate()
+                            .filter(|(_, v)| **v >= th)
+                            .map(|(k, _)| k.to_string())
+                            .collect()
+                    })
+                    .collect()
+            };
+            let truth = sets(&val.targets, 0.5);
+            let pred = sets(&p.probs, threshold as f32);
+            out.insert("f1_macro".into(), m::f1_macro_sets(&truth, &pred));
+            out.insert("accuracy".into(), m::accuracy_sets(&truth, &pred));
+        }
+        Task::Regress => {
+            let truth: Vec<f64> = val.targets.iter().map(|t| f64::from(t[0]).round()).collect();
+            let (lo, hi) = truth
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let pred: Vec<Label> = p
+                .probs
+                .iter()
+                .map(|r| Label::Num(f64::from(r[0]).round().clamp(lo, hi)))
+                .collect();
+            let truth: Vec<Label> = truth.into_iter().map(Label::Num).collect();
+            out.insert("qwk".into(), m::qwk(&truth, &pred));
+        }
+    }
+    out
+}
+
+/// `[cx, cy, w, h]` → `[x, y, w, h]`.
+fn xywh(b: &[f32; 4]) -> [f64; 4] {
+    let [cx, cy, w, h] = b.map(f64::from);
+    [cx - w / 2.0, cy - h / 2.0, w, h]
+}
+
+/// Sample weights and targets of a batch as tensors.
+fn targets(task: Task, s: &Samples, idx: &[usize], boxes: &[[f32; 4]], dev: &Device) -> candle_core::Result<Targets> {
+    let n = idx.len();
+    let k = s.targets[idx[0]].len();
+    let flat: Vec<f32> = idx.iter().flat_map(|&i| s.targets[i].iter().copied()).collect();
+    let t = Tensor::from_vec(flat, (n, k), dev)?;
+    let weights = Tensor::from_vec(idx.iter().map(|&i| s.weights[i]).collect::<Vec<f32>>(), n, dev)?;
+    Ok(match task {
+        Task::Regress => Targets {
+            classes: None,
+            values: Some(t),
+            weights,
+        },
+        Task::Box => Targets {
+            classes: Some(t),
+            values: Some(Tensor::from_vec(
+                boxes.iter().flatten().copied().collect::<Vec<f32>>(),
+                (n, 4),
+                dev,
+            )?),
+            weights,
+        },
+        _ => Targets {
+            classes: Some(t),
+            values: None,
+            weights,
+        },
+    })
+}
+
+/// Names of the variables trained in `epoch`.
+fn trainable(model: &Model, cfg: &Config, epoch: usize) -> Vec<(String, super::vars::Entry)> {
+    let heads = model.head_prefixes();
+    let blocks = model.backbone.blocks();
+    let open: Vec<String> = if epoch < cfg.freeze_epochs {
+        Vec::new()
+    } else if cfg.trainable_blocks < 0 {
+        blocks.into_iter().flatten().collect()
+    } else {
+        let k = (cfg.trainable_blocks as usize).min(blocks.len());
+        blocks[blocks.len() - k..].iter().flatten().cloned().collect()
+    };
+    model
+        .vars
+        .entries()
+        .into_iter()
+        .filter(|(n, e)| {
+            e.role != Role::Buffer
+                && (heads.iter().any(|h| under(n, h)) || open.iter().any(|b| under(n, b)))
+        })
+        .collect()
+}
+
+/// The checkpoint header.
+#[allow(clippy::too_many_arguments)]
+pub fn meta(
+    cfg: &Config,
+    data: &Data,
+    act: Activation,
+    epoch: usize,
+    steps: u64,
+    metrics: &BTreeMap<String, f64>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "format": 1,
+        "podium": env!("CARGO_PKG_VERSION"),
+        "arch": cfg.arch,
+        "task": cfg.task.name(),
+        "classes": data.classes,
+        "value_column": data.value_column,
+        "image_size": cfg.image_size,
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "activation": act.name(),
+        "epoch": epoch,
+        "steps": steps,
+        "metrics": metrics,
+    })
+}
+
+/// Trains, writing `best` and `last` checkpoints; resumes from the state
+/// in `paths.work` when an earlier run of the same configuration left one.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    cfg: &Config,
+    data: &mut Data,
+    start: Option<Start>,
+    paths: &Paths,
+    device: &Device,
+    pool: &rayon::ThreadPool,
+    cancelled: &(dyn Fn() -> bool + Sync),
+    log: &mut dyn FnMut(String),
+) -> Result<Summary, NnError> {
+    let task = cfg.task;
+    let heads = if task == Task::Regress { 1 } else { data.classes.len() };
+    let vars = VarStore::new(device, cfg.seed);
+    let model = Model::new(&cfg.arch, task, heads, vars.clone())?;
+    let act = activation(task, &cfg.loss);
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.momentum, cfg.weight_decay);
+    let mut ema: Option<BTreeMap<String, Tensor>> = None;
+    let mut st = State {
+        epochs_done: 0,
+        steps: 0,
+        schedule: cfg.schedule.clone(),
+        history: Vec::new(),
+        best_epoch: None,
+        best_value: None,
+        bad_epochs: 0,
+        stopped_early: false,
+    };
+    let mut oof = Predictions::default();
+    let mut resumed_from = None;
+    if let Some((tensors, meta)) = load_state(&paths.state(), device, log) {
+        vars.load(&checkpoint::model_tensors(&tensors))?;
+        opt.load_state(&checkpoint::section(&tensors, "optim"), meta.steps);
+        let e = checkpoint::section(&tensors, "ema");
+        ema = (!e.is_empty()).then_some(e);
+        oof = oof_from(&tensors)?;
+        resumed_from = Some(meta.epochs_done);
+        log(format!("resuming after epoch {} of {}", meta.epochs_done, cfg.epochs));
+        st = meta;
+    } else if let Some(s) = start {
+        let (loaded, skipped) = vars.load(&s.tensors)?;
+        log(format!("{}: loaded {} variables", s.what, loaded.len()));
+        for k in &skipped {
+            log(format!("  not loaded: {k}"));
+        }
+        if loaded.is_empty() {
+            return Err(NnError::Other(format!(
+                "{}: no variable matches this model (`{}`); is it the right file?",
+                s.what, cfg.arch
+            )));
+        }
+        if let Some((o, steps)) = s.optim {
+            opt.load_state(&o, steps);
+        }
+    }
+    if cfg.ema > 0.0 && ema.is_none() {
+        ema = Some(vars.snapshot()?);
+    }
+
+    let images = Images::new(
+        data.train.paths.iter().chain(&data.val.paths).cloned().collect(),
+        cfg.image_size,
+        cfg.mean,
+        cfg.std,
+    )?;
+    let n_train = data.train.len();
+    // Boxes of validation samples, normalized by their sources' sizes.
+    let val_idx: Vec<usize> = (n_train..n_train + data.val.len()).collect();
+    let mut val_sizes = Vec::with_capacity(val_idx.len());
+    for &i in &val_idx {
+        let s = images.source(i)?;
+        val_sizes.push((s.width(), s.height()));
+    }
+    let mut val_norm = data.val.boxes.clone();
+    for (b, &(w, h)) in val_norm.iter_mut().zip(&val_sizes) {
+        let (w, h) = (f64::from(w), f64::from(h));
+        *b = [(b[0] + b[2] / 2.0) / w, (b[1] + b[3] / 2.0) / h, b[2] / w, b[3] / h];
+    }
+    let val_for_metrics = Samples {
+        ids: data.val.ids.clone(),
+        paths: data.val.paths.clone(),
+        targets: data.val.targets.clone(),
+        boxes: val_norm,
+        weights: data.val.weights.clone(),
+    };
+    let has_val = !data.val.is_empty();
+    let boxes: Vec<[f64; 4]> = data.train.boxes.iter().chain(&data.val.boxes).copied().collect();
+    let all = Samples {
+        ids: Vec::new(),
+        paths: Vec::new(),
+        targets: data.train.targets.iter().chain(&data.val.targets).cloned().collect(),
+        boxes: Vec::new(),
+        weights: data.train.weights.iter().chain(&data.val.weights).copied().collect(),
+    };
+    let s = cfg.image_size as usize;
+    let bs = cfg.batch_size.max(1);
+    let batches_per_epoch = n_train.div_ceil(bs).max(1);
+
+    for epoch in st.epochs_done..cfg.epochs {
+        if st.stopped_early {
+            break;
+        }
+        let started = Instant::now();
+        let train_vars = trainable(&model, cfg, epoch);
+        let mut order: Vec<usize> = (0..n_train).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch as u64)));
+        // A last batch of one cannot be batch-normalized in training.
+        if order.len() % bs == 1 && order.len() > 1 {
+            order.pop();
+        }
+        let mut loss_sum = 0f64;
+        let mut seen = 0usize;
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut micro = 0usize;
+        let mut lr = st.schedule.lr(epoch, 0.0);
+        let aug_seed = mix(cfg.seed ^ 0xA5A5, epoch as u64);
+        let mut batch_no = 0usize;
+        let accumulate = cfg.accumulate.max(1);
+        let mut step = |grads: &mut BTreeMap<String, Tensor>, lr: f64, st: &mut State, ema: &mut Option<BTreeMap<String, Tensor>>| -> Result<(), NnError> {
+            if grads.is_empty() {
+                return Ok(());
+            }
+            if cfg.clip_grad > 0.0 {
+                clip_grad_norm(grads, cfg.clip_grad)?;
+            }
+            opt.step(&train_vars, grads, lr)?;
+            grads.clear();
+            st.steps += 1;
+            if let Some(e) = ema {
+                let d = cfg.ema;
+                for (name, entry) in vars.entries() {
+                    if let Some(v) = e.get_mut(&name) {
+                        let cur = entry.var.as_tensor().detach();
+                        *v = ((&*v * d)? + (cur * (1.0 - d))?)?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        images.for_each_batch::<NnError>(
+            &order,
+            bs,
+            Some((&cfg.aug, aug_seed)),
+            Dihedral::default(),
+            Some(&boxes),
+            pool,
+            |b| {
+                if cancelled() {
+                    return Err(NnError::Cancelled);
+                }
+                let n = b.idx.len();
+                lr = st.schedule.lr(epoch, batch_no as f64 / batches_per_epoch as f64);
+                batch_no += 1;
+                let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
+                let t = targets(task, &all, &b.idx, &b.boxes, device)?;
+                let loss = pool.install(|| -> candle_core::Result<Tensor> {
+                    let o = model.forward_t(&x, true)?;
+                    cfg.loss.compute(task, &o.logits, o.boxes.as_ref(), &t)
+                })?;
+                let lv = f64::from(loss.to_scalar::<f32>()?);
+                if !lv.is_finite() {
+                    return Err(NnError::Other(format!(
+                        "the loss became {lv} in epoch {}; lower the learning rate (lr = {lr:.3e})",
+                        epoch + 1
+                    )));
+                }
+                loss_sum += lv * n as f64;
+                seen += n;
+                let g = pool.install(|| (loss / accumulate as f64)?.backward())?;
+                for (name, e) in &train_vars {
+                    if let Some(gv) = g.get(e.var.as_tensor()) {
+                        let sum = match grads.remove(name) {
+                            Some(a) => (a + gv)?,
+                            None => gv.clone(),
+                        };
+                        grads.insert(name.clone(), sum);
+                    }
+                }
+                micro += 1;
+                if micro % accumulate == 0 {
+                    pool.install(|| step(&mut grads, lr, &mut st, &mut ema))?;
+                }
+                Ok(())
+            },
+        )?;
+        pool.install(|| step(&mut grads, lr, &mut st, &mut ema))?;
+        let train_loss = loss_sum / seen.max(1) as f64;
+
+        // Validation, with the EMA weights when there are.
+        let (val_loss, metrics, preds) = if has_val {
+            let raw = match &ema {
+                Some(e) => {
+                    let raw = vars.snapshot()?;
+                    vars.load(e)?;
+                    Some(raw)
+                }
+                None => None,
+            };
+            let p = infer(
+                &model,
+                &images,
+                &val_idx,
+                &[Dihedral::default()],
+                false,
+                act,
+                false,
+                bs,
+                device,
+                pool,
+                cancelled,
+            )?;
+            let vl = val_loss(cfg, task, &model, &images, &val_idx, &val_for_metrics, device, pool)?;
+            let metrics = val_metrics(task, cfg.threshold, &p, &val_for_metrics);
+            let r = (Some(vl), metrics, Some(p));
+            if let Some(raw) = raw {
+                vars.load(&raw)?;
+            }
+            r
+        } else {
+            (None, BTreeMap::new(), None)
+        };
+        let monitored = if cfg.monitor == "loss" {
+            val_loss
+        } else {
+            metrics.get(&cfg.monitor).copied()
+        };
+        let improved = match (monitored, st.best_value) {
+            (Some(v), Some(b)) => {
+                if lower_is_better(&cfg.monitor) {
+                    v < b
+                } else {
+                    v > b
+                }
+            }
+            (Some(_), None) => true,
+            (None, _) => !has_val,
+        };
+        st.schedule.end_epoch(monitored.map(|v| {
+            if lower_is_better(&cfg.monitor) { -v } else { v }
+        }));
+        let row = Epoch {
+            epoch: epoch + 1,
+            lr,
+            train_loss,
+            val_loss,
+            metrics: metrics.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        log(format!(
+            "epoch {}/{}  lr {:.3e}  train_loss {:.4}{}{}  ({:.1} s)",
+            epoch + 1,
+            cfg.epochs,
+            lr,
+            train_loss,
+            val_loss.map(|v| format!("  val_loss {v:.4}")).unwrap_or_default(),
+            metrics
+                .iter()
+                .map(|(k, v)| format!("  {k} {v:.4}"))
+                .collect::<String>(),
+            row.seconds
+        ));
+        st.history.push(row);
+        st.epochs_done = epoch + 1;
+        if improved {
+            st.best_epoch = Some(epoch + 1);
+            st.best_value = monitored;
+            st.bad_epochs = 0;
+            let weights = match &ema {
+                Some(e) => e.clone(),
+                None => vars.snapshot()?,
+            };
+            checkpoint::save(
+                &paths.best_work(),
+                &weights,
+                &meta(cfg, data, act, epoch + 1, st.steps, &metrics),
+            )?;
+            if let Some(p) = preds {
+                oof = p;
+            }
+        } else {
+            st.bad_epochs += 1;
+            if cfg.early_stopping > 0 && st.bad_epochs >= cfg.early_stopping {
+                log(format!(
+                    "early stop: {} epochs without a better {}",
+                    st.bad_epochs, cfg.monitor
+                ));
+                st.stopped_early = true;
+            }
+        }
+        save_state(&paths.state(), &vars, &opt, ema.as_ref(), &oof, &st)?;
+    }
+
+    // The last checkpoint goes on from here: weights, optimizer, EMA.
+    let mut last = vars.snapshot()?;
+    for (k, v) in opt.state_tensors() {
+        last.insert(format!("optim.{k}"), v);
+    }
+    if let Some(e) = &ema {
+        for (k, v) in e {
+            last.insert(format!("ema.{k}"), v.clone());
+        }
+    }
+    let last_metrics = st.history.last().map(|e| e.metrics.clone()).unwrap_or_default();
+    checkpoint::save(&paths.last, &last, &meta(cfg, data, act, st.epochs_done, st.steps, &last_metrics))?;
+    if paths.best_work() != paths.best {
+        std::fs::copy(paths.best_work(), &paths.best)
+            .map_err(|e| NnError::Data(crate::data::DataError::io(&paths.best, e)))?;
+    }
+    Ok(Summary {
+        history: st.history,
+        best_epoch: st.best_epoch,
+        resumed_from,
+        oof,
+        activation: act,
+    })
+}
+
+/// The validation loss, in evaluation mode.
+#[allow(clippy::too_many_arguments)]
+fn val_loss(
+    cfg: &Config,
+    task: Task,
+    model: &Model,
+    images: &Images,
+    idx: &[usize],
+    val: &Samples,
+    device: &Device,
+    pool: &rayon::ThreadPool,
+) -> Result<f64, NnError> {
+    let s = cfg.image_size as usize;
+    let mut sum = 0f64;
+    let mut pos = 0usize;
+    let first = idx.first().copied().unwrap_or(0);
+    images.for_each_batch::<NnError>(idx, cfg.batch_size.max(1), None, Dihedral::default(), None, pool, |b| {
+        let n = b.idx.len();
+        let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
+        let local: Vec<usize> = b.idx.iter().map(|i| i - first).collect();
+        let boxes: Vec<[f32; 4]> = local.iter().map(|&i| val.boxes[i].map(|v| v as f32)).collect();
+        let t = targets(task, val, &local, &boxes, device)?;
+        let l = pool.install(|| -> candle_core::Result<Tensor> {
+            let o = model.forward_t(&x, false)?;
+            cfg.loss.compute(task, &o.logits, o.boxes.as_ref(), &t)
+        })?;
+        sum += f64::from(l.to_scalar::<f32>()?) * n as f64;
+        pos += n;
+        Ok(())
+    })?;
+    Ok(sum / pos.max(1) as f64)
+}
+
+fn save_state(
+    path: &Path,
+    vars: &VarStore,
+    opt: &Optimizer,
+    ema: Option<&BTreeMap<String, Tensor>>,
+    oof: &Predictions,
+    st: &State,
+) -> Result<(), NnError> {
+    let mut t = vars.snapshot()?;
+    for (k, v) in opt.state_tensors() {
+        t.insert(format!("optim.{k}"), v);
+    }
+    if let Some(e) = ema {
+        for (k, v) in e {
+            t.insert(format!("ema.{k}"), v.clone());
+        }
+    }
+    let dev = Device::Cpu;
+    if !oof.probs.is_empty() {
+        let n = oof.probs.len();
+        let k = oof.probs[0].len();
+        let flat: Vec<f32> = oof.probs.iter().flatten().copied().collect();
+        t.insert("oof.probs".into(), Tensor::from_vec(flat, (n, k), &dev)?);
+        let flat: Vec<f32> = oof.boxes.iter().flatten().copied().collect();
+        t.insert("oof.boxes".into(), Tensor::from_vec(flat, (n, 4), &dev)?);
+    }
+    let meta = serde_json::to_value(st).map_err(|e| NnError::Other(e.to_string()))?;
+    checkpoint::save(path, &t, &meta)?;
+    Ok(())
+}
+
+fn load_state(
+    path: &Path,
+    device: &Device,
+    log: &mut dyn FnMut(String),
+) -> Option<(BTreeMap<String, Tensor>, State)> {
+    if !path.exists() {
+        return None;
+    }
+    match checkpoint::load(path, device) {
+        Ok((t, meta)) => match serde_json::from_value::<State>(meta) {
+            Ok(st) => Some((t, st)),
+            Err(e) => {
+                log(format!("{}: unreadable state ({e}); starting over", path.display()));
+                None
+            }
+        },
+        Err(e) => {
+            log(format!("{e}; starting over"));
+            None
+        }
+    }
+}
+
+fn oof_from(t: &BTreeMap<String, Tensor>) -> Result<Predictions, NnError> {
+    let mut p = Predictions::default();
+    if let (Some(pr), Some(bx)) = (t.get("oof.probs"), t.get("oof.boxes")) {
+        p.probs = pr.to_vec2()?;
+        p.boxes = bx
+            .to_vec2::<f32>()?
+            .into_iter()
+            .map(|r| [r[0], r[1], r[2], r[3]])
+            .collect();
+    }
+    Ok(p)
+}
