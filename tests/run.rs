@@ -538,7 +538,9 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
     let out = Command::cargo_bin("podium")
         .unwrap()
         .current_dir(root)
+        // Two epochs and three folds keep the test short; the README runs the full demo.
         .args(["run", "-f", "pipelines/demo.toml", "--format", "json"])
+        .args(["--set", "params.epochs=2", "--set", "params.folds=3"])
         .arg("--store")
         .arg(dir.path().join("cache"))
         .arg("--out-dir")
@@ -555,9 +557,9 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
     )
     .unwrap();
     let acc = metrics["accuracy"].as_f64().unwrap();
-    assert!(acc > 0.8, "3 classes, chance is 0.33: got {acc}");
+    assert!(acc > 0.6, "4 classes, chance is 0.25: got {acc}");
     let sub = std::fs::read_to_string(dir.path().join("out/submission/submission.csv")).unwrap();
-    assert_eq!(sub.lines().count(), 601);
+    assert_eq!(sub.lines().count(), 201);
 }
 
 #[test]

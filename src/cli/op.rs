@@ -166,7 +166,7 @@ pub fn op(
         cancel: podium::cancel::flag(),
         threads: threads.max(1),
         gpus: &[],
-            resume_dir: None,
+        resume_dir: None,
     };
     let result = op.run(&mut cx);
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();

@@ -165,7 +165,10 @@ impl Aug {
     /// (log-uniform), ten tries, then the centre.
     pub fn crop_region(&self, w: u32, h: u32, rng: &mut ChaCha8Rng) -> (u32, u32, u32, u32) {
         let area = f64::from(w) * f64::from(h);
-        let (lo, hi) = (self.crop_scale[0], self.crop_scale[1].max(self.crop_scale[0]));
+        let (lo, hi) = (
+            self.crop_scale[0],
+            self.crop_scale[1].max(self.crop_scale[0]),
+        );
         let (lr0, lr1) = ((3f64 / 4.0).ln(), (4f64 / 3.0).ln());
         for _ in 0..10 {
             let target = area * rng.random_range(lo..=hi);
@@ -223,7 +226,10 @@ mod tests {
     fn dihedral_names_are_the_eight_distinct_symmetries() {
         let s = 3;
         let img: Vec<f32> = (0..9).map(|v| v as f32).collect();
-        let outs: Vec<Vec<f32>> = Dihedral::all().iter().map(|d| d.apply(&img, 1, s)).collect();
+        let outs: Vec<Vec<f32>> = Dihedral::all()
+            .iter()
+            .map(|d| d.apply(&img, 1, s))
+            .collect();
         for i in 0..8 {
             for j in 0..i {
                 assert_ne!(outs[i], outs[j], "{} = {}", TTA_NAMES[i], TTA_NAMES[j]);
@@ -247,7 +253,11 @@ mod tests {
             assert_eq!(d.inverse().apply(&out, 1, s), img);
             let k = out.iter().position(|v| *v == 1.0).unwrap();
             let m = d.map_box(b);
-            assert_eq!(((m[0] * 4.0) as usize, (m[1] * 4.0) as usize), (k % 4, k / 4), "{d:?}");
+            assert_eq!(
+                ((m[0] * 4.0) as usize, (m[1] * 4.0) as usize),
+                (k % 4, k / 4),
+                "{d:?}"
+            );
             let back = d.inverse().map_box(m);
             assert!(back.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-6));
         }

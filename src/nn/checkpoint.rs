@@ -29,7 +29,8 @@ pub fn load(
     device: &Device,
 ) -> Result<(BTreeMap<String, Tensor>, serde_json::Value), DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::new(path, e.to_string()))?;
-    let bad = |e: &dyn std::fmt::Display| DataError::new(path, format!("not a safetensors file: {e}"));
+    let bad =
+        |e: &dyn std::fmt::Display| DataError::new(path, format!("not a safetensors file: {e}"));
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
     let meta = match header.metadata().as_ref().and_then(|m| m.get("podium")) {
         Some(s) => serde_json::from_str(s).map_err(|e| bad(&e))?,
@@ -66,8 +67,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.safetensors");
         let mut t = BTreeMap::new();
-        t.insert("fc.weight".to_string(), Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap());
-        t.insert("optim.fc.weight.0".to_string(), Tensor::new(&[0.5f32], &Device::Cpu).unwrap());
+        t.insert(
+            "fc.weight".to_string(),
+            Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap(),
+        );
+        t.insert(
+            "optim.fc.weight.0".to_string(),
+            Tensor::new(&[0.5f32], &Device::Cpu).unwrap(),
+        );
         let meta = serde_json::json!({"arch": "simple_cnn", "epoch": 3});
         save(&p, &t, &meta).unwrap();
         let (back, m) = load(&p, &Device::Cpu).unwrap();
@@ -84,6 +91,9 @@ mod tests {
         let p = dir.path().join("x.safetensors");
         std::fs::write(&p, b"hello").unwrap();
         let e = load(&p, &Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains("x.safetensors") && e.contains("not a safetensors file"), "{e}");
+        assert!(
+            e.contains("x.safetensors") && e.contains("not a safetensors file"),
+            "{e}"
+        );
     }
 }

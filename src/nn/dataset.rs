@@ -65,7 +65,11 @@ pub fn label_column(t: &Table, name: &str, task: Task) -> Result<usize, DataErro
     if !name.is_empty() {
         return t.col(name);
     }
-    let prefer = if task == Task::Multilabel { "Target" } else { "label" };
+    let prefer = if task == Task::Multilabel {
+        "Target"
+    } else {
+        "label"
+    };
     if let Ok(c) = t.col(prefer) {
         return Ok(c);
     }
@@ -169,7 +173,13 @@ pub fn read(
     Ok(s)
 }
 
-fn class_of(t: &Table, row: usize, col: usize, l: &str, classes: &[String]) -> Result<usize, DataError> {
+fn class_of(
+    t: &Table,
+    row: usize,
+    col: usize,
+    l: &str,
+    classes: &[String],
+) -> Result<usize, DataError> {
     let want = labels(&[l]).pop();
     classes
         .iter()
@@ -178,7 +188,10 @@ fn class_of(t: &Table, row: usize, col: usize, l: &str, classes: &[String]) -> R
             t.cell_error(
                 row,
                 col,
-                &format!("holds `{l}`, which is not one of the classes {}", classes.join(", ")),
+                &format!(
+                    "holds `{l}`, which is not one of the classes {}",
+                    classes.join(", ")
+                ),
             )
         })
 }

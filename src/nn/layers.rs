@@ -80,7 +80,12 @@ pub fn out_size(size: usize, k: usize, stride: usize, pad: usize) -> usize {
 }
 
 /// Zero padding, with room on the high side for [`strided`] views.
-fn pad_for_windows(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<(Tensor, usize, usize)> {
+fn pad_for_windows(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<(Tensor, usize, usize)> {
     let (h, w) = (x.dim(2)?, x.dim(3)?);
     let (oh, ow) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
     // The last view starts at k - 1 and takes oh * stride rows.
@@ -162,35 +167,67 @@ pub fn batch_norm(vb: &Vb, c: usize) -> Result<BatchNorm> {
 
 impl BatchNorm {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
+
+    /// `relu(bn(x))` when `relu`, fused into one pass on the CPU in training.
+    pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if train && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
+            let op = super::kernels::BnTrain::new(self.eps, relu);
+            let stats = op.stats_handle();
+            let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
+            let st = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let n = (x.elem_count() / x.dim(1)?) as f64;
+            let dev = x.device();
+            let mean = Tensor::from_vec(st.iter().map(|s| s.0).collect::<Vec<_>>(), st.len(), dev)?;
+            let var = Tensor::from_vec(st.iter().map(|s| s.1).collect::<Vec<_>>(), st.len(), dev)?;
+            self.update_running(&mean, &(var * (n / (n - 1.0).max(1.0)))?)?;
+            return Ok(y);
+        }
+        let y = self.forward_composed(x, train)?;
+        if relu { y.relu() } else { Ok(y) }
+    }
+
+    fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
+        let m = self.momentum;
+        self.running_mean
+            .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var
+            .set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased_var * m)?)?)
+    }
+
+    fn forward_composed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
-        let shape = (1, c, 1, 1);
-        let (mean, var) = if train {
-            let n = x.elem_count() / c;
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let centered = x.broadcast_sub(&mean)?;
-            let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-            let m = self.momentum;
-            let unbiased = (var.detach() * (n as f64 / (n.max(2) - 1) as f64))?.flatten_all()?;
-            self.running_mean.set(
-                &((self.running_mean.as_tensor() * (1.0 - m))?
-                    + (mean.detach().flatten_all()? * m)?)?,
-            )?;
-            self.running_var
-                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
-            (mean, var)
-        } else {
-            (
-                self.running_mean.as_tensor().reshape(shape)?,
-                self.running_var.as_tensor().reshape(shape)?,
-            )
-        };
+        if !train {
+            let shape = (1, c, 1, 1);
+            let scale = (self.running_var.as_tensor() + self.eps)?
+                .sqrt()?
+                .recip()?
+                .mul(&self.weight)?;
+            let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
+            return x
+                .broadcast_mul(&scale.reshape(shape)?)?
+                .broadcast_add(&shift.reshape(shape)?);
+        }
+        // Channels first, so that every reduction runs over a contiguous row.
+        let dims = x.dims().to_vec();
+        let xt = x.transpose(0, 1)?.contiguous()?.flatten_from(1)?;
+        let n = xt.dim(1)?;
+        let mean = xt.mean_keepdim(1)?;
+        let centered = xt.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(1)?;
+        let unbiased = (var.detach() * (n as f64 / (n.max(2) - 1) as f64))?.flatten_all()?;
+        self.update_running(&mean.detach().flatten_all()?, &unbiased)?;
         let scale = (var + self.eps)?
             .sqrt()?
             .recip()?
-            .broadcast_mul(&self.weight.reshape(shape)?)?;
-        x.broadcast_sub(&mean)?
+            .broadcast_mul(&self.weight.reshape((c, 1))?)?;
+        let y = centered
             .broadcast_mul(&scale)?
-            .broadcast_add(&self.bias.reshape(shape)?)
+            .broadcast_add(&self.bias.reshape((c, 1))?)?;
+        y.reshape((dims[1], dims[0], dims[2], dims[3]))?
+            .transpose(0, 1)?
+            .contiguous()
     }
 }
 
@@ -227,7 +264,10 @@ mod tests {
     #[test]
     fn max_pool_3x3_stride_2_matches_the_definition() {
         // 1×1×5×5, values 0..24: each output is its window's largest value.
-        let x = t(&(0..25).map(|v| v as f32).collect::<Vec<_>>(), &[1, 1, 5, 5]);
+        let x = t(
+            &(0..25).map(|v| v as f32).collect::<Vec<_>>(),
+            &[1, 1, 5, 5],
+        );
         let y = max_pool_relu(&x, 3, 2, 1).unwrap();
         assert_eq!(y.dims(), [1, 1, 3, 3]);
         let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
@@ -258,7 +298,14 @@ mod tests {
             let a = depthwise(&x, &w, stride, k / 2).unwrap();
             let b = x.conv2d(&w, k / 2, stride, 1, 3).unwrap();
             assert_eq!(a.dims(), b.dims());
-            let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let d: f32 = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert!(d < 1e-4, "k {k} stride {stride}: {d}");
         }
     }
@@ -272,9 +319,21 @@ mod tests {
         let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         // Channel 0: mean 2.5, biased var 1.25.
         assert!((v[0] - (1.0 - 2.5) / (1.25f32 + 1e-5).sqrt()).abs() < 1e-5);
-        let rm: Vec<f32> = s.get("bn.running_mean").unwrap().var.as_tensor().to_vec1().unwrap();
+        let rm: Vec<f32> = s
+            .get("bn.running_mean")
+            .unwrap()
+            .var
+            .as_tensor()
+            .to_vec1()
+            .unwrap();
         assert!((rm[0] - 0.25).abs() < 1e-6 && (rm[1] - 2.5).abs() < 1e-5);
-        let rv: Vec<f32> = s.get("bn.running_var").unwrap().var.as_tensor().to_vec1().unwrap();
+        let rv: Vec<f32> = s
+            .get("bn.running_var")
+            .unwrap()
+            .var
+            .as_tensor()
+            .to_vec1()
+            .unwrap();
         // 0.9 · 1 + 0.1 · unbiased var (5/3).
         assert!((rv[0] - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-5);
     }

@@ -27,6 +27,9 @@ pub struct Images {
     cache: Option<Vec<OnceLock<Arc<RgbImage>>>>,
 }
 
+/// One prepared image: CHW floats and its box.
+type Prepared = (Vec<f32>, [f32; 4]);
+
 /// One prepared batch.
 pub struct Batch {
     /// Indices into the image list.
@@ -38,7 +41,12 @@ pub struct Batch {
 }
 
 impl Images {
-    pub fn new(paths: Vec<PathBuf>, size: u32, mean: [f32; 3], std: [f32; 3]) -> Result<Images, DataError> {
+    pub fn new(
+        paths: Vec<PathBuf>,
+        size: u32,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> Result<Images, DataError> {
         let mut me = Images {
             paths,
             size,
@@ -46,15 +54,15 @@ impl Images {
             std,
             cache: None,
         };
-        if let Some(first) = me.paths.first() {
+        if !me.paths.is_empty() {
             let img = me.decode(0)?;
             let bytes = u64::from(img.width()) * u64::from(img.height()) * 3;
             if bytes * me.paths.len() as u64 <= CACHE_BYTES {
-                let cache: Vec<OnceLock<Arc<RgbImage>>> = (0..me.paths.len()).map(|_| OnceLock::new()).collect();
+                let cache: Vec<OnceLock<Arc<RgbImage>>> =
+                    (0..me.paths.len()).map(|_| OnceLock::new()).collect();
                 let _ = cache[0].set(Arc::new(img));
                 me.cache = Some(cache);
             }
-            let _ = first;
         }
         Ok(me)
     }
@@ -86,7 +94,7 @@ impl Images {
         aug: Option<(&Aug, &mut ChaCha8Rng)>,
         tta: Dihedral,
         bbox: Option<[f64; 4]>,
-    ) -> Result<(Vec<f32>, [f32; 4]), DataError> {
+    ) -> Result<Prepared, DataError> {
         let src = self.source(i)?;
         let (sw, sh) = (src.width(), src.height());
         let mut region = (0, 0, sw, sh);
@@ -156,7 +164,7 @@ impl Images {
         mut consume: impl FnMut(Batch) -> Result<(), E>,
     ) -> Result<(), E> {
         let make = |pos: usize, chunk: &[usize]| -> Result<Batch, DataError> {
-            let per: Vec<Result<(Vec<f32>, [f32; 4]), DataError>> = pool.install(|| {
+            let per: Vec<Result<Prepared, DataError>> = pool.install(|| {
                 chunk
                     .par_iter()
                     .enumerate()
@@ -164,7 +172,8 @@ impl Images {
                         let bbox = boxes.map(|b| b[i]);
                         match aug {
                             Some((a, seed)) => {
-                                let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, (pos + k) as u64));
+                                let mut rng =
+                                    ChaCha8Rng::seed_from_u64(mix(seed, (pos + k) as u64));
                                 self.prepare(i, Some((a, &mut rng)), tta, bbox)
                             }
                             None => self.prepare(i, None, tta, bbox),

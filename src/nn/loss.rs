@@ -227,9 +227,17 @@ mod tests {
         let logits = t2(&[2.0, 0.5, -1.0], 1);
         let target = t2(&[1.0, 0.0, 0.0], 1);
         let w = Tensor::new(&[1f32], &Device::Cpu).unwrap();
-        let tg = Targets { classes: Some(target), values: None, weights: w };
+        let tg = Targets {
+            classes: Some(target),
+            values: None,
+            weights: w,
+        };
         let lse = (2f64.exp() + 0.5f64.exp() + (-1f64).exp()).ln();
-        let l = scalar(loss(vec![(Kind::Ce, 1.0)]).compute(Task::Classify, &logits, None, &tg).unwrap());
+        let l = scalar(
+            loss(vec![(Kind::Ce, 1.0)])
+                .compute(Task::Classify, &logits, None, &tg)
+                .unwrap(),
+        );
         assert!((f64::from(l) - (lse - 2.0)).abs() < 1e-5);
         let mut s = loss(vec![(Kind::Ce, 1.0)]);
         s.label_smoothing = 0.3;
@@ -243,18 +251,33 @@ mod tests {
     fn bce_focal_and_smooth_l1_match_their_formulas() {
         let x = t2(&[3.0, -2.0], 1);
         let t = t2(&[1.0, 1.0], 1);
-        let b: Vec<f32> = bce(&x, &t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = bce(&x, &t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let want = |x: f64| (1.0 + (-x).exp()).ln();
         assert!((f64::from(b[0]) - want(3.0)).abs() < 1e-6);
         assert!((f64::from(b[1]) - want(-2.0)).abs() < 1e-6);
-        let s: Vec<f32> = smooth_l1(&t2(&[0.5, -3.0], 1)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let s: Vec<f32> = smooth_l1(&t2(&[0.5, -3.0], 1))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(s, [0.125, 2.5]);
         let f = loss(vec![(Kind::Focal, 1.0)]);
         let w = Tensor::new(&[1f32], &Device::Cpu).unwrap();
-        let tg = Targets { classes: Some(t), values: None, weights: w };
+        let tg = Targets {
+            classes: Some(t),
+            values: None,
+            weights: w,
+        };
         let l = scalar(f.compute(Task::Multilabel, &x, None, &tg).unwrap());
         let p = |x: f64| 1.0 / (1.0 + (-x).exp());
-        let want = (want(3.0) * (1.0 - p(3.0)).powi(2) + want(-2.0) * (1.0 - p(-2.0)).powi(2)) / 2.0;
+        let want =
+            (want(3.0) * (1.0 - p(3.0)).powi(2) + want(-2.0) * (1.0 - p(-2.0)).powi(2)) / 2.0;
         assert!((f64::from(l) - want).abs() < 1e-5);
     }
 
@@ -263,8 +286,16 @@ mod tests {
         let pred = t2(&[1.0, 3.0], 2);
         let target = t2(&[0.0, 0.0], 2);
         let w = Tensor::new(&[1f32, 3.0], &Device::Cpu).unwrap();
-        let tg = Targets { classes: None, values: Some(target), weights: w };
-        let l = scalar(loss(vec![(Kind::Mse, 2.0)]).compute(Task::Regress, &pred, None, &tg).unwrap());
+        let tg = Targets {
+            classes: None,
+            values: Some(target),
+            weights: w,
+        };
+        let l = scalar(
+            loss(vec![(Kind::Mse, 2.0)])
+                .compute(Task::Regress, &pred, None, &tg)
+                .unwrap(),
+        );
         assert!((l - 2.0 * (1.0 + 27.0) / 4.0).abs() < 1e-5);
     }
 
@@ -278,8 +309,20 @@ mod tests {
             parse_terms(&v, Task::Box).unwrap(),
             [(Kind::Bce, 1.0), (Kind::SmoothL1, 5.0)]
         );
-        assert!(parse_terms(&v, Task::Classify).unwrap_err().contains("does not apply"));
-        assert!(parse_terms(&Value::Str("ce".into()), Task::Box).unwrap_err().contains("box loss"));
-        assert!(parse_terms(&Value::Str("l2".into()), Task::Regress).unwrap_err().contains("unknown loss"));
+        assert!(
+            parse_terms(&v, Task::Classify)
+                .unwrap_err()
+                .contains("does not apply")
+        );
+        assert!(
+            parse_terms(&Value::Str("ce".into()), Task::Box)
+                .unwrap_err()
+                .contains("box loss")
+        );
+        assert!(
+            parse_terms(&Value::Str("l2".into()), Task::Regress)
+                .unwrap_err()
+                .contains("unknown loss")
+        );
     }
 }

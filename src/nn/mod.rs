@@ -11,6 +11,7 @@ use candle_core::Device;
 pub mod aug;
 pub mod checkpoint;
 pub mod dataset;
+pub mod kernels;
 pub mod layers;
 pub mod loader;
 pub mod loss;
@@ -85,7 +86,11 @@ mod tests {
         assert!(device("gpu", &[]).unwrap_err().contains("unknown device"));
         if !cfg!(feature = "cuda") {
             assert!(matches!(device("auto", &[]), Ok(Device::Cpu)));
-            assert!(device("cuda:0", &[]).unwrap_err().contains("--features cuda"));
+            assert!(
+                device("cuda:0", &[])
+                    .unwrap_err()
+                    .contains("--features cuda")
+            );
         }
     }
 }

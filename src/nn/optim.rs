@@ -195,10 +195,16 @@ mod tests {
         // torch.optim.SGD(lr=0.1, momentum=0.9, weight_decay=0.5): g' = g + 0.5p.
         // step 1: g' = 2.5, buf = 2.5, p = 0.75; step 2: g' = 1.875, buf = 4.125, p = 0.3375.
         let v = run(Kind::Sgd, 0.9, 0.5, Role::Weight);
-        assert!((v[0] - 0.75).abs() < 1e-6 && (v[1] - 0.3375).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 0.75).abs() < 1e-6 && (v[1] - 0.3375).abs() < 1e-6,
+            "{v:?}"
+        );
         // No decay on a bias: g = 2, p = 0.8; buf = 1.6 + 1.8 = 3.4, p = 0.46.
         let v = run(Kind::Sgd, 0.9, 0.5, Role::NoDecay);
-        assert!((v[0] - 0.8).abs() < 1e-6 && (v[1] - 0.46).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 0.8).abs() < 1e-6 && (v[1] - 0.46).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -214,7 +220,10 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let mut g = BTreeMap::new();
-        g.insert("a".to_string(), Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap());
+        g.insert(
+            "a".to_string(),
+            Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap(),
+        );
         let n = clip_grad_norm(&mut g, 1.0).unwrap();
         assert!((n - 5.0).abs() < 1e-6);
         let v: Vec<f32> = g["a"].to_vec1().unwrap();

@@ -79,7 +79,10 @@ pub fn chart(title: &str, x_label: &str, series: &[Series], w: u32, h: u32) -> R
     let (l, r, t, b) = (70.0, 16.0, 36.0, 44.0);
     let (pw, ph) = (f64::from(w) - l - r, f64::from(h) - t - b);
     text(&mut img, l as i64, 10, title, 2, BLACK);
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|p| p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -103,21 +106,52 @@ pub fn chart(title: &str, x_label: &str, series: &[Series], w: u32, h: u32) -> R
         text(&mut img, 4, py(v) as i64 - 4, &tick(v), 1, BLACK);
         let xv = x0 + (x1 - x0) * f64::from(i) / 4.0;
         let lab = tick(xv);
-        text(&mut img, px(xv) as i64 - 4 * lab.len() as i64, (t + ph) as i64 + 6, &lab, 1, BLACK);
+        text(
+            &mut img,
+            px(xv) as i64 - 4 * lab.len() as i64,
+            (t + ph) as i64 + 6,
+            &lab,
+            1,
+            BLACK,
+        );
     }
     line(&mut img, (l, t), (l, t + ph), 1, BLACK);
     line(&mut img, (l, t + ph), (l + pw, t + ph), 1, BLACK);
-    text(&mut img, (l + pw / 2.0) as i64 - 4 * x_label.len() as i64, (t + ph) as i64 + 24, x_label, 1, BLACK);
+    text(
+        &mut img,
+        (l + pw / 2.0) as i64 - 4 * x_label.len() as i64,
+        (t + ph) as i64 + 24,
+        x_label,
+        1,
+        BLACK,
+    );
     for (k, s) in series.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.1.is_finite())
+            .collect();
         for p in pts.windows(2) {
-            line(&mut img, (px(p[0].0), py(p[0].1)), (px(p[1].0), py(p[1].1)), 2, s.color);
+            line(
+                &mut img,
+                (px(p[0].0), py(p[0].1)),
+                (px(p[1].0), py(p[1].1)),
+                2,
+                s.color,
+            );
         }
         for p in &pts {
             line(&mut img, (px(p.0), py(p.1)), (px(p.0), py(p.1)), 5, s.color);
         }
         let (lx, ly) = (l as i64 + pw as i64 - 150, t as i64 + 8 + 14 * k as i64);
-        line(&mut img, (lx as f64, ly as f64 + 4.0), (lx as f64 + 18.0, ly as f64 + 4.0), 3, s.color);
+        line(
+            &mut img,
+            (lx as f64, ly as f64 + 4.0),
+            (lx as f64 + 18.0, ly as f64 + 4.0),
+            3,
+            s.color,
+        );
         text(&mut img, lx + 24, ly, s.name, 1, BLACK);
     }
     img

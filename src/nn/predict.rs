@@ -71,7 +71,10 @@ pub fn infer(
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Predictions, NnError> {
     let n = idx.len();
-    let mut out = Predictions::default();
+    // Sums in f64, so that the mean of identical variants is exactly each.
+    let mut probs: Vec<Vec<f64>> = Vec::with_capacity(n);
+    let mut boxes: Vec<[f64; 4]> = Vec::with_capacity(n);
+    let mut feats: Vec<Vec<f64>> = Vec::new();
     let s = images.size as usize;
     for (k, &d) in tta.iter().enumerate() {
         let mut row = 0;
@@ -94,29 +97,32 @@ pub fn infer(
             };
             for j in 0..m {
                 let r = row + j;
-                let b = bx.as_ref().map(|v| {
-                    d.inverse()
-                        .map_box([v[j][0], v[j][1], v[j][2], v[j][3]])
-                });
+                let b = bx
+                    .as_ref()
+                    .map(|v| {
+                        d.inverse()
+                            .map_box([v[j][0], v[j][1], v[j][2], v[j][3]])
+                            .map(f64::from)
+                    })
+                    .unwrap_or_default();
+                let pj = p[j].iter().map(|&v| f64::from(v));
                 if k == 0 {
-                    out.probs.push(p[j].clone());
-                    out.boxes.push(b.unwrap_or_default());
+                    probs.push(pj.collect());
+                    boxes.push(b);
                     if let Some(f) = &f {
-                        out.features.push(f[j].clone());
+                        feats.push(f[j].iter().map(|&v| f64::from(v)).collect());
                     }
-                } else {
-                    for (a, v) in out.probs[r].iter_mut().zip(&p[j]) {
-                        *a = if max { a.max(*v) } else { *a + v };
-                    }
-                    if let Some(b) = b {
-                        for (a, v) in out.boxes[r].iter_mut().zip(b) {
-                            *a += v;
-                        }
-                    }
-                    if let Some(f) = &f {
-                        for (a, v) in out.features[r].iter_mut().zip(&f[j]) {
-                            *a += v;
-                        }
+                    continue;
+                }
+                for (a, v) in probs[r].iter_mut().zip(pj) {
+                    *a = if max { a.max(v) } else { *a + v };
+                }
+                for (a, v) in boxes[r].iter_mut().zip(b) {
+                    *a += v;
+                }
+                if let Some(f) = &f {
+                    for (a, v) in feats[r].iter_mut().zip(&f[j]) {
+                        *a += f64::from(*v);
                     }
                 }
             }
@@ -124,17 +130,23 @@ pub fn infer(
             Ok(())
         })?;
     }
-    let t = tta.len().max(1) as f32;
-    for r in 0..n {
-        if !max {
-            out.probs[r].iter_mut().for_each(|v| *v /= t);
-        }
-        out.boxes[r].iter_mut().for_each(|v| *v /= t);
-        if let Some(f) = out.features.get_mut(r) {
-            f.iter_mut().for_each(|v| *v /= t);
-        }
-    }
-    Ok(out)
+    let t = tta.len().max(1) as f64;
+    let div = |v: f64| (v / t) as f32;
+    Ok(Predictions {
+        probs: probs
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|v| if max { v as f32 } else { div(v) })
+                    .collect()
+            })
+            .collect(),
+        boxes: boxes.into_iter().map(|b| b.map(div)).collect(),
+        features: feats
+            .into_iter()
+            .map(|r| r.into_iter().map(div).collect())
+            .collect(),
+    })
 }
 
 /// The prediction table: class probabilities (classify, multilabel), the

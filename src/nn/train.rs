@@ -170,13 +170,26 @@ pub fn default_monitor(task: Task) -> &'static str {
 }
 
 /// Scores validation predictions against the samples' targets.
-pub fn val_metrics(task: Task, threshold: f64, p: &Predictions, val: &Samples) -> BTreeMap<String, f64> {
+pub fn val_metrics(
+    task: Task,
+    threshold: f64,
+    p: &Predictions,
+    val: &Samples,
+) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, k| if v[k] > v[b] { k } else { b });
     match task {
         Task::Classify | Task::Box => {
-            let truth: Vec<Label> = val.targets.iter().map(|t| Label::Num(argmax(t) as f64)).collect();
-            let pred: Vec<Label> = p.probs.iter().map(|t| Label::Num(argmax(t) as f64)).collect();
+            let truth: Vec<Label> = val
+                .targets
+                .iter()
+                .map(|t| Label::Num(argmax(t) as f64))
+                .collect();
+            let pred: Vec<Label> = p
+                .probs
+                .iter()
+                .map(|t| Label::Num(argmax(t) as f64))
+                .collect();
             out.insert("accuracy".into(), m::accuracy(&truth, &pred));
             if task == Task::Classify {
                 out.insert("f1_macro".into(), m::f1_macro(&truth, &pred));
@@ -217,7 +230,11 @@ pub fn val_metrics(task: Task, threshold: f64, p: &Predictions, val: &Samples) -
             out.insert("accuracy".into(), m::accuracy_sets(&truth, &pred));
         }
         Task::Regress => {
-            let truth: Vec<f64> = val.targets.iter().map(|t| f64::from(t[0]).round()).collect();
+            let truth: Vec<f64> = val
+                .targets
+                .iter()
+                .map(|t| f64::from(t[0]).round())
+                .collect();
             let (lo, hi) = truth
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
@@ -240,12 +257,25 @@ fn xywh(b: &[f32; 4]) -> [f64; 4] {
 }
 
 /// Sample weights and targets of a batch as tensors.
-fn targets(task: Task, s: &Samples, idx: &[usize], boxes: &[[f32; 4]], dev: &Device) -> candle_core::Result<Targets> {
+fn targets(
+    task: Task,
+    s: &Samples,
+    idx: &[usize],
+    boxes: &[[f32; 4]],
+    dev: &Device,
+) -> candle_core::Result<Targets> {
     let n = idx.len();
     let k = s.targets[idx[0]].len();
-    let flat: Vec<f32> = idx.iter().flat_map(|&i| s.targets[i].iter().copied()).collect();
+    let flat: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| s.targets[i].iter().copied())
+        .collect();
     let t = Tensor::from_vec(flat, (n, k), dev)?;
-    let weights = Tensor::from_vec(idx.iter().map(|&i| s.weights[i]).collect::<Vec<f32>>(), n, dev)?;
+    let weights = Tensor::from_vec(
+        idx.iter().map(|&i| s.weights[i]).collect::<Vec<f32>>(),
+        n,
+        dev,
+    )?;
     Ok(match task {
         Task::Regress => Targets {
             classes: None,
@@ -279,7 +309,11 @@ fn trainable(model: &Model, cfg: &Config, epoch: usize) -> Vec<(String, super::v
         blocks.into_iter().flatten().collect()
     } else {
         let k = (cfg.trainable_blocks as usize).min(blocks.len());
-        blocks[blocks.len() - k..].iter().flatten().cloned().collect()
+        blocks[blocks.len() - k..]
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     };
     model
         .vars
@@ -333,7 +367,11 @@ pub fn fit(
     log: &mut dyn FnMut(String),
 ) -> Result<Summary, NnError> {
     let task = cfg.task;
-    let heads = if task == Task::Regress { 1 } else { data.classes.len() };
+    let heads = if task == Task::Regress {
+        1
+    } else {
+        data.classes.len()
+    };
     let vars = VarStore::new(device, cfg.seed);
     let model = Model::new(&cfg.arch, task, heads, vars.clone())?;
     let act = activation(task, &cfg.loss);
@@ -358,7 +396,10 @@ pub fn fit(
         ema = (!e.is_empty()).then_some(e);
         oof = oof_from(&tensors)?;
         resumed_from = Some(meta.epochs_done);
-        log(format!("resuming after epoch {} of {}", meta.epochs_done, cfg.epochs));
+        log(format!(
+            "resuming after epoch {} of {}",
+            meta.epochs_done, cfg.epochs
+        ));
         st = meta;
     } else if let Some(s) = start {
         let (loaded, skipped) = vars.load(&s.tensors)?;
@@ -381,7 +422,12 @@ pub fn fit(
     }
 
     let images = Images::new(
-        data.train.paths.iter().chain(&data.val.paths).cloned().collect(),
+        data.train
+            .paths
+            .iter()
+            .chain(&data.val.paths)
+            .cloned()
+            .collect(),
         cfg.image_size,
         cfg.mean,
         cfg.std,
@@ -397,7 +443,12 @@ pub fn fit(
     let mut val_norm = data.val.boxes.clone();
     for (b, &(w, h)) in val_norm.iter_mut().zip(&val_sizes) {
         let (w, h) = (f64::from(w), f64::from(h));
-        *b = [(b[0] + b[2] / 2.0) / w, (b[1] + b[3] / 2.0) / h, b[2] / w, b[3] / h];
+        *b = [
+            (b[0] + b[2] / 2.0) / w,
+            (b[1] + b[3] / 2.0) / h,
+            b[2] / w,
+            b[3] / h,
+        ];
     }
     let val_for_metrics = Samples {
         ids: data.val.ids.clone(),
@@ -407,13 +458,31 @@ pub fn fit(
         weights: data.val.weights.clone(),
     };
     let has_val = !data.val.is_empty();
-    let boxes: Vec<[f64; 4]> = data.train.boxes.iter().chain(&data.val.boxes).copied().collect();
+    let boxes: Vec<[f64; 4]> = data
+        .train
+        .boxes
+        .iter()
+        .chain(&data.val.boxes)
+        .copied()
+        .collect();
     let all = Samples {
         ids: Vec::new(),
         paths: Vec::new(),
-        targets: data.train.targets.iter().chain(&data.val.targets).cloned().collect(),
+        targets: data
+            .train
+            .targets
+            .iter()
+            .chain(&data.val.targets)
+            .cloned()
+            .collect(),
         boxes: Vec::new(),
-        weights: data.train.weights.iter().chain(&data.val.weights).copied().collect(),
+        weights: data
+            .train
+            .weights
+            .iter()
+            .chain(&data.val.weights)
+            .copied()
+            .collect(),
     };
     let s = cfg.image_size as usize;
     let bs = cfg.batch_size.max(1);
@@ -439,7 +508,11 @@ pub fn fit(
         let aug_seed = mix(cfg.seed ^ 0xA5A5, epoch as u64);
         let mut batch_no = 0usize;
         let accumulate = cfg.accumulate.max(1);
-        let mut step = |grads: &mut BTreeMap<String, Tensor>, lr: f64, st: &mut State, ema: &mut Option<BTreeMap<String, Tensor>>| -> Result<(), NnError> {
+        let mut step = |grads: &mut BTreeMap<String, Tensor>,
+                        lr: f64,
+                        st: &mut State,
+                        ema: &mut Option<BTreeMap<String, Tensor>>|
+         -> Result<(), NnError> {
             if grads.is_empty() {
                 return Ok(());
             }
@@ -472,7 +545,9 @@ pub fn fit(
                     return Err(NnError::Cancelled);
                 }
                 let n = b.idx.len();
-                lr = st.schedule.lr(epoch, batch_no as f64 / batches_per_epoch as f64);
+                lr = st
+                    .schedule
+                    .lr(epoch, batch_no as f64 / batches_per_epoch as f64);
                 batch_no += 1;
                 let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
                 let t = targets(task, &all, &b.idx, &b.boxes, device)?;
@@ -500,7 +575,7 @@ pub fn fit(
                     }
                 }
                 micro += 1;
-                if micro % accumulate == 0 {
+                if micro.is_multiple_of(accumulate) {
                     pool.install(|| step(&mut grads, lr, &mut st, &mut ema))?;
                 }
                 Ok(())
@@ -532,7 +607,16 @@ pub fn fit(
                 pool,
                 cancelled,
             )?;
-            let vl = val_loss(cfg, task, &model, &images, &val_idx, &val_for_metrics, device, pool)?;
+            let vl = val_loss(
+                cfg,
+                task,
+                &model,
+                &images,
+                &val_idx,
+                &val_for_metrics,
+                device,
+                pool,
+            )?;
             let metrics = val_metrics(task, cfg.threshold, &p, &val_for_metrics);
             let r = (Some(vl), metrics, Some(p));
             if let Some(raw) = raw {
@@ -558,9 +642,11 @@ pub fn fit(
             (Some(_), None) => true,
             (None, _) => !has_val,
         };
-        st.schedule.end_epoch(monitored.map(|v| {
-            if lower_is_better(&cfg.monitor) { -v } else { v }
-        }));
+        st.schedule.end_epoch(monitored.map(
+            |v| {
+                if lower_is_better(&cfg.monitor) { -v } else { v }
+            },
+        ));
         let row = Epoch {
             epoch: epoch + 1,
             lr,
@@ -575,7 +661,9 @@ pub fn fit(
             cfg.epochs,
             lr,
             train_loss,
-            val_loss.map(|v| format!("  val_loss {v:.4}")).unwrap_or_default(),
+            val_loss
+                .map(|v| format!("  val_loss {v:.4}"))
+                .unwrap_or_default(),
             metrics
                 .iter()
                 .map(|(k, v)| format!("  {k} {v:.4}"))
@@ -623,8 +711,16 @@ pub fn fit(
             last.insert(format!("ema.{k}"), v.clone());
         }
     }
-    let last_metrics = st.history.last().map(|e| e.metrics.clone()).unwrap_or_default();
-    checkpoint::save(&paths.last, &last, &meta(cfg, data, act, st.epochs_done, st.steps, &last_metrics))?;
+    let last_metrics = st
+        .history
+        .last()
+        .map(|e| e.metrics.clone())
+        .unwrap_or_default();
+    checkpoint::save(
+        &paths.last,
+        &last,
+        &meta(cfg, data, act, st.epochs_done, st.steps, &last_metrics),
+    )?;
     if paths.best_work() != paths.best {
         std::fs::copy(paths.best_work(), &paths.best)
             .map_err(|e| NnError::Data(crate::data::DataError::io(&paths.best, e)))?;
@@ -654,20 +750,31 @@ fn val_loss(
     let mut sum = 0f64;
     let mut pos = 0usize;
     let first = idx.first().copied().unwrap_or(0);
-    images.for_each_batch::<NnError>(idx, cfg.batch_size.max(1), None, Dihedral::default(), None, pool, |b| {
-        let n = b.idx.len();
-        let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
-        let local: Vec<usize> = b.idx.iter().map(|i| i - first).collect();
-        let boxes: Vec<[f32; 4]> = local.iter().map(|&i| val.boxes[i].map(|v| v as f32)).collect();
-        let t = targets(task, val, &local, &boxes, device)?;
-        let l = pool.install(|| -> candle_core::Result<Tensor> {
-            let o = model.forward_t(&x, false)?;
-            cfg.loss.compute(task, &o.logits, o.boxes.as_ref(), &t)
-        })?;
-        sum += f64::from(l.to_scalar::<f32>()?) * n as f64;
-        pos += n;
-        Ok(())
-    })?;
+    images.for_each_batch::<NnError>(
+        idx,
+        cfg.batch_size.max(1),
+        None,
+        Dihedral::default(),
+        None,
+        pool,
+        |b| {
+            let n = b.idx.len();
+            let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
+            let local: Vec<usize> = b.idx.iter().map(|i| i - first).collect();
+            let boxes: Vec<[f32; 4]> = local
+                .iter()
+                .map(|&i| val.boxes[i].map(|v| v as f32))
+                .collect();
+            let t = targets(task, val, &local, &boxes, device)?;
+            let l = pool.install(|| -> candle_core::Result<Tensor> {
+                let o = model.forward_t(&x, false)?;
+                cfg.loss.compute(task, &o.logits, o.boxes.as_ref(), &t)
+            })?;
+            sum += f64::from(l.to_scalar::<f32>()?) * n as f64;
+            pos += n;
+            Ok(())
+        },
+    )?;
     Ok(sum / pos.max(1) as f64)
 }
 
@@ -714,7 +821,10 @@ fn load_state(
         Ok((t, meta)) => match serde_json::from_value::<State>(meta) {
             Ok(st) => Some((t, st)),
             Err(e) => {
-                log(format!("{}: unreadable state ({e}); starting over", path.display()));
+                log(format!(
+                    "{}: unreadable state ({e}); starting over",
+                    path.display()
+                ));
                 None
             }
         },

@@ -14,9 +14,13 @@ use rand_chacha::ChaCha8Rng;
 pub enum Init {
     /// PyTorch's default for conv and linear layers: uniform in ±1/√fan_in
     /// (kaiming uniform with a = √5 gives the same bound for weights).
-    Uniform { fan_in: usize },
+    Uniform {
+        fan_in: usize,
+    },
     /// Kaiming normal, fan-out, for ReLU (torchvision's ResNet convs).
-    KaimingOut { fan_out: usize },
+    KaimingOut {
+        fan_out: usize,
+    },
     Const(f64),
 }
 
@@ -121,9 +125,7 @@ impl VarStore {
             Init::Const(c) => vec![c as f32; n],
             Init::Uniform { fan_in } => {
                 let b = 1.0 / (fan_in.max(1) as f64).sqrt();
-                (0..n)
-                    .map(|_| rng.random_range(-b..b) as f32)
-                    .collect()
+                (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
             }
             Init::KaimingOut { fan_out } => {
                 let std = (2.0 / fan_out.max(1) as f64).sqrt();
@@ -184,7 +186,13 @@ impl Vb {
     }
 
     /// The variable `name` under this prefix, created on first use.
-    pub fn var(&self, name: &str, shape: impl Into<Shape>, init: Init, role: Role) -> Result<Tensor> {
+    pub fn var(
+        &self,
+        name: &str,
+        shape: impl Into<Shape>,
+        init: Init,
+        role: Role,
+    ) -> Result<Tensor> {
         self.store
             .create(self.pp(name).prefix, shape.into(), init, role)
     }
@@ -204,11 +212,26 @@ mod tests {
         let b = VarStore::new(&Device::Cpu, 7);
         let c = VarStore::new(&Device::Cpu, 8);
         let init = Init::Uniform { fan_in: 9 };
-        let ta = a.root().pp("x").var("weight", (4, 9), init, Role::Weight).unwrap();
+        let ta = a
+            .root()
+            .pp("x")
+            .var("weight", (4, 9), init, Role::Weight)
+            .unwrap();
         // A different creation order gives the same values.
-        b.root().pp("y").var("weight", (4, 9), init, Role::Weight).unwrap();
-        let tb = b.root().pp("x").var("weight", (4, 9), init, Role::Weight).unwrap();
-        let tc = c.root().pp("x").var("weight", (4, 9), init, Role::Weight).unwrap();
+        b.root()
+            .pp("y")
+            .var("weight", (4, 9), init, Role::Weight)
+            .unwrap();
+        let tb = b
+            .root()
+            .pp("x")
+            .var("weight", (4, 9), init, Role::Weight)
+            .unwrap();
+        let tc = c
+            .root()
+            .pp("x")
+            .var("weight", (4, 9), init, Role::Weight)
+            .unwrap();
         let va: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
         let vb: Vec<f32> = tb.flatten_all().unwrap().to_vec1().unwrap();
         let vc: Vec<f32> = tc.flatten_all().unwrap().to_vec1().unwrap();
@@ -220,9 +243,14 @@ mod tests {
     #[test]
     fn load_reports_what_did_not_fit() {
         let s = VarStore::new(&Device::Cpu, 0);
-        s.root().var("a", 3, Init::Const(0.0), Role::Weight).unwrap();
+        s.root()
+            .var("a", 3, Init::Const(0.0), Role::Weight)
+            .unwrap();
         let mut m = BTreeMap::new();
-        m.insert("a".to_string(), Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap());
+        m.insert(
+            "a".to_string(),
+            Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap(),
+        );
         m.insert("b".to_string(), Tensor::new(&[1f32], &Device::Cpu).unwrap());
         let (loaded, skipped) = s.load(&m).unwrap();
         assert_eq!(loaded, ["a"]);

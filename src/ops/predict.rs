@@ -87,7 +87,10 @@ fn variants(names: &[String]) -> Result<Vec<Dihedral>, String> {
         .iter()
         .map(|n| {
             Dihedral::parse(n).ok_or_else(|| {
-                format!("unknown TTA variant `{n}`; use {} or \"all\"", TTA_NAMES.join(", "))
+                format!(
+                    "unknown TTA variant `{n}`; use {} or \"all\"",
+                    TTA_NAMES.join(", ")
+                )
             })
         })
         .collect()
@@ -126,19 +129,29 @@ impl Op for Predict {
         let mut errs = Vec::new();
         let names: Vec<String> = match p.get("tta") {
             Some(Value::Str(s)) => vec![s.clone()],
-            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::List(l)) => l
+                .iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
             _ => Vec::new(),
         };
         if let Err(e) = variants(&names) {
             errs.push(ParamError::new("tta", e));
         }
-        if p.get("batch_size").and_then(Value::as_int).is_some_and(|v| v < 1) {
+        if p.get("batch_size")
+            .and_then(Value::as_int)
+            .is_some_and(|v| v < 1)
+        {
             errs.push(ParamError::new("batch_size", "must be at least 1"));
         }
         if let Some(d) = p.get("device").and_then(Value::as_str)
             && !crate::nn::valid_device(d)
         {
-            errs.push(ParamError::new("device", format!("use {}", crate::nn::DEVICES)));
+            errs.push(ParamError::new(
+                "device",
+                format!("use {}", crate::nn::DEVICES),
+            ));
         }
         errs
     }
@@ -148,7 +161,10 @@ impl Op for Predict {
         let device = crate::nn::device(cx.str("device"), cx.gpus).map_err(OpError::Failed)?;
         let (tensors, meta) = checkpoint::load(&ckpt, &device)?;
         let bad = |what: &str| DataError::new(&ckpt, format!("not a podium checkpoint: {what}"));
-        let task = meta["task"].as_str().and_then(Task::parse).ok_or_else(|| bad("no task"))?;
+        let task = meta["task"]
+            .as_str()
+            .and_then(Task::parse)
+            .ok_or_else(|| bad("no task"))?;
         let arch = meta["arch"].as_str().ok_or_else(|| bad("no arch"))?;
         let classes: Vec<String> = meta["classes"]
             .as_array()
@@ -157,26 +173,39 @@ impl Op for Predict {
             .filter_map(|c| c.as_str().map(String::from))
             .collect();
         let value_column = meta["value_column"].as_str().unwrap_or("value").to_string();
-        let size = meta["image_size"].as_u64().ok_or_else(|| bad("no image_size"))? as u32;
+        let size = meta["image_size"]
+            .as_u64()
+            .ok_or_else(|| bad("no image_size"))? as u32;
         let three = |k: &str| -> Result<[f32; 3], DataError> {
             let v: Vec<f32> = meta[k]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_f64().map(|f| f as f32))
+                        .collect()
+                })
                 .unwrap_or_default();
             <[f32; 3]>::try_from(v).map_err(|_| bad(&format!("no {k}")))
         };
         let (mean, std) = (three("mean")?, three("std")?);
         let act = Activation::parse(meta["activation"].as_str().unwrap_or(""));
-        let heads = if task == Task::Regress { 1 } else { classes.len() };
+        let heads = if task == Task::Regress {
+            1
+        } else {
+            classes.len()
+        };
         let vars = VarStore::new(&device, 0);
-        let model = Model::new(arch, task, heads, vars.clone()).map_err(|e| OpError::Failed(e.to_string()))?;
+        let model = Model::new(arch, task, heads, vars.clone())
+            .map_err(|e| OpError::Failed(e.to_string()))?;
         let ema = checkpoint::section(&tensors, "ema");
         let weights = if ema.is_empty() {
             checkpoint::model_tensors(&tensors)
         } else {
             ema
         };
-        let (_, skipped) = vars.load(&weights).map_err(|e| OpError::Failed(e.to_string()))?;
+        let (_, skipped) = vars
+            .load(&weights)
+            .map_err(|e| OpError::Failed(e.to_string()))?;
         let missing: Vec<String> = vars
             .entries()
             .into_iter()
@@ -195,7 +224,9 @@ impl Op for Predict {
         let dir = cx.path("images").unwrap_or_default();
         let files = images::list(&dir)?;
         if files.is_empty() {
-            return Err(DataError::new(&dir, "no PNG, JPEG or TIFF images in this directory").into());
+            return Err(
+                DataError::new(&dir, "no PNG, JPEG or TIFF images in this directory").into(),
+            );
         }
         let ids: Vec<String> = files
             .iter()
@@ -232,10 +263,13 @@ impl Op for Predict {
         let mut sizes = Vec::new();
         if task == Task::Box {
             for p in &paths {
-                sizes.push(image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?);
+                sizes.push(
+                    image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?,
+                );
             }
         }
-        table(task, &classes, &value_column, &ids, &p, &sizes).write(&cx.out_dir.join("pred.csv"))?;
+        table(task, &classes, &value_column, &ids, &p, &sizes)
+            .write(&cx.out_dir.join("pred.csv"))?;
         if cx.bool("embed") {
             embeddings_table(&ids, &p).write(&cx.out_dir.join("embeddings.csv"))?;
         }
@@ -246,7 +280,9 @@ impl Op for Predict {
         });
         write_atomic(
             &cx.out_dir.join("metrics.json"),
-            serde_json::to_vec_pretty(&metrics).expect("JSON").as_slice(),
+            serde_json::to_vec_pretty(&metrics)
+                .expect("JSON")
+                .as_slice(),
         )?;
         Ok(())
     }

@@ -37,7 +37,9 @@ use crate::nn::loss::{Loss, parse_terms};
 use crate::nn::models::{ARCHS, TASKS, Task};
 use crate::nn::predict::table;
 use crate::nn::schedule::{self, Schedule};
-use crate::nn::train::{Config, Data, Epoch, Paths, Start, default_monitor, fit, lower_is_better, metric_names};
+use crate::nn::train::{
+    Config, Data, Epoch, Paths, Start, default_monitor, fit, lower_is_better, metric_names,
+};
 use crate::nn::{NnError, checkpoint, optim, plot};
 use crate::value::Value;
 
@@ -47,56 +49,306 @@ const IMAGENET_MEAN: &str = "[0.485, 0.456, 0.406]";
 const IMAGENET_STD: &str = "[0.229, 0.224, 0.225]";
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "images", kind: ParamKind::Path, default: None, help: "Directory of training images, named by id (a `resize` or `synth` output)." },
-    ParamSpec { name: "labels", kind: ParamKind::Path, default: None, help: "Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for task box)." },
-    ParamSpec { name: "folds", kind: ParamKind::Path, default: Some("\"\""), help: "Folds table `id,fold`; needed unless `fold = \"all\"`." },
-    ParamSpec { name: "fold", kind: ParamKind::Any, default: Some("\"all\""), help: "The validation fold (train on the others), or \"all\" (train on everything, no validation)." },
-    ParamSpec { name: "task", kind: ParamKind::Enum(TASKS), default: Some("\"classify\""), help: "classify (one class per image), multilabel (label lists), regress (a number), box (one box and a class per image)." },
-    ParamSpec { name: "arch", kind: ParamKind::Enum(ARCHS), default: Some("\"simple_cnn\""), help: "simple_cnn, resnet18, resnet34, efficientnet_b0." },
-    ParamSpec { name: "label_column", kind: ParamKind::Str, default: Some("\"\""), help: "The label column; empty: `label` (`Target` for multilabel), else the first value column." },
-    ParamSpec { name: "classes", kind: ParamKind::StrList, default: Some("[]"), help: "Class names in head order; empty: the labels found, sorted (numerically when numbers)." },
-    ParamSpec { name: "extra", kind: ParamKind::Paths, default: Some("[]"), help: "Extra training tables (pseudo labels): hard labels, or one probability column per class (soft); a `weight` column weights rows." },
-    ParamSpec { name: "extra_images", kind: ParamKind::Path, default: Some("\"\""), help: "Directory of the extra tables' images; empty: `images`." },
-    ParamSpec { name: "extra_weight", kind: ParamKind::Float, default: Some("1.0"), help: "Weight of extra rows that have no `weight` column." },
-    ParamSpec { name: "init", kind: ParamKind::Path, default: Some("\"\""), help: "A checkpoint to start from (another stage's best or last); variables that do not fit are reported and left initialized." },
-    ParamSpec { name: "init_optimizer", kind: ParamKind::Bool, default: Some("false"), help: "Also take `init`'s optimizer state (a `last` checkpoint's), to go on training." },
-    ParamSpec { name: "pretrained", kind: ParamKind::Path, default: Some("\"\""), help: "A safetensors file with timm/PyTorch names: loads what matches, logs what did not." },
-    ParamSpec { name: "epochs", kind: ParamKind::Int, default: Some("10"), help: "Epochs to train." },
-    ParamSpec { name: "batch_size", kind: ParamKind::Int, default: Some("32"), help: "Images per batch." },
-    ParamSpec { name: "image_size", kind: ParamKind::Int, default: Some("0"), help: "Side the images are resized to; 0: the first image's width." },
-    ParamSpec { name: "optimizer", kind: ParamKind::Enum(optim::NAMES), default: Some("\"adamw\""), help: "sgd, adam or adamw (PyTorch's update rules)." },
-    ParamSpec { name: "lr", kind: ParamKind::Float, default: Some("0.001"), help: "Peak learning rate." },
-    ParamSpec { name: "momentum", kind: ParamKind::Float, default: Some("0.9"), help: "SGD momentum." },
-    ParamSpec { name: "weight_decay", kind: ParamKind::Float, default: Some("0.0001"), help: "Weight decay on weights (not biases or norms): L2 for sgd and adam, decoupled for adamw." },
-    ParamSpec { name: "schedule", kind: ParamKind::Enum(schedule::NAMES), default: Some("\"cosine\""), help: "constant, step (× gamma every step_epochs), cosine (to min_lr), plateau (× gamma after patience epochs without a better monitored metric)." },
-    ParamSpec { name: "warmup_epochs", kind: ParamKind::Float, default: Some("0.0"), help: "Linear warm-up from 0, in epochs (fractions allowed), per batch." },
-    ParamSpec { name: "min_lr", kind: ParamKind::Float, default: Some("0.0"), help: "Floor of cosine and plateau." },
-    ParamSpec { name: "step_epochs", kind: ParamKind::Int, default: Some("10"), help: "Epochs between step decays." },
-    ParamSpec { name: "gamma", kind: ParamKind::Float, default: Some("0.1"), help: "Decay factor of step and plateau." },
-    ParamSpec { name: "patience", kind: ParamKind::Int, default: Some("2"), help: "plateau: epochs without improvement before a decay." },
-    ParamSpec { name: "loss", kind: ParamKind::Any, default: Some("\"auto\""), help: "ce, bce, focal, mse, smooth_l1, or a table of weights (`{ bce = 1.0, smooth_l1 = 5.0 }`); auto: ce (classify), bce (multilabel), mse (regress), ce + smooth_l1 (box)." },
-    ParamSpec { name: "label_smoothing", kind: ParamKind::Float, default: Some("0.0"), help: "ε of ce's label smoothing." },
-    ParamSpec { name: "focal_gamma", kind: ParamKind::Float, default: Some("2.0"), help: "γ of the focal loss." },
-    ParamSpec { name: "accumulate", kind: ParamKind::Int, default: Some("1"), help: "Batches whose gradients are summed per optimizer step." },
-    ParamSpec { name: "clip_grad", kind: ParamKind::Float, default: Some("0.0"), help: "Clip the gradients' global L2 norm to this; 0: off." },
-    ParamSpec { name: "ema", kind: ParamKind::Float, default: Some("0.0"), help: "Decay of an exponential moving average of the weights (0.999 is usual), used for validation and `best`; 0: off." },
-    ParamSpec { name: "freeze_epochs", kind: ParamKind::Int, default: Some("0"), help: "Train only the head for this many epochs first." },
-    ParamSpec { name: "trainable_blocks", kind: ParamKind::Int, default: Some("-1"), help: "After the frozen epochs, train the head and only the last this-many blocks; -1: all." },
-    ParamSpec { name: "hflip", kind: ParamKind::Float, default: Some("0.0"), help: "Probability of a left-right flip." },
-    ParamSpec { name: "vflip", kind: ParamKind::Float, default: Some("0.0"), help: "Probability of an up-down flip." },
-    ParamSpec { name: "rot90", kind: ParamKind::Float, default: Some("0.0"), help: "Probability of a rotation by 90°, 180° or 270°." },
-    ParamSpec { name: "transpose", kind: ParamKind::Float, default: Some("0.0"), help: "Probability of a transpose." },
-    ParamSpec { name: "crop_scale", kind: ParamKind::FloatList, default: Some("[1.0, 1.0]"), help: "Random resized crop: the range of the crop's area fraction (aspect 3/4 to 4/3); [1.0, 1.0]: off." },
-    ParamSpec { name: "brightness", kind: ParamKind::Float, default: Some("0.0"), help: "Brightness jitter β: scale by a factor in [1 − β, 1 + β]." },
-    ParamSpec { name: "contrast", kind: ParamKind::Float, default: Some("0.0"), help: "Contrast jitter γ: blend with the grey mean by a factor in [1 − γ, 1 + γ]." },
-    ParamSpec { name: "early_stopping", kind: ParamKind::Int, default: Some("0"), help: "Stop after this many epochs without a better monitored metric; 0: off." },
-    ParamSpec { name: "monitor", kind: ParamKind::Str, default: Some("\"auto\""), help: "The validation metric that picks the best epoch, named as in `evaluate`, or `loss`; auto: accuracy, f1_macro, qwk, box_iou by task." },
-    ParamSpec { name: "threshold", kind: ParamKind::Float, default: Some("0.5"), help: "multilabel: the probability from which a label counts, for validation metrics." },
-    ParamSpec { name: "mean", kind: ParamKind::FloatList, default: Some(IMAGENET_MEAN), help: "Per-channel mean subtracted (in [0, 1] units); ImageNet's by default." },
-    ParamSpec { name: "std", kind: ParamKind::FloatList, default: Some(IMAGENET_STD), help: "Per-channel standard deviation divided by." },
-    ParamSpec { name: "stats", kind: ParamKind::Path, default: Some("\"\""), help: "A `stats` output (stats.json); when given, its mean and std replace `mean` and `std`." },
-    ParamSpec { name: "seed", kind: ParamKind::Int, default: Some("0"), help: "Seeds initialization, shuffling and augmentation: on the CPU, the same seed gives the same weights." },
-    ParamSpec { name: "device", kind: ParamKind::Str, default: Some("\"auto\""), help: "auto, cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`)." },
+    ParamSpec {
+        name: "images",
+        kind: ParamKind::Path,
+        default: None,
+        help: "Directory of training images, named by id (a `resize` or `synth` output).",
+    },
+    ParamSpec {
+        name: "labels",
+        kind: ParamKind::Path,
+        default: None,
+        help: "Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for task box).",
+    },
+    ParamSpec {
+        name: "folds",
+        kind: ParamKind::Path,
+        default: Some("\"\""),
+        help: "Folds table `id,fold`; needed unless `fold = \"all\"`.",
+    },
+    ParamSpec {
+        name: "fold",
+        kind: ParamKind::Any,
+        default: Some("\"all\""),
+        help: "The validation fold (train on the others), or \"all\" (train on everything, no validation).",
+    },
+    ParamSpec {
+        name: "task",
+        kind: ParamKind::Enum(TASKS),
+        default: Some("\"classify\""),
+        help: "classify (one class per image), multilabel (label lists), regress (a number), box (one box and a class per image).",
+    },
+    ParamSpec {
+        name: "arch",
+        kind: ParamKind::Enum(ARCHS),
+        default: Some("\"simple_cnn\""),
+        help: "simple_cnn, resnet18, resnet34, efficientnet_b0.",
+    },
+    ParamSpec {
+        name: "label_column",
+        kind: ParamKind::Str,
+        default: Some("\"\""),
+        help: "The label column; empty: `label` (`Target` for multilabel), else the first value column.",
+    },
+    ParamSpec {
+        name: "classes",
+        kind: ParamKind::StrList,
+        default: Some("[]"),
+        help: "Class names in head order; empty: the labels found, sorted (numerically when numbers).",
+    },
+    ParamSpec {
+        name: "extra",
+        kind: ParamKind::Paths,
+        default: Some("[]"),
+        help: "Extra training tables (pseudo labels): hard labels, or one probability column per class (soft); a `weight` column weights rows.",
+    },
+    ParamSpec {
+        name: "extra_images",
+        kind: ParamKind::Path,
+        default: Some("\"\""),
+        help: "Directory of the extra tables' images; empty: `images`.",
+    },
+    ParamSpec {
+        name: "extra_weight",
+        kind: ParamKind::Float,
+        default: Some("1.0"),
+        help: "Weight of extra rows that have no `weight` column.",
+    },
+    ParamSpec {
+        name: "init",
+        kind: ParamKind::Path,
+        default: Some("\"\""),
+        help: "A checkpoint to start from (another stage's best or last); variables that do not fit are reported and left initialized.",
+    },
+    ParamSpec {
+        name: "init_optimizer",
+        kind: ParamKind::Bool,
+        default: Some("false"),
+        help: "Also take `init`'s optimizer state (a `last` checkpoint's), to go on training.",
+    },
+    ParamSpec {
+        name: "pretrained",
+        kind: ParamKind::Path,
+        default: Some("\"\""),
+        help: "A safetensors file with timm/PyTorch names: loads what matches, logs what did not.",
+    },
+    ParamSpec {
+        name: "epochs",
+        kind: ParamKind::Int,
+        default: Some("10"),
+        help: "Epochs to train.",
+    },
+    ParamSpec {
+        name: "batch_size",
+        kind: ParamKind::Int,
+        default: Some("32"),
+        help: "Images per batch.",
+    },
+    ParamSpec {
+        name: "image_size",
+        kind: ParamKind::Int,
+        default: Some("0"),
+        help: "Side the images are resized to; 0: the first image's width.",
+    },
+    ParamSpec {
+        name: "optimizer",
+        kind: ParamKind::Enum(optim::NAMES),
+        default: Some("\"adamw\""),
+        help: "sgd, adam or adamw (PyTorch's update rules).",
+    },
+    ParamSpec {
+        name: "lr",
+        kind: ParamKind::Float,
+        default: Some("0.001"),
+        help: "Peak learning rate.",
+    },
+    ParamSpec {
+        name: "momentum",
+        kind: ParamKind::Float,
+        default: Some("0.9"),
+        help: "SGD momentum.",
+    },
+    ParamSpec {
+        name: "weight_decay",
+        kind: ParamKind::Float,
+        default: Some("0.0001"),
+        help: "Weight decay on weights (not biases or norms): L2 for sgd and adam, decoupled for adamw.",
+    },
+    ParamSpec {
+        name: "schedule",
+        kind: ParamKind::Enum(schedule::NAMES),
+        default: Some("\"cosine\""),
+        help: "constant, step (× gamma every step_epochs), cosine (to min_lr), plateau (× gamma after patience epochs without a better monitored metric).",
+    },
+    ParamSpec {
+        name: "warmup_epochs",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Linear warm-up from 0, in epochs (fractions allowed), per batch.",
+    },
+    ParamSpec {
+        name: "min_lr",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Floor of cosine and plateau.",
+    },
+    ParamSpec {
+        name: "step_epochs",
+        kind: ParamKind::Int,
+        default: Some("10"),
+        help: "Epochs between step decays.",
+    },
+    ParamSpec {
+        name: "gamma",
+        kind: ParamKind::Float,
+        default: Some("0.1"),
+        help: "Decay factor of step and plateau.",
+    },
+    ParamSpec {
+        name: "patience",
+        kind: ParamKind::Int,
+        default: Some("2"),
+        help: "plateau: epochs without improvement before a decay.",
+    },
+    ParamSpec {
+        name: "loss",
+        kind: ParamKind::Any,
+        default: Some("\"auto\""),
+        help: "ce, bce, focal, mse, smooth_l1, or a table of weights (`{ bce = 1.0, smooth_l1 = 5.0 }`); auto: ce (classify), bce (multilabel), mse (regress), ce + smooth_l1 (box).",
+    },
+    ParamSpec {
+        name: "label_smoothing",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "ε of ce's label smoothing.",
+    },
+    ParamSpec {
+        name: "focal_gamma",
+        kind: ParamKind::Float,
+        default: Some("2.0"),
+        help: "γ of the focal loss.",
+    },
+    ParamSpec {
+        name: "accumulate",
+        kind: ParamKind::Int,
+        default: Some("1"),
+        help: "Batches whose gradients are summed per optimizer step.",
+    },
+    ParamSpec {
+        name: "clip_grad",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Clip the gradients' global L2 norm to this; 0: off.",
+    },
+    ParamSpec {
+        name: "ema",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Decay of an exponential moving average of the weights (0.999 is usual), used for validation and `best`; 0: off.",
+    },
+    ParamSpec {
+        name: "freeze_epochs",
+        kind: ParamKind::Int,
+        default: Some("0"),
+        help: "Train only the head for this many epochs first.",
+    },
+    ParamSpec {
+        name: "trainable_blocks",
+        kind: ParamKind::Int,
+        default: Some("-1"),
+        help: "After the frozen epochs, train the head and only the last this-many blocks; -1: all.",
+    },
+    ParamSpec {
+        name: "hflip",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Probability of a left-right flip.",
+    },
+    ParamSpec {
+        name: "vflip",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Probability of an up-down flip.",
+    },
+    ParamSpec {
+        name: "rot90",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Probability of a rotation by 90°, 180° or 270°.",
+    },
+    ParamSpec {
+        name: "transpose",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Probability of a transpose.",
+    },
+    ParamSpec {
+        name: "crop_scale",
+        kind: ParamKind::FloatList,
+        default: Some("[1.0, 1.0]"),
+        help: "Random resized crop: the range of the crop's area fraction (aspect 3/4 to 4/3); [1.0, 1.0]: off.",
+    },
+    ParamSpec {
+        name: "brightness",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Brightness jitter β: scale by a factor in [1 − β, 1 + β].",
+    },
+    ParamSpec {
+        name: "contrast",
+        kind: ParamKind::Float,
+        default: Some("0.0"),
+        help: "Contrast jitter γ: blend with the grey mean by a factor in [1 − γ, 1 + γ].",
+    },
+    ParamSpec {
+        name: "early_stopping",
+        kind: ParamKind::Int,
+        default: Some("0"),
+        help: "Stop after this many epochs without a better monitored metric; 0: off.",
+    },
+    ParamSpec {
+        name: "monitor",
+        kind: ParamKind::Str,
+        default: Some("\"auto\""),
+        help: "The validation metric that picks the best epoch, named as in `evaluate`, or `loss`; auto: accuracy, f1_macro, qwk, box_iou by task.",
+    },
+    ParamSpec {
+        name: "threshold",
+        kind: ParamKind::Float,
+        default: Some("0.5"),
+        help: "multilabel: the probability from which a label counts, for validation metrics.",
+    },
+    ParamSpec {
+        name: "mean",
+        kind: ParamKind::FloatList,
+        default: Some(IMAGENET_MEAN),
+        help: "Per-channel mean subtracted (in [0, 1] units); ImageNet's by default.",
+    },
+    ParamSpec {
+        name: "std",
+        kind: ParamKind::FloatList,
+        default: Some(IMAGENET_STD),
+        help: "Per-channel standard deviation divided by.",
+    },
+    ParamSpec {
+        name: "stats",
+        kind: ParamKind::Path,
+        default: Some("\"\""),
+        help: "A `stats` output (stats.json); when given, its mean and std replace `mean` and `std`.",
+    },
+    ParamSpec {
+        name: "seed",
+        kind: ParamKind::Int,
+        default: Some("0"),
+        help: "Seeds initialization, shuffling and augmentation: on the CPU, the same seed gives the same weights.",
+    },
+    ParamSpec {
+        name: "device",
+        kind: ParamKind::Str,
+        default: Some("\"auto\""),
+        help: "auto, cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`).",
+    },
 ];
 
 impl Op for Train {
@@ -147,12 +399,18 @@ impl Op for Train {
         match p.get("fold") {
             Some(Value::Int(i)) if *i >= 0 => {
                 if !is_given(p, "folds") {
-                    errs.push(ParamError::new("folds", "a validation fold needs a folds table"));
+                    errs.push(ParamError::new(
+                        "folds",
+                        "a validation fold needs a folds table",
+                    ));
                 }
             }
             Some(Value::Str(s)) if s == "all" => {}
             Some(Value::Interp(_)) | None => {}
-            Some(_) => errs.push(ParamError::new("fold", "a fold number (0, 1, …) or \"all\"")),
+            Some(_) => errs.push(ParamError::new(
+                "fold",
+                "a fold number (0, 1, …) or \"all\"",
+            )),
         }
         if let Some(v) = p.get("loss")
             && !matches!(v, Value::Interp(_))
@@ -160,7 +418,12 @@ impl Op for Train {
         {
             errs.push(ParamError::new("loss", e));
         }
-        for (name, min) in [("epochs", 1), ("batch_size", 1), ("accumulate", 1), ("step_epochs", 1)] {
+        for (name, min) in [
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("accumulate", 1),
+            ("step_epochs", 1),
+        ] {
             if p.get(name).and_then(Value::as_int).is_some_and(|v| v < min) {
                 errs.push(ParamError::new(name, format!("must be at least {min}")));
             }
@@ -170,28 +433,44 @@ impl Op for Train {
                 errs.push(ParamError::new(name, "must not be negative"));
             }
         }
-        if p.get("lr").and_then(Value::as_f64).is_some_and(|v| !(v > 0.0)) {
+        if p.get("lr")
+            .and_then(Value::as_f64)
+            .is_some_and(|v| v.is_nan() || v <= 0.0)
+        {
             errs.push(ParamError::new("lr", "must be above 0"));
         }
         for name in ["hflip", "vflip", "rot90", "transpose"] {
-            if p.get(name).and_then(Value::as_f64).is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+            if p.get(name)
+                .and_then(Value::as_f64)
+                .is_some_and(|v| !(0.0..=1.0).contains(&v))
+            {
                 errs.push(ParamError::new(name, "a probability, in [0, 1]"));
             }
         }
-        if p.get("ema").and_then(Value::as_f64).is_some_and(|v| !(0.0..1.0).contains(&v)) {
+        if p.get("ema")
+            .and_then(Value::as_f64)
+            .is_some_and(|v| !(0.0..1.0).contains(&v))
+        {
             errs.push(ParamError::new("ema", "a decay in [0, 1); 0 turns EMA off"));
         }
         if let Some(l) = p.get("crop_scale").and_then(Value::as_list) {
             let v: Vec<f64> = l.iter().filter_map(Value::as_f64).collect();
             if v.len() != 2 || !(v[0] > 0.0 && v[0] <= v[1] && v[1] <= 1.0) {
-                errs.push(ParamError::new("crop_scale", "two area fractions [lo, hi], 0 < lo ≤ hi ≤ 1"));
+                errs.push(ParamError::new(
+                    "crop_scale",
+                    "two area fractions [lo, hi], 0 < lo ≤ hi ≤ 1",
+                ));
             }
         }
         for name in ["mean", "std"] {
             if let Some(l) = p.get(name).and_then(Value::as_list)
-                && (l.len() != 3 || (name == "std" && l.iter().any(|x| x.as_f64().is_none_or(|v| v <= 0.0))))
+                && (l.len() != 3
+                    || (name == "std" && l.iter().any(|x| x.as_f64().is_none_or(|v| v <= 0.0))))
             {
-                errs.push(ParamError::new(name, "three numbers, one per RGB channel (std above 0)"));
+                errs.push(ParamError::new(
+                    name,
+                    "three numbers, one per RGB channel (std above 0)",
+                ));
             }
         }
         if let Some(m) = p.get("monitor").and_then(Value::as_str)
@@ -211,7 +490,10 @@ impl Op for Train {
         if let Some(d) = p.get("device").and_then(Value::as_str)
             && !crate::nn::valid_device(d)
         {
-            errs.push(ParamError::new("device", format!("use {}", crate::nn::DEVICES)));
+            errs.push(ParamError::new(
+                "device",
+                format!("use {}", crate::nn::DEVICES),
+            ));
         }
         errs
     }
@@ -228,7 +510,11 @@ impl Op for Train {
             _ => dataset::class_names(&labels, label_col, task),
         };
         if task != Task::Regress && classes.len() < 2 && task != Task::Multilabel {
-            return Err(DataError::new(&labels.path, format!("only one class ({}) to learn", classes.join(", "))).into());
+            return Err(DataError::new(
+                &labels.path,
+                format!("only one class ({}) to learn", classes.join(", ")),
+            )
+            .into());
         }
         let fold: Option<i64> = cx.params.get("fold").and_then(Value::as_int);
         let val_ids: std::collections::HashSet<String> = match (fold, cx.path("folds")) {
@@ -253,11 +539,25 @@ impl Op for Train {
         let read = |t: &Table, keep: &dyn Fn(&str) -> bool, index, dir: &Path, w| {
             dataset::read(t, task, &col_name, &classes, index, dir, w, keep)
         };
-        let mut train = read(&labels, &|id| !val_ids.contains(id), &index, &images_dir, 1.0)?;
-        let val = read(&labels, &|id| val_ids.contains(id), &index, &images_dir, 1.0)?;
+        let mut train = read(
+            &labels,
+            &|id| !val_ids.contains(id),
+            &index,
+            &images_dir,
+            1.0,
+        )?;
+        let val = read(
+            &labels,
+            &|id| val_ids.contains(id),
+            &index,
+            &images_dir,
+            1.0,
+        )?;
         let extra = cx.paths("extra");
         if !extra.is_empty() {
-            let dir = cx.path("extra_images").unwrap_or_else(|| images_dir.clone());
+            let dir = cx
+                .path("extra_images")
+                .unwrap_or_else(|| images_dir.clone());
             let eindex = dataset::image_index(&dir)?;
             for p in extra {
                 let t = Table::read(&p)?;
@@ -267,7 +567,11 @@ impl Op for Train {
             }
         }
         if train.is_empty() {
-            return Err(DataError::new(&labels.path, "no training rows (every row is in the validation fold)").into());
+            return Err(DataError::new(
+                &labels.path,
+                "no training rows (every row is in the validation fold)",
+            )
+            .into());
         }
         let (mean, std) = normalization(cx)?;
         let mut image_size = cx.int("image_size") as u32;
@@ -275,8 +579,11 @@ impl Op for Train {
             let img = crate::data::images::open(&train.paths[0])?;
             image_size = img.width();
         }
-        let terms = parse_terms(cx.params.get("loss").unwrap_or(&Value::Str("auto".into())), task)
-            .map_err(OpError::Failed)?;
+        let terms = parse_terms(
+            cx.params.get("loss").unwrap_or(&Value::Str("auto".into())),
+            task,
+        )
+        .map_err(OpError::Failed)?;
         let monitor = match cx.str("monitor") {
             "auto" => default_monitor(task).to_string(),
             m => m.to_string(),
@@ -349,11 +656,18 @@ impl Op for Train {
             task.name(),
             fold.map_or("all".to_string(), |f| f.to_string()),
             data.classes.len(),
-            if task == Task::Regress { "value" } else { "classes" },
+            if task == Task::Regress {
+                "value"
+            } else {
+                "classes"
+            },
             cfg.image_size,
             device
         ));
-        let work = cx.resume_dir.map(Path::to_path_buf).unwrap_or_else(|| cx.out_dir.join(".work"));
+        let work = cx
+            .resume_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| cx.out_dir.join(".work"));
         std::fs::create_dir_all(&work).map_err(|e| OpError::io(&work, e))?;
         let paths = Paths {
             work: work.clone(),
@@ -364,9 +678,16 @@ impl Op for Train {
         let cancel = cx.cancel;
         let cancelled = || cancel.load(std::sync::atomic::Ordering::Relaxed);
         let mut lines = Vec::new();
-        let result = fit(&cfg, &mut data, start, &paths, &device, &pool, &cancelled, &mut |l| {
-            lines.push(l)
-        });
+        let result = fit(
+            &cfg,
+            &mut data,
+            start,
+            &paths,
+            &device,
+            &pool,
+            &cancelled,
+            &mut |l| lines.push(l),
+        );
         for l in lines {
             cx.log(l);
         }
@@ -379,14 +700,29 @@ impl Op for Train {
         let mut sizes = Vec::new();
         if task == Task::Box {
             for p in &data.val.paths {
-                let (w, h) = image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?;
+                let (w, h) =
+                    image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?;
                 sizes.push((w, h));
             }
         }
         let oof = if summary.oof.probs.len() == data.val.len() {
-            table(task, &data.classes, &data.value_column, &data.val.ids, &summary.oof, &sizes)
+            table(
+                task,
+                &data.classes,
+                &data.value_column,
+                &data.val.ids,
+                &summary.oof,
+                &sizes,
+            )
         } else {
-            table(task, &data.classes, &data.value_column, &[], &summary.oof, &sizes)
+            table(
+                task,
+                &data.classes,
+                &data.value_column,
+                &[],
+                &summary.oof,
+                &sizes,
+            )
         };
         oof.write(&cx.out_dir.join("oof.csv"))?;
         write_history(&cx.out_dir.join("history.csv"), &summary.history)?;
@@ -408,7 +744,8 @@ impl Op for Train {
             "train_images_per_s".into(),
             (data.train.len() * summary.history.len()) as f64 / secs.max(1e-9),
         );
-        let json = serde_json::to_vec_pretty(&metrics).map_err(|e| OpError::Failed(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&metrics).map_err(|e| OpError::Failed(e.to_string()))?;
         write_atomic(&cx.out_dir.join("metrics.json"), &json)?;
         if task == Task::Box {
             let img = examples(&data, &summary.oof, &sizes)?;
@@ -449,7 +786,10 @@ fn normalization(cx: &OpContext) -> Result<([f32; 3], [f32; 3]), OpError> {
             match l.len() {
                 1 => Ok(vec![l[0]; 3]),
                 3 => Ok(l),
-                _ => Err(DataError::new(&p, format!("`{k}` is not a list of 1 or 3 numbers"))),
+                _ => Err(DataError::new(
+                    &p,
+                    format!("`{k}` is not a list of 1 or 3 numbers"),
+                )),
             }
         };
         return Ok((three(get("mean")?), three(get("std")?)));
@@ -470,7 +810,10 @@ fn start_from(cx: &OpContext, device: &candle_core::Device) -> Result<Option<Sta
     if let Some(p) = cx.path("init") {
         let (t, meta) = checkpoint::load(&p, device)?;
         let optim = if cx.bool("init_optimizer") {
-            Some((checkpoint::section(&t, "optim"), meta["steps"].as_u64().unwrap_or(0)))
+            Some((
+                checkpoint::section(&t, "optim"),
+                meta["steps"].as_u64().unwrap_or(0),
+            ))
         } else {
             None
         };
@@ -486,7 +829,10 @@ fn start_from(cx: &OpContext, device: &candle_core::Device) -> Result<Option<Sta
 }
 
 fn write_history(path: &Path, h: &[Epoch]) -> Result<(), DataError> {
-    let names: Vec<String> = h.first().map(|e| e.metrics.keys().cloned().collect()).unwrap_or_default();
+    let names: Vec<String> = h
+        .first()
+        .map(|e| e.metrics.keys().cloned().collect())
+        .unwrap_or_default();
     let mut cols = vec!["lr", "train_loss", "val_loss"];
     cols.extend(names.iter().map(String::as_str));
     cols.push("seconds");
@@ -498,7 +844,11 @@ fn write_history(path: &Path, h: &[Epoch]) -> Result<(), DataError> {
             fmt_f64(e.train_loss),
             e.val_loss.map(fmt_f64).unwrap_or_default(),
         ];
-        row.extend(names.iter().map(|n| e.metrics.get(n).map(|v| fmt_f64(*v)).unwrap_or_default()));
+        row.extend(
+            names
+                .iter()
+                .map(|n| e.metrics.get(n).map(|v| fmt_f64(*v)).unwrap_or_default()),
+        );
         row.push(format!("{:.2}", e.seconds));
         t.push(e.epoch.to_string(), row);
     }
@@ -509,13 +859,26 @@ fn write_history(path: &Path, h: &[Epoch]) -> Result<(), DataError> {
 fn curves(h: &[Epoch], monitor: &str) -> image::RgbImage {
     use plot::{BLUE, GREEN, ORANGE, RED, Series, chart, hstack};
     let pts = |f: &dyn Fn(&Epoch) -> Option<f64>| -> Vec<(f64, f64)> {
-        h.iter().filter_map(|e| f(e).map(|v| (e.epoch as f64, v))).collect()
+        h.iter()
+            .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
+            .collect()
     };
-    let mut loss = vec![Series { name: "train", color: BLUE, points: pts(&|e| Some(e.train_loss)) }];
+    let mut loss = vec![Series {
+        name: "train",
+        color: BLUE,
+        points: pts(&|e| Some(e.train_loss)),
+    }];
     if h.iter().any(|e| e.val_loss.is_some()) {
-        loss.push(Series { name: "validation", color: ORANGE, points: pts(&|e| e.val_loss) });
+        loss.push(Series {
+            name: "validation",
+            color: ORANGE,
+            points: pts(&|e| e.val_loss),
+        });
     }
-    let names: Vec<String> = h.first().map(|e| e.metrics.keys().cloned().collect()).unwrap_or_default();
+    let names: Vec<String> = h
+        .first()
+        .map(|e| e.metrics.keys().cloned().collect())
+        .unwrap_or_default();
     let colors = [GREEN, RED, BLUE, ORANGE];
     let metrics: Vec<Series> = names
         .iter()
@@ -531,7 +894,11 @@ fn curves(h: &[Epoch], monitor: &str) -> image::RgbImage {
     } else {
         format!("validation ({monitor} picks the best)")
     };
-    let lr = [Series { name: "lr", color: BLUE, points: pts(&|e| Some(e.lr)) }];
+    let lr = [Series {
+        name: "lr",
+        color: BLUE,
+        points: pts(&|e| Some(e.lr)),
+    }];
     hstack(&[
         chart("loss", "epoch", &loss, 440, 320),
         chart(&title, "epoch", &metrics, 440, 320),
@@ -541,7 +908,11 @@ fn curves(h: &[Epoch], monitor: &str) -> image::RgbImage {
 
 /// The three best and three worst validation images by IoU, truth in
 /// green, prediction in red.
-fn examples(data: &Data, p: &crate::nn::predict::Predictions, sizes: &[(u32, u32)]) -> Result<image::RgbImage, OpError> {
+fn examples(
+    data: &Data,
+    p: &crate::nn::predict::Predictions,
+    sizes: &[(u32, u32)],
+) -> Result<image::RgbImage, OpError> {
     use plot::{GREEN, RED, rect, text};
     const SIDE: u32 = 192;
     let n = data.val.len().min(p.boxes.len());
@@ -550,29 +921,83 @@ fn examples(data: &Data, p: &crate::nn::predict::Predictions, sizes: &[(u32, u32
             let (w, h) = (f64::from(sizes[i].0), f64::from(sizes[i].1));
             let [cx, cy, bw, bh] = p.boxes[i].map(f64::from);
             let pred = [(cx - bw / 2.0) * w, (cy - bh / 2.0) * h, bw * w, bh * h];
-            (crate::metrics::classify::box_iou(pred, data.val.boxes[i]), i)
+            (
+                crate::metrics::classify::box_iou(pred, data.val.boxes[i]),
+                i,
+            )
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut picks: Vec<(f64, usize, &str)> = scored.iter().take(3).map(|&(s, i)| (s, i, "best")).collect();
-    picks.extend(scored.iter().rev().take(3.min(n.saturating_sub(3))).map(|&(s, i)| (s, i, "worst")));
+    let mut picks: Vec<(f64, usize, &str)> = scored
+        .iter()
+        .take(3)
+        .map(|&(s, i)| (s, i, "best"))
+        .collect();
+    picks.extend(
+        scored
+            .iter()
+            .rev()
+            .take(3.min(n.saturating_sub(3)))
+            .map(|&(s, i)| (s, i, "worst")),
+    );
     let mut tiles = Vec::new();
     for (iou, i, kind) in picks {
         let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
-        let mut tile = image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
-        let (sx, sy) = (f64::from(SIDE) / f64::from(sizes[i].0), f64::from(SIDE) / f64::from(sizes[i].1));
+        let mut tile =
+            image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
+        let (sx, sy) = (
+            f64::from(SIDE) / f64::from(sizes[i].0),
+            f64::from(SIDE) / f64::from(sizes[i].1),
+        );
         let [x, y, w, h] = data.val.boxes[i];
-        rect(&mut tile, x * sx, y * sy, (x + w) * sx, (y + h) * sy, 2, GREEN);
+        rect(
+            &mut tile,
+            x * sx,
+            y * sy,
+            (x + w) * sx,
+            (y + h) * sy,
+            2,
+            GREEN,
+        );
         let [cx, cy, bw, bh] = p.boxes[i].map(f64::from);
         let s = f64::from(SIDE);
-        rect(&mut tile, (cx - bw / 2.0) * s, (cy - bh / 2.0) * s, (cx + bw / 2.0) * s, (cy + bh / 2.0) * s, 2, RED);
-        text(&mut tile, 4, 4, &format!("{kind} IoU {iou:.2}"), 1, image::Rgb([255, 255, 0]));
-        text(&mut tile, 4, SIDE as i64 - 12, &data.val.ids[i], 1, image::Rgb([255, 255, 0]));
+        rect(
+            &mut tile,
+            (cx - bw / 2.0) * s,
+            (cy - bh / 2.0) * s,
+            (cx + bw / 2.0) * s,
+            (cy + bh / 2.0) * s,
+            2,
+            RED,
+        );
+        text(
+            &mut tile,
+            4,
+            4,
+            &format!("{kind} IoU {iou:.2}"),
+            1,
+            image::Rgb([255, 255, 0]),
+        );
+        text(
+            &mut tile,
+            4,
+            SIDE as i64 - 12,
+            &data.val.ids[i],
+            1,
+            image::Rgb([255, 255, 0]),
+        );
         tiles.push(tile);
     }
     if tiles.is_empty() {
         let mut t = image::RgbImage::from_pixel(SIDE * 2, 40, image::Rgb([255, 255, 255]));
-        text(&mut t, 4, 16, "no validation images", 1, image::Rgb([0, 0, 0]));
+        text(
+            &mut t,
+            4,
+            16,
+            "no validation images",
+            1,
+            image::Rgb([0, 0, 0]),
+        );
         tiles.push(t);
     }
     Ok(plot::hstack(&tiles))

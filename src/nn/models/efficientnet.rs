@@ -52,7 +52,14 @@ struct Block {
 }
 
 impl Block {
-    fn new(vb: &Vb, cin: usize, cout: usize, k: usize, stride: usize, expand: usize) -> Result<Block> {
+    fn new(
+        vb: &Vb,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        expand: usize,
+    ) -> Result<Block> {
         let mid = cin * expand;
         let rd = ((cin as f64) * 0.25).round().max(1.0) as usize;
         let skip = stride == 1 && cin == cout;
@@ -123,7 +130,14 @@ impl EfficientNet {
             let mut blocks = Vec::new();
             for j in 0..n {
                 let stride = if j == 0 { s } else { 1 };
-                blocks.push(Block::new(&vb.pp("blocks").pp(i).pp(j), cin, cout, k, stride, e)?);
+                blocks.push(Block::new(
+                    &vb.pp("blocks").pp(i).pp(j),
+                    cin,
+                    cout,
+                    k,
+                    stride,
+                    e,
+                )?);
                 cin = cout;
             }
             stages.push(blocks);

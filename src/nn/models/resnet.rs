@@ -43,7 +43,7 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = self.bn1.forward_act(&self.conv1.forward(x)?, train, true)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
         let short = match &self.downsample {
             Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
@@ -82,7 +82,7 @@ impl ResNet {
 
 impl Backbone for ResNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let x = self.bn1.forward_act(&self.conv1.forward(x)?, train, true)?;
         let mut x = max_pool_relu(&x, 3, 2, 1)?;
         for l in &self.layers {
             for b in l {

@@ -28,7 +28,10 @@ impl SimpleCnn {
         let mut blocks = Vec::new();
         for (i, &c) in WIDTHS.iter().enumerate() {
             let b = vb.pp("blocks").pp(i);
-            blocks.push((conv(&b.pp("conv"), cin, c, 3, 1, 1, false)?, batch_norm(&b.pp("bn"), c)?));
+            blocks.push((
+                conv(&b.pp("conv"), cin, c, 3, 1, 1, false)?,
+                batch_norm(&b.pp("bn"), c)?,
+            ));
             cin = c;
         }
         Ok(SimpleCnn { blocks })
@@ -39,7 +42,7 @@ impl Backbone for SimpleCnn {
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for (c, bn) in &self.blocks {
-            x = bn.forward_t(&c.forward(&x)?, train)?.relu()?;
+            x = bn.forward_act(&c.forward(&x)?, train, true)?;
             if x.dim(2)? >= 2 && x.dim(3)? >= 2 {
                 x = x.max_pool2d(2)?;
             }

@@ -1,0 +1,479 @@
+//! `train` and `predict` end to end, through the CLI: real learning on a
+//! separable synthetic set, checkpoints that reproduce the out-of-fold
+//! predictions, TTA on symmetric images, resuming a killed training, and
+//! clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+
+fn podium(dir: &Path, args: &[&str]) -> Output {
+    Command::cargo_bin("podium")
+        .unwrap()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = podium(dir, args);
+    assert!(
+        out.status.success(),
+        "podium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A synthetic data set with 5 folds in `dir`.
+fn data(dir: &Path, task: &str, n: usize, classes: usize) {
+    ok(
+        dir,
+        &[
+            "op",
+            "synth",
+            "--set",
+            &format!("task={task}"),
+            "--set",
+            &format!("n_train={n}"),
+            "--set",
+            "n_test=40",
+            "--set",
+            "size=24",
+            "--set",
+            &format!("classes={classes}"),
+            "--set",
+            "noise=0.05",
+            "-o",
+            "data",
+        ],
+    );
+    ok(
+        dir,
+        &[
+            "op",
+            "folds",
+            "--set",
+            "k=5",
+            "data/train.csv",
+            "-o",
+            "folds.csv",
+        ],
+    );
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn table(p: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn a_small_cnn_learns_a_separable_set_and_its_checkpoint_reproduces_the_oof() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 300, 3);
+    ok(
+        d,
+        &[
+            "op",
+            "train",
+            "--set",
+            "fold=0",
+            "--set",
+            "epochs=6",
+            "--set",
+            "lr=0.003",
+            "--set",
+            "batch_size=16",
+            "data/train_images",
+            "data/train.csv",
+            "folds.csv",
+            "-o",
+            "tr",
+        ],
+    );
+    let m = read_json(&d.join("tr/metrics.json"));
+    let acc = m["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.95, "validation accuracy {acc}: {m}");
+    for f in [
+        "best.safetensors",
+        "last.safetensors",
+        "curves.png",
+        "history.csv",
+    ] {
+        assert!(d.join("tr").join(f).is_file(), "{f}");
+    }
+    let hist = table(&d.join("tr/history.csv"));
+    assert_eq!(hist.len(), 7, "a header and six epochs");
+    let img = image::open(d.join("tr/curves.png")).unwrap();
+    assert!(img.width() > 1000 && img.height() > 200);
+
+    // The best checkpoint predicts the validation fold as `oof.csv` says.
+    ok(
+        d,
+        &[
+            "op",
+            "predict",
+            "tr/best.safetensors",
+            "data/train_images",
+            "-o",
+            "pred",
+        ],
+    );
+    let oof = table(&d.join("tr/oof.csv"));
+    let pred = table(&d.join("pred/pred.csv"));
+    assert_eq!(oof[0], ["id", "0", "1", "2"]);
+    assert_eq!(pred[0], oof[0]);
+    assert_eq!(pred.len(), 301);
+    let by_id: std::collections::HashMap<&str, &Vec<String>> =
+        pred.iter().map(|r| (r[0].as_str(), r)).collect();
+    assert_eq!(oof.len(), 61, "fold 0 holds a fifth of 300");
+    for row in &oof[1..] {
+        let p = by_id[row[0].as_str()];
+        for k in 1..4 {
+            let (a, b): (f64, f64) = (row[k].parse().unwrap(), p[k].parse().unwrap());
+            assert!((a - b).abs() < 1e-5, "{}: {a} vs {b}", row[0]);
+        }
+    }
+    let pm = read_json(&d.join("pred/metrics.json"));
+    assert!(pm["ms_per_image"].as_f64().unwrap() > 0.0);
+}
+
+/// Images that every dihedral transform leaves unchanged.
+fn symmetric_images(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for k in 0..n {
+        let s = 24u32;
+        let img = image::RgbImage::from_fn(s, s, |x, y| {
+            let (dx, dy) = (x.min(s - 1 - x), y.min(s - 1 - y));
+            let (a, b) = (dx.min(dy), dx.max(dy));
+            let v = ((a * 37 + b * 11 + k as u32 * 53) % 256) as u8;
+            image::Rgb([v, v.wrapping_mul(3), 255 - v])
+        });
+        img.save(dir.join(format!("img_{k}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn tta_of_a_symmetric_image_equals_no_tta_and_embeddings_are_written() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 60, 3);
+    ok(
+        d,
+        &[
+            "op",
+            "train",
+            "--set",
+            "epochs=1",
+            "--set",
+            "batch_size=16",
+            "data/train_images",
+            "data/train.csv",
+            "-o",
+            "tr",
+        ],
+    );
+    symmetric_images(&d.join("sym"), 5);
+    ok(
+        d,
+        &["op", "predict", "tr/best.safetensors", "sym", "-o", "plain"],
+    );
+    for merge in ["mean", "max"] {
+        ok(
+            d,
+            &[
+                "op",
+                "predict",
+                "--set",
+                "tta=all",
+                "--set",
+                &format!("merge={merge}"),
+                "--set",
+                "embed=true",
+                "tr/best.safetensors",
+                "sym",
+                "-o",
+                merge,
+            ],
+        );
+        assert_eq!(
+            table(&d.join("plain/pred.csv")),
+            table(&d.join(merge).join("pred.csv")),
+            "merge {merge}"
+        );
+    }
+    let emb = table(&d.join("mean/embeddings.csv"));
+    assert_eq!(emb.len(), 6);
+    assert_eq!(emb[0].len(), 1 + 128, "simple_cnn's 128 features");
+    assert_eq!(read_json(&d.join("mean/metrics.json"))["tta"], 8);
+}
+
+#[test]
+fn box_task_trains_writes_examples_and_predicts_pixel_boxes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "box", 80, 2);
+    ok(
+        d,
+        &[
+            "op",
+            "train",
+            "--set",
+            "task=box",
+            "--set",
+            "fold=1",
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=16",
+            "--set",
+            "loss={ bce = 1.0, smooth_l1 = 5.0 }",
+            "--set",
+            "hflip=0.5",
+            "--set",
+            "rot90=0.5",
+            "--set",
+            "crop_scale=[0.6, 1.0]",
+            "data/train_images",
+            "data/train.csv",
+            "folds.csv",
+            "-o",
+            "tr",
+        ],
+    );
+    let ex = image::open(d.join("tr/examples.png")).unwrap();
+    assert_eq!(ex.height(), 192);
+    assert_eq!(ex.width(), 192 * 6, "three best and three worst");
+    let m = read_json(&d.join("tr/metrics.json"));
+    assert!(m["box_iou"].as_f64().unwrap() >= 0.0);
+    ok(
+        d,
+        &[
+            "op",
+            "predict",
+            "--set",
+            "tta=[\"default\", \"fliplr\"]",
+            "tr/best.safetensors",
+            "data/test_images",
+            "-o",
+            "p",
+        ],
+    );
+    let p = table(&d.join("p/pred.csv"));
+    assert_eq!(p[0], ["id", "label", "score", "bbox"]);
+    for r in &p[1..] {
+        let b: Vec<f64> = r[3].split(' ').map(|v| v.parse().unwrap()).collect();
+        assert_eq!(b.len(), 4);
+        assert!(
+            b.iter().all(|v| (-0.01..=24.01).contains(v)),
+            "{b:?} inside the 24² image"
+        );
+    }
+}
+
+#[test]
+fn multilabel_and_regress_train_with_their_metrics() {
+    for (task, metric, cols) in [("multilabel", "f1_macro", 4), ("regress", "qwk", 2)] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        data(d, task, 60, 3);
+        ok(
+            d,
+            &[
+                "op",
+                "train",
+                "--set",
+                &format!("task={task}"),
+                "--set",
+                "fold=2",
+                "--set",
+                "epochs=1",
+                "--set",
+                "batch_size=16",
+                "--set",
+                "arch=simple_cnn",
+                "data/train_images",
+                "data/train.csv",
+                "folds.csv",
+                "-o",
+                "tr",
+            ],
+        );
+        let m = read_json(&d.join("tr/metrics.json"));
+        assert!(m[metric].is_number(), "{task}: {m}");
+        let oof = table(&d.join("tr/oof.csv"));
+        assert_eq!(oof[0].len(), cols, "{task}: {:?}", oof[0]);
+    }
+}
+
+#[test]
+fn bad_inputs_are_one_clear_error_naming_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 20, 2);
+    // A label row whose image is missing.
+    let mut labels = std::fs::read_to_string(d.join("data/train.csv")).unwrap();
+    labels.push_str("ghost,1\n");
+    std::fs::write(d.join("bad.csv"), labels).unwrap();
+    let out = podium(
+        d,
+        &["op", "train", "data/train_images", "bad.csv", "-o", "tr"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.csv:22: id `ghost` has no image in"),
+        "{err}"
+    );
+    assert!(!d.join("tr").exists());
+    // A checkpoint that is not one.
+    std::fs::write(d.join("x.safetensors"), b"nope").unwrap();
+    let out = podium(
+        d,
+        &[
+            "op",
+            "predict",
+            "x.safetensors",
+            "data/test_images",
+            "-o",
+            "p",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("x.safetensors: not a safetensors file"),
+        "{err}"
+    );
+    // A fold without a folds table is a check-time error.
+    let out = podium(
+        d,
+        &[
+            "op",
+            "train",
+            "--set",
+            "fold=1",
+            "data/train_images",
+            "data/train.csv",
+            "-o",
+            "tr",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a validation fold needs a folds table"));
+}
+
+const RESUME: &str = r#"
+[pipeline]
+name = "resume"
+
+[inputs.images]
+path = "data/train_images"
+
+[inputs.labels]
+path = "data/train.csv"
+
+[stages.train]
+op = "train"
+images = "${inputs.images}"
+labels = "${inputs.labels}"
+epochs = 4
+batch_size = 8
+hflip = 0.5
+ema = 0.9
+seed = 7
+"#;
+
+fn resume_files(cache: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(cache.join("resume")) {
+        for e in rd.flatten() {
+            let p = e.path().join("state.safetensors");
+            if p.exists() {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+/// A training killed after its first epoch resumes from there and ends
+/// with the same bytes as an uninterrupted run: the same weights,
+/// optimizer state and EMA.
+#[test]
+fn a_killed_training_resumes_and_ends_bit_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 120, 3);
+    std::fs::write(d.join("p.toml"), RESUME).unwrap();
+    let run = |store: &str, out: &str| {
+        podium(
+            d,
+            &[
+                "run",
+                "-f",
+                "p.toml",
+                "--store",
+                store,
+                "--out-dir",
+                out,
+                "--format",
+                "json",
+            ],
+        )
+    };
+    let whole = run("c1", "o1");
+    assert!(
+        whole.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whole.stderr)
+    );
+    assert!(
+        resume_files(&d.join("c1")).is_empty(),
+        "the state is removed after success"
+    );
+
+    let child = Command::cargo_bin("podium")
+        .unwrap()
+        .current_dir(d)
+        .args(["run", "-f", "p.toml", "--store", "c2", "--out-dir", "o2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while resume_files(&d.join("c2")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait_with_output();
+    assert!(!d.join("o2/train").exists(), "killed before it finished");
+    let again = run("c2", "o2");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let log = std::fs::read_to_string(d.join("c2/logs/resume/train.log")).unwrap();
+    assert!(log.contains("resuming after epoch"), "{log}");
+    for f in ["last.safetensors", "best.safetensors"] {
+        assert_eq!(
+            std::fs::read(d.join("o1/train").join(f)).unwrap(),
+            std::fs::read(d.join("o2/train").join(f)).unwrap(),
+            "{f} differs after resuming"
+        );
+    }
+}
