@@ -13,7 +13,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::Backbone;
-use crate::nn::layers::{BatchNorm, Conv, batch_norm, conv, global_avg_pool};
+use crate::nn::layers::{BatchNorm, Conv, batch_norm, conv, global_avg_pool, max_pool_relu};
 use crate::nn::vars::Vb;
 
 pub const WIDTHS: [usize; 3] = [32, 64, 128];
@@ -44,7 +44,8 @@ impl Backbone for SimpleCnn {
         for (c, bn) in &self.blocks {
             x = bn.forward_act(&c.forward(&x)?, train, true)?;
             if x.dim(2)? >= 2 && x.dim(3)? >= 2 {
-                x = x.max_pool2d(2)?;
+                // candle's own max_pool2d scales the gradient by 1/4 (candle 0.11).
+                x = max_pool_relu(&x, 2, 2, 0)?;
             }
         }
         global_avg_pool(&x)
