@@ -56,11 +56,30 @@ fn checked_ir_of_good_manifests() {
 
 #[test]
 fn shipped_pipelines_check_clean() {
+    const FMNIST: &str = "/usr/share/datasets/fashion-mnist/";
+    let stand_in = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir("pipelines").unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml")
-            && let Err(podium::Error::Manifest(r)) = podium::load(&path, &[])
-        {
+        let mut path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        // fashion_mnist.toml reads Debian's dataset-fashion-mnist package;
+        // where it is not installed, empty stand-ins take the IDX files' place.
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text.contains(FMNIST) && !Path::new(FMNIST).exists() {
+            let dir = stand_in.path();
+            for name in [
+                "train-images-idx3-ubyte.gz",
+                "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz",
+                "t10k-labels-idx1-ubyte.gz",
+            ] {
+                std::fs::write(dir.join(name), b"").unwrap();
+            }
+            path = dir.join(path.file_name().unwrap());
+            std::fs::write(&path, text.replace(FMNIST, &format!("{}/", dir.display()))).unwrap();
+        }
+        if let Err(podium::Error::Manifest(r)) = podium::load(&path, &[]) {
             panic!("{}", r.render(false));
         }
     }

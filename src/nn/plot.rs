@@ -97,7 +97,15 @@ pub fn chart(title: &str, x_label: &str, series: &[Series], w: u32, h: u32) -> R
         x1 = x0 + 1.0;
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
-    (y0, y1) = (y0 - pad, y1 + pad);
+    // Non-negative data keeps a non-negative axis.
+    (y0, y1) = (
+        if y0 >= 0.0 {
+            (y0 - pad).max(0.0)
+        } else {
+            y0 - pad
+        },
+        y1 + pad,
+    );
     let px = |x: f64| l + (x - x0) / (x1 - x0) * pw;
     let py = |y: f64| t + (1.0 - (y - y0) / (y1 - y0)) * ph;
     for i in 0..=4 {

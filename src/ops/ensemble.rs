@@ -16,7 +16,7 @@ use crate::metrics::classify::average_ranks;
 
 pub struct Ensemble;
 
-pub const METHODS: &[&str] = &["mean", "max", "geometric", "rank"];
+pub const METHODS: &[&str] = &["mean", "max", "geometric", "rank", "concat"];
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -29,7 +29,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "method",
         kind: ParamKind::Enum(METHODS),
         default: Some("\"mean\""),
-        help: "mean (weighted by `weights`), max, geometric (weighted geometric mean; values must be positive), rank (weighted mean of each column's ranks scaled to (0, 1]).",
+        help: "mean (weighted by `weights`), max, geometric (weighted geometric mean; values must be positive), rank (weighted mean of each column's ranks scaled to (0, 1]), concat (the tables' rows one after another: out-of-fold tables, each id in one).",
     },
     ParamSpec {
         name: "weights",
@@ -74,6 +74,16 @@ impl Op for Ensemble {
             .iter()
             .map(|p| Table::read(p))
             .collect::<Result<Vec<_>, _>>()?;
+        if cx.str("method") == "concat" {
+            let t = concat(&tables)?;
+            cx.log(format_args!(
+                "concat of {} tables, {} rows",
+                tables.len(),
+                t.len()
+            ));
+            t.write(&cx.out_dir.join("pred.csv"))?;
+            return Ok(());
+        }
         let aligned = align(&tables)?;
         let w = cx.floats("weights");
         let w = if w.is_empty() {
@@ -129,6 +139,55 @@ impl Op for Ensemble {
         t.write(&cx.out_dir.join("pred.csv"))?;
         Ok(())
     }
+}
+
+/// The tables' rows one after another, columns in the first table's order;
+/// the same column set in each, and every id in one table only.
+pub fn concat(tables: &[Table]) -> Result<Table, DataError> {
+    let first = &tables[0];
+    let mut out = Table {
+        path: Default::default(),
+        columns: first.columns.clone(),
+        ids: Vec::new(),
+        rows: Vec::new(),
+        lines: Vec::new(),
+    };
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for (k, t) in tables.iter().enumerate() {
+        let mut cols = Vec::with_capacity(first.value_columns().len());
+        for c in first.value_columns() {
+            cols.push(t.col(c)?);
+        }
+        if t.value_columns().len() != cols.len() {
+            return Err(DataError::at(
+                &t.path,
+                1,
+                format!(
+                    "has columns {}; {} has {}",
+                    t.value_columns().join(", "),
+                    first.path.display(),
+                    first.value_columns().join(", ")
+                ),
+            ));
+        }
+        for (r, id) in t.ids.iter().enumerate() {
+            if let Some(j) = seen.insert(id.clone(), k) {
+                return Err(DataError::at(
+                    &t.path,
+                    t.lines[r],
+                    format!(
+                        "id `{id}` is also in {}; concat needs each id in one table",
+                        tables[j].path.display()
+                    ),
+                ));
+            }
+            out.push(
+                id.clone(),
+                cols.iter().map(|&c| t.rows[r][c].clone()).collect(),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Each table's values as a row-major matrix in the first table's row and
@@ -232,6 +291,36 @@ pub fn ranks(m: &[f64], cols: usize) -> Vec<f64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn tab(path: &str, cols: &[&str], rows: &[(&str, &[&str])]) -> Table {
+        let mut t = Table::new(cols);
+        t.path = path.into();
+        for (id, r) in rows {
+            t.push(*id, r.iter().map(|s| s.to_string()).collect());
+        }
+        t.lines = (2..2 + rows.len()).collect();
+        t
+    }
+
+    #[test]
+    fn concat_stacks_out_of_fold_tables_and_refuses_a_repeated_id() {
+        let a = tab("a.csv", &["x", "y"], &[("1", &["0.1", "0.9"])]);
+        let b = tab(
+            "b.csv",
+            &["y", "x"],
+            &[("2", &["0.3", "0.7"]), ("3", &["0.5", "0.5"])],
+        );
+        let t = concat(&[a.clone(), b]).unwrap();
+        assert_eq!(t.ids, ["1", "2", "3"]);
+        assert_eq!(
+            t.rows[1],
+            ["0.7", "0.3"],
+            "columns in the first table's order"
+        );
+        let c = tab("c.csv", &["x", "y"], &[("1", &["0", "1"])]);
+        let e = concat(&[a, c]).unwrap_err().to_string();
+        assert!(e.starts_with("c.csv:2: id `1` is also in a.csv"), "{e}");
+    }
 
     fn matrices() -> impl Strategy<Value = (Vec<Vec<f64>>, Vec<f64>, usize)> {
         (1usize..4, 1usize..20, 1usize..5).prop_flat_map(|(cols, rows, n)| {

@@ -11,6 +11,7 @@ pub mod ensemble;
 pub mod evaluate;
 pub mod exec;
 pub mod folds;
+pub mod idx_import;
 pub mod nms;
 pub mod postprocess;
 pub mod predict;
@@ -264,6 +265,7 @@ static OPS: &[&dyn Op] = &[
     &submission::Submission,
     &train::Train,
     &predict::Predict,
+    &idx_import::IdxImport,
 ];
 
 /// Whether an optional path (or string) parameter was given: a path, or a

@@ -37,9 +37,7 @@ use crate::nn::loss::{Loss, parse_terms};
 use crate::nn::models::{ARCHS, TASKS, Task};
 use crate::nn::predict::table;
 use crate::nn::schedule::{self, Schedule};
-use crate::nn::train::{
-    Config, Data, Epoch, Paths, Start, default_monitor, fit, lower_is_better, metric_names,
-};
+use crate::nn::train::{Config, Data, Epoch, Paths, Start, default_monitor, fit, metric_names};
 use crate::nn::{NnError, checkpoint, optim, plot};
 use crate::value::Value;
 
@@ -856,6 +854,7 @@ fn write_history(path: &Path, h: &[Epoch]) -> Result<(), DataError> {
 }
 
 /// Loss per epoch (train and validation) beside the validation metrics.
+/// The middle chart's title names the metric that picks the best epoch.
 fn curves(h: &[Epoch], monitor: &str) -> image::RgbImage {
     use plot::{BLUE, GREEN, ORANGE, RED, Series, chart, hstack};
     let pts = |f: &dyn Fn(&Epoch) -> Option<f64>| -> Vec<(f64, f64)> {
@@ -889,11 +888,7 @@ fn curves(h: &[Epoch], monitor: &str) -> image::RgbImage {
             points: pts(&|e| e.metrics.get(n).copied()),
         })
         .collect();
-    let title = if lower_is_better(monitor) || names.is_empty() {
-        "validation metrics".to_string()
-    } else {
-        format!("validation ({monitor} picks the best)")
-    };
+    let title = format!("validation: {monitor}");
     let lr = [Series {
         name: "lr",
         color: BLUE,

@@ -418,6 +418,20 @@ impl Store {
                 }
             }
         }
+        // Resumable state (training's epochs) of keys no manifest has any more.
+        if let Ok(rd) = fs::read_dir(self.root.join("resume")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !live.contains(&name) {
+                    for f in walk(&e.path()) {
+                        report.bytes += fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+                    }
+                    if !dry_run {
+                        let _ = remove_all(&e.path());
+                    }
+                }
+            }
+        }
         Ok(report)
     }
 
