@@ -358,7 +358,7 @@ pub fn meta(
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     cfg: &Config,
-    data: &mut Data,
+    data: &Data,
     start: Option<Start>,
     paths: &Paths,
     device: &Device,

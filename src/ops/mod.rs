@@ -310,6 +310,13 @@ pub fn check_weights(params: &Params, of: &str, what: &str) -> Vec<ParamError> {
     errs
 }
 
+/// `device`, when given as text: one `crate::nn::device` accepts.
+pub fn check_device(params: &Params) -> Option<ParamError> {
+    let d = params.get("device").and_then(Value::as_str)?;
+    (!crate::nn::valid_device(d))
+        .then(|| ParamError::new("device", format!("use {}", crate::nn::DEVICES)))
+}
+
 /// All ops, by name.
 pub fn all() -> &'static [&'static dyn Op] {
     OPS

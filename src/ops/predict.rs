@@ -145,14 +145,7 @@ impl Op for Predict {
         {
             errs.push(ParamError::new("batch_size", "must be at least 1"));
         }
-        if let Some(d) = p.get("device").and_then(Value::as_str)
-            && !crate::nn::valid_device(d)
-        {
-            errs.push(ParamError::new(
-                "device",
-                format!("use {}", crate::nn::DEVICES),
-            ));
-        }
+        errs.extend(super::check_device(p));
         errs
     }
 

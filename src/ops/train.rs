@@ -485,14 +485,7 @@ impl Op for Train {
                 ),
             ));
         }
-        if let Some(d) = p.get("device").and_then(Value::as_str)
-            && !crate::nn::valid_device(d)
-        {
-            errs.push(ParamError::new(
-                "device",
-                format!("use {}", crate::nn::DEVICES),
-            ));
-        }
+        errs.extend(super::check_device(p));
         errs
     }
 
@@ -640,7 +633,7 @@ impl Op for Train {
         };
         let device = crate::nn::device(cx.str("device"), cx.gpus).map_err(OpError::Failed)?;
         let start = start_from(cx, &device)?;
-        let mut data = Data {
+        let data = Data {
             train,
             val,
             classes,
@@ -675,24 +668,23 @@ impl Op for Train {
         let pool = cx.pool()?;
         let cancel = cx.cancel;
         let cancelled = || cancel.load(std::sync::atomic::Ordering::Relaxed);
-        let mut lines = Vec::new();
+        // Epoch lines go to the log as they happen (`tail -f` it).
+        let log = &mut *cx.log;
         let result = fit(
             &cfg,
-            &mut data,
+            &data,
             start,
             &paths,
             &device,
             &pool,
             &cancelled,
-            &mut |l| lines.push(l),
+            &mut |l| {
+                use std::io::Write;
+                let _ = writeln!(log, "{l}");
+                let _ = log.flush();
+            },
         );
-        for l in lines {
-            cx.log(l);
-        }
         let summary = result.map_err(nn_error)?;
-        if let Some(e) = summary.resumed_from {
-            cx.log(format!("resumed after epoch {e}"));
-        }
 
         // oof.csv: the best epoch's validation predictions.
         let mut sizes = Vec::new();
