@@ -52,6 +52,17 @@ pub struct Predictions {
     /// Normalized `cx, cy, w, h` in the original orientation (task box).
     pub boxes: Vec<[f32; 4]>,
     pub features: Vec<Vec<f32>>,
+    /// The head's raw outputs, kept when there is one variant (validation
+    /// scores its loss on them).
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// A normalized `[cx, cy, w, h]` box as `[x, y, w, h]` in an image of `size`
+/// (`(1, 1)`: still normalized).
+pub fn to_xywh(b: [f32; 4], size: (f64, f64)) -> [f64; 4] {
+    let [cx, cy, w, h] = b.map(f64::from);
+    let (sw, sh) = size;
+    [(cx - w / 2.0) * sw, (cy - h / 2.0) * sh, w * sw, h * sh]
 }
 
 /// Runs `model` (in evaluation mode) on images `idx`, once per TTA variant,
@@ -75,6 +86,7 @@ pub fn infer(
     let mut probs: Vec<Vec<f64>> = Vec::with_capacity(n);
     let mut boxes: Vec<[f64; 4]> = Vec::with_capacity(n);
     let mut feats: Vec<Vec<f64>> = Vec::new();
+    let mut logits: Vec<Vec<f32>> = Vec::new();
     let s = images.size as usize;
     for (k, &d) in tta.iter().enumerate() {
         let mut row = 0;
@@ -86,6 +98,9 @@ pub fn infer(
             let x = Tensor::from_vec(b.x, (m, 3, s, s), device)?;
             let o = pool.install(|| model.forward_t(&x, false))?;
             let p: Vec<Vec<f32>> = act.apply(&o.logits)?.to_vec2()?;
+            if tta.len() == 1 {
+                logits.extend(o.logits.to_vec2::<f32>()?);
+            }
             let bx: Option<Vec<Vec<f32>>> = match &o.boxes {
                 Some(t) => Some(t.to_vec2()?),
                 None => None,
@@ -146,6 +161,7 @@ pub fn infer(
             .into_iter()
             .map(|r| r.into_iter().map(div).collect())
             .collect(),
+        logits,
     })
 }
 
@@ -174,9 +190,8 @@ pub fn table(
             Task::Box => {
                 let pr = &p.probs[i];
                 let best = (0..pr.len()).fold(0, |b, k| if pr[k] > pr[b] { k } else { b });
-                let [cx, cy, w, h] = p.boxes[i].map(f64::from);
-                let (sw, sh) = (f64::from(sizes[i].0), f64::from(sizes[i].1));
-                let bbox = [(cx - w / 2.0) * sw, (cy - h / 2.0) * sh, w * sw, h * sh]
+                let size = (f64::from(sizes[i].0), f64::from(sizes[i].1));
+                let bbox = to_xywh(p.boxes[i], size)
                     .map(|v| format!("{v:.2}"))
                     .join(" ");
                 vec![

@@ -27,7 +27,7 @@ use super::loader::{Images, mix};
 use super::loss::{Loss, Targets};
 use super::models::{Model, Task, under};
 use super::optim::{Kind as OptKind, Optimizer, clip_grad_norm};
-use super::predict::{Activation, Predictions, infer};
+use super::predict::{Activation, Predictions, infer, to_xywh};
 use super::schedule::Schedule;
 use super::vars::{Role, VarStore};
 use crate::metrics::classify::{self as m, Label};
@@ -108,10 +108,10 @@ struct State {
 pub struct Summary {
     pub history: Vec<Epoch>,
     pub best_epoch: Option<usize>,
-    pub resumed_from: Option<usize>,
     /// The best epoch's validation predictions.
     pub oof: Predictions,
-    pub activation: Activation,
+    /// The validation images' sizes (width, height), in order.
+    pub val_sizes: Vec<(u32, u32)>,
 }
 
 /// Files of a training run.
@@ -132,8 +132,10 @@ impl Paths {
     }
 }
 
+/// Whether a smaller value of `monitor` is better: the loss, and the metrics
+/// `evaluate` says so of.
 pub fn lower_is_better(metric: &str) -> bool {
-    metric == "loss" || metric == "log_loss"
+    metric == "loss" || !crate::metrics::higher_is_better(metric)
 }
 
 /// The class activation a task and loss imply.
@@ -207,7 +209,12 @@ pub fn val_metrics(
                     .boxes
                     .iter()
                     .zip(&val.boxes)
-                    .map(|(b, t)| m::box_iou(xywh(b), xywh(&t.map(|v| v as f32))))
+                    .map(|(b, t)| {
+                        m::box_iou(
+                            to_xywh(*b, (1.0, 1.0)),
+                            to_xywh(t.map(|v| v as f32), (1.0, 1.0)),
+                        )
+                    })
                     .sum();
                 out.insert("box_iou".into(), iou / val.len().max(1) as f64);
             }
@@ -248,12 +255,6 @@ pub fn val_metrics(
         }
     }
     out
-}
-
-/// `[cx, cy, w, h]` → `[x, y, w, h]`.
-fn xywh(b: &[f32; 4]) -> [f64; 4] {
-    let [cx, cy, w, h] = b.map(f64::from);
-    [cx - w / 2.0, cy - h / 2.0, w, h]
 }
 
 /// Sample weights and targets of a batch as tensors.
@@ -388,14 +389,12 @@ pub fn fit(
         stopped_early: false,
     };
     let mut oof = Predictions::default();
-    let mut resumed_from = None;
     if let Some((tensors, meta)) = load_state(&paths.state(), device, log) {
         vars.load(&checkpoint::model_tensors(&tensors))?;
         opt.load_state(&checkpoint::section(&tensors, "optim"), meta.steps);
         let e = checkpoint::section(&tensors, "ema");
         ema = (!e.is_empty()).then_some(e);
         oof = oof_from(&tensors)?;
-        resumed_from = Some(meta.epochs_done);
         log(format!(
             "resuming after epoch {} of {}",
             meta.epochs_done, cfg.epochs
@@ -607,16 +606,7 @@ pub fn fit(
                 pool,
                 cancelled,
             )?;
-            let vl = val_loss(
-                cfg,
-                task,
-                &model,
-                &images,
-                &val_idx,
-                &val_for_metrics,
-                device,
-                pool,
-            )?;
+            let vl = val_loss(cfg, task, &p, &val_for_metrics, device)?;
             let metrics = val_metrics(task, cfg.threshold, &p, &val_for_metrics);
             let r = (Some(vl), metrics, Some(p));
             if let Some(raw) = raw {
@@ -728,54 +718,30 @@ pub fn fit(
     Ok(Summary {
         history: st.history,
         best_epoch: st.best_epoch,
-        resumed_from,
         oof,
-        activation: act,
+        val_sizes,
     })
 }
 
-/// The validation loss, in evaluation mode.
-#[allow(clippy::too_many_arguments)]
+/// The validation loss, on the logits `infer` kept: the loss over the whole
+/// validation set, each sample weighted by its weight.
 fn val_loss(
     cfg: &Config,
     task: Task,
-    model: &Model,
-    images: &Images,
-    idx: &[usize],
+    p: &Predictions,
     val: &Samples,
     device: &Device,
-    pool: &rayon::ThreadPool,
 ) -> Result<f64, NnError> {
-    let s = cfg.image_size as usize;
-    let mut sum = 0f64;
-    let mut pos = 0usize;
-    let first = idx.first().copied().unwrap_or(0);
-    images.for_each_batch::<NnError>(
-        idx,
-        cfg.batch_size.max(1),
-        None,
-        Dihedral::default(),
-        None,
-        pool,
-        |b| {
-            let n = b.idx.len();
-            let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
-            let local: Vec<usize> = b.idx.iter().map(|i| i - first).collect();
-            let boxes: Vec<[f32; 4]> = local
-                .iter()
-                .map(|&i| val.boxes[i].map(|v| v as f32))
-                .collect();
-            let t = targets(task, val, &local, &boxes, device)?;
-            let l = pool.install(|| -> candle_core::Result<Tensor> {
-                let o = model.forward_t(&x, false)?;
-                cfg.loss.compute(task, &o.logits, o.boxes.as_ref(), &t)
-            })?;
-            sum += f64::from(l.to_scalar::<f32>()?) * n as f64;
-            pos += n;
-            Ok(())
-        },
-    )?;
-    Ok(sum / pos.max(1) as f64)
+    let n = p.logits.len();
+    let k = p.logits.first().map_or(0, Vec::len);
+    let logits = Tensor::from_vec(p.logits.concat(), (n, k), device)?;
+    let boxes = Tensor::from_vec(p.boxes.concat(), (n, 4), device)?;
+    let truth: Vec<[f32; 4]> = val.boxes.iter().map(|b| b.map(|v| v as f32)).collect();
+    let idx: Vec<usize> = (0..n).collect();
+    let t = targets(task, val, &idx, &truth, device)?;
+    let pred_boxes = (task == Task::Box).then_some(&boxes);
+    let l = cfg.loss.compute(task, &logits, pred_boxes, &t)?;
+    Ok(f64::from(l.to_scalar::<f32>()?))
 }
 
 fn save_state(

@@ -35,7 +35,7 @@ use crate::nn::aug::Aug;
 use crate::nn::dataset::{self, Samples};
 use crate::nn::loss::{Loss, parse_terms};
 use crate::nn::models::{ARCHS, TASKS, Task};
-use crate::nn::predict::table;
+use crate::nn::predict::{table, to_xywh};
 use crate::nn::schedule::{self, Schedule};
 use crate::nn::train::{Config, Data, Epoch, Paths, Start, default_monitor, fit, metric_names};
 use crate::nn::{NnError, checkpoint, optim, plot};
@@ -687,14 +687,7 @@ impl Op for Train {
         let summary = result.map_err(nn_error)?;
 
         // oof.csv: the best epoch's validation predictions.
-        let mut sizes = Vec::new();
-        if task == Task::Box {
-            for p in &data.val.paths {
-                let (w, h) =
-                    image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?;
-                sizes.push((w, h));
-            }
-        }
+        let sizes = &summary.val_sizes;
         let oof = if summary.oof.probs.len() == data.val.len() {
             table(
                 task,
@@ -702,7 +695,7 @@ impl Op for Train {
                 &data.value_column,
                 &data.val.ids,
                 &summary.oof,
-                &sizes,
+                sizes,
             )
         } else {
             table(
@@ -711,7 +704,7 @@ impl Op for Train {
                 &data.value_column,
                 &[],
                 &summary.oof,
-                &sizes,
+                sizes,
             )
         };
         oof.write(&cx.out_dir.join("oof.csv"))?;
@@ -738,7 +731,7 @@ impl Op for Train {
             serde_json::to_vec_pretty(&metrics).map_err(|e| OpError::Failed(e.to_string()))?;
         write_atomic(&cx.out_dir.join("metrics.json"), &json)?;
         if task == Task::Box {
-            let img = examples(&data, &summary.oof, &sizes)?;
+            let img = examples(&data, &summary.oof, sizes)?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
         }
         if cx.resume_dir.is_none() {
@@ -905,9 +898,8 @@ fn examples(
     let n = data.val.len().min(p.boxes.len());
     let mut scored: Vec<(f64, usize)> = (0..n)
         .map(|i| {
-            let (w, h) = (f64::from(sizes[i].0), f64::from(sizes[i].1));
-            let [cx, cy, bw, bh] = p.boxes[i].map(f64::from);
-            let pred = [(cx - bw / 2.0) * w, (cy - bh / 2.0) * h, bw * w, bh * h];
+            let size = (f64::from(sizes[i].0), f64::from(sizes[i].1));
+            let pred = to_xywh(p.boxes[i], size);
             (
                 crate::metrics::classify::box_iou(pred, data.val.boxes[i]),
                 i,
@@ -946,17 +938,9 @@ fn examples(
             2,
             GREEN,
         );
-        let [cx, cy, bw, bh] = p.boxes[i].map(f64::from);
         let s = f64::from(SIDE);
-        rect(
-            &mut tile,
-            (cx - bw / 2.0) * s,
-            (cy - bh / 2.0) * s,
-            (cx + bw / 2.0) * s,
-            (cy + bh / 2.0) * s,
-            2,
-            RED,
-        );
+        let [x, y, w, h] = to_xywh(p.boxes[i], (s, s));
+        rect(&mut tile, x, y, x + w, y + h, 2, RED);
         text(
             &mut tile,
             4,
