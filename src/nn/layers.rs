@@ -5,18 +5,18 @@
 
 use candle_core::{D, Module, Result, Tensor};
 
+use super::kernels::conv::{ConvParams, conv2d};
+use super::kernels::pool::{Pool, pool2d};
 use super::vars::{Init, Role, Vb};
 
 /// A 2-D convolution, NCHW; `weight` is `[out, in / groups, k, k]`.
 pub struct Conv {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
-    pub stride: usize,
-    pub padding: usize,
-    pub groups: usize,
+    pub params: ConvParams,
 }
 
-/// A convolution with PyTorch's default initialization.
+/// A convolution with PyTorch's default initialization, "same" padding.
 pub fn conv(
     vb: &Vb,
     cin: usize,
@@ -38,22 +38,35 @@ pub fn conv(
     } else {
         None
     };
+    let params = ConvParams {
+        stride,
+        padding: k / 2,
+        dilation: 1,
+        groups,
+    };
     Ok(Conv {
         weight,
         bias,
-        stride,
-        padding: k / 2,
-        groups,
+        params,
     })
 }
 
 impl Module for Conv {
+    /// podium's own kernels on the CPU; on other devices candle's conv2d,
+    /// except depthwise ones, which candle would split into one conv per
+    /// channel: a sum of shifted views instead.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let p = self.params;
         let cin = x.dim(1)?;
-        let y = if self.groups > 1 && self.groups == cin && self.weight.dim(0)? == cin {
-            depthwise(x, &self.weight, self.stride, self.padding)?
+        let depthwise_view = !x.device().is_cpu()
+            && p.groups > 1
+            && p.groups == cin
+            && p.dilation == 1
+            && self.weight.dim(0)? == cin;
+        let y = if depthwise_view {
+            depthwise(x, &self.weight, p.stride, p.padding)?
         } else {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?
+            conv2d(x, &self.weight, p)?
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
@@ -110,10 +123,14 @@ fn windows(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Vec<Tensor
     Ok(out)
 }
 
-/// Max pool over `k × k` windows with zero padding, any stride (ResNet's
-/// stem: k = 3, stride 2, pad 1). Zero padding equals PyTorch's −∞ padding
-/// for non-negative inputs, which is where this is used (after a ReLU).
+/// Max pool over `k × k` windows, any stride and padding (ResNet's stem:
+/// k = 3, stride 2, pad 1), for non-negative inputs (after a ReLU). On the
+/// CPU podium's pool kernel; elsewhere the maximum of shifted views with
+/// zero padding, which equals PyTorch's −∞ padding for such inputs.
 pub fn max_pool_relu(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return pool2d(x, Pool::max(k, stride, pad));
+    }
     let mut it = windows(x, k, stride, pad)?.into_iter();
     let first = it.next().expect("k >= 1");
     it.try_fold(first, |acc, v| acc.maximum(&v))

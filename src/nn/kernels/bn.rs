@@ -1,22 +1,14 @@
-//! Fused CPU kernels as candle custom ops, where composing candle's
-//! elementwise ops costs many passes over memory: batch norm in training
-//! (statistics, normalization, affine and an optional ReLU in one pass,
-//! and its backward in two). Other devices use the composed form.
+//! Batch norm in training as one fused CPU pass (statistics,
+//! normalization, affine and an optional ReLU), and its backward in two,
+//! where composing candle's elementwise ops costs many passes over memory.
+//! Other devices use the composed form.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("{what}: only f32 is supported")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("{what}: the input must be contiguous"),
-    }
-}
+use super::f32_slice;
 
 /// Per channel: mean and biased variance over N × H × W.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f32, f32)> {

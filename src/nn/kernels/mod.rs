@@ -1,0 +1,67 @@
+//! podium's own CPU kernels, as candle custom ops with their backward, for
+//! the layers where candle 0.11's CPU path is slow or has no backward:
+//!
+//! - [`conv`]: 2-D convolution forward, backward-data and backward-weights
+//!   (im2col / col2im around the `gemm` crate, and a direct depthwise kernel);
+//! - [`bn`]: batch norm in training fused with its ReLU;
+//! - [`pool`]: max and average pooling with any kernel, stride and padding;
+//! - [`upsample`]: bilinear upsampling.
+//!
+//! Every op runs on f32 NCHW tensors on the CPU; the layers in
+//! [`super::layers`] fall back to candle's own ops on other devices.
+//!
+//! Threads: each op splits its work over rayon's global pool (the number of
+//! threads is `RAYON_NUM_THREADS`, default the machine's cores). Reductions
+//! are split into a fixed number of parts summed in order, so that a run is
+//! bit-identical to the next on the same machine.
+
+pub mod bn;
+pub mod conv;
+pub mod pool;
+pub mod upsample;
+
+pub use bn::BnTrain;
+
+use candle_core::{CpuStorage, Layout, Result, bail};
+
+/// The f32 elements of a contiguous CPU tensor.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{what}: only f32 is supported")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("{what}: the input must be contiguous"),
+    }
+}
+
+/// The four dimensions of an NCHW layout.
+pub(crate) fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
+    match l.dims() {
+        &[n, c, h, w] => Ok([n, c, h, w]),
+        d => bail!("{what}: expected [N, C, H, W], got {d:?}"),
+    }
+}
+
+/// Output positions `o` of a window tap at offset `off` (kernel index ×
+/// dilation) whose input `o·stride + off − pad` falls inside `0..len`:
+/// the range `lo..hi` of `0..out`.
+pub(crate) fn valid_range(
+    out: usize,
+    len: usize,
+    stride: usize,
+    off: usize,
+    pad: usize,
+) -> (usize, usize) {
+    let lo = if pad > off {
+        (pad - off).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if len + pad > off {
+        (len + pad - off).div_ceil(stride).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
