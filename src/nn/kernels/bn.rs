@@ -10,27 +10,38 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 
+/// Lanes of the partial sums below: independent accumulators the compiler
+/// turns into SIMD adds (one running f64 sum would be a serial chain).
+const LANES: usize = 16;
+
+/// `Σ f(a[i], b[i])` over a plane, in f32 lanes, then f64.
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(&x, &y)| f64::from(f(x, y))).sum();
+    acc.iter().map(|&v| f64::from(v)).sum::<f64>() + tail
+}
+
 /// Per channel: mean and biased variance over N × H × W.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f32, f32)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mut sum = 0f64;
-            for i in 0..n {
-                let p = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-                sum += p.iter().map(|&v| f64::from(v)).sum::<f64>();
-            }
+            let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
             let m = (n * hw) as f64;
+            let sum: f64 = (0..n).map(|i| lane_sum(plane(i), plane(i), |v, _| v)).sum();
             let mean = sum / m;
-            let mut sq = 0f64;
-            for i in 0..n {
-                let p = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-                sq += p
-                    .iter()
-                    .map(|&v| (f64::from(v) - mean).powi(2))
-                    .sum::<f64>();
-            }
-            (mean as f32, (sq / m) as f32)
+            let mf = mean as f32;
+            let sq: f64 = (0..n)
+                .map(|i| lane_sum(plane(i), plane(i), |v, _| (v - mf) * (v - mf)))
+                .sum();
+            (mf, (sq / m) as f32)
         })
         .collect()
 }
@@ -178,13 +189,14 @@ impl CustomOp3 for BnBackward {
             .map(|ch| {
                 let (m, is) = inv[ch];
                 let (mut sg, mut sgx) = (0f64, 0f64);
+                let mut g = vec![0f32; hw];
                 for i in 0..n {
                     let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    for ((&xv, &yv), &g) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&dy[r]) {
-                        let g = if relu && yv <= 0.0 { 0.0 } else { g };
-                        sg += f64::from(g);
-                        sgx += f64::from(g) * f64::from((xv - m) * is);
+                    for ((o, &yv), &d) in g.iter_mut().zip(&y[r.clone()]).zip(&dy[r.clone()]) {
+                        *o = if relu && yv <= 0.0 { 0.0 } else { d };
                     }
+                    sg += lane_sum(&g, &g, |v, _| v);
+                    sgx += lane_sum(&g, &x[r], |gv, xv| gv * (xv - m)) * f64::from(is);
                 }
                 (sg, sgx)
             })

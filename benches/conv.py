@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Per-op convolution speed: podium's CPU kernels (`benches/conv.rs`) against
+PyTorch's (oneDNN) on the conv shapes of resnet18 and efficientnet_b0 listed in
+`benches/conv_shapes.json`, forward, backward-data and backward-weights, same
+batch and thread count, in one run.
+
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch
+    /tmp/torchvenv/bin/python benches/conv.py [--threads 2] [--size 64 --batch 32]
+
+PyTorch's backward halves are `aten.convolution_backward` with one output asked
+for at a time. Times are medians; the ratio is PyTorch's time over podium's
+(above 1: podium is faster).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def timed(reps, f):
+    f()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        out.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(out)
+
+
+def torch_case(s, size, batch, reps):
+    hw = size // s["at"]
+    x = torch.rand(batch, s["cin"], hw, hw)
+    w = torch.rand(s["cout"], s["cin"] // s["groups"], s["k"], s["k"])
+    args = dict(stride=s["stride"], padding=s["pad"], groups=s["groups"])
+    y = torch.nn.functional.conv2d(x, w, **args)
+    st, pd = [s["stride"]] * 2, [s["pad"]] * 2
+
+    def back(mask):
+        torch.ops.aten.convolution_backward(y, x, w, None, st, pd, [1, 1], False, [0, 0], s["groups"], mask)
+
+    with torch.no_grad():
+        return (timed(reps, lambda: torch.nn.functional.conv2d(x, w, **args)),
+                timed(reps, lambda: back([True, False, False])),
+                timed(reps, lambda: back([False, True, False])))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+    out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "conv", "--", "--size", str(a.size),
+                          "--batch", str(a.batch), "--reps", str(a.reps)],
+                         cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    ours = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    shapes = json.load(open(os.path.join(ROOT, "benches", "conv_shapes.json")))
+    print(f"torch {torch.__version__}, {a.threads} threads, {a.size}² input, batch {a.batch}; ms, ratio = PyTorch / podium")
+    print("| net | conv (input map) | forward | backward-data | backward-weights |")
+    print("|---|---|---|---|---|")
+    ratios = []
+    for s, p in zip(shapes, ours):
+        t = torch_case(s, a.size, a.batch, a.reps)
+        cells = []
+        for key, tt in zip(("forward_ms", "backward_data_ms", "backward_weight_ms"), t):
+            r = tt / p[key]
+            ratios.append(r)
+            cells.append(f"{p[key]:.2f} vs {tt:.2f} ({r:.2f})")
+        print(f"| {s['net']} | {s['name']} ({p['hw']}²) | " + " | ".join(cells) + " |")
+    geo = statistics.geometric_mean(ratios)
+    print(f"\ngeometric mean ratio {geo:.2f}, lowest {min(ratios):.2f}, highest {max(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
