@@ -210,11 +210,15 @@ impl CustomOp3 for BnBackward {
             let (m, is) = inv[ch];
             let (sg, sgx) = (sums[ch].0 as f32, sums[ch].1 as f32);
             let a = self.gamma[ch] * is / m_count;
-            let base = k * hw;
-            for (j, o) in o.iter_mut().enumerate() {
-                let p = base + j;
-                let g = if relu && y[p] <= 0.0 { 0.0 } else { dy[p] };
-                let xh = (x[p] - m) * is;
+            let r = k * hw..(k + 1) * hw;
+            for (((o, &xv), &yv), &d) in o
+                .iter_mut()
+                .zip(&x[r.clone()])
+                .zip(&y[r.clone()])
+                .zip(&dy[r])
+            {
+                let g = if relu && yv <= 0.0 { 0.0 } else { d };
+                let xh = (xv - m) * is;
                 *o = a * (m_count * g - sg - xh * sgx);
             }
         });

@@ -534,6 +534,34 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     total
 }
 
+/// Depthwise maps up to this many pixels run channels-last (where a row
+/// is too short for a per-plane loop to pay); larger ones run per plane.
+const NHWC_MAX_PIXELS: usize = 256;
+
+fn depthwise_forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
+    if g.hw() <= NHWC_MAX_PIXELS {
+        depthwise_forward_nhwc(x, w, g, y)
+    } else {
+        depthwise_forward_planes(x, w, g, y)
+    }
+}
+
+fn depthwise_backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+    if g.hw() <= NHWC_MAX_PIXELS {
+        depthwise_backward_data_nhwc(dy, w, g, dx)
+    } else {
+        depthwise_backward_data_planes(dy, w, g, dx)
+    }
+}
+
+fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    if g.hw() <= NHWC_MAX_PIXELS {
+        depthwise_backward_weight_nhwc(x, dy, g)
+    } else {
+        depthwise_backward_weight_planes(x, dy, g)
+    }
+}
+
 /// The taps of a depthwise kernel that land inside the input, as
 /// `(tap index, i, j, (ylo, yhi), (xlo, xhi), x0)`: output rows `ylo..yhi`
 /// and columns `xlo..xhi` read input column `x0 + (ox − xlo)·s`.
@@ -563,7 +591,7 @@ fn plane_batch(len: usize) -> usize {
     (4096 / len.max(1)).max(1)
 }
 
-fn depthwise_forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
+fn depthwise_forward_planes(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
     let taps = taps(g);
@@ -592,7 +620,7 @@ fn depthwise_forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
         });
 }
 
-fn depthwise_backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+fn depthwise_backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
     let taps = taps(g);
@@ -621,7 +649,7 @@ fn depthwise_backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) 
         });
 }
 
-fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+fn depthwise_backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
     let taps = taps(g);
@@ -651,6 +679,160 @@ fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         }
     });
     dw
+}
+
+/// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed,
+/// in tiles that stay in cache.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols..][..cols];
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = row[c];
+                }
+            }
+        }
+    }
+}
+
+/// NCHW → NHWC (`rows` = C, `cols` = H·W per sample), or back with the two
+/// swapped.
+fn per_sample_transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    let per = rows * cols;
+    if per > 0 {
+        dst.par_chunks_mut(per)
+            .zip(src.par_chunks(per))
+            .for_each(|(d, s)| transpose(s, rows, cols, d));
+    }
+    dst
+}
+
+/// `acc[c] += w[c] · v[c]` over one pixel's channels.
+#[inline(always)]
+fn axpy(acc: &mut [f32], w: &[f32], v: &[f32]) {
+    for ((a, &w), &v) in acc.iter_mut().zip(w).zip(v) {
+        *a += w * v;
+    }
+}
+
+/// The input index `o·s + k·d − pad` along an axis, if inside `0..len`.
+#[inline(always)]
+fn tap_in(o: usize, k: usize, g: &Geometry, len: usize) -> Option<usize> {
+    (o * g.p.stride + k * g.p.dilation)
+        .checked_sub(g.p.padding)
+        .filter(|&v| v < len)
+}
+
+/// The output index whose tap `k` reads input `i` along an axis, if any.
+#[inline(always)]
+fn tap_out(i: usize, k: usize, g: &Geometry, out: usize) -> Option<usize> {
+    let t = (i + g.p.padding).checked_sub(k * g.p.dilation)?;
+    (t % g.p.stride == 0 && t / g.p.stride < out).then_some(t / g.p.stride)
+}
+
+// Depthwise convolutions run channels-last: one pixel's channels are
+// contiguous, so every tap is a vector multiply-add over the channels,
+// whatever the size of the map (EfficientNet's are as small as 2×2). The
+// weights go to `[taps, C]`; inputs and outputs are transposed on the way
+// in and out.
+
+fn depthwise_forward_nhwc(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
+    let (c, kk) = (g.cin, g.kh * g.kw);
+    let xt = per_sample_transpose(x, c, g.hw());
+    let wt = per_sample_transpose(w, c, kk);
+    let mut yt = vec![0f32; y.len()];
+    yt.par_chunks_mut(g.ow * c)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (n, oy) = (row / g.oh, row % g.oh);
+            for i in 0..g.kh {
+                let Some(iy) = tap_in(oy, i, g, g.h) else {
+                    continue;
+                };
+                let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
+                for (ox, acc) in out.chunks_exact_mut(c).enumerate() {
+                    for j in 0..g.kw {
+                        if let Some(ix) = tap_in(ox, j, g, g.w) {
+                            axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ix * c..][..c]);
+                        }
+                    }
+                }
+            }
+        });
+    let back = per_sample_transpose(&yt, g.ohw(), c);
+    y.copy_from_slice(&back);
+}
+
+fn depthwise_backward_data_nhwc(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let (c, kk) = (g.cin, g.kh * g.kw);
+    let gt = per_sample_transpose(dy, c, g.ohw());
+    let wt = per_sample_transpose(w, c, kk);
+    let mut dxt = vec![0f32; dx.len()];
+    dxt.par_chunks_mut(g.w * c)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (n, iy) = (row / g.h, row % g.h);
+            for i in 0..g.kh {
+                let Some(oy) = tap_out(iy, i, g, g.oh) else {
+                    continue;
+                };
+                let src_row = &gt[(n * g.oh + oy) * g.ow * c..][..g.ow * c];
+                for (ix, acc) in out.chunks_exact_mut(c).enumerate() {
+                    for j in 0..g.kw {
+                        if let Some(ox) = tap_out(ix, j, g, g.ow) {
+                            axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ox * c..][..c]);
+                        }
+                    }
+                }
+            }
+        });
+    let back = per_sample_transpose(&dxt, g.hw(), c);
+    dx.copy_from_slice(&back);
+}
+
+fn depthwise_backward_weight_nhwc(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (c, kk) = (g.cin, g.kh * g.kw);
+    let xt = per_sample_transpose(x, c, g.hw());
+    let gt = per_sample_transpose(dy, c, g.ohw());
+    // Samples in a fixed number of parts, each summed alone, added in order.
+    let parts = g.n.min(rayon::current_num_threads().max(1));
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let mut acc = vec![0f32; kk * c];
+            for n in part * g.n / parts..(part + 1) * g.n / parts {
+                for oy in 0..g.oh {
+                    for i in 0..g.kh {
+                        let Some(iy) = tap_in(oy, i, g, g.h) else {
+                            continue;
+                        };
+                        let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
+                        for ox in 0..g.ow {
+                            let grad = &gt[((n * g.oh + oy) * g.ow + ox) * c..][..c];
+                            for j in 0..g.kw {
+                                if let Some(ix) = tap_in(ox, j, g, g.w) {
+                                    let a = &mut acc[(i * g.kw + j) * c..][..c];
+                                    axpy(a, grad, &src_row[ix * c..][..c]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut it = partials.into_iter();
+    let mut total = it.next().unwrap_or_else(|| vec![0f32; kk * c]);
+    for part in it {
+        for (t, v) in total.iter_mut().zip(part) {
+            *t += v;
+        }
+    }
+    per_sample_transpose(&total, kk, c)
 }
 
 /// The forward op on `(x, w)`.
@@ -898,6 +1080,9 @@ mod tests {
             (3, 3, 0, 1, 1, 2, 2, 8),
             (2, 1, 0, 1, 1, 1, 1, 3),
             (7, 2, 3, 1, 1, 3, 2, 9),
+            // Depthwise maps above NHWC_MAX_PIXELS run the per-plane kernels.
+            (3, 1, 1, 1, 2, 2, 2, 17),
+            (3, 2, 2, 2, 2, 2, 2, 17),
         ] {
             for n in [1, 3] {
                 let p = ConvParams {
