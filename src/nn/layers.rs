@@ -5,6 +5,7 @@
 
 use candle_core::{D, Module, Result, Tensor};
 
+use super::kernels::Act;
 use super::kernels::conv::{ConvParams, conv2d};
 use super::kernels::pool::{Pool, pool2d};
 use super::vars::{Init, Role, Vb};
@@ -184,13 +185,14 @@ pub fn batch_norm(vb: &Vb, c: usize) -> Result<BatchNorm> {
 
 impl BatchNorm {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_act(x, train, false)
+        self.forward_act(x, train, Act::Identity)
     }
 
-    /// `relu(bn(x))` when `relu`, fused into one pass on the CPU in training.
-    pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        if train && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
-            let op = super::kernels::BnTrain::new(self.eps, relu);
+    /// `act(bn(x))`, fused into one pass on the CPU.
+    pub fn forward_act(&self, x: &Tensor, train: bool, act: Act) -> Result<Tensor> {
+        let fused = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4;
+        if fused && train {
+            let op = super::kernels::BnTrain::new(self.eps, act);
             let stats = op.stats_handle();
             let y = x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?;
             let st = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -201,8 +203,22 @@ impl BatchNorm {
             self.update_running(&mean, &(var * (n / (n - 1.0).max(1.0)))?)?;
             return Ok(y);
         }
+        if fused {
+            let mean: Vec<f32> = self.running_mean.as_tensor().to_vec1()?;
+            let var: Vec<f32> = self.running_var.as_tensor().to_vec1()?;
+            let op = super::kernels::BnEval {
+                eps: self.eps as f32,
+                act,
+                mean_var: mean.into_iter().zip(var).collect(),
+            };
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        }
         let y = self.forward_composed(x, train)?;
-        if relu { y.relu() } else { Ok(y) }
+        match act {
+            Act::Identity => Ok(y),
+            Act::Relu => y.relu(),
+            Act::Silu => y.silu(),
+        }
     }
 
     fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {

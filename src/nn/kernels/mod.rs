@@ -3,7 +3,8 @@
 //!
 //! - [`conv`]: 2-D convolution forward, backward-data and backward-weights
 //!   (im2col / col2im around the `gemm` crate, and a direct depthwise kernel);
-//! - [`bn`]: batch norm in training fused with its ReLU;
+//! - [`bn`]: batch norm, in training and evaluation, fused with its
+//!   activation (ReLU, SiLU);
 //! - [`pool`]: max and average pooling with any kernel, stride and padding;
 //! - [`upsample`]: bilinear upsampling.
 //!
@@ -20,7 +21,7 @@ pub mod conv;
 pub mod pool;
 pub mod upsample;
 
-pub use bn::BnTrain;
+pub use bn::{Act, BnEval, BnTrain};
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 

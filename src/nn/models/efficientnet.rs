@@ -14,6 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::Backbone;
+use crate::nn::kernels::Act;
 use crate::nn::layers::{BatchNorm, Conv, batch_norm, conv, global_avg_pool};
 use crate::nn::vars::Vb;
 
@@ -92,9 +93,11 @@ impl Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         if let Some((c, bn)) = &self.pw {
-            y = bn.forward_t(&c.forward(&y)?, train)?.silu()?;
+            y = bn.forward_act(&c.forward(&y)?, train, Act::Silu)?;
         }
-        y = self.bn_dw.forward_t(&self.dw.forward(&y)?, train)?.silu()?;
+        y = self
+            .bn_dw
+            .forward_act(&self.dw.forward(&y)?, train, Act::Silu)?;
         y = self.se.forward(&y)?;
         y = self.bn_pwl.forward_t(&self.pwl.forward(&y)?, train)?;
         if self.skip { y + x } else { Ok(y) }
@@ -154,13 +157,17 @@ impl EfficientNet {
 
 impl Backbone for EfficientNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.bn1.forward_t(&self.stem.forward(x)?, train)?.silu()?;
+        let mut x = self
+            .bn1
+            .forward_act(&self.stem.forward(x)?, train, Act::Silu)?;
         for s in &self.stages {
             for b in s {
                 x = b.forward_t(&x, train)?;
             }
         }
-        let x = self.bn2.forward_t(&self.head.forward(&x)?, train)?.silu()?;
+        let x = self
+            .bn2
+            .forward_act(&self.head.forward(&x)?, train, Act::Silu)?;
         global_avg_pool(&x)
     }
 

@@ -13,6 +13,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::Backbone;
+use crate::nn::kernels::Act;
 use crate::nn::layers::{BatchNorm, Conv, batch_norm, conv, global_avg_pool, max_pool_relu};
 use crate::nn::vars::Vb;
 
@@ -43,7 +44,9 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_act(&self.conv1.forward(x)?, train, true)?;
+        let y = self
+            .bn1
+            .forward_act(&self.conv1.forward(x)?, train, Act::Relu)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
         let short = match &self.downsample {
             Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
@@ -82,7 +85,9 @@ impl ResNet {
 
 impl Backbone for ResNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_act(&self.conv1.forward(x)?, train, true)?;
+        let x = self
+            .bn1
+            .forward_act(&self.conv1.forward(x)?, train, Act::Relu)?;
         let mut x = max_pool_relu(&x, 3, 2, 1)?;
         for l in &self.layers {
             for b in l {

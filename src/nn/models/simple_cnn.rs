@@ -13,6 +13,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::Backbone;
+use crate::nn::kernels::Act;
 use crate::nn::layers::{BatchNorm, Conv, batch_norm, conv, global_avg_pool, max_pool_relu};
 use crate::nn::vars::Vb;
 
@@ -42,7 +43,7 @@ impl Backbone for SimpleCnn {
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for (c, bn) in &self.blocks {
-            x = bn.forward_act(&c.forward(&x)?, train, true)?;
+            x = bn.forward_act(&c.forward(&x)?, train, Act::Relu)?;
             if x.dim(2)? >= 2 && x.dim(3)? >= 2 {
                 // candle's own max_pool2d scales the gradient by 1/4 (candle 0.11).
                 x = max_pool_relu(&x, 2, 2, 0)?;
