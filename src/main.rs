@@ -8,5 +8,12 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // candle's pool for elementwise ops spins its idle workers for a while
+    // after each op, taking the cores from podium's own kernels (rayon):
+    // let them sleep at once unless the user says otherwise.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: at start-up, before any thread exists.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") };
+    }
     std::process::exit(cli::main());
 }

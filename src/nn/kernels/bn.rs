@@ -105,6 +105,22 @@ impl Act {
     }
 }
 
+/// `out[i] = f(inp[i])`, monomorphized per `f` so the loop vectorizes.
+#[inline(always)]
+fn map_into(out: &mut [f32], inp: &[f32], f: impl Fn(f32) -> f32) {
+    for (o, &v) in out.iter_mut().zip(inp) {
+        *o = f(v);
+    }
+}
+
+/// `out[i] = dy[i] · f(x[i])`, monomorphized per `f` as [`map_into`].
+#[inline(always)]
+fn grad_into(out: &mut [f32], x: &[f32], dy: &[f32], f: impl Fn(f32) -> f32) {
+    for ((o, &v), &d) in out.iter_mut().zip(x).zip(dy) {
+        *o = d * f(v);
+    }
+}
+
 /// `act(x · a + b)` per channel, `coef[c] = (a, b)`.
 fn affine_act(x: &[f32], (c, hw): (usize, usize), coef: &[(f32, f32)], act: Act) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
@@ -116,8 +132,11 @@ fn affine_act(x: &[f32], (c, hw): (usize, usize), coef: &[(f32, f32)], act: Act)
         .enumerate()
         .for_each(|(k, (yo, xi))| {
             let (a, b) = coef[k % c];
-            for (o, &v) in yo.iter_mut().zip(xi) {
-                *o = act.apply(v * a + b);
+            // One loop per activation, so that each becomes SIMD.
+            match act {
+                Act::Identity => map_into(yo, xi, |v| v * a + b),
+                Act::Relu => map_into(yo, xi, |v| Act::Relu.apply(v * a + b)),
+                Act::Silu => map_into(yo, xi, |v| Act::Silu.apply(v * a + b)),
             }
         });
     y
@@ -344,8 +363,11 @@ impl CustomOp2 for BnBackward {
                 let ch = k % c;
                 let (m, is) = (self.center[ch], self.inv_std[ch]);
                 let (a, b) = (self.gamma[ch] * is, self.beta[ch] - m * self.gamma[ch] * is);
-                for ((o, &xv), &d) in g.iter_mut().zip(xi).zip(di) {
-                    *o = d * act.grad(xv * a + b);
+                // One loop per activation, so that each becomes SIMD.
+                match act {
+                    Act::Identity => g.copy_from_slice(di),
+                    Act::Relu => grad_into(g, xi, di, |z| Act::Relu.grad(z * a + b)),
+                    Act::Silu => grad_into(g, xi, di, |z| Act::Silu.grad(z * a + b)),
                 }
                 let sg = lane_sum(g, g, |v, _| v);
                 let sgx = lane_sum(g, xi, |gv, xv| gv * (xv - m)) * f64::from(is);
