@@ -190,20 +190,6 @@ fn coefficients(mean_var: &[(f32, f32)], w: &[f32], b: &[f32], eps: f32) -> Vec<
         .collect()
 }
 
-/// The gradients of `x`, `γ` and `β`, packed `[dx…, dγ…, dβ…]` as the
-/// backward op returns them.
-fn unpack(
-    packed: &Tensor,
-    x: &Tensor,
-    c: usize,
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let total = x.elem_count();
-    let dx = packed.narrow(0, 0, total)?.reshape(x.shape())?;
-    let dw = packed.narrow(0, total, c)?;
-    let db = packed.narrow(0, total + c, c)?;
-    Ok((Some(dx), Some(dw), Some(db)))
-}
-
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "podium-batch-norm-train"
@@ -236,20 +222,7 @@ impl CustomOp3 for BnTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self.stats();
-        let op = BnBackward {
-            act: self.act,
-            train: true,
-            center: stats.iter().map(|s| s.0).collect(),
-            inv_std: stats
-                .iter()
-                .map(|s| 1.0 / (s.1 + self.eps).sqrt())
-                .collect(),
-            gamma: w.to_vec1::<f32>()?,
-            beta: b.to_vec1::<f32>()?,
-        };
-        let packed = x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
-        unpack(&packed, x, w.dim(0)?)
+        BnBackward::run(self.act, true, &self.stats(), self.eps, [x, w, b, grad])
     }
 }
 
@@ -300,20 +273,7 @@ impl CustomOp3 for BnEval {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = BnBackward {
-            act: self.act,
-            train: false,
-            center: self.mean_var.iter().map(|s| s.0).collect(),
-            inv_std: self
-                .mean_var
-                .iter()
-                .map(|s| 1.0 / (s.1 + self.eps).sqrt())
-                .collect(),
-            gamma: w.to_vec1::<f32>()?,
-            beta: b.to_vec1::<f32>()?,
-        };
-        let packed = x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
-        unpack(&packed, x, w.dim(0)?)
+        BnBackward::run(self.act, false, &self.mean_var, self.eps, [x, w, b, grad])
     }
 }
 
@@ -327,6 +287,34 @@ struct BnBackward {
     inv_std: Vec<f32>,
     gamma: Vec<f32>,
     beta: Vec<f32>,
+}
+
+impl BnBackward {
+    /// The gradients of `x`, `γ` and `β` from `[x, γ, β, dy]`, for a
+    /// forward pass that normalized with `mean_var` (and `eps`).
+    fn run(
+        act: Act,
+        train: bool,
+        mean_var: &[(f32, f32)],
+        eps: f32,
+        [x, w, b, grad]: [&Tensor; 4],
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = BnBackward {
+            act,
+            train,
+            center: mean_var.iter().map(|s| s.0).collect(),
+            inv_std: mean_var.iter().map(|s| 1.0 / (s.1 + eps).sqrt()).collect(),
+            gamma: w.to_vec1::<f32>()?,
+            beta: b.to_vec1::<f32>()?,
+        };
+        // Packed `[dx…, dγ…, dβ…]`.
+        let packed = x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
+        let (total, c) = (x.elem_count(), w.dim(0)?);
+        let dx = packed.narrow(0, 0, total)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, total, c)?;
+        let db = packed.narrow(0, total + c, c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
 }
 
 impl CustomOp2 for BnBackward {

@@ -31,7 +31,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, b
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{dims4, f32_slice, valid_range};
+use super::{dims4, f32_slice, sum_in_parts, valid_range};
 
 /// Stride, zero padding and dilation (the same along both axes), and the
 /// number of groups, as in PyTorch's `nn.Conv2d`.
@@ -192,6 +192,17 @@ struct Mat<'a> {
     cs: usize,
 }
 
+impl Mat<'_> {
+    /// The transpose, a view.
+    fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
 /// `dst (m × n, row stride dst_rs) = [dst +] lhs (m × k) · rhs (k × n)`.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
@@ -337,6 +348,28 @@ fn im2col(x: &[f32], g: &Geometry, group: usize, (s0, nb): (usize, usize), col: 
     }
 }
 
+/// One group's columns over samples `s0 .. s0 + nb`, `K × nb·P`: for one
+/// sample of a pointwise conv the input itself, else [`im2col`] into `col`.
+fn columns<'a>(
+    x: &'a [f32],
+    g: &Geometry,
+    group: usize,
+    span: (usize, usize),
+    col: &'a mut Vec<f32>,
+) -> Mat<'a> {
+    let (p, k) = (g.ohw(), g.k());
+    if g.pointwise() && span.1 == 1 {
+        let data = &x[(span.0 * g.cin + group * k) * p..][..k * p];
+        return Mat { data, rs: p, cs: 1 };
+    }
+    im2col(x, g, group, span, col);
+    Mat {
+        data: col,
+        rs: span.1 * p,
+        cs: 1,
+    }
+}
+
 /// col2im of one group: adds `col` (`K × nb·P`) onto the chunk's input
 /// gradient `dx` (`nb` samples).
 fn col2im(col: &[f32], g: &Geometry, group: usize, nb: usize, dx: &mut [f32]) {
@@ -410,17 +443,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
                     rs: k,
                     cs: 1,
                 };
-                let cols = if g.pointwise() && span.1 == 1 {
-                    let data = &x[(span.0 * g.cin + group * k) * p..][..k * p];
-                    Mat { data, rs: p, cs: 1 }
-                } else {
-                    im2col(x, g, group, span, col);
-                    Mat {
-                        data: col,
-                        rs: width,
-                        cs: 1,
-                    }
-                };
+                let cols = columns(x, g, group, span, col);
                 if span.1 == 1 {
                     let dst = &mut ych[group * m * p..][..m * p];
                     matmul((m, p, k), dst, p, false, wg, cols, par);
@@ -493,45 +516,19 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     }
     let nb = g.chunk();
     let chunks = g.n.div_ceil(nb);
-    let parts = chunks.min(rayon::current_num_threads().max(1));
-    let par = gemm_par(parts);
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let mut acc = vec![0f32; g.weight_len()];
-            let (mut col, mut mat) = (Vec::new(), Vec::new());
-            for ci in part * chunks / parts..(part + 1) * chunks / parts {
-                let span = (ci * nb, nb.min(g.n - ci * nb));
-                let width = span.1 * p;
-                for group in 0..g.p.groups {
-                    let dym = out_rows(dy, g, group, span, &mut mat);
-                    // colᵀ, nb·P × K.
-                    let colt = if g.pointwise() && span.1 == 1 {
-                        let data = &x[(span.0 * g.cin + group * k) * p..][..k * p];
-                        Mat { data, rs: 1, cs: p }
-                    } else {
-                        im2col(x, g, group, span, &mut col);
-                        Mat {
-                            data: &col,
-                            rs: 1,
-                            cs: width,
-                        }
-                    };
-                    let dst = &mut acc[group * m * k..][..m * k];
-                    matmul((m, k, width), dst, k, true, dym, colt, par);
-                }
+    let par = gemm_par(chunks);
+    sum_in_parts(chunks, g.weight_len(), |range, acc| {
+        let (mut col, mut mat) = (Vec::new(), Vec::new());
+        for ci in range {
+            let span = (ci * nb, nb.min(g.n - ci * nb));
+            for group in 0..g.p.groups {
+                let dym = out_rows(dy, g, group, span, &mut mat);
+                let colt = columns(x, g, group, span, &mut col).t();
+                let dst = &mut acc[group * m * k..][..m * k];
+                matmul((m, k, span.1 * p), dst, k, true, dym, colt, par);
             }
-            acc
-        })
-        .collect();
-    let mut parts = partials.into_iter();
-    let mut total = parts.next().expect("at least one part");
-    for part in parts {
-        for (t, v) in total.iter_mut().zip(part) {
-            *t += v;
         }
-    }
-    total
+    })
 }
 
 /// Depthwise maps up to this many pixels run channels-last (where a row
@@ -563,10 +560,10 @@ fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 /// The taps of a depthwise kernel that land inside the input, as
-/// `(tap index, i, j, (ylo, yhi), (xlo, xhi), x0)`: output rows `ylo..yhi`
+/// `(tap index, i, (ylo, yhi), (xlo, xhi), x0)`: output rows `ylo..yhi`
 /// and columns `xlo..xhi` read input column `x0 + (ox − xlo)·s`.
 #[allow(clippy::type_complexity)]
-fn taps(g: &Geometry) -> Vec<(usize, usize, usize, (usize, usize), (usize, usize), usize)> {
+fn taps(g: &Geometry) -> Vec<(usize, usize, (usize, usize), (usize, usize), usize)> {
     let ConvParams {
         stride: s,
         padding: pad,
@@ -579,7 +576,7 @@ fn taps(g: &Geometry) -> Vec<(usize, usize, usize, (usize, usize), (usize, usize
         for j in 0..g.kw {
             let xs = valid_range(g.ow, g.w, s, j * d, pad);
             if ys.0 < ys.1 && xs.0 < xs.1 {
-                out.push((i * g.kw + j, i, j, ys, xs, xs.0 * s + j * d - pad));
+                out.push((i * g.kw + j, i, ys, xs, xs.0 * s + j * d - pad));
             }
         }
     }
@@ -601,7 +598,7 @@ fn depthwise_forward_planes(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
         .for_each(|(plane, yo)| {
             let xi = &x[plane * hw..][..hw];
             let wc = &w[(plane % g.cout) * kk..][..kk];
-            for &(t, i, _, (ylo, yhi), (xlo, xhi), x0) in &taps {
+            for &(t, i, (ylo, yhi), (xlo, xhi), x0) in &taps {
                 let wv = wc[t];
                 for oy in ylo..yhi {
                     let src = &xi[(oy * s + i * d - pad) * g.w..][..g.w];
@@ -630,7 +627,7 @@ fn depthwise_backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut 
         .for_each(|(plane, dxo)| {
             let gi = &dy[plane * p..][..p];
             let wc = &w[(plane % g.cout) * kk..][..kk];
-            for &(t, i, _, (ylo, yhi), (xlo, xhi), x0) in &taps {
+            for &(t, i, (ylo, yhi), (xlo, xhi), x0) in &taps {
                 let wv = wc[t];
                 for oy in ylo..yhi {
                     let dst = &mut dxo[(oy * s + i * d - pad) * g.w..][..g.w];
@@ -659,7 +656,7 @@ fn depthwise_backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<
             let plane = n * g.cin + c;
             let xi = &x[plane * hw..][..hw];
             let gi = &dy[plane * p..][..p];
-            for &(t, i, _, (ylo, yhi), (xlo, xhi), x0) in &taps {
+            for &(t, i, (ylo, yhi), (xlo, xhi), x0) in &taps {
                 let mut sum = 0f32;
                 for oy in ylo..yhi {
                     let src = &xi[(oy * s + i * d - pad) * g.w..][..g.w];
@@ -797,41 +794,27 @@ fn depthwise_backward_weight_nhwc(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f3
     let (c, kk) = (g.cin, g.kh * g.kw);
     let xt = per_sample_transpose(x, c, g.hw());
     let gt = per_sample_transpose(dy, c, g.ohw());
-    // Samples in a fixed number of parts, each summed alone, added in order.
-    let parts = g.n.min(rayon::current_num_threads().max(1));
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let mut acc = vec![0f32; kk * c];
-            for n in part * g.n / parts..(part + 1) * g.n / parts {
-                for oy in 0..g.oh {
-                    for i in 0..g.kh {
-                        let Some(iy) = tap_in(oy, i, g, g.h) else {
-                            continue;
-                        };
-                        let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
-                        for ox in 0..g.ow {
-                            let grad = &gt[((n * g.oh + oy) * g.ow + ox) * c..][..c];
-                            for j in 0..g.kw {
-                                if let Some(ix) = tap_in(ox, j, g, g.w) {
-                                    let a = &mut acc[(i * g.kw + j) * c..][..c];
-                                    axpy(a, grad, &src_row[ix * c..][..c]);
-                                }
+    let total = sum_in_parts(g.n, kk * c, |samples, acc| {
+        for n in samples {
+            for oy in 0..g.oh {
+                for i in 0..g.kh {
+                    let Some(iy) = tap_in(oy, i, g, g.h) else {
+                        continue;
+                    };
+                    let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
+                    for ox in 0..g.ow {
+                        let grad = &gt[((n * g.oh + oy) * g.ow + ox) * c..][..c];
+                        for j in 0..g.kw {
+                            if let Some(ix) = tap_in(ox, j, g, g.w) {
+                                let a = &mut acc[(i * g.kw + j) * c..][..c];
+                                axpy(a, grad, &src_row[ix * c..][..c]);
                             }
                         }
                     }
                 }
             }
-            acc
-        })
-        .collect();
-    let mut it = partials.into_iter();
-    let mut total = it.next().unwrap_or_else(|| vec![0f32; kk * c]);
-    for part in it {
-        for (t, v) in total.iter_mut().zip(part) {
-            *t += v;
         }
-    }
+    });
     per_sample_transpose(&total, kk, c)
 }
 

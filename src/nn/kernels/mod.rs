@@ -23,7 +23,10 @@ pub mod upsample;
 
 pub use bn::{Act, BnEval, BnTrain};
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, Layout, Result, bail};
+use rayon::prelude::*;
 
 /// The f32 elements of a contiguous CPU tensor.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -65,4 +68,32 @@ pub(crate) fn valid_range(
         0
     };
     (lo.min(hi), hi)
+}
+
+/// `Σ f` over the items `0..items`, into a vector of `len`: the items go in
+/// a fixed number of contiguous parts (at most one per thread), each part
+/// accumulates alone through `f(range, acc)`, and the parts are added in
+/// order, so the sum has the same bits from run to run.
+pub(crate) fn sum_in_parts(
+    items: usize,
+    len: usize,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let parts = items.min(rayon::current_num_threads()).max(1);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let mut acc = vec![0f32; len];
+            f(part * items / parts..(part + 1) * items / parts, &mut acc);
+            acc
+        })
+        .collect();
+    let mut it = partials.into_iter();
+    let mut total = it.next().unwrap_or_else(|| vec![0f32; len]);
+    for part in it {
+        for (t, v) in total.iter_mut().zip(part) {
+            *t += v;
+        }
+    }
+    total
 }
