@@ -477,3 +477,148 @@ fn a_killed_training_resumes_and_ends_bit_identical() {
         );
     }
 }
+
+/// Reads a checkpoint's podium header.
+fn checkpoint_meta(p: &Path) -> Value {
+    podium::nn::checkpoint::load(p, &candle_core::Device::Cpu)
+        .unwrap()
+        .1
+}
+
+/// On labels drawn at random the validation loss stalls: the plateau
+/// schedule halves the rate after each epoch without a better loss, early
+/// stopping ends the run after three, and the best checkpoint and
+/// `metrics.json` are the best epoch's. The expected rates and the epoch of
+/// the stop are replayed from the validation losses in `history.csv`.
+#[test]
+fn plateau_and_early_stopping_follow_the_validation_loss() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 60, 3);
+    let labels = std::fs::read_to_string(d.join("data/train.csv")).unwrap();
+    let mut shuffled = String::from("id,label\n");
+    for (i, row) in labels.lines().skip(1).enumerate() {
+        let id = row.split(',').next().unwrap();
+        shuffled += &format!("{id},{}\n", (i * 7 + i / 3) % 3);
+    }
+    std::fs::write(d.join("data/random.csv"), shuffled).unwrap();
+    let (epochs, patience, stop_after) = (12, 0, 3);
+    ok(
+        d,
+        &[
+            "op",
+            "train",
+            "--set",
+            "fold=0",
+            "--set",
+            &format!("epochs={epochs}"),
+            "--set",
+            "lr=0.01",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "schedule=plateau",
+            "--set",
+            &format!("patience={patience}"),
+            "--set",
+            "gamma=0.5",
+            "--set",
+            &format!("early_stopping={stop_after}"),
+            "--set",
+            "monitor=loss",
+            "data/train_images",
+            "data/random.csv",
+            "folds.csv",
+            "-o",
+            "tr",
+        ],
+    );
+    let hist = table(&d.join("tr/history.csv"));
+    let col = |name: &str| hist[0].iter().position(|c| c == name).unwrap();
+    let (lr_c, vl_c, acc_c) = (col("lr"), col("val_loss"), col("accuracy"));
+    let rows = &hist[1..];
+    // Replay: the rate of each epoch, and where the run must end.
+    let (mut lr, mut best, mut bad_sched, mut bad_stop) = (0.01f64, f64::INFINITY, 0, 0);
+    let mut best_epoch = 0;
+    let mut expected_len = epochs;
+    for (e, r) in rows.iter().enumerate() {
+        let got: f64 = r[lr_c].parse().unwrap();
+        assert!(
+            (got - lr).abs() < 1e-12,
+            "epoch {}: lr {got}, want {lr}",
+            e + 1
+        );
+        let v: f64 = r[vl_c].parse().unwrap();
+        if v < best {
+            (best, best_epoch, bad_sched, bad_stop) = (v, e + 1, 0, 0);
+        } else {
+            bad_sched += 1;
+            bad_stop += 1;
+            if bad_sched > patience {
+                lr *= 0.5;
+                bad_sched = 0;
+            }
+            if bad_stop >= stop_after {
+                expected_len = e + 1;
+                break;
+            }
+        }
+    }
+    assert!(expected_len < epochs, "the loss never stalled: {hist:?}");
+    assert_eq!(rows.len(), expected_len, "{hist:?}");
+    assert!(
+        rows.iter().any(|r| r[lr_c] != rows[0][lr_c]),
+        "the rate never fell: {hist:?}"
+    );
+    let meta = checkpoint_meta(&d.join("tr/best.safetensors"));
+    assert_eq!(meta["epoch"], best_epoch);
+    let last = checkpoint_meta(&d.join("tr/last.safetensors"));
+    assert_eq!(last["epoch"], expected_len);
+    let m = read_json(&d.join("tr/metrics.json"));
+    let best_acc: f64 = rows[best_epoch - 1][acc_c].parse().unwrap();
+    assert!(
+        (m["accuracy"].as_f64().unwrap() - best_acc).abs() < 1e-12,
+        "{m}"
+    );
+}
+
+/// Gradient accumulation takes one optimizer step per `accumulate`
+/// batches (the last one may be short), and still learns.
+#[test]
+fn accumulated_gradients_step_once_per_group_and_learn() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 150, 3);
+    // Fold 0 leaves 120 training images: 15 batches of 8 per epoch.
+    for (accumulate, steps) in [(1, 3 * 15), (4, 3 * 4)] {
+        let out = format!("tr{accumulate}");
+        ok(
+            d,
+            &[
+                "op",
+                "train",
+                "--set",
+                "fold=0",
+                "--set",
+                "epochs=3",
+                "--set",
+                "lr=0.003",
+                "--set",
+                "batch_size=8",
+                "--set",
+                &format!("accumulate={accumulate}"),
+                "data/train_images",
+                "data/train.csv",
+                "folds.csv",
+                "-o",
+                &out,
+            ],
+        );
+        let meta = checkpoint_meta(&d.join(&out).join("last.safetensors"));
+        assert_eq!(meta["steps"], steps, "accumulate = {accumulate}");
+        let acc = read_json(&d.join(&out).join("metrics.json"))["accuracy"]
+            .as_f64()
+            .unwrap();
+        assert!(acc > 0.6, "accumulate = {accumulate}: accuracy {acc}");
+    }
+}
