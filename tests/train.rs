@@ -622,3 +622,90 @@ fn accumulated_gradients_step_once_per_group_and_learn() {
         assert!(acc > 0.6, "accumulate = {accumulate}: accuracy {acc}");
     }
 }
+
+/// Runs op `kind` through the library with its defaults and `set`, in
+/// `dir`, collecting the progress it reports.
+fn run_reporting(
+    dir: &Path,
+    kind: &str,
+    set: &[(&str, podium::value::Value)],
+) -> Vec<podium::ops::Step> {
+    use podium::ops::{OpContext, Params, Step, default_value};
+    let op = podium::ops::get(kind).unwrap();
+    let mut params: Params = op
+        .params()
+        .iter()
+        .filter_map(|s| Some((s.name.to_string(), default_value(s)?)))
+        .collect();
+    for (k, v) in set {
+        params.insert(k.to_string(), v.clone());
+    }
+    let out = dir.join(format!("{kind}-out"));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut log = std::fs::File::create(dir.join(format!("{kind}.log"))).unwrap();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let steps = std::sync::Mutex::new(Vec::<Step>::new());
+    let report = |s: &Step| steps.lock().unwrap().push(s.clone());
+    let mut cx = OpContext {
+        params: &params,
+        out_dir: &out,
+        work_dir: dir,
+        log: &mut log,
+        cancel: &cancel,
+        threads: 2,
+        gpus: &[],
+        resume_dir: None,
+        progress: &report,
+    };
+    op.run(&mut cx).unwrap();
+    steps.into_inner().unwrap()
+}
+
+/// `train` reports every batch of every epoch, with the running loss and,
+/// from the second epoch, the last validation; `predict` counts images ×
+/// TTA variants to the end. A terminal shows these as a bar.
+#[test]
+fn train_and_predict_report_their_progress() {
+    use podium::value::Value;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 60, 3);
+    let s = |v: &str| Value::Str(v.into());
+    let steps = run_reporting(
+        d,
+        "train",
+        &[
+            ("images", s("data/train_images")),
+            ("labels", s("data/train.csv")),
+            ("folds", s("folds.csv")),
+            ("fold", Value::Int(0)),
+            ("epochs", Value::Int(2)),
+            ("batch_size", Value::Int(8)),
+        ],
+    );
+    // 48 training images: 6 batches of 8 per epoch.
+    assert_eq!(steps.len(), 12, "{steps:?}");
+    for (i, st) in steps.iter().enumerate() {
+        assert_eq!((st.done, st.total), (i as u64, 12), "{st:?}");
+        let epoch = if i < 6 { "epoch 1/2" } else { "epoch 2/2" };
+        assert!(st.message.starts_with(epoch), "{st:?}");
+        assert_eq!(st.message.contains("val_loss"), i >= 6, "{st:?}");
+    }
+    let steps = run_reporting(
+        d,
+        "predict",
+        &[
+            ("checkpoint", s("train-out/best.safetensors")),
+            ("images", s("data/test_images")),
+            ("tta", Value::List(vec![s("default"), s("fliplr")])),
+            ("batch_size", Value::Int(16)),
+        ],
+    );
+    let done: Vec<u64> = steps.iter().map(|s| s.done).collect();
+    assert_eq!(
+        done,
+        [0, 16, 32, 40, 56, 72, 80],
+        "40 test images, two variants"
+    );
+    assert!(steps.iter().all(|s| s.total == 80));
+}

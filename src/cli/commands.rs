@@ -232,6 +232,11 @@ impl exec::Events for LazyProgress<'_> {
             p.finished(job, outcome, took)
         }
     }
+    fn progress(&self, job: &exec::Job, step: &podium::ops::Step) {
+        if let Some(p) = self.0.get() {
+            p.progress(job, step)
+        }
+    }
 }
 
 pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32> {

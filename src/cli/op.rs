@@ -158,6 +158,13 @@ pub fn op(
     let log_path = work.path().join("log");
     let mut log = std::fs::File::create(&log_path)?;
     let cwd = std::env::current_dir()?;
+    let bar =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| super::progress::op_bar(kind));
+    let report = |s: &podium::ops::Step| {
+        if let Some(b) = &bar {
+            super::progress::show(b, s);
+        }
+    };
     let mut cx = OpContext {
         params: &params,
         out_dir: &out_dir,
@@ -167,8 +174,12 @@ pub fn op(
         threads: threads.max(1),
         gpus: &[],
         resume_dir: None,
+        progress: &report,
     };
     let result = op.run(&mut cx);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
     eprint!("{log_text}");
     if let Err(e) = result {

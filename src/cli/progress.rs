@@ -1,14 +1,38 @@
 //! Progress of a run: bars on a terminal, one line per instance otherwise.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use podium::exec::{Events, Job, Outcome};
+use podium::ops::Step;
+
+/// A bar of one running op (epochs and batches, images), named after it.
+pub fn op_bar(name: &str) -> ProgressBar {
+    let bar = ProgressBar::no_length().with_prefix(name.to_string());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "  {prefix:.bold} [{bar:24.green/white}] {pos}/{len} {wide_msg} {eta:.dim}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Moves an op's bar to `step`.
+pub fn show(bar: &ProgressBar, step: &Step) {
+    bar.set_length(step.total);
+    bar.set_position(step.done);
+    bar.set_message(step.message.clone());
+}
 
 pub struct Progress {
     bars: Option<(MultiProgress, ProgressBar)>,
+    /// A bar per running job that reports steps.
+    jobs: Mutex<HashMap<String, ProgressBar>>,
     running: Mutex<Vec<String>>,
     done: Mutex<usize>,
     total: usize,
@@ -31,6 +55,7 @@ impl Progress {
         });
         Progress {
             bars,
+            jobs: Mutex::new(HashMap::new()),
             running: Mutex::new(Vec::new()),
             done: Mutex::new(0),
             total,
@@ -63,6 +88,11 @@ impl Events for Progress {
     }
 
     fn finished(&self, job: &Job, outcome: &Outcome, took: Duration) {
+        if let (Some((mp, _)), Some(b)) = (&self.bars, self.jobs.lock().unwrap().remove(&job.name))
+        {
+            b.finish_and_clear();
+            mp.remove(&b);
+        }
         let mut r = self.running.lock().unwrap();
         r.retain(|n| n != &job.name);
         let mut done = self.done.lock().unwrap();
@@ -84,5 +114,14 @@ impl Events for Progress {
                 format!("running {}", r.join(", "))
             });
         }
+    }
+
+    fn progress(&self, job: &Job, step: &Step) {
+        let Some((mp, _)) = &self.bars else { return };
+        let mut jobs = self.jobs.lock().unwrap();
+        let bar = jobs
+            .entry(job.name.clone())
+            .or_insert_with(|| mp.add(op_bar(&job.name)));
+        show(bar, step);
     }
 }

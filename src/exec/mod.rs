@@ -46,6 +46,8 @@ pub struct Job {
 pub trait Events: Sync {
     fn started(&self, job: &Job);
     fn finished(&self, job: &Job, outcome: &Outcome, took: Duration);
+    /// A running job says how far it has got.
+    fn progress(&self, _job: &Job, _step: &crate::ops::Step) {}
 }
 
 /// Runs jobs in dependency order.
@@ -163,7 +165,11 @@ pub fn run(
         .into_iter()
         .map(|id| p.instances[id].name.clone())
         .collect();
-    let results = executor.execute(&jobs, &|job, gpus| runner.run(job.id, gpus), events);
+    let results = executor.execute(
+        &jobs,
+        &|job, gpus| runner.run(job.id, gpus, &|s| events.progress(job, s)),
+        events,
+    );
     let _ = stat.save(&store.statcache_path());
     let mut outcomes: Vec<(usize, Outcome)> = results;
     let mut rank = vec![0; g.len()];

@@ -11,7 +11,7 @@ use super::Outcome;
 use crate::error::{IoContext, Result};
 use crate::hash::StatCache;
 use crate::ir::{Instance, Pipeline};
-use crate::ops::{OpContext, OpError, Params};
+use crate::ops::{OpContext, OpError, Params, Report};
 use crate::plan::{self, Plan, Status};
 use crate::store::{self, Record, Store};
 use crate::value::PathRef;
@@ -97,8 +97,8 @@ impl<'a> Runner<'a> {
     }
 
     /// Runs one instance (unless its key turns out to be stored already).
-    pub fn run(&self, id: usize, gpus: &[usize]) -> Outcome {
-        match self.try_run(id, gpus) {
+    pub fn run(&self, id: usize, gpus: &[usize], progress: &Report) -> Outcome {
+        match self.try_run(id, gpus, progress) {
             Ok(o) => o,
             Err(e) => Outcome::Failed {
                 message: e.to_string(),
@@ -108,7 +108,7 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn try_run(&self, id: usize, gpus: &[usize]) -> Result<Outcome> {
+    fn try_run(&self, id: usize, gpus: &[usize], progress: &Report) -> Result<Outcome> {
         let p = self.pipeline;
         let inst = &p.instances[id];
         let op = inst.op();
@@ -149,6 +149,7 @@ impl<'a> Runner<'a> {
                 threads: inst.resources.threads,
                 gpus,
                 resume_dir: Some(&resume),
+                progress,
             };
             catch_unwind(AssertUnwindSafe(|| op.run(&mut cx))).unwrap_or_else(|_| {
                 Err(OpError::Failed(format!(

@@ -66,7 +66,9 @@ pub fn to_xywh(b: [f32; 4], size: (f64, f64)) -> [f64; 4] {
 }
 
 /// Runs `model` (in evaluation mode) on images `idx`, once per TTA variant,
-/// merging with `max` or the mean.
+/// merging with `max` or the mean. `on_batch` is called before each batch
+/// with the number of (image, variant) pairs done so far; an error from it
+/// (cancellation) stops the work.
 #[allow(clippy::too_many_arguments)]
 pub fn infer(
     model: &Model,
@@ -79,7 +81,7 @@ pub fn infer(
     batch_size: usize,
     device: &Device,
     pool: &rayon::ThreadPool,
-    cancelled: &(dyn Fn() -> bool + Sync),
+    on_batch: &mut dyn FnMut(usize) -> Result<(), NnError>,
 ) -> Result<Predictions, NnError> {
     let n = idx.len();
     // Sums in f64, so that the mean of identical variants is exactly each.
@@ -91,9 +93,7 @@ pub fn infer(
     for (k, &d) in tta.iter().enumerate() {
         let mut row = 0;
         images.for_each_batch::<NnError>(idx, batch_size, None, d, None, pool, |b| {
-            if cancelled() {
-                return Err(NnError::Cancelled);
-            }
+            on_batch(k * n + row)?;
             let m = b.idx.len();
             let x = Tensor::from_vec(b.x, (m, 3, s, s), device)?;
             let o = pool.install(|| model.forward_t(&x, false))?;
@@ -145,6 +145,7 @@ pub fn infer(
             Ok(())
         })?;
     }
+    on_batch(tta.len() * n)?;
     let t = tta.len().max(1) as f64;
     let div = |v: f64| (v / t) as f32;
     Ok(Predictions {

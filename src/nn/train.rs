@@ -31,6 +31,7 @@ use super::predict::{Activation, Predictions, infer, to_xywh};
 use super::schedule::Schedule;
 use super::vars::{Role, VarStore};
 use crate::metrics::classify::{self as m, Label};
+use crate::ops::Step;
 
 /// Everything that decides how a model trains.
 #[derive(Clone, Debug)]
@@ -365,6 +366,7 @@ pub fn fit(
     device: &Device,
     pool: &rayon::ThreadPool,
     cancelled: &(dyn Fn() -> bool + Sync),
+    progress: &crate::ops::Report,
     log: &mut dyn FnMut(String),
 ) -> Result<Summary, NnError> {
     let task = cfg.task;
@@ -486,6 +488,18 @@ pub fn fit(
     let s = cfg.image_size as usize;
     let bs = cfg.batch_size.max(1);
     let batches_per_epoch = n_train.div_ceil(bs).max(1);
+    // The last epoch's validation, shown beside the progress bar.
+    let val_summary = |e: &Epoch| {
+        let m = e
+            .metrics
+            .get(&cfg.monitor)
+            .map(|v| format!("  {} {v:.4}", cfg.monitor))
+            .unwrap_or_default();
+        e.val_loss
+            .map(|v| format!("  · val_loss {v:.4}{m}"))
+            .unwrap_or_default()
+    };
+    let mut last_val = st.history.last().map(val_summary).unwrap_or_default();
 
     for epoch in st.epochs_done..cfg.epochs {
         if st.stopped_early {
@@ -544,6 +558,20 @@ pub fn fit(
                     return Err(NnError::Cancelled);
                 }
                 let n = b.idx.len();
+                progress(&Step {
+                    done: (epoch * batches_per_epoch + batch_no) as u64,
+                    total: (cfg.epochs * batches_per_epoch) as u64,
+                    message: format!(
+                        "epoch {}/{}  loss {}{last_val}",
+                        epoch + 1,
+                        cfg.epochs,
+                        if seen == 0 {
+                            "…".to_string()
+                        } else {
+                            format!("{:.4}", loss_sum / seen as f64)
+                        }
+                    ),
+                });
                 lr = st
                     .schedule
                     .lr(epoch, batch_no as f64 / batches_per_epoch as f64);
@@ -604,7 +632,13 @@ pub fn fit(
                 bs,
                 device,
                 pool,
-                cancelled,
+                &mut |_| {
+                    if cancelled() {
+                        Err(NnError::Cancelled)
+                    } else {
+                        Ok(())
+                    }
+                },
             )?;
             let vl = val_loss(cfg, task, &p, &val_for_metrics, device)?;
             let metrics = val_metrics(task, cfg.threshold, &p, &val_for_metrics);
@@ -660,6 +694,7 @@ pub fn fit(
                 .collect::<String>(),
             row.seconds
         ));
+        last_val = val_summary(&row);
         st.history.push(row);
         st.epochs_done = epoch + 1;
         if improved {

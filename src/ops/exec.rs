@@ -319,6 +319,7 @@ mod tests {
             threads: 1,
             gpus: &[],
             resume_dir: None,
+            progress: &crate::ops::no_report,
         };
         let err = Exec.run(&mut cx).unwrap_err().to_string();
         assert!(err.contains("`b.txt`"), "{err}");
@@ -345,6 +346,7 @@ mod tests {
             threads: 1,
             gpus: &[],
             resume_dir: None,
+            progress: &crate::ops::no_report,
         };
         assert_eq!(
             Exec.run(&mut cx).unwrap_err().to_string(),

@@ -138,7 +138,24 @@ pub struct OpContext<'a> {
     /// instance (same key), for resumable work such as training's epochs;
     /// removed once the instance succeeds. `None` for `podium op`.
     pub resume_dir: Option<&'a Path>,
+    /// Where long ops report how far they have got (a progress bar).
+    pub progress: &'a Report<'a>,
 }
+
+/// How far an op has got: `done` of `total` units (batches, images), and a
+/// short line such as `epoch 3/10  loss 0.412`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Step {
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+}
+
+/// Receives an op's [`Step`]s.
+pub type Report<'a> = dyn Fn(&Step) + Sync + 'a;
+
+/// A [`Report`] that goes nowhere.
+pub fn no_report(_: &Step) {}
 
 impl OpContext<'_> {
     pub fn str(&self, name: &str) -> &str {
@@ -217,6 +234,15 @@ impl OpContext<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// Reports progress: `done` of `total`, with a short message.
+    pub fn step(&self, done: u64, total: u64, message: impl Into<String>) {
+        (self.progress)(&Step {
+            done,
+            total,
+            message: message.into(),
+        });
     }
 
     /// A line in the instance's log.

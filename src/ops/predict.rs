@@ -229,9 +229,8 @@ impl Op for Predict {
         let imgs = Images::new(paths.clone(), size, mean, std)?;
         let tta = variants(&cx.strs("tta")).map_err(OpError::Failed)?;
         let pool = cx.pool()?;
-        let cancel = cx.cancel;
-        let cancelled = || cancel.load(std::sync::atomic::Ordering::Relaxed);
         let idx: Vec<usize> = (0..ids.len()).collect();
+        let total = (idx.len() * tta.len()) as u64;
         let started = Instant::now();
         let p = infer(
             &model,
@@ -244,7 +243,10 @@ impl Op for Predict {
             cx.int("batch_size").max(1) as usize,
             &device,
             &pool,
-            &cancelled,
+            &mut |done| {
+                cx.step(done as u64, total, "images × TTA variants");
+                cx.check_cancel().map_err(|_| crate::nn::NnError::Cancelled)
+            },
         )
         .map_err(nn_error)?;
         let ms = started.elapsed().as_secs_f64() * 1000.0 / ids.len() as f64;

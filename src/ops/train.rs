@@ -669,6 +669,7 @@ impl Op for Train {
         let cancel = cx.cancel;
         let cancelled = || cancel.load(std::sync::atomic::Ordering::Relaxed);
         // Epoch lines go to the log as they happen (`tail -f` it).
+        let progress = cx.progress;
         let log = &mut *cx.log;
         let result = fit(
             &cfg,
@@ -678,6 +679,7 @@ impl Op for Train {
             &device,
             &pool,
             &cancelled,
+            progress,
             &mut |l| {
                 use std::io::Write;
                 let _ = writeln!(log, "{l}");
