@@ -162,6 +162,8 @@ impl Op for Resize {
         };
         let skip = cx.str("on_error") == "skip";
         let cancel = cx.cancel;
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let total = files.len() as u64;
         // One result per image: its geometry per size, or its error.
         let results: Vec<Result<Vec<Geometry>, DataError>> = cx.pool()?.install(|| {
             files
@@ -170,7 +172,12 @@ impl Op for Resize {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(DataError::new(rel, "interrupted"));
                     }
-                    job.one(resizer, rel)
+                    let r = job.one(resizer, rel);
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_multiple_of(64) || n == total {
+                        cx.step(n, total, "images");
+                    }
+                    r
                 })
                 .collect()
         });
