@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -69,7 +69,7 @@ fn list_files_stat(dir: &Path, glob: Option<&str>) -> io::Result<Listed> {
         None => None,
     };
     let mut out = walk_dir(dir, "", matcher.as_ref())?;
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -84,12 +84,14 @@ fn walk_dir(
     let mut subdirs = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let mut rel = String::with_capacity(prefix.len() + 1 + name.len());
+        if !prefix.is_empty() {
+            rel.push_str(prefix);
+            rel.push('/');
+        }
+        rel.push_str(&name);
         let path = entry.path();
         let meta = if entry.file_type()?.is_symlink() {
             fs::metadata(&path)?
@@ -147,32 +149,138 @@ fn now_ns() -> i128 {
 /// that an unchanged file is not read again. Entries for files modified just
 /// before they were hashed are not trusted (racy timestamps).
 ///
-/// Entries loaded from the cache file are read without a lock (hashing
-/// threads look up many files at once); entries made during this process go
-/// to a locked map and are merged when the cache is saved.
+/// The cache file is binary (see [`Record`]) and is used as loaded: one
+/// read, then an index from a 64-bit hash of each path to its record, with
+/// no parsing and no allocation per entry. Entries loaded from it are read
+/// without a lock (hashing threads look up many files at once); entries made
+/// during this process go to a locked map and are merged when the cache is
+/// saved.
 #[derive(Default)]
 pub struct StatCache {
-    // Keyed by the path's bytes: hashing a `Path` walks its components, which
-    // costs more than the lookup itself.
-    loaded: HashMap<Box<[u8]>, Entry>,
+    loaded: OnceLock<Loaded>,
+    /// The cache file being read and indexed on a thread of its own, while
+    /// the manifest is checked and the inputs are listed.
+    loading: Mutex<Option<std::thread::JoinHandle<Loaded>>>,
     fresh: Mutex<HashMap<Box<[u8]>, Entry>>,
 }
 
-impl StatCache {
-    /// Loads a cache file; a missing or unreadable one gives an empty cache.
-    pub fn load(path: &Path) -> StatCache {
-        let mut entries = HashMap::new();
-        if let Ok(text) = fs::read_to_string(path) {
-            for line in text.lines() {
-                if let Some((p, e)) = parse_line(line) {
-                    entries.insert(p.as_bytes().into(), e);
-                }
+/// The first bytes of a stat cache file (format 2: binary records).
+const MAGIC: &[u8; 16] = b"podium-stat-v2\n\0";
+
+/// One record of the cache file: the path's length (u32), the path's bytes,
+/// then size, mtime (ns), ctime (ns), inode, the time it was hashed (ns),
+/// all little-endian 8-byte integers, and the 32-byte blake3 hash.
+struct Record;
+
+impl Record {
+    const FIXED: usize = 5 * 8 + 32;
+
+    fn write(out: &mut Vec<u8>, path: &[u8], e: &Entry) {
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path);
+        out.extend_from_slice(&e.stat.size.to_le_bytes());
+        out.extend_from_slice(&(e.stat.mtime_ns as i64).to_le_bytes());
+        out.extend_from_slice(&(e.stat.ctime_ns as i64).to_le_bytes());
+        out.extend_from_slice(&e.stat.ino.to_le_bytes());
+        out.extend_from_slice(&(e.hashed_at_ns as i64).to_le_bytes());
+        out.extend_from_slice(e.hash.as_bytes());
+    }
+
+    /// The record at `at`: its path, its entry, and where the next begins.
+    fn read(buf: &[u8], at: usize) -> Option<(&[u8], Entry, usize)> {
+        let n = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize;
+        let path = buf.get(at + 4..at + 4 + n)?;
+        let f = buf.get(at + 4 + n..at + 4 + n + Self::FIXED)?;
+        let u = |i: usize| u64::from_le_bytes(f[i * 8..i * 8 + 8].try_into().unwrap());
+        let i = |k: usize| i128::from(u(k) as i64);
+        let entry = Entry {
+            stat: Stat {
+                size: u(0),
+                mtime_ns: i(1),
+                ctime_ns: i(2),
+                ino: u(3),
+            },
+            hashed_at_ns: i(4),
+            hash: Hash::from_bytes(f[40..72].try_into().unwrap()),
+        };
+        Some((path, entry, at + 4 + n + Self::FIXED))
+    }
+}
+
+/// A loaded cache file and an index of its records.
+#[derive(Default)]
+struct Loaded {
+    buf: Vec<u8>,
+    /// Hash of a path → offset of its record in `buf`.
+    index: HashMap<u64, usize, rustc_hash::FxBuildHasher>,
+}
+
+impl Loaded {
+    fn key(path: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(path)
+    }
+
+    fn of(buf: Vec<u8>) -> Loaded {
+        let mut index = HashMap::default();
+        if buf.starts_with(MAGIC) {
+            index.reserve(buf.len() / (Record::FIXED + 48));
+            let mut at = MAGIC.len();
+            while let Some((path, _, next)) = Record::read(&buf, at) {
+                index.insert(Self::key(path), at);
+                at = next;
             }
         }
+        Loaded { buf, index }
+    }
+
+    fn get(&self, path: &[u8]) -> Option<Entry> {
+        let &at = self.index.get(&Self::key(path))?;
+        let (p, e, _) = Record::read(&self.buf, at)?;
+        (p == path).then_some(e)
+    }
+
+    /// Every record, in file order.
+    fn records(&self) -> impl Iterator<Item = (&[u8], Entry)> {
+        let mut at = if self.buf.starts_with(MAGIC) {
+            MAGIC.len()
+        } else {
+            self.buf.len()
+        };
+        std::iter::from_fn(move || {
+            let (p, e, next) = Record::read(&self.buf, at)?;
+            at = next;
+            Some((p, e))
+        })
+    }
+}
+
+impl StatCache {
+    /// Loads a cache file; a missing, unreadable or older-format one gives
+    /// an empty cache.
+    pub fn load(path: &Path) -> StatCache {
+        let path = path.to_path_buf();
+        let loading = std::thread::Builder::new()
+            .name("statcache".into())
+            .spawn(move || Loaded::of(fs::read(path).unwrap_or_default()))
+            .ok();
         StatCache {
-            loaded: entries,
+            loaded: OnceLock::new(),
+            loading: Mutex::new(loading),
             fresh: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The loaded cache file, once its thread is done.
+    fn loaded(&self) -> &Loaded {
+        self.loaded.get_or_init(|| {
+            let handle = self
+                .loading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            handle.and_then(|h| h.join().ok()).unwrap_or_default()
+        })
     }
 
     /// Writes the cache atomically if it changed.
@@ -181,28 +289,18 @@ impl StatCache {
         if fresh.is_empty() {
             return Ok(());
         }
-        let mut out = String::with_capacity((self.loaded.len() + fresh.len()) * 160);
-        let old = self.loaded.iter().filter(|(p, _)| !fresh.contains_key(*p));
-        for (p, e) in fresh.iter().chain(old) {
-            let Ok(ps) = std::str::from_utf8(p) else {
-                continue;
-            };
-            if ps.contains(['\t', '\n']) {
-                continue;
-            }
-            use std::fmt::Write;
-            let _ = writeln!(
-                out,
-                "{ps}\t{}\t{}\t{}\t{}\t{}\t{}",
-                e.stat.size,
-                e.stat.mtime_ns,
-                e.stat.ctime_ns,
-                e.stat.ino,
-                e.hashed_at_ns,
-                e.hash.to_hex()
-            );
+        let loaded = self.loaded();
+        let mut out = Vec::with_capacity(loaded.buf.len() + fresh.len() * 128);
+        out.extend_from_slice(MAGIC);
+        for (p, e) in fresh.iter() {
+            Record::write(&mut out, p, e);
         }
-        crate::store::atomic_write_nosync(path, out.as_bytes())
+        for (p, e) in loaded.records() {
+            if !fresh.contains_key(p) {
+                Record::write(&mut out, p, &e);
+            }
+        }
+        crate::store::atomic_write_nosync(path, &out)
     }
 
     /// The hash of a file, from the cache when its stat is unchanged.
@@ -218,7 +316,7 @@ impl StatCache {
     fn file_with_stat(&self, path: &Path, stat: Stat) -> io::Result<Hash> {
         let trusted = |e: &Entry| e.stat == stat && e.stat.mtime_ns + RACY_NS <= e.hashed_at_ns;
         let key = path.as_os_str().as_bytes();
-        if let Some(e) = self.loaded.get(key).filter(|e| trusted(e)) {
+        if let Some(e) = self.loaded().get(key).filter(trusted) {
             return Ok(e.hash);
         }
         if let Some(e) = self
@@ -260,30 +358,6 @@ impl StatCache {
             files.iter().map(|(r, _, _)| r.as_str()).zip(hashes.iter()),
         ))
     }
-}
-
-fn parse_line(line: &str) -> Option<(&str, Entry)> {
-    let mut it = line.split('\t');
-    let p = it.next()?;
-    let size = it.next()?.parse().ok()?;
-    let mtime_ns = it.next()?.parse().ok()?;
-    let ctime_ns = it.next()?.parse().ok()?;
-    let ino = it.next()?.parse().ok()?;
-    let hashed_at_ns = it.next()?.parse().ok()?;
-    let hash = Hash::from_hex(it.next()?).ok()?;
-    Some((
-        p,
-        Entry {
-            stat: Stat {
-                size,
-                mtime_ns,
-                ctime_ns,
-                ino,
-            },
-            hashed_at_ns,
-            hash,
-        },
-    ))
 }
 
 #[cfg(test)]
@@ -348,8 +422,29 @@ mod tests {
         let loaded = StatCache::load(&cache_file);
         let key = f.as_os_str().as_bytes();
         assert_eq!(
-            loaded.loaded.get(key).unwrap().hash,
+            loaded.loaded().get(key).unwrap().hash,
             blake3::hash(b"content")
         );
+        // Saved again with a new entry, the old one is kept.
+        let g = d.path().join("g");
+        fs::write(&g, "more").unwrap();
+        loaded.file(&g).unwrap();
+        loaded.save(&cache_file).unwrap();
+        let again = StatCache::load(&cache_file);
+        assert_eq!(again.loaded().index.len(), 2);
+        assert_eq!(
+            again.loaded().get(key).unwrap().stat,
+            loaded.loaded().get(key).unwrap().stat
+        );
+        assert_eq!(
+            again.loaded().get(g.as_os_str().as_bytes()).unwrap().hash,
+            blake3::hash(b"more")
+        );
+        // A truncated or foreign file is an empty cache, not an error.
+        let bytes = fs::read(&cache_file).unwrap();
+        fs::write(&cache_file, &bytes[..bytes.len() - 5]).unwrap();
+        assert_eq!(StatCache::load(&cache_file).loaded().index.len(), 1);
+        fs::write(&cache_file, "path\t1\t2\n").unwrap();
+        assert!(StatCache::load(&cache_file).loaded().get(key).is_none());
     }
 }
