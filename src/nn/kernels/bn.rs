@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::f32_slice;
@@ -17,6 +18,7 @@ use super::f32_slice;
 const LANES: usize = 16;
 
 /// `Σ f(a[i], b[i])` over a plane, in f32 lanes, then f64.
+#[inline(always)]
 fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -34,18 +36,22 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f32, f32)> {
     (0..c)
         .into_par_iter()
-        .map(|ch| {
-            let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-            let m = (n * hw) as f64;
-            let sum: f64 = (0..n).map(|i| lane_sum(plane(i), plane(i), |v, _| v)).sum();
-            let mean = sum / m;
-            let mf = mean as f32;
-            let sq: f64 = (0..n)
-                .map(|i| lane_sum(plane(i), plane(i), |v, _| (v - mf) * (v - mf)))
-                .sum();
-            (mf, (sq / m) as f32)
-        })
+        .map(|ch| channel_mean_var(x, (n, c, hw), ch))
         .collect()
+}
+
+/// Channel `ch`'s mean and biased variance, compiled for the CPU's widest SIMD.
+#[multiversion(targets = "simd")]
+fn channel_mean_var(x: &[f32], (n, c, hw): (usize, usize, usize), ch: usize) -> (f32, f32) {
+    let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+    let m = (n * hw) as f64;
+    let sum: f64 = (0..n).map(|i| lane_sum(plane(i), plane(i), |v, _| v)).sum();
+    let mean = sum / m;
+    let mf = mean as f32;
+    let sq: f64 = (0..n)
+        .map(|i| lane_sum(plane(i), plane(i), |v, _| (v - mf) * (v - mf)))
+        .sum();
+    (mf, (sq / m) as f32)
 }
 
 /// The activation fused after a batch norm.
@@ -66,13 +72,17 @@ pub fn fast_exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer.
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // t = 1.5 · 2²³ + n: n sits in t's low mantissa bits, read back with
+    // integer arithmetic (a float → int cast would not vectorize).
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let two_n = (t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23;
+    p * f32::from_bits(two_n)
 }
 
 impl Act {
@@ -130,16 +140,19 @@ fn affine_act(x: &[f32], (c, hw): (usize, usize), coef: &[(f32, f32)], act: Act)
     y.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
         .enumerate()
-        .for_each(|(k, (yo, xi))| {
-            let (a, b) = coef[k % c];
-            // One loop per activation, so that each becomes SIMD.
-            match act {
-                Act::Identity => map_into(yo, xi, |v| v * a + b),
-                Act::Relu => map_into(yo, xi, |v| Act::Relu.apply(v * a + b)),
-                Act::Silu => map_into(yo, xi, |v| Act::Silu.apply(v * a + b)),
-            }
-        });
+        .for_each(|(k, (yo, xi))| affine_act_plane(yo, xi, coef[k % c], act));
     y
+}
+
+/// One plane of [`affine_act`], compiled for the CPU's widest SIMD.
+#[multiversion(targets = "simd")]
+fn affine_act_plane(yo: &mut [f32], xi: &[f32], (a, b): (f32, f32), act: Act) {
+    // One loop per activation, so that each becomes SIMD.
+    match act {
+        Act::Identity => map_into(yo, xi, |v| v * a + b),
+        Act::Relu => map_into(yo, xi, |v| Act::Relu.apply(v * a + b)),
+        Act::Silu => map_into(yo, xi, |v| Act::Silu.apply(v * a + b)),
+    }
 }
 
 /// Batch norm in training mode, `act(γ·x̂ + β)` on `(x [N, C, H, W], γ [C],
@@ -351,15 +364,7 @@ impl CustomOp2 for BnBackward {
                 let ch = k % c;
                 let (m, is) = (self.center[ch], self.inv_std[ch]);
                 let (a, b) = (self.gamma[ch] * is, self.beta[ch] - m * self.gamma[ch] * is);
-                // One loop per activation, so that each becomes SIMD.
-                match act {
-                    Act::Identity => g.copy_from_slice(di),
-                    Act::Relu => grad_into(g, xi, di, |z| Act::Relu.grad(z * a + b)),
-                    Act::Silu => grad_into(g, xi, di, |z| Act::Silu.grad(z * a + b)),
-                }
-                let sg = lane_sum(g, g, |v, _| v);
-                let sgx = lane_sum(g, xi, |gv, xv| gv * (xv - m)) * f64::from(is);
-                (sg, sgx)
+                bn_backward_sums(g, xi, di, [m, is, a, b], act)
             })
             .collect();
         // Per channel, summed over samples in order.
@@ -378,23 +383,59 @@ impl CustomOp2 for BnBackward {
                 let ch = k % c;
                 let (m, is) = (self.center[ch], self.inv_std[ch]);
                 let a = self.gamma[ch] * is;
-                if train {
-                    let (sg, sgx) = (per[ch].0 as f32, per[ch].1 as f32);
-                    let f = a / m_count;
-                    for (o, &xv) in g.iter_mut().zip(xi) {
-                        *o = f * (m_count * *o - sg - (xv - m) * is * sgx);
-                    }
-                } else {
-                    for o in g.iter_mut() {
-                        *o *= a;
-                    }
-                }
+                let sums = train.then(|| (per[ch].0 as f32, per[ch].1 as f32));
+                bn_backward_dx(g, xi, [m, is, a, m_count], sums);
             });
         for ch in 0..c {
             rest[ch] = per[ch].1 as f32;
             rest[c + ch] = per[ch].0 as f32;
         }
         Ok((CpuStorage::F32(out), Shape::from(total + 2 * c)))
+    }
+}
+
+/// Pass 1 of [`BnBackward`] on one plane: `g = dy · act′(z)` (with
+/// `z = x·a + b`) into `g`, and `(Σ g, Σ g·x̂)` with `x̂ = (x − m)·is`.
+#[multiversion(targets = "simd")]
+fn bn_backward_sums(
+    g: &mut [f32],
+    xi: &[f32],
+    di: &[f32],
+    [m, is, a, b]: [f32; 4],
+    act: Act,
+) -> (f64, f64) {
+    // One loop per activation, so that each becomes SIMD.
+    match act {
+        Act::Identity => g.copy_from_slice(di),
+        Act::Relu => grad_into(g, xi, di, |z| Act::Relu.grad(z * a + b)),
+        Act::Silu => grad_into(g, xi, di, |z| Act::Silu.grad(z * a + b)),
+    }
+    let sg = lane_sum(g, g, |v, _| v);
+    let sgx = lane_sum(g, xi, |gv, xv| gv * (xv - m)) * f64::from(is);
+    (sg, sgx)
+}
+
+/// Pass 2 of [`BnBackward`] on one plane: `dx` from `g` in place, with the
+/// channel's sums in training (the statistics depend on `x`).
+#[multiversion(targets = "simd")]
+fn bn_backward_dx(
+    g: &mut [f32],
+    xi: &[f32],
+    [m, is, a, count]: [f32; 4],
+    sums: Option<(f32, f32)>,
+) {
+    match sums {
+        Some((sg, sgx)) => {
+            let f = a / count;
+            for (o, &xv) in g.iter_mut().zip(xi) {
+                *o = f * (count * *o - sg - (xv - m) * is * sgx);
+            }
+        }
+        None => {
+            for o in g.iter_mut() {
+                *o *= a;
+            }
+        }
     }
 }
 

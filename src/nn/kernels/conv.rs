@@ -29,6 +29,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{dims4, f32_slice, sum_in_parts, valid_range};
@@ -563,7 +564,11 @@ fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 /// `(tap index, i, (ylo, yhi), (xlo, xhi), x0)`: output rows `ylo..yhi`
 /// and columns `xlo..xhi` read input column `x0 + (ox − xlo)·s`.
 #[allow(clippy::type_complexity)]
-fn taps(g: &Geometry) -> Vec<(usize, usize, (usize, usize), (usize, usize), usize)> {
+/// A tap of a depthwise kernel over one plane: its index, its row, the
+/// output rows and columns it reaches, and the first input column it reads.
+type Tap = (usize, usize, (usize, usize), (usize, usize), usize);
+
+fn taps(g: &Geometry) -> Vec<Tap> {
     let ConvParams {
         stride: s,
         padding: pad,
@@ -589,7 +594,6 @@ fn plane_batch(len: usize) -> usize {
 }
 
 fn depthwise_forward_planes(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
-    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
     let taps = taps(g);
     y.par_chunks_mut(p)
@@ -598,27 +602,33 @@ fn depthwise_forward_planes(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
         .for_each(|(plane, yo)| {
             let xi = &x[plane * hw..][..hw];
             let wc = &w[(plane % g.cout) * kk..][..kk];
-            for &(t, i, (ylo, yhi), (xlo, xhi), x0) in &taps {
-                let wv = wc[t];
-                for oy in ylo..yhi {
-                    let src = &xi[(oy * s + i * d - pad) * g.w..][..g.w];
-                    let out = &mut yo[oy * g.ow..][..g.ow];
-                    if s == 1 {
-                        for (o, &v) in out[xlo..xhi].iter_mut().zip(&src[x0..]) {
-                            *o += wv * v;
-                        }
-                    } else {
-                        for (t, o) in out[xlo..xhi].iter_mut().enumerate() {
-                            *o += wv * src[x0 + t * s];
-                        }
-                    }
-                }
-            }
+            dw_forward_plane(yo, xi, wc, &taps, g);
         });
 }
 
-fn depthwise_backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+/// One output plane of [`depthwise_forward_planes`].
+#[multiversion(targets = "simd")]
+fn dw_forward_plane(yo: &mut [f32], xi: &[f32], wc: &[f32], taps: &[Tap], g: &Geometry) {
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    for &(t, i, (ylo, yhi), (xlo, xhi), x0) in taps {
+        let wv = wc[t];
+        for oy in ylo..yhi {
+            let src = &xi[(oy * s + i * d - pad) * g.w..][..g.w];
+            let out = &mut yo[oy * g.ow..][..g.ow];
+            if s == 1 {
+                for (o, &v) in out[xlo..xhi].iter_mut().zip(&src[x0..]) {
+                    *o += wv * v;
+                }
+            } else {
+                for (t, o) in out[xlo..xhi].iter_mut().enumerate() {
+                    *o += wv * src[x0 + t * s];
+                }
+            }
+        }
+    }
+}
+
+fn depthwise_backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
     let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
     let taps = taps(g);
     dx.par_chunks_mut(hw)
@@ -627,23 +637,30 @@ fn depthwise_backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut 
         .for_each(|(plane, dxo)| {
             let gi = &dy[plane * p..][..p];
             let wc = &w[(plane % g.cout) * kk..][..kk];
-            for &(t, i, (ylo, yhi), (xlo, xhi), x0) in &taps {
-                let wv = wc[t];
-                for oy in ylo..yhi {
-                    let dst = &mut dxo[(oy * s + i * d - pad) * g.w..][..g.w];
-                    let row = &gi[oy * g.ow + xlo..oy * g.ow + xhi];
-                    if s == 1 {
-                        for (o, &v) in dst[x0..].iter_mut().zip(row) {
-                            *o += wv * v;
-                        }
-                    } else {
-                        for (t, &v) in row.iter().enumerate() {
-                            dst[x0 + t * s] += wv * v;
-                        }
-                    }
+            dw_backward_data_plane(dxo, gi, wc, &taps, g);
+        });
+}
+
+/// One input-gradient plane of [`depthwise_backward_data_planes`].
+#[multiversion(targets = "simd")]
+fn dw_backward_data_plane(dxo: &mut [f32], gi: &[f32], wc: &[f32], taps: &[Tap], g: &Geometry) {
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    for &(t, i, (ylo, yhi), (xlo, xhi), x0) in taps {
+        let wv = wc[t];
+        for oy in ylo..yhi {
+            let dst = &mut dxo[(oy * s + i * d - pad) * g.w..][..g.w];
+            let row = &gi[oy * g.ow + xlo..oy * g.ow + xhi];
+            if s == 1 {
+                for (o, &v) in dst[x0..].iter_mut().zip(row) {
+                    *o += wv * v;
+                }
+            } else {
+                for (t, &v) in row.iter().enumerate() {
+                    dst[x0 + t * s] += wv * v;
                 }
             }
-        });
+        }
+    }
 }
 
 fn depthwise_backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
@@ -680,6 +697,7 @@ fn depthwise_backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<
 
 /// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed,
 /// in tiles that stay in cache.
+#[multiversion(targets = "simd")]
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 32;
     for r0 in (0..rows).step_by(TILE) {
@@ -743,24 +761,30 @@ fn depthwise_forward_nhwc(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
     let mut yt = vec![0f32; y.len()];
     yt.par_chunks_mut(g.ow * c)
         .enumerate()
-        .for_each(|(row, out)| {
-            let (n, oy) = (row / g.oh, row % g.oh);
-            for i in 0..g.kh {
-                let Some(iy) = tap_in(oy, i, g, g.h) else {
-                    continue;
-                };
-                let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
-                for (ox, acc) in out.chunks_exact_mut(c).enumerate() {
-                    for j in 0..g.kw {
-                        if let Some(ix) = tap_in(ox, j, g, g.w) {
-                            axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ix * c..][..c]);
-                        }
-                    }
-                }
-            }
-        });
+        .for_each(|(row, out)| dw_forward_row_nhwc(out, row, &xt, &wt, g));
     let back = per_sample_transpose(&yt, g.ohw(), c);
     y.copy_from_slice(&back);
+}
+
+/// One channels-last output row (`row` = n·OH + oy) of
+/// [`depthwise_forward_nhwc`].
+#[multiversion(targets = "simd")]
+fn dw_forward_row_nhwc(out: &mut [f32], row: usize, xt: &[f32], wt: &[f32], g: &Geometry) {
+    let c = g.cin;
+    let (n, oy) = (row / g.oh, row % g.oh);
+    for i in 0..g.kh {
+        let Some(iy) = tap_in(oy, i, g, g.h) else {
+            continue;
+        };
+        let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
+        for (ox, acc) in out.chunks_exact_mut(c).enumerate() {
+            for j in 0..g.kw {
+                if let Some(ix) = tap_in(ox, j, g, g.w) {
+                    axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ix * c..][..c]);
+                }
+            }
+        }
+    }
 }
 
 fn depthwise_backward_data_nhwc(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
@@ -770,24 +794,30 @@ fn depthwise_backward_data_nhwc(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f
     let mut dxt = vec![0f32; dx.len()];
     dxt.par_chunks_mut(g.w * c)
         .enumerate()
-        .for_each(|(row, out)| {
-            let (n, iy) = (row / g.h, row % g.h);
-            for i in 0..g.kh {
-                let Some(oy) = tap_out(iy, i, g, g.oh) else {
-                    continue;
-                };
-                let src_row = &gt[(n * g.oh + oy) * g.ow * c..][..g.ow * c];
-                for (ix, acc) in out.chunks_exact_mut(c).enumerate() {
-                    for j in 0..g.kw {
-                        if let Some(ox) = tap_out(ix, j, g, g.ow) {
-                            axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ox * c..][..c]);
-                        }
-                    }
-                }
-            }
-        });
+        .for_each(|(row, out)| dw_backward_data_row_nhwc(out, row, &gt, &wt, g));
     let back = per_sample_transpose(&dxt, g.hw(), c);
     dx.copy_from_slice(&back);
+}
+
+/// One channels-last input-gradient row (`row` = n·H + iy) of
+/// [`depthwise_backward_data_nhwc`].
+#[multiversion(targets = "simd")]
+fn dw_backward_data_row_nhwc(out: &mut [f32], row: usize, gt: &[f32], wt: &[f32], g: &Geometry) {
+    let c = g.cin;
+    let (n, iy) = (row / g.h, row % g.h);
+    for i in 0..g.kh {
+        let Some(oy) = tap_out(iy, i, g, g.oh) else {
+            continue;
+        };
+        let src_row = &gt[(n * g.oh + oy) * g.ow * c..][..g.ow * c];
+        for (ix, acc) in out.chunks_exact_mut(c).enumerate() {
+            for j in 0..g.kw {
+                if let Some(ox) = tap_out(ix, j, g, g.ow) {
+                    axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ox * c..][..c]);
+                }
+            }
+        }
+    }
 }
 
 fn depthwise_backward_weight_nhwc(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
@@ -796,26 +826,33 @@ fn depthwise_backward_weight_nhwc(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f3
     let gt = per_sample_transpose(dy, c, g.ohw());
     let total = sum_in_parts(g.n, kk * c, |samples, acc| {
         for n in samples {
-            for oy in 0..g.oh {
-                for i in 0..g.kh {
-                    let Some(iy) = tap_in(oy, i, g, g.h) else {
-                        continue;
-                    };
-                    let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
-                    for ox in 0..g.ow {
-                        let grad = &gt[((n * g.oh + oy) * g.ow + ox) * c..][..c];
-                        for j in 0..g.kw {
-                            if let Some(ix) = tap_in(ox, j, g, g.w) {
-                                let a = &mut acc[(i * g.kw + j) * c..][..c];
-                                axpy(a, grad, &src_row[ix * c..][..c]);
-                            }
-                        }
+            dw_backward_weight_sample_nhwc(acc, n, &xt, &gt, g);
+        }
+    });
+    per_sample_transpose(&total, kk, c)
+}
+
+/// Adds sample `n`'s channels-last weight gradient `[taps, C]` to `acc`.
+#[multiversion(targets = "simd")]
+fn dw_backward_weight_sample_nhwc(acc: &mut [f32], n: usize, xt: &[f32], gt: &[f32], g: &Geometry) {
+    let c = g.cin;
+    for oy in 0..g.oh {
+        for i in 0..g.kh {
+            let Some(iy) = tap_in(oy, i, g, g.h) else {
+                continue;
+            };
+            let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
+            for ox in 0..g.ow {
+                let grad = &gt[((n * g.oh + oy) * g.ow + ox) * c..][..c];
+                for j in 0..g.kw {
+                    if let Some(ix) = tap_in(ox, j, g, g.w) {
+                        let a = &mut acc[(i * g.kw + j) * c..][..c];
+                        axpy(a, grad, &src_row[ix * c..][..c]);
                     }
                 }
             }
         }
-    });
-    per_sample_transpose(&total, kk, c)
+    }
 }
 
 /// The forward op on `(x, w)`.

@@ -14,6 +14,7 @@
 //! ```
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{dims4, f32_slice};
@@ -114,6 +115,7 @@ pub fn pool2d(x: &Tensor, p: Pool) -> Result<Tensor> {
 
 /// For each output cell of one plane, its window's max (or mean), and for
 /// max pools the input index it came from.
+#[multiversion(targets = "simd")]
 fn plane_forward(
     p: &Pool,
     x: &[f32],
@@ -151,6 +153,7 @@ fn plane_forward(
 
 /// Adds each output cell's gradient back onto its window: all to the first
 /// maximum (max), or spread evenly (avg).
+#[multiversion(targets = "simd")]
 fn plane_backward(
     p: &Pool,
     x: &[f32],
