@@ -2,6 +2,12 @@
 
 mod cli;
 
+/// Training and inference allocate and free large buffers every batch:
+/// mimalloc keeps them in the process, where glibc's malloc hands them back
+/// to the kernel and faults them in again (zeroed) on the next batch.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Piped into `head`, exit quietly like other command-line tools.
     // SAFETY: resetting a signal disposition at start-up, before any thread exists.
