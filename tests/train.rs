@@ -478,6 +478,17 @@ fn a_killed_training_resumes_and_ends_bit_identical() {
     }
 }
 
+/// `podium op train` on `data/train_images`, `labels` and `folds.csv` with
+/// `--set` for each of `sets`, into `out`.
+fn train_op(d: &Path, sets: &[String], labels: &str, out: &str) {
+    let mut args = vec!["op", "train"];
+    for s in sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    args.extend(["data/train_images", labels, "folds.csv", "-o", out]);
+    ok(d, &args);
+}
+
 /// Reads a checkpoint's podium header.
 fn checkpoint_meta(p: &Path) -> Value {
     podium::nn::checkpoint::load(p, &candle_core::Device::Cpu)
@@ -503,36 +514,18 @@ fn plateau_and_early_stopping_follow_the_validation_loss() {
     }
     std::fs::write(d.join("data/random.csv"), shuffled).unwrap();
     let (epochs, patience, stop_after) = (12, 0, 3);
-    ok(
-        d,
-        &[
-            "op",
-            "train",
-            "--set",
-            "fold=0",
-            "--set",
-            &format!("epochs={epochs}"),
-            "--set",
-            "lr=0.01",
-            "--set",
-            "batch_size=8",
-            "--set",
-            "schedule=plateau",
-            "--set",
-            &format!("patience={patience}"),
-            "--set",
-            "gamma=0.5",
-            "--set",
-            &format!("early_stopping={stop_after}"),
-            "--set",
-            "monitor=loss",
-            "data/train_images",
-            "data/random.csv",
-            "folds.csv",
-            "-o",
-            "tr",
-        ],
-    );
+    let sets = [
+        "fold=0".into(),
+        format!("epochs={epochs}"),
+        "lr=0.01".into(),
+        "batch_size=8".into(),
+        "schedule=plateau".into(),
+        format!("patience={patience}"),
+        "gamma=0.5".into(),
+        format!("early_stopping={stop_after}"),
+        "monitor=loss".into(),
+    ];
+    train_op(d, &sets, "data/random.csv", "tr");
     let hist = table(&d.join("tr/history.csv"));
     let col = |name: &str| hist[0].iter().position(|c| c == name).unwrap();
     let (lr_c, vl_c, acc_c) = (col("lr"), col("val_loss"), col("accuracy"));
@@ -592,28 +585,14 @@ fn accumulated_gradients_step_once_per_group_and_learn() {
     // Fold 0 leaves 120 training images: 15 batches of 8 per epoch.
     for (accumulate, steps) in [(1, 3 * 15), (4, 3 * 4)] {
         let out = format!("tr{accumulate}");
-        ok(
-            d,
-            &[
-                "op",
-                "train",
-                "--set",
-                "fold=0",
-                "--set",
-                "epochs=3",
-                "--set",
-                "lr=0.003",
-                "--set",
-                "batch_size=8",
-                "--set",
-                &format!("accumulate={accumulate}"),
-                "data/train_images",
-                "data/train.csv",
-                "folds.csv",
-                "-o",
-                &out,
-            ],
-        );
+        let sets = [
+            "fold=0".into(),
+            "epochs=3".into(),
+            "lr=0.003".into(),
+            "batch_size=8".into(),
+            format!("accumulate={accumulate}"),
+        ];
+        train_op(d, &sets, "data/train.csv", &out);
         let meta = checkpoint_meta(&d.join(&out).join("last.safetensors"));
         assert_eq!(meta["steps"], steps, "accumulate = {accumulate}");
         let acc = read_json(&d.join(&out).join("metrics.json"))["accuracy"]
