@@ -538,7 +538,7 @@ const NHWC_MAX_PIXELS: usize = 256;
 
 fn depthwise_forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
     if g.hw() <= NHWC_MAX_PIXELS {
-        depthwise_forward_nhwc(x, w, g, y)
+        depthwise_nhwc(x, w, g, y, Dir::Forward)
     } else {
         depthwise_forward_planes(x, w, g, y)
     }
@@ -546,7 +546,7 @@ fn depthwise_forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
 
 fn depthwise_backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
     if g.hw() <= NHWC_MAX_PIXELS {
-        depthwise_backward_data_nhwc(dy, w, g, dx)
+        depthwise_nhwc(dy, w, g, dx, Dir::BackwardData)
     } else {
         depthwise_backward_data_planes(dy, w, g, dx)
     }
@@ -754,66 +754,68 @@ fn tap_out(i: usize, k: usize, g: &Geometry, out: usize) -> Option<usize> {
 // weights go to `[taps, C]`; inputs and outputs are transposed on the way
 // in and out.
 
-fn depthwise_forward_nhwc(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
-    let (c, kk) = (g.cin, g.kh * g.kw);
-    let xt = per_sample_transpose(x, c, g.hw());
-    let wt = per_sample_transpose(w, c, kk);
-    let mut yt = vec![0f32; y.len()];
-    yt.par_chunks_mut(g.ow * c)
-        .enumerate()
-        .for_each(|(row, out)| dw_forward_row_nhwc(out, row, &xt, &wt, g));
-    let back = per_sample_transpose(&yt, g.ohw(), c);
-    y.copy_from_slice(&back);
+/// Which way a channels-last depthwise pass maps its taps: the forward pass
+/// sums the input under each output pixel; the input gradient, the same sum
+/// taken the other way, sums the output gradient over the pixels each input
+/// pixel fed.
+#[derive(Clone, Copy)]
+enum Dir {
+    Forward,
+    BackwardData,
 }
 
-/// One channels-last output row (`row` = n·OH + oy) of
-/// [`depthwise_forward_nhwc`].
-#[multiversion(targets = "simd")]
-fn dw_forward_row_nhwc(out: &mut [f32], row: usize, xt: &[f32], wt: &[f32], g: &Geometry) {
-    let c = g.cin;
-    let (n, oy) = (row / g.oh, row % g.oh);
-    for i in 0..g.kh {
-        let Some(iy) = tap_in(oy, i, g, g.h) else {
-            continue;
-        };
-        let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
-        for (ox, acc) in out.chunks_exact_mut(c).enumerate() {
-            for j in 0..g.kw {
-                if let Some(ix) = tap_in(ox, j, g, g.w) {
-                    axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ix * c..][..c]);
-                }
-            }
+impl Dir {
+    /// The `(height, width)` of the map read and of the map written.
+    fn sides(self, g: &Geometry) -> ((usize, usize), (usize, usize)) {
+        let (input, output) = ((g.h, g.w), (g.oh, g.ow));
+        match self {
+            Dir::Forward => (input, output),
+            Dir::BackwardData => (output, input),
+        }
+    }
+
+    /// Along one axis, the index read by tap `k` of written index `d`, in a
+    /// read axis of `len`.
+    #[inline(always)]
+    fn read(self, d: usize, k: usize, g: &Geometry, len: usize) -> Option<usize> {
+        match self {
+            Dir::Forward => tap_in(d, k, g, len),
+            Dir::BackwardData => tap_out(d, k, g, len),
         }
     }
 }
 
-fn depthwise_backward_data_nhwc(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+/// A channels-last depthwise pass: `y` from `x` (forward) or `dx` from `dy`
+/// (backward-data), NCHW in and out.
+fn depthwise_nhwc(src: &[f32], w: &[f32], g: &Geometry, dst: &mut [f32], dir: Dir) {
     let (c, kk) = (g.cin, g.kh * g.kw);
-    let gt = per_sample_transpose(dy, c, g.ohw());
+    let ((sh, sw), (dh, dw)) = dir.sides(g);
+    let st = per_sample_transpose(src, c, sh * sw);
     let wt = per_sample_transpose(w, c, kk);
-    let mut dxt = vec![0f32; dx.len()];
-    dxt.par_chunks_mut(g.w * c)
+    let mut dt = vec![0f32; dst.len()];
+    dt.par_chunks_mut(dw * c)
         .enumerate()
-        .for_each(|(row, out)| dw_backward_data_row_nhwc(out, row, &gt, &wt, g));
-    let back = per_sample_transpose(&dxt, g.hw(), c);
-    dx.copy_from_slice(&back);
+        .for_each(|(row, out)| dw_row_nhwc(out, row, &st, &wt, g, dir));
+    let back = per_sample_transpose(&dt, dh * dw, c);
+    dst.copy_from_slice(&back);
 }
 
-/// One channels-last input-gradient row (`row` = n·H + iy) of
-/// [`depthwise_backward_data_nhwc`].
+/// One channels-last row written by [`depthwise_nhwc`] (`row` = n·rows + y
+/// of the written map).
 #[multiversion(targets = "simd")]
-fn dw_backward_data_row_nhwc(out: &mut [f32], row: usize, gt: &[f32], wt: &[f32], g: &Geometry) {
+fn dw_row_nhwc(out: &mut [f32], row: usize, st: &[f32], wt: &[f32], g: &Geometry, dir: Dir) {
     let c = g.cin;
-    let (n, iy) = (row / g.h, row % g.h);
+    let ((sh, sw), (dh, _)) = dir.sides(g);
+    let (n, dy) = (row / dh, row % dh);
     for i in 0..g.kh {
-        let Some(oy) = tap_out(iy, i, g, g.oh) else {
+        let Some(sy) = dir.read(dy, i, g, sh) else {
             continue;
         };
-        let src_row = &gt[(n * g.oh + oy) * g.ow * c..][..g.ow * c];
-        for (ix, acc) in out.chunks_exact_mut(c).enumerate() {
+        let src_row = &st[(n * sh + sy) * sw * c..][..sw * c];
+        for (dx, acc) in out.chunks_exact_mut(c).enumerate() {
             for j in 0..g.kw {
-                if let Some(ox) = tap_out(ix, j, g, g.ow) {
-                    axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[ox * c..][..c]);
+                if let Some(sx) = dir.read(dx, j, g, sw) {
+                    axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[sx * c..][..c]);
                 }
             }
         }
