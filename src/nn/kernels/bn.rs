@@ -453,16 +453,7 @@ mod tests {
     }
 
     fn close(a: &Tensor, b: &Tensor, what: &str) {
-        let d: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = crate::nn::kernels::max_abs_diff(a, b);
         assert!(d < 1e-4, "{what}: {d}");
     }
 

@@ -1165,9 +1165,7 @@ mod tests {
             let theirs = x.conv2d(&wt, pad, stride, 1, groups).unwrap();
             prop_assert_eq!(ours.dims(), theirs.dims());
             let u = Tensor::from_vec(rand(ours.elem_count(), seed + 3), ours.shape(), &dev).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| -> f32 {
-                (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-            };
+            let diff = crate::nn::kernels::max_abs_diff;
             prop_assert!(diff(&ours, &theirs) < 1e-4);
             let ga = (&ours * &u).unwrap().sum_all().unwrap().backward().unwrap();
             // candle's backward fails where the stride leaves input rows

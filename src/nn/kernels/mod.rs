@@ -97,3 +97,11 @@ pub(crate) fn sum_in_parts(
     }
     total
 }
+
+/// The largest `|a − b|` over two tensors of one shape (the kernels' tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar())
+        .unwrap()
+}
