@@ -25,7 +25,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PODIUM = os.path.join(ROOT, "target", "release", "podium")
+PODIUM = os.environ.get("PODIUM_BIN") or os.path.join(ROOT, "target", "release", "podium")
 
 
 def folds_for(n):
@@ -196,24 +196,29 @@ def timed(cmd, cwd, reps=1):
     return statistics.median(ts)
 
 
+# Work directories are removed only when every tool has run: on a filesystem
+# that skips recently deleted inodes when it allocates one (ext4 without a
+# journal, as on the CI machine kind), removing one tool's thousands of files
+# would slow down the next tool's full run.
+LEFT = []
+
+
 def bench(tool, n, reps):
     f = folds_for(n)
     d = tempfile.mkdtemp(prefix=f"bench-{tool}-")
-    try:
-        write_data(d, f)
-        os.makedirs(os.path.join(d, "o"), exist_ok=True)
-        GEN[tool](d, f)
-        c = commands(tool)
-        res = {"stages": 4 * f + 4}
-        res["full"] = timed(c["run"], d)
-        res["noop"] = timed(c["run"], d, reps)
-        res["dry"] = timed(c["dry"], d, reps)
-        with open(os.path.join(d, "data", "fold_0.txt"), "a") as fh:
-            fh.write("changed\n")
-        res["leaf"] = timed(c["run"], d)
-        return res
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    LEFT.append(d)
+    write_data(d, f)
+    os.makedirs(os.path.join(d, "o"), exist_ok=True)
+    GEN[tool](d, f)
+    c = commands(tool)
+    res = {"stages": 4 * f + 4}
+    res["full"] = timed(c["run"], d)
+    res["noop"] = timed(c["run"], d, reps)
+    res["dry"] = timed(c["dry"], d, reps)
+    with open(os.path.join(d, "data", "fold_0.txt"), "a") as fh:
+        fh.write("changed\n")
+    res["leaf"] = timed(c["run"], d)
+    return res
 
 
 def plan_scale(instances, reps):
@@ -251,6 +256,14 @@ def main():
     ap.add_argument("--plan-scale", type=int, default=0, metavar="INSTANCES",
                     help="also time planning a matrix fan-out of this many instances")
     a = ap.parse_args()
+    try:
+        run(a)
+    finally:
+        for d in LEFT:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def run(a):
     if a.plan_scale:
         plan_scale(a.plan_scale, a.reps)
     rows = []

@@ -104,6 +104,23 @@ impl Graph {
         &self.order
     }
 
+    /// Every instance grouped by depth: level 0 depends on nothing, level
+    /// k on instances of levels below k only, so the instances of one level
+    /// can be handled at the same time. Within a level, in [`Graph::order`].
+    pub fn levels(&self) -> Vec<Vec<usize>> {
+        let mut depth = vec![0usize; self.len()];
+        let mut levels: Vec<Vec<usize>> = Vec::new();
+        for &id in &self.order {
+            let d = self.deps(id).map(|p| depth[p] + 1).max().unwrap_or(0);
+            depth[id] = d;
+            if levels.len() <= d {
+                levels.resize_with(d + 1, Vec::new);
+            }
+            levels[d].push(id);
+        }
+        levels
+    }
+
     pub fn deps(&self, id: usize) -> impl Iterator<Item = usize> + '_ {
         self.g
             .neighbors_directed(NodeIndex::new(id), Direction::Incoming)
@@ -195,6 +212,24 @@ mod tests {
         let pos = |x| g.order().iter().position(|&i| i == x).unwrap();
         assert!(pos(2) < pos(1) && pos(1) < pos(0) && pos(3) < pos(0));
         assert_eq!(g.upstream_closure(&[1]), vec![false, true, true, false]);
+    }
+
+    #[test]
+    fn levels_put_each_instance_one_above_its_deepest_dependency() {
+        let mut b = GraphBuilder::new();
+        for i in 0..5 {
+            b.add_instance(i);
+        }
+        // 4 → 3 → 1 → 0, and 2 → 0: 0 waits for the longer chain.
+        b.add_edge(4, 3);
+        b.add_edge(3, 1);
+        b.add_edge(1, 0);
+        b.add_edge(2, 0);
+        let mut levels = b.seal().unwrap().levels();
+        for l in &mut levels {
+            l.sort();
+        }
+        assert_eq!(levels, vec![vec![2, 4], vec![3], vec![1], vec![0]]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
@@ -254,35 +255,55 @@ pub fn plan(
     };
     let mut status: Vec<Status> = vec![Status::Skipped; n];
     let mut keys: Vec<Option<Keyed>> = vec![None; n];
-    for &id in g.order() {
-        if !mask[id] {
-            continue;
+    // One level at a time: an instance's key needs its upstream's records,
+    // and the records of one level are read in parallel.
+    for level in g.levels() {
+        let planned = level
+            .par_iter()
+            .filter(|&&id| mask[id])
+            .map(|&id| plan_one(p, id, &status, store, stat, force).map(|r| (id, r)))
+            .collect::<Result<Vec<_>>>()?;
+        for (id, (s, k)) in planned {
+            status[id] = s;
+            keys[id] = k;
         }
-        let inst = &p.instances[id];
-        if let Some(&d) = inst
-            .deps
-            .iter()
-            .find(|&&d| !matches!(status[d], Status::Fresh(_)))
-        {
-            status[id] = Status::Stale(vec![Reason::UpstreamPending {
-                instance: p.instances[d].name.clone(),
-            }]);
-            continue;
-        }
-        let upstream = |d: usize, output: &str| match &status[d] {
-            Status::Fresh(r) => r.output_hash(output),
-            _ => None,
-        };
-        let k = key_of(inst, stat, &upstream)?;
-        let forced = force.contains(&inst.stage_name) || force.contains(&inst.name);
-        status[id] = match (forced, store.record(&k.key)) {
-            (false, Some(rec)) => Status::Fresh(Box::new(rec)),
-            (true, _) => Status::Stale(vec![Reason::Forced]),
-            (false, None) => Status::Stale(explain(inst, &k, store.state(&p.name, &inst.name))),
-        };
-        keys[id] = Some(k);
     }
     Ok(Plan { status, keys })
+}
+
+/// The status of one instance whose upstream is planned, and its key when
+/// it can be known.
+fn plan_one(
+    p: &Pipeline,
+    id: usize,
+    status: &[Status],
+    store: &Store,
+    stat: &StatCache,
+    force: &HashSet<String>,
+) -> Result<(Status, Option<Keyed>)> {
+    let inst = &p.instances[id];
+    if let Some(&d) = inst
+        .deps
+        .iter()
+        .find(|&&d| !matches!(status[d], Status::Fresh(_)))
+    {
+        let pending = Reason::UpstreamPending {
+            instance: p.instances[d].name.clone(),
+        };
+        return Ok((Status::Stale(vec![pending]), None));
+    }
+    let upstream = |d: usize, output: &str| match &status[d] {
+        Status::Fresh(r) => r.output_hash(output),
+        _ => None,
+    };
+    let k = key_of(inst, stat, &upstream)?;
+    let forced = force.contains(&inst.stage_name) || force.contains(&inst.name);
+    let s = match (forced, store.record(&k.key)) {
+        (false, Some(rec)) => Status::Fresh(Box::new(rec)),
+        (true, _) => Status::Stale(vec![Reason::Forced]),
+        (false, None) => Status::Stale(explain(inst, &k, store.state(&p.name, &inst.name))),
+    };
+    Ok((s, Some(k)))
 }
 
 /// Why an instance with key `k` is not in the store, compared with its

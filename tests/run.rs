@@ -703,3 +703,97 @@ fn the_data_ops_run_as_manifest_stages_and_rerun_nothing_when_unchanged() {
     let r = ws.run(&["--set", "stages.score.metric=[\"f1_macro\"]"]);
     assert_eq!(names(&r, "executed"), ["score"], "{r}");
 }
+
+/// Two stages whose keys coincide (the same command over the same bytes):
+/// the second is a cache hit at run time, on the first's record.
+const SAME_KEY: &str = r#"
+[pipeline]
+name = "k"
+
+[params]
+n = 1
+
+[stages.a]
+op = "exec"
+cmd = "echo ${params.n} > $PODIUM_OUT/o"
+outs = ["o"]
+
+[stages.b]
+op = "exec"
+cmd = "cat ${stages.a.o} > $PODIUM_OUT/o"
+outs = ["o"]
+
+[stages.c]
+op = "exec"
+cmd = "cat ${stages.b.o} > $PODIUM_OUT/o"
+outs = ["o"]
+"#;
+
+#[test]
+fn an_instance_cached_on_another_instances_record_keeps_its_own_state() {
+    let ws = Ws::new(SAME_KEY);
+    let r = ws.run(&[]);
+    assert_eq!(names(&r, "executed"), ["a", "b"]);
+    assert_eq!(names(&r, "cached"), ["c"]);
+    let out = ws.podium(&["status", "-f", "p.toml", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["instances"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        assert!(row["last_run"].is_object(), "{row}: no last run recorded");
+    }
+    // Its explanation compares with its own last run, not "never run".
+    let out = ws.podium(&["plan", "-f", "p.toml", "--set", "params.n=2"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("never run"), "{text}");
+}
+
+#[test]
+fn quiet_instances_share_one_work_directory_and_leave_no_log_files() {
+    let manifest = r#"
+[pipeline]
+name = "q"
+
+[stages.s]
+op = "exec"
+matrix = { i = "${range(4)}" }
+cmd = "echo ${i} $PODIUM_OUT > $PODIUM_OUT/o"
+outs = ["o"]
+
+[stages.loud]
+op = "exec"
+cmd = "echo hello; cat ${stages.s[*].o} > $PODIUM_OUT/o"
+outs = ["o"]
+"#;
+    let ws = Ws::new(manifest);
+    ws.run(&["-j", "1"]);
+    let dirs: std::collections::BTreeSet<String> = (0..4)
+        .map(|i| ws.read(&format!("out/s/i={i}/o")))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one work directory, emptied and reused: {dirs:?}"
+    );
+    let logs: Vec<String> = std::fs::read_dir(ws.path("cache/logs/q"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        logs,
+        ["loud.log"],
+        "only the instance that printed keeps a log"
+    );
+    assert_eq!(ws.read("cache/logs/q/loud.log"), "hello\n");
+    assert!(
+        std::fs::read_dir(ws.path("cache/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the work directory goes when the run ends"
+    );
+    // The kept log is also the log object the record names.
+    let rec = ws.podium(&["verify"]);
+    assert!(String::from_utf8_lossy(&rec.stdout).contains("0 corrupted"));
+}

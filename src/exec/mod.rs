@@ -73,6 +73,8 @@ impl Events for NoEvents {
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::hash::StatCache;
@@ -158,9 +160,9 @@ pub fn run(
         }
     }
     let runner = Runner::new(p, store, stat, opts.out_root.clone(), &opts.force, plan);
-    for &id in &fresh {
-        runner.materialize(id)?;
-    }
+    fresh
+        .par_iter()
+        .try_for_each(|&id| runner.materialize(id))?;
     let fresh = fresh
         .into_iter()
         .map(|id| p.instances[id].name.clone())

@@ -121,18 +121,22 @@ impl<'a> Runner<'a> {
         if !forced && let Some(rec) = self.store.record(&k.key) {
             self.set_record(id, rec.clone());
             self.materialize(id)?;
-            self.store.put_state(&rec)?;
+            // The record may be another instance's with the same key; the
+            // state is this one's.
+            let mut state = rec;
+            state.pipeline.clone_from(&p.name);
+            state.stage.clone_from(&inst.stage_name);
+            state.instance.clone_from(&inst.name);
+            self.store.put_state(&state)?;
             return Ok(Outcome::Cached);
         }
         for &d in &inst.deps {
             self.materialize(d)?;
         }
-        let work = self.store.work_dir(&k.key)?;
+        let scratch = self.store.scratch()?;
         let resume = self.store.resume_dir(&k.key);
-        let out_dir = work.join("out");
-        fs::create_dir_all(&out_dir).at(&out_dir)?;
-        let log_file = work.join("log");
-        let mut log = fs::File::create(&log_file).at(&log_file)?;
+        let out_dir = scratch.out.clone();
+        let mut log = fs::File::create(&scratch.log).at(&scratch.log)?;
         let params: Params = inst
             .params
             .iter()
@@ -160,9 +164,9 @@ impl<'a> Runner<'a> {
         };
         let duration = started.elapsed();
         drop(log);
-        let log_bytes = fs::read(&log_file).unwrap_or_default();
+        let log_bytes = fs::read(&scratch.log).unwrap_or_default();
         let kept_log = self.store.log_path(&p.name, &inst.name);
-        let _ = store::atomic_write_nosync(&kept_log, &log_bytes);
+        let moved = keep_log(&scratch.log, &kept_log, &log_bytes, result.is_ok());
         let outcome = match result {
             Err(OpError::Cancelled) => Ok(Outcome::Cancelled),
             Err(e) => Ok(Outcome::Failed {
@@ -188,7 +192,12 @@ impl<'a> Runner<'a> {
                     }
                     rec.outputs.insert(o.clone(), out);
                 }
-                rec.log = Some(self.store.put_bytes(&log_bytes)?.to_hex().to_string());
+                let log = if moved {
+                    self.store.put_log(&kept_log, &log_bytes)?
+                } else {
+                    self.store.put_bytes(&log_bytes)?
+                };
+                rec.log = Some(log.to_hex().to_string());
                 rec.duration_s = duration.as_secs_f64();
                 rec.finished_at = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -204,12 +213,31 @@ impl<'a> Runner<'a> {
                 Ok(Outcome::Executed)
             }
         };
-        let _ = store::remove_all(&work);
         if matches!(outcome, Ok(Outcome::Executed)) {
             let _ = store::remove_all(&resume);
         }
+        self.store.release(scratch);
         outcome
     }
+}
+
+/// Keeps an execution's log at `kept` (where `podium` points after a
+/// failure), replacing an earlier run's. The log file moves there, so that
+/// it can also become its own object without a copy; returns whether it
+/// did. An empty log of a success stays where it is, to be truncated by the
+/// next execution in that work directory, and leaves no file at `kept`: a
+/// run of many quiet stages creates no file per stage for their logs.
+fn keep_log(log: &Path, kept: &Path, bytes: &[u8], succeeded: bool) -> bool {
+    if succeeded && bytes.is_empty() {
+        let _ = fs::remove_file(kept);
+        return false;
+    }
+    let moved = kept.parent().is_some_and(|d| fs::create_dir_all(d).is_ok())
+        && fs::rename(log, kept).is_ok();
+    if !moved {
+        let _ = store::atomic_write_nosync(kept, bytes);
+    }
+    moved
 }
 
 fn read_metrics(

@@ -4,8 +4,8 @@
 //! cache/
 //!   objects/ab/cdef…      file contents, named by their blake3, read-only
 //!   records/ab/cdef….json one record per executed key: outputs, log, timing
-//!   state/<pipeline>/…    the last record of each instance, to explain changes
-//!   tmp/                  work directories of running instances
+//!   state/<pipeline>.jsonl the last record of each instance, to explain changes
+//!   tmp/                  work directories of running instances (`<pid>-<n>/out`, `…/log`)
 //!   statcache             stat → hash cache of input files
 //!   lock                  held by a running `podium run`
 //! ```
@@ -14,11 +14,13 @@
 //! crash leaves either the old or the new content, never a torn file.
 
 mod record;
+mod state;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use record::{FileEntry, Output, OutputKind, Record};
@@ -81,6 +83,19 @@ fn temp_name(path: &Path) -> PathBuf {
 /// An open store.
 pub struct Store {
     root: PathBuf,
+    journals: state::Journals,
+    /// Emptied work directories, reused so that a run of many short stages
+    /// does not create and delete a directory per stage.
+    idle: Mutex<Vec<Scratch>>,
+}
+
+/// Where one execution works: `out` (an empty directory, the op's output
+/// directory) and `log`, both under `cache/tmp/`.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: PathBuf,
+    pub out: PathBuf,
+    pub log: PathBuf,
 }
 
 /// Held while a run writes to the store; released on drop.
@@ -96,6 +111,8 @@ impl Store {
         }
         Ok(Store {
             root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+            journals: state::Journals::default(),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -158,15 +175,12 @@ impl Store {
             .join(format!("{}.json", &hex[2..]))
     }
 
-    fn state_path(&self, pipeline: &str, instance: &str) -> PathBuf {
-        let h = blake3::hash(instance.as_bytes()).to_hex();
-        self.root
-            .join("state")
-            .join(sanitize(pipeline, "-_"))
-            .join(format!("{}.json", &h[..32]))
+    fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
     }
 
-    /// The log an instance's latest run left, kept after failures too.
+    /// The log an instance's latest run left, kept after failures too (none
+    /// after a success that printed nothing).
     pub fn log_path(&self, pipeline: &str, instance: &str) -> PathBuf {
         self.root
             .join("logs")
@@ -180,16 +194,34 @@ impl Store {
         self.root.join("resume").join(key.to_hex().as_str())
     }
 
-    /// A fresh work directory for one execution.
-    pub fn work_dir(&self, key: &Hash) -> Result<PathBuf> {
+    /// A work directory for one execution: an emptied one of this process
+    /// if there is one, else a new one.
+    pub fn scratch(&self) -> Result<Scratch> {
+        if let Some(s) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(s);
+        }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let d = self.root.join("tmp").join(format!(
-            "{}-{}-{n}",
-            &key.to_hex()[..16],
-            std::process::id()
-        ));
-        fs::create_dir_all(&d).at(&d)?;
-        Ok(d)
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()));
+        let out = dir.join("out");
+        fs::create_dir_all(&out).at(&out)?;
+        let log = dir.join("log");
+        Ok(Scratch { dir, out, log })
+    }
+
+    /// Hands a work directory back: kept for the next execution when the
+    /// op's outputs were moved out, its log moved out or empty, and nothing
+    /// else is left; removed otherwise.
+    pub fn release(&self, s: Scratch) {
+        let empty = fs::read_dir(&s.out).is_ok_and(|mut d| d.next().is_none())
+            && fs::symlink_metadata(&s.log).map_or(true, |m| m.is_file() && m.len() == 0);
+        if empty {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        } else {
+            let _ = remove_all(&s.dir);
+        }
     }
 
     /// Moves a finished file into the objects, returning its hash. The file
@@ -263,7 +295,7 @@ impl Store {
         }
     }
 
-    /// Stores bytes as an object (logs).
+    /// Stores bytes as an object.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Hash> {
         let h = blake3::hash(bytes);
         let dest = self.object_path(&h);
@@ -272,6 +304,33 @@ impl Store {
             let _ = fs::set_permissions(&dest, fs::Permissions::from_mode(0o444));
         }
         Ok(h)
+    }
+
+    /// Stores a finished log, whose bytes are `bytes`, as an object. The
+    /// object is the log file itself, made read-only and hard-linked, so no
+    /// copy is written; a copy where links fail.
+    pub fn put_log(&self, log: &Path, bytes: &[u8]) -> Result<Hash> {
+        let h = blake3::hash(bytes);
+        let dest = self.object_path(&h);
+        if dest.exists() {
+            return Ok(h);
+        }
+        let linked = (|| {
+            File::open(log)?.sync_all()?;
+            fs::set_permissions(log, fs::Permissions::from_mode(0o444))?;
+            let parent = dest.parent().unwrap();
+            fs::create_dir_all(parent)?;
+            match fs::hard_link(log, &dest) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                r => r?,
+            }
+            sync_dir(parent);
+            io::Result::Ok(())
+        })();
+        match linked {
+            Ok(()) => Ok(h),
+            Err(_) => self.put_bytes(bytes),
+        }
     }
 
     /// Every object file an output consists of.
@@ -311,15 +370,16 @@ impl Store {
 
     /// The record of an instance's last successful run in a pipeline.
     pub fn state(&self, pipeline: &str, instance: &str) -> Option<Record> {
-        let bytes = fs::read(self.state_path(pipeline, instance)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let name = sanitize(pipeline, "-_");
+        self.journals.latest(&self.state_dir(), &name, instance)
     }
 
+    /// Notes `rec` as its instance's last successful run. Only explanations
+    /// depend on it; the record itself is durable.
     pub fn put_state(&self, rec: &Record) -> Result<()> {
-        let path = self.state_path(&rec.pipeline, &rec.instance);
-        let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
-        // Only explanations depend on it; the record itself is durable.
-        atomic_write_nosync(&path, &bytes).at(&path)
+        let dir = self.state_dir();
+        let name = sanitize(&rec.pipeline, "-_");
+        self.journals.append(&dir, &name, rec).at(&dir)
     }
 
     /// Every record in the store.
@@ -337,10 +397,8 @@ impl Store {
 
     /// The last records of every instance of a pipeline.
     pub fn states(&self, pipeline: &str) -> Vec<Record> {
-        walk(&self.root.join("state").join(sanitize(pipeline, "-_")))
-            .into_iter()
-            .filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
-            .collect()
+        let name = sanitize(pipeline, "-_");
+        self.journals.all(&self.state_dir(), &name)
     }
 
     /// Re-hashes every object. Corrupted objects are reported and removed,
@@ -364,9 +422,15 @@ impl Store {
                 report.corrupted.push(path.clone());
             }
         }
+        report
+            .corrupted
+            .extend(state::Journals::repair(&self.state_dir()));
+        let legacy_states = walk(&self.state_dir())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"));
         for path in walk(&self.root.join("records"))
             .into_iter()
-            .chain(walk(&self.root.join("state")))
+            .chain(legacy_states)
         {
             let ok = fs::read(&path)
                 .ok()
@@ -475,6 +539,20 @@ impl Store {
             fs::rename(&tmp, dest).at(dest)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Store {
+    /// The work directories kept for reuse go with the store.
+    fn drop(&mut self) {
+        for s in self
+            .idle
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = remove_all(&s.dir);
+        }
     }
 }
 
