@@ -118,6 +118,7 @@ pub fn check(raw: &RawManifest) -> (Option<Pipeline>, Vec<Diagnostic>) {
         dir: absolute(raw.dir()),
         dir_shown: raw.dir().display().to_string(),
         failed: HashSet::new(),
+        by_matrix: Vec::new(),
     };
     let p = cx.run();
     let failed = cx.diags.iter().any(Diagnostic::is_error);
@@ -138,6 +139,22 @@ struct Checker<'a> {
     /// Stages with errors: stages reading them are not checked further,
     /// which would only repeat the same problem.
     failed: HashSet<String>,
+    /// Per checked stage, its instances by matrix key and value.
+    by_matrix: Vec<MatrixIndex>,
+}
+
+/// A stage's instances by `(matrix key, canonical value)`, in id order, so
+/// that `stages.train[fold=fold]` from each of F instances costs a lookup,
+/// not a scan of train's F instances.
+type MatrixIndex = HashMap<(String, String), Vec<usize>>;
+
+/// A key under which values that select the same instances meet: numbers
+/// by value (`1` and `1.0` alike), anything else by type and text.
+fn matrix_value_key(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) => format!("n:{}", (f + 0.0).to_bits()),
+        None => format!("{}:{}", v.type_name(), plain(v)),
+    }
 }
 
 impl Checker<'_> {
@@ -400,13 +417,23 @@ impl Checker<'_> {
             self.failed.insert(st.name.name.clone());
             return;
         }
-        self.stage_inner(st, p, params, inputs);
+        // Out of `self` while the stage is checked, which borrows `self` mutably.
+        let mut by_matrix = std::mem::take(&mut self.by_matrix);
+        self.stage_inner(st, p, params, inputs, &mut by_matrix);
+        self.by_matrix = by_matrix;
         if self.diags[before..].iter().any(Diagnostic::is_error) {
             self.failed.insert(st.name.name.clone());
         }
     }
 
-    fn stage_inner(&mut self, st: &RawStage, p: &mut Pipeline, params: &Value, inputs: &Value) {
+    fn stage_inner(
+        &mut self,
+        st: &RawStage,
+        p: &mut Pipeline,
+        params: &Value,
+        inputs: &Value,
+        by_matrix: &mut Vec<MatrixIndex>,
+    ) {
         let Some((op_name, op_span)) = &st.op else {
             self.push(
                 Diagnostic::error(
@@ -531,6 +558,7 @@ impl Checker<'_> {
                 stage_index: &stage_index,
                 stages: &p.stages,
                 instances: &p.instances,
+                by_matrix,
             };
             let mut params_out = Params::new();
             let mut spans = BTreeMap::new();
@@ -624,6 +652,16 @@ impl Checker<'_> {
                 uses: uses.clone(),
             });
         }
+        let mut index = MatrixIndex::new();
+        for &id in &stage.instances {
+            for (k, v) in &p.instances[id].matrix {
+                index
+                    .entry((k.clone(), matrix_value_key(v)))
+                    .or_default()
+                    .push(id);
+            }
+        }
+        by_matrix.push(index);
         p.stages.push(stage);
     }
 
@@ -1067,6 +1105,7 @@ struct StageEnv<'a> {
     stage_index: &'a HashMap<String, usize>,
     stages: &'a [Stage],
     instances: &'a [Instance],
+    by_matrix: &'a [MatrixIndex],
 }
 
 impl Env for StageEnv<'_> {
@@ -1112,7 +1151,8 @@ impl Env for StageEnv<'_> {
         keys: &[(String, Value, Span)],
         span: Span,
     ) -> Result<StageSel, Diagnostic> {
-        let st = &self.stages[self.stage_index[&sel.stage]];
+        let si = self.stage_index[&sel.stage];
+        let st = &self.stages[si];
         for (k, _, kspan) in keys {
             if !st.matrix_keys.contains(k) {
                 return Err(Diagnostic::error(
@@ -1131,10 +1171,25 @@ impl Env for StageEnv<'_> {
                 }));
             }
         }
-        let chosen: Vec<usize> = sel
-            .instances
+        // The index narrows the candidates (never dropping a match); the
+        // exact test below decides.
+        let candidates: Vec<usize> = match keys
             .iter()
-            .copied()
+            .map(|(k, v, _)| self.by_matrix[si].get(&(k.clone(), matrix_value_key(v))))
+            .min_by_key(|l| l.map_or(0, |l| l.len()))
+        {
+            Some(narrow) => narrow
+                .map(|l| {
+                    l.iter()
+                        .copied()
+                        .filter(|i| sel.instances.binary_search(i).is_ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => sel.instances.clone(),
+        };
+        let chosen: Vec<usize> = candidates
+            .into_iter()
             .filter(|&i| {
                 let inst = &self.instances[i];
                 keys.iter().all(|(k, v, _)| {
@@ -1356,5 +1411,41 @@ mod tests {
         let p = p.unwrap();
         let uses: Vec<&String> = p.instances[0].uses.keys().collect();
         assert_eq!(uses, ["scale"]);
+    }
+
+    #[test]
+    fn selections_match_by_value_whatever_the_number_type_and_chain() {
+        let text = r#"
+[stages.t]
+op = "exec"
+matrix = { f = [0, 1, 2], a = ["x", "y"] }
+cmd = "echo ${f} ${a} > $PODIUM_OUT/o"
+outs = ["o"]
+[stages.u]
+op = "exec"
+matrix = { g = [0.0, 1.0] }
+cmd = "cat ${stages.t[f=g, a='y'].o} ${stages.t[a='x'][f=g + 1].o} > $PODIUM_OUT/o"
+outs = ["o"]
+[stages.v]
+op = "exec"
+cmd = "cat ${stages.t[a='x'].o} > $PODIUM_OUT/o"
+outs = ["o"]
+"#;
+        let (p, r) = crate::check_str("m.toml".as_ref(), text, &[]);
+        assert!(!r.has_errors(), "{r}");
+        let p = p.unwrap();
+        let id = |n: &str| p.instances.iter().position(|i| i.name == n).unwrap();
+        let deps = |n: &str| -> Vec<&str> {
+            let mut d: Vec<&str> = p.instances[id(n)]
+                .deps
+                .iter()
+                .map(|&d| p.instances[d].name.as_str())
+                .collect();
+            d.sort();
+            d
+        };
+        assert_eq!(deps("u[g=0.0]"), ["t[f=0,a=y]", "t[f=1,a=x]"]);
+        assert_eq!(deps("u[g=1.0]"), ["t[f=1,a=y]", "t[f=2,a=x]"]);
+        assert_eq!(deps("v"), ["t[f=0,a=x]", "t[f=1,a=x]", "t[f=2,a=x]"]);
     }
 }
