@@ -3,9 +3,11 @@
 ninja, Snakemake and DVC, timed side by side in one run.
 
 Shape, N = 4F + 4 stages: prepare -> F folds x (split, train, finetune, tta)
--> ensemble -> pseudo -> post. Every stage is a trivial `cat`. Each fold's
-split also reads a leaf input data/fold_F.txt; changing fold 0's is the
-"one leaf changes" case (7 stages rerun).
+-> ensemble -> pseudo -> post. Every stage is a trivial `cat`; podium's
+commands end in a comment naming the stage, so that no two stages share a key
+(the same command over the same bytes would run once) and podium runs all N,
+as the others do. Each fold's split also reads a leaf input data/fold_F.txt;
+changing fold 0's is the "one leaf changes" case (7 stages rerun).
 
 Usage (from the repository root):
     python3 -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install ninja snakemake dvc
@@ -50,12 +52,12 @@ folds = {f}
 path = "data/input.txt"
 [stages.prepare]
 op = "exec"
-cmd = "cat ${{inputs.input}} > $PODIUM_OUT/out"
+cmd = "cat ${{inputs.input}} > $PODIUM_OUT/out # prepare"
 outs = ["out"]
 [stages.split]
 op = "exec"
 matrix = {{ fold = "${{range(params.folds)}}" }}
-cmd = "cat ${{stages.prepare.out}} data/fold_${{fold}}.txt > $PODIUM_OUT/out"
+cmd = "cat ${{stages.prepare.out}} data/fold_${{fold}}.txt > $PODIUM_OUT/out # split"
 deps = ["${{format('data/fold_{{}}.txt', fold)}}"]
 outs = ["out"]
 """
@@ -64,21 +66,21 @@ outs = ["out"]
         s += f"""[stages.{st}]
 op = "exec"
 matrix = {{ fold = "${{range(params.folds)}}" }}
-cmd = "cat ${{stages.{prev}[fold=fold].out}} > $PODIUM_OUT/out"
+cmd = "cat ${{stages.{prev}[fold=fold].out}} > $PODIUM_OUT/out # {st}"
 outs = ["out"]
 """
         prev = st
     s += """[stages.ensemble]
 op = "exec"
-cmd = "cat ${stages.tta[*].out} > $PODIUM_OUT/out"
+cmd = "cat ${stages.tta[*].out} > $PODIUM_OUT/out # ensemble"
 outs = ["out"]
 [stages.pseudo]
 op = "exec"
-cmd = "cat ${stages.ensemble.out} > $PODIUM_OUT/out"
+cmd = "cat ${stages.ensemble.out} > $PODIUM_OUT/out # pseudo"
 outs = ["out"]
 [stages.post]
 op = "exec"
-cmd = "cat ${stages.pseudo.out} > $PODIUM_OUT/out"
+cmd = "cat ${stages.pseudo.out} > $PODIUM_OUT/out # post"
 outs = ["out"]
 """
     with open(os.path.join(d, "p.toml"), "w") as fh:

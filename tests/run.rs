@@ -764,6 +764,13 @@ outs = ["o"]
 op = "exec"
 cmd = "echo hello; cat ${stages.s[*].o} > $PODIUM_OUT/o"
 outs = ["o"]
+
+# Two keys, one output: the second copy is discarded.
+[stages.same]
+op = "exec"
+matrix = { j = [0, 1] }
+cmd = "echo same > $PODIUM_OUT/o # ${j}"
+outs = ["o"]
 "#;
     let ws = Ws::new(manifest);
     ws.run(&["-j", "1"]);

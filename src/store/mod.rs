@@ -87,6 +87,9 @@ pub struct Store {
     /// Emptied work directories, reused so that a run of many short stages
     /// does not create and delete a directory per stage.
     idle: Mutex<Vec<Scratch>>,
+    /// Where files not kept (outputs whose object exists already) wait to be
+    /// deleted when the store is dropped; see [`Store::discard`].
+    trash: PathBuf,
 }
 
 /// Where one execution works: `out` (an empty directory, the op's output
@@ -109,10 +112,16 @@ impl Store {
         for sub in ["objects", "records", "state", "tmp"] {
             fs::create_dir_all(root.join(sub)).at(&root.join(sub))?;
         }
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let trash = root
+            .join("tmp")
+            .join(format!("{}-trash-{n}", std::process::id()));
         Ok(Store {
-            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+            root,
             journals: state::Journals::default(),
             idle: Mutex::new(Vec::new()),
+            trash,
         })
     }
 
@@ -211,6 +220,19 @@ impl Store {
         Ok(Scratch { dir, out, log })
     }
 
+    /// Removes a file, later: it is moved aside and deleted with the store.
+    /// On a filesystem that skips recently deleted inodes when it allocates
+    /// one (ext4 without a journal), deleting as a run goes makes each file
+    /// the run creates afterwards slower to create.
+    fn discard(&self, path: &Path) {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let moved = fs::create_dir_all(&self.trash).is_ok()
+            && fs::rename(path, self.trash.join(n.to_string())).is_ok();
+        if !moved {
+            let _ = fs::remove_file(path);
+        }
+    }
+
     /// Hands a work directory back: kept for the next execution when the
     /// op's outputs were moved out, its log moved out or empty, and nothing
     /// else is left; removed otherwise.
@@ -232,7 +254,7 @@ impl Store {
         let h = hash::hash_file(path).at(path)?;
         let dest = self.object_path(&h);
         if dest.exists() {
-            let _ = fs::remove_file(path);
+            self.discard(path);
         } else {
             File::open(path).and_then(|f| f.sync_all()).at(path)?;
             let mode = if exec { 0o555 } else { 0o444 };
@@ -543,7 +565,8 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// The work directories kept for reuse go with the store.
+    /// The work directories kept for reuse and the discarded files go with
+    /// the store.
     fn drop(&mut self) {
         for s in self
             .idle
@@ -553,6 +576,7 @@ impl Drop for Store {
         {
             let _ = remove_all(&s.dir);
         }
+        let _ = remove_all(&self.trash);
     }
 }
 
