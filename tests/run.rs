@@ -95,6 +95,14 @@ impl Ws {
     fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).unwrap()
     }
+
+    /// Whether the store's work directories are all gone.
+    fn tmp_is_empty(&self) -> bool {
+        std::fs::read_dir(self.path("cache/tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    }
 }
 
 impl Ws {
@@ -346,13 +354,7 @@ fn sigkill_mid_run_redoes_only_unfinished_instances_and_the_store_verifies() {
         ["prepare", "split", "train[fold=0]", "train[fold=1]"]
     );
     assert_eq!(names(&r, "executed"), ["train[fold=2]", "report"]);
-    assert!(
-        std::fs::read_dir(ws.path("cache/tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "the killed run's work directory is gone"
-    );
+    assert!(ws.tmp_is_empty(), "the killed run's work directory is gone");
     let out = ws.podium(&["verify"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 corrupted"));
 }
@@ -793,14 +795,15 @@ outs = ["o"]
         "only the instance that printed keeps a log"
     );
     assert_eq!(ws.read("cache/logs/q/loud.log"), "hello\n");
+    assert_eq!(ws.read("out/same/j=1/o"), "same\n");
     assert!(
-        std::fs::read_dir(ws.path("cache/tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "the work directory goes when the run ends"
+        ws.tmp_is_empty(),
+        "the work directory and the discarded copy go when the run ends"
     );
-    // The kept log is also the log object the record names.
-    let rec = ws.podium(&["verify"]);
-    assert!(String::from_utf8_lossy(&rec.stdout).contains("0 corrupted"));
+    // The kept log is also the log object (one file, two names), intact.
+    use std::os::unix::fs::MetadataExt;
+    let log = std::fs::metadata(ws.path("cache/logs/q/loud.log")).unwrap();
+    assert_eq!(log.nlink(), 2);
+    let out = ws.podium(&["verify"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 corrupted"));
 }

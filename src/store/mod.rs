@@ -10,8 +10,9 @@
 //!   lock                  held by a running `podium run`
 //! ```
 //!
-//! Every file is written to a temporary name, fsynced, then renamed, so a
-//! crash leaves either the old or the new content, never a torn file.
+//! Every object and record is written to a temporary name, fsynced, then
+//! renamed, so a crash leaves either the old or the new content, never a
+//! torn file. The state journal is appended to; a torn last line is skipped.
 
 mod record;
 mod state;
