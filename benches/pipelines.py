@@ -15,6 +15,7 @@ Usage (from the repository root):
     /tmp/benchvenv/bin/python benches/pipelines.py --sizes 100 1000 --tools podium ninja snakemake dvc
 
 DVC is slow at 1,000 stages (over 10 minutes for a full run); `--dvc-max N` skips it above N.
+PODIUM_BIN=PATH times another podium binary (an A/B against an older build).
 """
 
 import argparse

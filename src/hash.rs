@@ -225,10 +225,8 @@ impl Loaded {
         let mut index = HashMap::default();
         if buf.starts_with(MAGIC) {
             index.reserve(buf.len() / (Record::FIXED + 48));
-            let mut at = MAGIC.len();
-            while let Some((path, _, next)) = Record::read(&buf, at) {
+            for (at, path, _) in records(&buf) {
                 index.insert(Self::key(path), at);
-                at = next;
             }
         }
         Loaded { buf, index }
@@ -242,17 +240,23 @@ impl Loaded {
 
     /// Every record, in file order.
     fn records(&self) -> impl Iterator<Item = (&[u8], Entry)> {
-        let mut at = if self.buf.starts_with(MAGIC) {
-            MAGIC.len()
-        } else {
-            self.buf.len()
-        };
-        std::iter::from_fn(move || {
-            let (p, e, next) = Record::read(&self.buf, at)?;
-            at = next;
-            Some((p, e))
-        })
+        records(&self.buf).map(|(_, p, e)| (p, e))
     }
+}
+
+/// The records of a cache file, each with its offset, in file order; none
+/// when the file is of another format, and up to a truncated record.
+fn records(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8], Entry)> {
+    let mut at = if buf.starts_with(MAGIC) {
+        MAGIC.len()
+    } else {
+        buf.len()
+    };
+    std::iter::from_fn(move || {
+        let (p, e, next) = Record::read(buf, at)?;
+        let here = std::mem::replace(&mut at, next);
+        Some((here, p, e))
+    })
 }
 
 impl StatCache {

@@ -135,7 +135,6 @@ impl<'a> Runner<'a> {
         }
         let scratch = self.store.scratch()?;
         let resume = self.store.resume_dir(&k.key);
-        let out_dir = scratch.out.clone();
         let mut log = fs::File::create(&scratch.log).at(&scratch.log)?;
         let params: Params = inst
             .params
@@ -146,7 +145,7 @@ impl<'a> Runner<'a> {
         let result = {
             let mut cx = OpContext {
                 params: &params,
-                out_dir: &out_dir,
+                out_dir: &scratch.out,
                 work_dir: &p.dir,
                 log: &mut log,
                 cancel: crate::cancel::flag(),
@@ -186,7 +185,7 @@ impl<'a> Runner<'a> {
                 rec.params = plan::display_params(inst);
                 rec.inputs = k.inputs.clone();
                 for o in &inst.outputs {
-                    let out = self.store.put_output(&out_dir.join(o))?;
+                    let out = self.store.put_output(&scratch.out.join(o))?;
                     if o.ends_with("metrics.json") {
                         rec.metrics = read_metrics(self.store, &out);
                     }

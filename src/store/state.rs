@@ -86,8 +86,8 @@ impl Journals {
             j.compact(&mut inner)?;
             inner.writer = Some(OpenOptions::new().create(true).append(true).open(&j.path)?);
         }
-        let mut line = serde_json::to_vec(rec).expect("records serialize");
-        line.push(b'\n');
+        let mut line = Vec::new();
+        push_line(&mut line, rec);
         // One `write` per line: O_APPEND keeps lines whole.
         inner
             .writer
@@ -113,9 +113,8 @@ impl Journals {
             let (good, bad) = parse(&bytes);
             if bad > 0 {
                 let mut out = Vec::with_capacity(bytes.len());
-                for rec in good {
-                    out.extend(serde_json::to_vec(&rec).expect("records serialize"));
-                    out.push(b'\n');
+                for rec in &good {
+                    push_line(&mut out, rec);
                 }
                 if atomic_write_nosync(&path, &out).is_ok() {
                     repaired.push(path);
@@ -165,8 +164,7 @@ impl Journal {
         recs.sort_by(|a, b| (a.finished_at, &a.instance).cmp(&(b.finished_at, &b.instance)));
         let mut out = Vec::new();
         for rec in recs {
-            out.extend(serde_json::to_vec(rec).expect("records serialize"));
-            out.push(b'\n');
+            push_line(&mut out, rec);
         }
         atomic_write_nosync(&self.path, &out)?;
         inner.lines = latest.len();
@@ -175,6 +173,12 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// Appends `rec` to `out` as one journal line.
+fn push_line(out: &mut Vec<u8>, rec: &Record) {
+    serde_json::to_writer(&mut *out, rec).expect("records serialize");
+    out.push(b'\n');
 }
 
 /// The records of a journal's lines, and how many lines did not parse.
