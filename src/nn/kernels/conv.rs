@@ -889,21 +889,32 @@ impl CustomOp2 for Conv2d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, dy) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
-        let dx = dy.apply_op2_no_bwd(
-            &w,
-            &BackwardData {
-                p: self.0,
-                hw: (x.dim(2)?, x.dim(3)?),
-            },
-        )?;
-        let dw = x.apply_op2_no_bwd(
-            &dy,
-            &BackwardWeight {
-                p: self.0,
-                khw: (w.dim(2)?, w.dim(3)?),
-            },
-        )?;
-        Ok((Some(dx), Some(dw)))
+        // A gradient nothing reads is not computed: the first conv's input
+        // is the images (or a frozen part's output), and its input gradient
+        // would cost as much as the conv itself.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(
+                &w,
+                &BackwardData {
+                    p: self.0,
+                    hw: (x.dim(2)?, x.dim(3)?),
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(
+                &dy,
+                &BackwardWeight {
+                    p: self.0,
+                    khw: (w.dim(2)?, w.dim(3)?),
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 
@@ -1142,6 +1153,47 @@ mod tests {
         let g = Geometry::new([37, 3, 2, 3], [5, 3, 3, 3], p).unwrap();
         assert!(g.chunk() > 1);
         check(&g, 99);
+    }
+
+    /// Backward computes only the gradients something reads: none for
+    /// images that are no variable, none for a weight held constant.
+    #[test]
+    fn untracked_inputs_get_no_gradient() {
+        let dev = Device::Cpu;
+        let p = ConvParams {
+            padding: 1,
+            ..ConvParams::default()
+        };
+        let images = Tensor::from_vec(rand(2 * 3 * 5 * 5, 1), (2, 3, 5, 5), &dev).unwrap();
+        let w = Var::from_vec(rand(4 * 3 * 3 * 3, 2), (4, 3, 3, 3), &dev).unwrap();
+        let grads = conv2d(&images, &w, p)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&images).is_none());
+        let dw = grads.get(&w).unwrap();
+        assert!(
+            dw.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+
+        let x = Var::from_vec(rand(2 * 3 * 5 * 5, 3), (2, 3, 5, 5), &dev).unwrap();
+        let fixed = w.as_tensor().detach();
+        let grads = conv2d(&x, &fixed, p)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&fixed).is_none());
+        assert!(grads.get(&x).is_some());
     }
 
     proptest! {

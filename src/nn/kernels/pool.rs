@@ -87,6 +87,12 @@ impl Pool {
         (lo, hi)
     }
 
+    /// A 2×2 max pool with stride 2 and no padding, the common case, which
+    /// has a kernel of its own.
+    fn is_max_2x2(&self) -> bool {
+        self.kind == PoolKind::Max && self.k == 2 && self.stride == 2 && self.padding == 0
+    }
+
     fn divisor(&self, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> f32 {
         match self.kind {
             PoolKind::Avg {
@@ -151,6 +157,149 @@ fn plane_forward(
     }
 }
 
+/// The larger of two values, NaN if either is (as PyTorch's max pool).
+/// Written without branches (`|`, not `||`) so that loops over it vectorize.
+#[inline(always)]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if (b > a) | b.is_nan() { b } else { a }
+}
+
+/// Whether `v` is the window's maximum `m` (NaN matching NaN).
+#[inline(always)]
+fn is_max(v: f32, m: f32) -> bool {
+    (v == m) | (v.is_nan() & m.is_nan())
+}
+
+/// [`plane_forward`] for a 2×2 max pool with stride 2 and no padding: two
+/// input rows at a time, no window bounds to work out.
+#[multiversion(targets = "simd")]
+fn max2x2_forward(x: &[f32], (_, w): (usize, usize), (oh, ow): (usize, usize), y: &mut [f32]) {
+    for (oy, yr) in y.chunks_exact_mut(ow).take(oh).enumerate() {
+        let r0 = &x[2 * oy * w..][..2 * ow];
+        let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
+        for (ox, o) in yr.iter_mut().enumerate() {
+            let (a, b) = (&r0[2 * ox..2 * ox + 2], &r1[2 * ox..2 * ox + 2]);
+            *o = max_nan(max_nan(a[0], a[1]), max_nan(b[0], b[1]));
+        }
+    }
+}
+
+/// [`plane_backward`] for a 2×2 max pool with stride 2 and no padding. The
+/// windows do not overlap, so each input cell is written once, with its
+/// window's gradient where it is the window's first maximum (row-major)
+/// and zero elsewhere; `dx` need not be zero beforehand.
+fn max2x2_backward(
+    x: &[f32],
+    dy: &[f32],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    dx: &mut [f32],
+) {
+    for oy in 0..oh {
+        let (top, bottom) = dx[2 * oy * w..][..2 * w].split_at_mut(w);
+        let r0 = &x[2 * oy * w..][..2 * ow];
+        let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
+        let g = &dy[oy * ow..][..ow];
+        let done = max2x2_backward_simd(r0, r1, g, top, bottom);
+        for ox in done..ow {
+            let (a0, a1, b0, b1) = (r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]);
+            let m = max_nan(max_nan(a0, a1), max_nan(b0, b1));
+            let e0 = is_max(a0, m);
+            let e1 = is_max(a1, m) & !e0;
+            let e2 = is_max(b0, m) & !(e0 | e1);
+            let e3 = !(e0 | e1 | e2);
+            top[2 * ox] = if e0 { g[ox] } else { 0.0 };
+            top[2 * ox + 1] = if e1 { g[ox] } else { 0.0 };
+            bottom[2 * ox] = if e2 { g[ox] } else { 0.0 };
+            bottom[2 * ox + 1] = if e3 { g[ox] } else { 0.0 };
+        }
+        // An odd width leaves a last column no window covers.
+        top[2 * ow..].fill(0.0);
+        bottom[2 * ow..].fill(0.0);
+    }
+    // An odd height leaves a last row no window covers.
+    dx[2 * oh * w..h * w].fill(0.0);
+}
+
+/// The first windows of one row pair of [`max2x2_backward`] in SIMD lanes,
+/// returning how many it did (the rest run scalar). LLVM leaves the
+/// window-by-window loop scalar (it would have to deinterleave the pairs),
+/// so this is written out for AVX.
+fn max2x2_backward_simd(
+    r0: &[f32],
+    r1: &[f32],
+    g: &[f32],
+    d0: &mut [f32],
+    d1: &mut [f32],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        let blocks = g.len() / 4;
+        // SAFETY: AVX is present; the slices are cut to the blocks' length.
+        unsafe {
+            max2x2_backward_avx(
+                &r0[..8 * blocks],
+                &r1[..8 * blocks],
+                &g[..4 * blocks],
+                &mut d0[..8 * blocks],
+                &mut d1[..8 * blocks],
+            )
+        };
+        return 4 * blocks;
+    }
+    let _ = (r0, r1, g, d0, d1);
+    0
+}
+
+/// Four windows (eight columns of two rows) per step. Each lane compares
+/// with its pair partner (lane `l ^ 1`, one in-lane shuffle), so no lane
+/// needs deinterleaving; the gradient of window `l / 2` is duplicated into
+/// lanes `l` and `l ^ 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn max2x2_backward_avx(r0: &[f32], r1: &[f32], g: &[f32], d0: &mut [f32], d1: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): every load and store reads or writes 8 (or 4)
+    // floats at `8 · blk` (or `4 · blk`) for `blk < g.len() / 4`, inside
+    // slices the caller cut to 8 (or 4) floats per block.
+    unsafe {
+        let max_nan = |x: __m256, y: __m256| {
+            let take_y = _mm256_or_ps(
+                _mm256_cmp_ps(y, x, _CMP_GT_OQ),
+                _mm256_cmp_ps(y, y, _CMP_UNORD_Q),
+            );
+            _mm256_blendv_ps(x, y, take_y)
+        };
+        let is_max = |v: __m256, m: __m256| {
+            let nan_both = _mm256_and_ps(
+                _mm256_cmp_ps(v, v, _CMP_UNORD_Q),
+                _mm256_cmp_ps(m, m, _CMP_UNORD_Q),
+            );
+            _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_EQ_OQ), nan_both)
+        };
+        let odd = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
+        for blk in 0..g.len() / 4 {
+            let a = _mm256_loadu_ps(r0.as_ptr().add(8 * blk));
+            let b = _mm256_loadu_ps(r1.as_ptr().add(8 * blk));
+            // Lanes [1, 0, 3, 2, …]: each lane's pair partner.
+            let ap = _mm256_permute_ps::<0b10_11_00_01>(a);
+            let bp = _mm256_permute_ps::<0b10_11_00_01>(b);
+            let (t, u) = (max_nan(a, ap), max_nan(b, bp));
+            let m = max_nan(t, u);
+            // The top row holds the maximum, and the lane is its row's first.
+            let in_top = is_max(t, m);
+            let first_a = _mm256_andnot_ps(_mm256_and_ps(odd, is_max(ap, m)), is_max(a, m));
+            let first_b = _mm256_andnot_ps(_mm256_and_ps(odd, is_max(bp, m)), is_max(b, m));
+            let g4 = _mm_loadu_ps(g.as_ptr().add(4 * blk));
+            let gg = _mm256_set_m128(_mm_unpackhi_ps(g4, g4), _mm_unpacklo_ps(g4, g4));
+            let top = _mm256_and_ps(_mm256_and_ps(in_top, first_a), gg);
+            let bottom = _mm256_and_ps(_mm256_andnot_ps(in_top, first_b), gg);
+            _mm256_storeu_ps(d0.as_mut_ptr().add(8 * blk), top);
+            _mm256_storeu_ps(d1.as_mut_ptr().add(8 * blk), bottom);
+        }
+    }
+}
+
 /// Adds each output cell's gradient back onto its window: all to the first
 /// maximum (max), or spread evenly (avg).
 #[multiversion(targets = "simd")]
@@ -211,7 +360,13 @@ impl CustomOp1 for PoolOp {
         if oh * ow > 0 && h * w > 0 {
             y.par_chunks_mut(oh * ow)
                 .zip(x.par_chunks(h * w))
-                .for_each(|(yo, xi)| plane_forward(&self.0, xi, (h, w), (oh, ow), yo));
+                .for_each(|(yo, xi)| {
+                    if self.0.is_max_2x2() {
+                        max2x2_forward(xi, (h, w), (oh, ow), yo)
+                    } else {
+                        plane_forward(&self.0, xi, (h, w), (oh, ow), yo)
+                    }
+                });
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -254,7 +409,13 @@ impl CustomOp2 for PoolBackward {
         if oh * ow > 0 && h * w > 0 {
             dx.par_chunks_mut(h * w)
                 .zip(x.par_chunks(h * w).zip(dy.par_chunks(oh * ow)))
-                .for_each(|(dxo, (xi, gi))| plane_backward(&self.0, xi, gi, (h, w), (oh, ow), dxo));
+                .for_each(|(dxo, (xi, gi))| {
+                    if self.0.is_max_2x2() {
+                        max2x2_backward(xi, gi, (h, w), (oh, ow), dxo)
+                    } else {
+                        plane_backward(&self.0, xi, gi, (h, w), (oh, ow), dxo)
+                    }
+                });
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -315,6 +476,50 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(gx, [0.25; 4]);
+    }
+
+    /// The 2×2 kernels give what the general ones give, bit for bit, with
+    /// ties, NaNs and odd sizes.
+    #[test]
+    fn the_2x2_max_pool_equals_the_general_kernel() {
+        let p = Pool::max(2, 2, 0);
+        let mut seed = 7u64;
+        for (h, w) in [
+            (2, 2),
+            (4, 6),
+            (5, 7),
+            (7, 4),
+            (1, 3),
+            (9, 9),
+            (6, 16),
+            (5, 19),
+            (3, 40),
+        ] {
+            let (oh, ow) = (p.out(h).unwrap_or(0), p.out(w).unwrap_or(0));
+            let mut next = || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u32
+            };
+            // Few distinct values, so windows tie; now and then a NaN.
+            let x: Vec<f32> = (0..h * w)
+                .map(|_| match next() % 17 {
+                    0 => f32::NAN,
+                    r => (r % 3) as f32 - 1.0,
+                })
+                .collect();
+            let dy: Vec<f32> = (0..oh * ow).map(|_| next() as f32 / 1e9 + 0.5).collect();
+            let (mut y0, mut y1) = (vec![0f32; oh * ow], vec![1f32; oh * ow]);
+            plane_forward(&p, &x, (h, w), (oh, ow), &mut y0);
+            max2x2_forward(&x, (h, w), (oh, ow), &mut y1);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y0), bits(&y1), "forward {h}×{w}");
+            let (mut d0, mut d1) = (vec![0f32; h * w], vec![f32::NAN; h * w]);
+            plane_backward(&p, &x, &dy, (h, w), (oh, ow), &mut d0);
+            max2x2_backward(&x, &dy, (h, w), (oh, ow), &mut d1);
+            assert_eq!(bits(&d0), bits(&d1), "backward {h}×{w}");
+        }
     }
 
     #[test]
