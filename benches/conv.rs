@@ -4,7 +4,9 @@
 //! case, median of several runs. `benches/conv.py` runs it beside PyTorch
 //! and prints the comparison; alone:
 //!
-//!     cargo bench --bench conv -- [--size 64] [--batch 32] [--reps 5]
+//!     cargo bench --bench conv -- [--size 64] [--batch 32] [--reps 5] [--only TEXT]
+//!
+//! `--only` keeps the cases whose net or name contains TEXT.
 
 use std::time::Instant;
 
@@ -46,7 +48,19 @@ fn main() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/conv_shapes.json");
     let shapes: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(path).expect("shapes")).expect("json");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     for s in shapes {
+        let label = format!(
+            "{} {}",
+            s["net"].as_str().unwrap_or(""),
+            s["name"].as_str().unwrap_or("")
+        );
+        if only.is_some_and(|o| !label.contains(o.as_str())) {
+            continue;
+        }
         let u = |k: &str| s[k].as_u64().expect(k) as usize;
         let hw = size / u("at");
         let p = ConvParams {
