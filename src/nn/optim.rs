@@ -5,8 +5,10 @@
 //! timm's `filter_bias_and_bn`.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
 
 use super::vars::{Entry, Role};
 
@@ -40,7 +42,17 @@ pub struct Optimizer {
     /// Updates taken so far (Adam's bias correction counts them).
     pub steps: u64,
     /// Per variable: SGD's momentum buffer, or Adam's first and second moments.
-    state: BTreeMap<String, Vec<Tensor>>,
+    state: BTreeMap<String, Slot>,
+}
+
+/// One variable's optimizer state.
+enum Slot {
+    /// Tensors, updated by candle's ops (off the CPU, or as loaded from a
+    /// checkpoint until the first CPU step).
+    Tensors(Vec<Tensor>),
+    /// Plain buffers, updated in place together with the variable in one
+    /// fused pass ([`FusedStep`]).
+    Host { bufs: Vec<Vec<f32>>, shape: Shape },
 }
 
 impl Optimizer {
@@ -64,8 +76,19 @@ impl Optimizer {
         grads: &BTreeMap<String, Tensor>,
         lr: f64,
     ) -> Result<()> {
+        self.step_as(vars, grads, lr, true)
+    }
+
+    /// [`Optimizer::step`]; `fused`: f32 variables on the CPU take the
+    /// fused in-place update, the others candle's tensor ops.
+    fn step_as(
+        &mut self,
+        vars: &[(String, Entry)],
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        fused: bool,
+    ) -> Result<()> {
         self.steps += 1;
-        let t = self.steps as i32;
         for (name, e) in vars {
             let Some(g) = grads.get(name) else { continue };
             if e.role == Role::Buffer {
@@ -76,47 +99,128 @@ impl Optimizer {
             } else {
                 0.0
             };
-            let p = e.var.as_tensor().detach();
-            let mut g = g.detach();
-            if decay > 0.0 && self.kind != Kind::AdamW {
-                g = (g + (&p * decay)?)?;
+            let p = e.var.as_tensor();
+            if fused && p.device().is_cpu() && p.dtype() == candle_core::DType::F32 {
+                self.fused_step(name, p, &g.contiguous()?, lr, decay)?;
+            } else {
+                let new = self.tensor_step(name, &p.detach(), &g.detach(), lr, decay)?;
+                e.var.set(&new)?;
             }
-            let new = match self.kind {
-                Kind::Sgd => {
-                    let d = if self.momentum > 0.0 {
-                        let buf = match self.state.get(name) {
-                            Some(s) => ((&s[0] * self.momentum)? + &g)?,
-                            None => g.clone(),
-                        };
-                        self.state.insert(name.clone(), vec![buf.clone()]);
-                        buf
-                    } else {
-                        g
+        }
+        Ok(())
+    }
+
+    /// The update with candle's ops: the new value of `p`.
+    fn tensor_step(
+        &mut self,
+        name: &str,
+        p: &Tensor,
+        g: &Tensor,
+        lr: f64,
+        decay: f64,
+    ) -> Result<Tensor> {
+        let t = self.steps as i32;
+        let mut g = g.clone();
+        if decay > 0.0 && self.kind != Kind::AdamW {
+            g = (g + (p * decay)?)?;
+        }
+        let prev = match self.state.remove(name) {
+            Some(Slot::Tensors(ts)) => Some(ts),
+            Some(Slot::Host { bufs, shape }) => Some(
+                bufs.iter()
+                    .map(|b| Tensor::from_slice(b, shape.clone(), p.device()))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        Ok(match self.kind {
+            Kind::Sgd => {
+                let d = if self.momentum > 0.0 {
+                    let buf = match prev {
+                        Some(s) => ((&s[0] * self.momentum)? + &g)?,
+                        None => g.clone(),
                     };
-                    (p - (d * lr)?)?
-                }
-                Kind::Adam | Kind::AdamW => {
-                    let (m, v) = match self.state.get(name) {
-                        Some(s) => (
-                            ((&s[0] * self.beta1)? + (&g * (1.0 - self.beta1))?)?,
-                            ((&s[1] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
-                        ),
-                        None => ((&g * (1.0 - self.beta1))?, (g.sqr()? * (1.0 - self.beta2))?),
-                    };
-                    let bc1 = 1.0 - self.beta1.powi(t);
-                    let bc2 = 1.0 - self.beta2.powi(t);
-                    let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
-                    let upd = ((&m / bc1)? / denom)?;
-                    self.state.insert(name.clone(), vec![m, v]);
-                    let p = if self.kind == Kind::AdamW && decay > 0.0 {
-                        (&p * (1.0 - lr * decay))?
-                    } else {
-                        p
-                    };
-                    (p - (upd * lr)?)?
-                }
-            };
-            e.var.set(&new)?;
+                    self.state
+                        .insert(name.to_string(), Slot::Tensors(vec![buf.clone()]));
+                    buf
+                } else {
+                    g
+                };
+                (p - (d * lr)?)?
+            }
+            Kind::Adam | Kind::AdamW => {
+                let (m, v) = match prev {
+                    Some(s) => (
+                        ((&s[0] * self.beta1)? + (&g * (1.0 - self.beta1))?)?,
+                        ((&s[1] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
+                    ),
+                    None => ((&g * (1.0 - self.beta1))?, (g.sqr()? * (1.0 - self.beta2))?),
+                };
+                let bc1 = 1.0 - self.beta1.powi(t);
+                let bc2 = 1.0 - self.beta2.powi(t);
+                let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
+                let upd = ((&m / bc1)? / denom)?;
+                self.state
+                    .insert(name.to_string(), Slot::Tensors(vec![m, v]));
+                let p = if self.kind == Kind::AdamW && decay > 0.0 {
+                    (p * (1.0 - lr * decay))?
+                } else {
+                    p.clone()
+                };
+                (p - (upd * lr)?)?
+            }
+        })
+    }
+
+    /// The update in place, one pass over the variable, its gradient and
+    /// its state, where candle's ops take a dozen passes and allocations
+    /// (a quarter of a resnet18 training step on two cores).
+    fn fused_step(
+        &mut self,
+        name: &str,
+        p: &Tensor,
+        g: &Tensor,
+        lr: f64,
+        decay: f64,
+    ) -> Result<()> {
+        let n = p.elem_count();
+        let bufs_wanted = match self.kind {
+            Kind::Sgd if self.momentum > 0.0 => 1,
+            Kind::Sgd => 0,
+            Kind::Adam | Kind::AdamW => 2,
+        };
+        let (mut bufs, first) = match self.state.remove(name) {
+            Some(Slot::Host { bufs, .. }) => (bufs, false),
+            Some(Slot::Tensors(ts)) => (
+                ts.iter()
+                    .map(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .collect::<Result<Vec<_>>>()?,
+                false,
+            ),
+            None => (vec![vec![0f32; n]; bufs_wanted], true),
+        };
+        if bufs.len() != bufs_wanted || bufs.iter().any(|b| b.len() != n) {
+            bail!("optimizer state of {name} does not fit the variable")
+        }
+        let t = self.steps as i32;
+        let op = FusedStep {
+            kind: self.kind,
+            lr: lr as f32,
+            decay: decay as f32,
+            momentum: self.momentum as f32,
+            first,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            eps: self.eps as f32,
+            bc1: (1.0 - self.beta1.powi(t)) as f32,
+            bc2: (1.0 - self.beta2.powi(t)) as f32,
+            bufs: Mutex::new(&mut bufs),
+        };
+        p.inplace_op2(g, &op)?;
+        let shape = p.shape().clone();
+        if bufs_wanted > 0 {
+            self.state
+                .insert(name.to_string(), Slot::Host { bufs, shape });
         }
         Ok(())
     }
@@ -124,9 +228,16 @@ impl Optimizer {
     /// The state as named tensors, `<var>.0`, `<var>.1`, for a checkpoint.
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
-        for (name, ts) in &self.state {
-            for (i, t) in ts.iter().enumerate() {
-                out.insert(format!("{name}.{i}"), t.clone());
+        for (name, slot) in &self.state {
+            let ts: Vec<Tensor> = match slot {
+                Slot::Tensors(ts) => ts.clone(),
+                Slot::Host { bufs, shape } => bufs
+                    .iter()
+                    .filter_map(|b| Tensor::from_slice(b, shape.clone(), &Device::Cpu).ok())
+                    .collect(),
+            };
+            for (i, t) in ts.into_iter().enumerate() {
+                out.insert(format!("{name}.{i}"), t);
             }
         }
         out
@@ -134,19 +245,134 @@ impl Optimizer {
 
     /// Restores what [`Optimizer::state_tensors`] saved.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, steps: u64) {
-        self.state.clear();
+        let mut loaded: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
         for (key, t) in tensors {
             if let Some((name, i)) = key.rsplit_once('.')
                 && let Ok(i) = i.parse::<usize>()
             {
-                let v = self.state.entry(name.to_string()).or_default();
+                let v = loaded.entry(name.to_string()).or_default();
                 if v.len() <= i {
                     v.resize(i + 1, t.clone());
                 }
                 v[i] = t.clone();
             }
         }
+        self.state = loaded
+            .into_iter()
+            .map(|(k, ts)| (k, Slot::Tensors(ts)))
+            .collect();
         self.steps = steps;
+    }
+}
+
+/// One variable's update, in place (the variable is the op's mutable
+/// first tensor, the gradient its second): SGD with momentum and L2 decay,
+/// Adam with L2 decay, AdamW with decoupled decay, with the state buffers
+/// updated in the same pass. The arithmetic is [`Optimizer::tensor_step`]'s,
+/// in f32 as candle's ops do it.
+struct FusedStep<'a> {
+    kind: Kind,
+    lr: f32,
+    decay: f32,
+    momentum: f32,
+    /// No state yet: SGD's buffer starts as the gradient, Adam's moments at 0.
+    first: bool,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bc1: f32,
+    bc2: f32,
+    bufs: Mutex<&'a mut Vec<Vec<f32>>>,
+}
+
+/// Elements per parallel work item.
+const FUSED_CHUNK: usize = 1 << 15;
+
+impl FusedStep<'_> {
+    fn run(&self, p: &mut [f32], g: &[f32], bufs: &mut [Vec<f32>]) {
+        match (self.kind, bufs) {
+            (Kind::Sgd, []) => p
+                .par_chunks_mut(FUSED_CHUNK)
+                .zip(g.par_chunks(FUSED_CHUNK))
+                .for_each(|(p, g)| {
+                    for (p, &g) in p.iter_mut().zip(g) {
+                        *p -= (g + *p * self.decay) * self.lr;
+                    }
+                }),
+            (Kind::Sgd, [buf]) => p
+                .par_chunks_mut(FUSED_CHUNK)
+                .zip(
+                    g.par_chunks(FUSED_CHUNK)
+                        .zip(buf.par_chunks_mut(FUSED_CHUNK)),
+                )
+                .for_each(|(p, (g, b))| {
+                    for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+                        let g = g + *p * self.decay;
+                        *b = if self.first {
+                            g
+                        } else {
+                            *b * self.momentum + g
+                        };
+                        *p -= *b * self.lr;
+                    }
+                }),
+            (_, [m, v]) => {
+                let adamw = self.kind == Kind::AdamW;
+                let (l2, keep) = if adamw {
+                    (0.0, 1.0 - self.lr * self.decay)
+                } else {
+                    (self.decay, 1.0)
+                };
+                p.par_chunks_mut(FUSED_CHUNK)
+                    .zip(g.par_chunks(FUSED_CHUNK))
+                    .zip(
+                        m.par_chunks_mut(FUSED_CHUNK)
+                            .zip(v.par_chunks_mut(FUSED_CHUNK)),
+                    )
+                    .for_each(|((p, g), (m, v))| {
+                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                            let g = g + *p * l2;
+                            *m = *m * self.beta1 + g * (1.0 - self.beta1);
+                            *v = *v * self.beta2 + g * g * (1.0 - self.beta2);
+                            let upd = (*m / self.bc1) / ((*v / self.bc2).sqrt() + self.eps);
+                            *p = *p * keep - upd * self.lr;
+                        }
+                    })
+            }
+            _ => unreachable!("fused_step sizes the state for its kind"),
+        }
+    }
+}
+
+impl InplaceOp2 for FusedStep<'_> {
+    fn name(&self) -> &'static str {
+        "podium-optimizer-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            bail!("optimizer step: f32 variables only")
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("optimizer step: variable or gradient not contiguous")
+        };
+        if p1 - p0 != g1 - g0 {
+            bail!(
+                "optimizer step: gradient of {} elements for {}",
+                g1 - g0,
+                p1 - p0
+            )
+        }
+        let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        self.run(&mut p[p0..p1], &g[g0..g1], bufs.as_mut_slice());
+        Ok(())
     }
 }
 
@@ -215,6 +441,66 @@ mod tests {
         // AdamW decays first: p = 1 · (1 − 0.1 · 0.5) − 0.1.
         let v = run(Kind::AdamW, 0.0, 0.5, Role::Weight);
         assert!((v[0] - 0.85).abs() < 1e-5, "{v:?}");
+    }
+
+    /// The fused in-place update equals candle's tensor ops, for every
+    /// optimizer, with and without decay, over variables larger than one
+    /// work item, and across a save and restore of the state in between.
+    #[test]
+    fn the_fused_step_equals_the_tensor_ops() {
+        let dev = Device::Cpu;
+        let n = FUSED_CHUNK + 37;
+        for (kind, momentum) in [
+            (Kind::Sgd, 0.0),
+            (Kind::Sgd, 0.9),
+            (Kind::Adam, 0.0),
+            (Kind::AdamW, 0.0),
+        ] {
+            let mut results = Vec::new();
+            for fused in [false, true] {
+                let s = VarStore::new(&dev, 0);
+                s.root()
+                    .var("w", (n / 37, 37), Init::Const(0.5), Role::Weight)
+                    .unwrap();
+                s.root()
+                    .var("b", 37, Init::Const(-0.25), Role::NoDecay)
+                    .unwrap();
+                let vars = s.entries();
+                let mut o = Optimizer::new(kind, momentum, 0.01);
+                for step in 0..4u32 {
+                    let mut grads = BTreeMap::new();
+                    for (name, e) in &vars {
+                        let k = e.var.elem_count();
+                        let g: Vec<f32> = (0..k)
+                            .map(|i| {
+                                ((i as u32 * 2654435761 + step * 97) % 1000) as f32 / 500.0 - 1.0
+                            })
+                            .collect();
+                        grads.insert(
+                            name.clone(),
+                            Tensor::from_vec(g, e.var.shape(), &dev).unwrap(),
+                        );
+                    }
+                    o.step_as(&vars, &grads, 0.05, fused).unwrap();
+                    if step == 1 {
+                        // As a resumed run: the state through a checkpoint.
+                        let saved = o.state_tensors();
+                        let mut r = Optimizer::new(kind, momentum, 0.01);
+                        r.load_state(&saved, o.steps);
+                        o = r;
+                    }
+                }
+                let flat = |e: &Entry| e.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                results.push(vars.iter().flat_map(|(_, e)| flat(e)).collect::<Vec<f32>>());
+            }
+            for (a, b) in results[0].iter().zip(&results[1]) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "{kind:?}: {a} vs {b}"
+                );
+            }
+            assert_ne!(results[1][0], 0.5, "{kind:?} moved nothing");
+        }
     }
 
     #[test]
