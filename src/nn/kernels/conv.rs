@@ -728,18 +728,98 @@ fn depthwise_backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<
 }
 
 /// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed,
-/// in tiles that stay in cache.
-#[multiversion(targets = "simd")]
+/// 8 × 8 blocks in AVX registers, the edges (and CPUs without AVX) by
+/// [`transpose_scalar`].
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * cols,
+        "transpose: short slices"
+    );
+    let (br, bc) = (rows / 8 * 8, cols / 8 * 8);
+    #[cfg(target_arch = "x86_64")]
+    if br > 0 && bc > 0 && std::arch::is_x86_feature_detected!("avx") {
+        for r0 in (0..br).step_by(8) {
+            for c0 in (0..bc).step_by(8) {
+                // SAFETY: AVX is present; rows r0..r0+8 and columns c0..c0+8 lie
+                // inside the `rows × cols` matrices the assert above checked.
+                unsafe {
+                    transpose8x8_avx(
+                        src.as_ptr().add(r0 * cols + c0),
+                        cols,
+                        dst.as_mut_ptr().add(c0 * rows + r0),
+                        rows,
+                    )
+                };
+            }
+        }
+        transpose_scalar(src, rows, cols, dst, (0..br, bc..cols));
+        transpose_scalar(src, rows, cols, dst, (br..rows, 0..cols));
+        return;
+    }
+    transpose_scalar(src, rows, cols, dst, (0..rows, 0..cols));
+}
+
+/// [`transpose`] of the cells in rows × columns `(rs, cs)`, in tiles that
+/// stay in cache.
+#[multiversion(targets = "simd")]
+fn transpose_scalar(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    (rs, cs): (std::ops::Range<usize>, std::ops::Range<usize>),
+) {
     const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
+    for r0 in rs.clone().step_by(TILE) {
+        for c0 in cs.clone().step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rs.end) {
                 let row = &src[r * cols..][..cols];
-                for c in c0..(c0 + TILE).min(cols) {
+                for c in c0..(c0 + TILE).min(cs.end) {
                     dst[c * rows + r] = row[c];
                 }
             }
+        }
+    }
+}
+
+/// One 8 × 8 block: rows of `src` (stride `ss`) to columns of `dst`
+/// (stride `ds`), by the usual unpack / shuffle / lane-permute network.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8x8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees 8 rows of 8 floats at `src` (stride
+    // `ss`) and at `dst` (stride `ds`).
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        for (i, o) in out.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * ds), o);
         }
     }
 }
@@ -1185,6 +1265,35 @@ mod tests {
         let g = Geometry::new([37, 3, 2, 3], [5, 3, 3, 3], p).unwrap();
         assert!(g.chunk() > 1);
         check(&g, 99);
+    }
+
+    /// The blocked transpose moves every cell where the definition says,
+    /// whatever the sizes' remainders by 8.
+    #[test]
+    fn transpose_moves_every_cell() {
+        for (rows, cols) in [
+            (8, 8),
+            (16, 24),
+            (13, 9),
+            (7, 40),
+            (96, 4),
+            (4, 96),
+            (33, 17),
+            (1, 1),
+        ] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![-1f32; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}×{cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
     }
 
     /// Both ways of running the weight gradient's gemm give one result.
