@@ -173,8 +173,8 @@ impl Optimizer {
     }
 
     /// The update in place, one pass over the variable, its gradient and
-    /// its state, where candle's ops take a dozen passes and allocations
-    /// (a quarter of a resnet18 training step on two cores).
+    /// its state, where candle's ops take a dozen passes over the variable,
+    /// each into a fresh allocation.
     fn fused_step(
         &mut self,
         name: &str,
@@ -473,7 +473,10 @@ mod tests {
                         let k = e.var.elem_count();
                         let g: Vec<f32> = (0..k)
                             .map(|i| {
-                                ((i as u32 * 2654435761 + step * 97) % 1000) as f32 / 500.0 - 1.0
+                                ((i as u32).wrapping_mul(2654435761).wrapping_add(step * 97) % 1000)
+                                    as f32
+                                    / 500.0
+                                    - 1.0
                             })
                             .collect();
                         grads.insert(
