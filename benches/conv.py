@@ -5,7 +5,7 @@ PyTorch's (oneDNN) on the conv shapes of resnet18 and efficientnet_b0 listed in
 batch and thread count, in one run.
 
     python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch
-    /tmp/torchvenv/bin/python benches/conv.py [--threads 2] [--size 64 --batch 32]
+    /tmp/torchvenv/bin/python benches/conv.py [--threads 2] [--size 64 --batch 32] [--only TEXT]
 
 PyTorch's backward halves are `aten.convolution_backward` with one output asked
 for at a time. Times are medians; the ratio is PyTorch's time over podium's
@@ -56,14 +56,18 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--only", default=None, help="only the cases whose net or name contains this")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "conv", "--", "--size", str(a.size),
-                          "--batch", str(a.batch), "--reps", str(a.reps)],
+                          "--batch", str(a.batch), "--reps", str(a.reps)]
+                         + (["--only", a.only] if a.only else []),
                          cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     ours = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     shapes = json.load(open(os.path.join(ROOT, "benches", "conv_shapes.json")))
+    if a.only:
+        shapes = [s for s in shapes if a.only in f"{s['net']} {s['name']}"]
     print(f"torch {torch.__version__}, {a.threads} threads, {a.size}² input, batch {a.batch}; ms, ratio = PyTorch / podium")
     print("| net | conv (input map) | forward | backward-data | backward-weights |")
     print("|---|---|---|---|---|")

@@ -32,7 +32,7 @@ use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{dims4, f32_slice, sum_in_parts, valid_range};
+use super::{depthwise, dims4, f32_slice, sum_in_parts, valid_range};
 
 /// Stride, zero padding and dilation (the same along both axes), and the
 /// number of groups, as in PyTorch's `nn.Conv2d`.
@@ -134,11 +134,11 @@ impl Geometry {
         self.cg_in() * self.kh * self.kw
     }
 
-    fn ohw(&self) -> usize {
+    pub(super) fn ohw(&self) -> usize {
         self.oh * self.ow
     }
 
-    fn hw(&self) -> usize {
+    pub(super) fn hw(&self) -> usize {
         self.h * self.w
     }
 
@@ -436,7 +436,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
         return y;
     }
     if g.depthwise() {
-        depthwise_forward(x, w, g, &mut y);
+        depthwise::forward(x, w, g, &mut y);
         return y;
     }
     let nb = g.chunk();
@@ -481,7 +481,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
         return dx;
     }
     if g.depthwise() {
-        depthwise_backward_data(dy, w, g, &mut dx);
+        depthwise::backward_data(dy, w, g, &mut dx);
         return dx;
     }
     let nb = g.chunk();
@@ -532,7 +532,7 @@ fn backward_weight_as(x: &[f32], dy: &[f32], g: &Geometry, transposed: bool) -> 
         return vec![0f32; g.weight_len()];
     }
     if g.depthwise() {
-        return depthwise_backward_weight(x, dy, g);
+        return depthwise::backward_weight(x, dy, g);
     }
     let nb = g.chunk();
     let chunks = g.n.div_ceil(nb);
@@ -564,173 +564,10 @@ fn backward_weight_as(x: &[f32], dy: &[f32], g: &Geometry, transposed: bool) -> 
     out
 }
 
-/// Depthwise maps up to this many pixels run channels-last (where a row
-/// is too short for a per-plane loop to pay); larger ones run per plane.
-const NHWC_MAX_PIXELS: usize = 256;
-
-fn depthwise_forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
-    if g.hw() <= NHWC_MAX_PIXELS {
-        depthwise_nhwc(x, w, g, y, Dir::Forward)
-    } else {
-        depthwise_forward_planes(x, w, g, y)
-    }
-}
-
-fn depthwise_backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
-    if g.hw() <= NHWC_MAX_PIXELS {
-        depthwise_nhwc(dy, w, g, dx, Dir::BackwardData)
-    } else {
-        depthwise_backward_data_planes(dy, w, g, dx)
-    }
-}
-
-fn depthwise_backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
-    if g.hw() <= NHWC_MAX_PIXELS {
-        depthwise_backward_weight_nhwc(x, dy, g)
-    } else {
-        depthwise_backward_weight_planes(x, dy, g)
-    }
-}
-
-/// The taps of a depthwise kernel that land inside the input, as
-/// `(tap index, i, (ylo, yhi), (xlo, xhi), x0)`: output rows `ylo..yhi`
-/// and columns `xlo..xhi` read input column `x0 + (ox − xlo)·s`.
-#[allow(clippy::type_complexity)]
-/// A tap of a depthwise kernel over one plane: its index, its row, the
-/// output rows and columns it reaches, and the first input column it reads.
-type Tap = (usize, usize, (usize, usize), (usize, usize), usize);
-
-fn taps(g: &Geometry) -> Vec<Tap> {
-    let ConvParams {
-        stride: s,
-        padding: pad,
-        dilation: d,
-        ..
-    } = g.p;
-    let mut out = Vec::with_capacity(g.kh * g.kw);
-    for i in 0..g.kh {
-        let ys = valid_range(g.oh, g.h, s, i * d, pad);
-        for j in 0..g.kw {
-            let xs = valid_range(g.ow, g.w, s, j * d, pad);
-            if ys.0 < ys.1 && xs.0 < xs.1 {
-                out.push((i * g.kw + j, i, ys, xs, xs.0 * s + j * d - pad));
-            }
-        }
-    }
-    out
-}
-
-/// Planes per rayon task, so that tiny planes do not cost a task each.
-fn plane_batch(len: usize) -> usize {
-    (4096 / len.max(1)).max(1)
-}
-
-fn depthwise_forward_planes(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
-    let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
-    let taps = taps(g);
-    y.par_chunks_mut(p)
-        .with_min_len(plane_batch(p))
-        .enumerate()
-        .for_each(|(plane, yo)| {
-            let xi = &x[plane * hw..][..hw];
-            let wc = &w[(plane % g.cout) * kk..][..kk];
-            dw_forward_plane(yo, xi, wc, &taps, g);
-        });
-}
-
-/// One output plane of [`depthwise_forward_planes`].
-#[multiversion(targets = "simd")]
-fn dw_forward_plane(yo: &mut [f32], xi: &[f32], wc: &[f32], taps: &[Tap], g: &Geometry) {
-    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
-    for &(t, i, (ylo, yhi), (xlo, xhi), x0) in taps {
-        let wv = wc[t];
-        for oy in ylo..yhi {
-            let src = &xi[(oy * s + i * d - pad) * g.w..][..g.w];
-            let out = &mut yo[oy * g.ow..][..g.ow];
-            if s == 1 {
-                for (o, &v) in out[xlo..xhi].iter_mut().zip(&src[x0..]) {
-                    *o += wv * v;
-                }
-            } else {
-                for (t, o) in out[xlo..xhi].iter_mut().enumerate() {
-                    *o += wv * src[x0 + t * s];
-                }
-            }
-        }
-    }
-}
-
-fn depthwise_backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
-    let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
-    let taps = taps(g);
-    dx.par_chunks_mut(hw)
-        .with_min_len(plane_batch(hw))
-        .enumerate()
-        .for_each(|(plane, dxo)| {
-            let gi = &dy[plane * p..][..p];
-            let wc = &w[(plane % g.cout) * kk..][..kk];
-            dw_backward_data_plane(dxo, gi, wc, &taps, g);
-        });
-}
-
-/// One input-gradient plane of [`depthwise_backward_data_planes`].
-#[multiversion(targets = "simd")]
-fn dw_backward_data_plane(dxo: &mut [f32], gi: &[f32], wc: &[f32], taps: &[Tap], g: &Geometry) {
-    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
-    for &(t, i, (ylo, yhi), (xlo, xhi), x0) in taps {
-        let wv = wc[t];
-        for oy in ylo..yhi {
-            let dst = &mut dxo[(oy * s + i * d - pad) * g.w..][..g.w];
-            let row = &gi[oy * g.ow + xlo..oy * g.ow + xhi];
-            if s == 1 {
-                for (o, &v) in dst[x0..].iter_mut().zip(row) {
-                    *o += wv * v;
-                }
-            } else {
-                for (t, &v) in row.iter().enumerate() {
-                    dst[x0 + t * s] += wv * v;
-                }
-            }
-        }
-    }
-}
-
-fn depthwise_backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
-    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
-    let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
-    let taps = taps(g);
-    let mut dw = vec![0f32; g.cout * kk];
-    dw.par_chunks_mut(kk).enumerate().for_each(|(c, dwc)| {
-        for n in 0..g.n {
-            let plane = n * g.cin + c;
-            let xi = &x[plane * hw..][..hw];
-            let gi = &dy[plane * p..][..p];
-            for &(t, i, (ylo, yhi), (xlo, xhi), x0) in &taps {
-                let mut sum = 0f32;
-                for oy in ylo..yhi {
-                    let src = &xi[(oy * s + i * d - pad) * g.w..][..g.w];
-                    let row = &gi[oy * g.ow + xlo..oy * g.ow + xhi];
-                    if s == 1 {
-                        sum += row.iter().zip(&src[x0..]).map(|(a, b)| a * b).sum::<f32>();
-                    } else {
-                        sum += row
-                            .iter()
-                            .enumerate()
-                            .map(|(t, a)| a * src[x0 + t * s])
-                            .sum::<f32>();
-                    }
-                }
-                dwc[t] += sum;
-            }
-        }
-    });
-    dw
-}
-
 /// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed,
 /// 8 × 8 blocks in AVX registers, the edges (and CPUs without AVX) by
 /// [`transpose_scalar`].
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert!(
         src.len() >= rows * cols && dst.len() >= rows * cols,
         "transpose: short slices"
@@ -820,151 +657,6 @@ unsafe fn transpose8x8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize)
         ];
         for (i, o) in out.into_iter().enumerate() {
             _mm256_storeu_ps(dst.add(i * ds), o);
-        }
-    }
-}
-
-/// NCHW → NHWC (`rows` = C, `cols` = H·W per sample), or back with the two
-/// swapped.
-fn per_sample_transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut dst = vec![0f32; src.len()];
-    let per = rows * cols;
-    if per > 0 {
-        dst.par_chunks_mut(per)
-            .zip(src.par_chunks(per))
-            .for_each(|(d, s)| transpose(s, rows, cols, d));
-    }
-    dst
-}
-
-/// `acc[c] += w[c] · v[c]` over one pixel's channels.
-#[inline(always)]
-fn axpy(acc: &mut [f32], w: &[f32], v: &[f32]) {
-    for ((a, &w), &v) in acc.iter_mut().zip(w).zip(v) {
-        *a += w * v;
-    }
-}
-
-/// The input index `o·s + k·d − pad` along an axis, if inside `0..len`.
-#[inline(always)]
-fn tap_in(o: usize, k: usize, g: &Geometry, len: usize) -> Option<usize> {
-    (o * g.p.stride + k * g.p.dilation)
-        .checked_sub(g.p.padding)
-        .filter(|&v| v < len)
-}
-
-/// The output index whose tap `k` reads input `i` along an axis, if any.
-#[inline(always)]
-fn tap_out(i: usize, k: usize, g: &Geometry, out: usize) -> Option<usize> {
-    let t = (i + g.p.padding).checked_sub(k * g.p.dilation)?;
-    (t % g.p.stride == 0 && t / g.p.stride < out).then_some(t / g.p.stride)
-}
-
-// Depthwise convolutions run channels-last: one pixel's channels are
-// contiguous, so every tap is a vector multiply-add over the channels,
-// whatever the size of the map (EfficientNet's are as small as 2×2). The
-// weights go to `[taps, C]`; inputs and outputs are transposed on the way
-// in and out.
-
-/// Which way a channels-last depthwise pass maps its taps: the forward pass
-/// sums the input under each output pixel; the input gradient, the same sum
-/// taken the other way, sums the output gradient over the pixels each input
-/// pixel fed.
-#[derive(Clone, Copy)]
-enum Dir {
-    Forward,
-    BackwardData,
-}
-
-impl Dir {
-    /// The `(height, width)` of the map read and of the map written.
-    fn sides(self, g: &Geometry) -> ((usize, usize), (usize, usize)) {
-        let (input, output) = ((g.h, g.w), (g.oh, g.ow));
-        match self {
-            Dir::Forward => (input, output),
-            Dir::BackwardData => (output, input),
-        }
-    }
-
-    /// Along one axis, the index read by tap `k` of written index `d`, in a
-    /// read axis of `len`.
-    #[inline(always)]
-    fn read(self, d: usize, k: usize, g: &Geometry, len: usize) -> Option<usize> {
-        match self {
-            Dir::Forward => tap_in(d, k, g, len),
-            Dir::BackwardData => tap_out(d, k, g, len),
-        }
-    }
-}
-
-/// A channels-last depthwise pass: `y` from `x` (forward) or `dx` from `dy`
-/// (backward-data), NCHW in and out.
-fn depthwise_nhwc(src: &[f32], w: &[f32], g: &Geometry, dst: &mut [f32], dir: Dir) {
-    let (c, kk) = (g.cin, g.kh * g.kw);
-    let ((sh, sw), (dh, dw)) = dir.sides(g);
-    let st = per_sample_transpose(src, c, sh * sw);
-    let wt = per_sample_transpose(w, c, kk);
-    let mut dt = vec![0f32; dst.len()];
-    dt.par_chunks_mut(dw * c)
-        .enumerate()
-        .for_each(|(row, out)| dw_row_nhwc(out, row, &st, &wt, g, dir));
-    let back = per_sample_transpose(&dt, dh * dw, c);
-    dst.copy_from_slice(&back);
-}
-
-/// One channels-last row written by [`depthwise_nhwc`] (`row` = n·rows + y
-/// of the written map).
-#[multiversion(targets = "simd")]
-fn dw_row_nhwc(out: &mut [f32], row: usize, st: &[f32], wt: &[f32], g: &Geometry, dir: Dir) {
-    let c = g.cin;
-    let ((sh, sw), (dh, _)) = dir.sides(g);
-    let (n, dy) = (row / dh, row % dh);
-    for i in 0..g.kh {
-        let Some(sy) = dir.read(dy, i, g, sh) else {
-            continue;
-        };
-        let src_row = &st[(n * sh + sy) * sw * c..][..sw * c];
-        for (dx, acc) in out.chunks_exact_mut(c).enumerate() {
-            for j in 0..g.kw {
-                if let Some(sx) = dir.read(dx, j, g, sw) {
-                    axpy(acc, &wt[(i * g.kw + j) * c..][..c], &src_row[sx * c..][..c]);
-                }
-            }
-        }
-    }
-}
-
-fn depthwise_backward_weight_nhwc(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
-    let (c, kk) = (g.cin, g.kh * g.kw);
-    let xt = per_sample_transpose(x, c, g.hw());
-    let gt = per_sample_transpose(dy, c, g.ohw());
-    let total = sum_in_parts(g.n, kk * c, |samples, acc| {
-        for n in samples {
-            dw_backward_weight_sample_nhwc(acc, n, &xt, &gt, g);
-        }
-    });
-    per_sample_transpose(&total, kk, c)
-}
-
-/// Adds sample `n`'s channels-last weight gradient `[taps, C]` to `acc`.
-#[multiversion(targets = "simd")]
-fn dw_backward_weight_sample_nhwc(acc: &mut [f32], n: usize, xt: &[f32], gt: &[f32], g: &Geometry) {
-    let c = g.cin;
-    for oy in 0..g.oh {
-        for i in 0..g.kh {
-            let Some(iy) = tap_in(oy, i, g, g.h) else {
-                continue;
-            };
-            let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
-            for ox in 0..g.ow {
-                let grad = &gt[((n * g.oh + oy) * g.ow + ox) * c..][..c];
-                for j in 0..g.kw {
-                    if let Some(ix) = tap_in(ox, j, g, g.w) {
-                        let a = &mut acc[(i * g.kw + j) * c..][..c];
-                        axpy(a, grad, &src_row[ix * c..][..c]);
-                    }
-                }
-            }
         }
     }
 }
@@ -1228,6 +920,10 @@ mod tests {
             // Depthwise maps above NHWC_MAX_PIXELS run the per-plane kernels.
             (3, 1, 1, 1, 2, 2, 2, 17),
             (3, 2, 2, 2, 2, 2, 2, 17),
+            (3, 3, 1, 1, 2, 2, 2, 17),
+            (5, 2, 2, 1, 2, 2, 2, 18),
+            (3, 1, 3, 1, 2, 2, 2, 17),
+            (7, 1, 3, 2, 2, 2, 2, 16),
         ] {
             for n in [1, 3] {
                 let p = ConvParams {
@@ -1241,6 +937,33 @@ mod tests {
                 seed += 3;
                 check(&g, seed);
             }
+        }
+    }
+
+    /// The per-plane depthwise kernels on rows that end inside a block,
+    /// wide rows (several blocks of each width), and kernels that are not
+    /// square.
+    #[test]
+    fn depthwise_planes_match_the_definition() {
+        for (seed, (h, w, kh, kw, s, pad, d)) in [
+            (5, 61, 3, 3, 1, 1, 1),
+            (4, 70, 3, 3, 2, 1, 1),
+            (9, 37, 1, 5, 1, 2, 1),
+            (11, 29, 5, 3, 2, 2, 1),
+            (8, 40, 3, 5, 3, 4, 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = ConvParams {
+                stride: s,
+                padding: pad,
+                dilation: d,
+                groups: 2,
+            };
+            let g = Geometry::new([2, 2, h, w], [2, 1, kh, kw], p).unwrap();
+            assert!(g.depthwise() && g.hw() > depthwise::NHWC_MAX_PIXELS);
+            check(&g, 100 + 5 * seed as u64);
         }
     }
 

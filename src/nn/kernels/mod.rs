@@ -18,6 +18,7 @@
 
 pub mod bn;
 pub mod conv;
+mod depthwise;
 pub mod pool;
 pub mod upsample;
 

@@ -1,0 +1,825 @@
+//! Depthwise convolution (one input and one output channel per group, as
+//! in MobileNet and EfficientNet) on the CPU: the forward pass and both
+//! gradients of [`super::conv`] when [`Geometry::depthwise`] holds.
+//!
+//! A gemm with one row wastes most of its work, so these are direct
+//! kernels, in two layouts:
+//!
+//! - **Per plane** (maps over [`NHWC_MAX_PIXELS`] pixels). Each input plane
+//!   is copied once into a zero-padded buffer whose columns are split into
+//!   `stride` phases ([`Phased`]), so that every tap reads a contiguous run
+//!   of the buffer along an output row, whatever the stride. An output row
+//!   is then a sum of shifted rows ([`sum_taps`]), kept in registers over
+//!   all taps and written once. The input gradient is the same sum taken
+//!   the other way, one column phase of the input at a time; the weight
+//!   gradient is one dot product per tap ([`dot_taps`]), in lane-wise
+//!   accumulators that stay in registers over a whole plane.
+//! - **Channels-last** (small maps, where a row is too short for the above
+//!   to pay; EfficientNet's go down to 2×2): one pixel's channels are
+//!   contiguous, so every tap is a vector multiply-add over the channels.
+//!
+//! Sums run in a fixed order: results are bit-identical from run to run.
+
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::conv::{Geometry, transpose};
+use super::sum_in_parts;
+
+/// Depthwise maps up to this many pixels run channels-last; larger ones
+/// run per plane.
+pub(super) const NHWC_MAX_PIXELS: usize = 256;
+
+/// Lanes of one accumulator: the f32s of an AVX register.
+const LANES: usize = 8;
+
+/// `y [N, C, oh, ow]` from `x [N, C, H, W]` and `w [C, 1, kh, kw]`.
+pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
+    if g.hw() <= NHWC_MAX_PIXELS {
+        depthwise_nhwc(x, w, g, y, Dir::Forward)
+    } else {
+        forward_planes(x, w, g, y)
+    }
+}
+
+/// `dx [N, C, H, W]` from `dy [N, C, oh, ow]` and `w`.
+pub(super) fn backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+    if g.hw() <= NHWC_MAX_PIXELS {
+        depthwise_nhwc(dy, w, g, dx, Dir::BackwardData)
+    } else {
+        backward_data_planes(dy, w, g, dx)
+    }
+}
+
+/// `dw [C, 1, kh, kw]` from `x` and `dy`.
+pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    if g.hw() <= NHWC_MAX_PIXELS {
+        depthwise_backward_weight_nhwc(x, dy, g)
+    } else {
+        backward_weight_planes(x, dy, g)
+    }
+}
+
+/// A plane zero-padded by `top` rows and `left` columns (and as many as
+/// needed below and to the right), its columns split into `s` phases:
+/// padded cell `(r, c)` lies at `(r·s + c % s)·width + c / s`. Along an
+/// output row, a tap of a stride-`s` kernel then reads consecutive cells
+/// of one phase.
+#[derive(Default)]
+struct Phased {
+    s: usize,
+    width: usize,
+    buf: Vec<f32>,
+}
+
+impl Phased {
+    /// Refills the buffer from `plane` (`h × w`) for `rows` padded rows of
+    /// `width` cells per phase.
+    fn fill(
+        &mut self,
+        plane: &[f32],
+        (h, w): (usize, usize),
+        (top, left): (usize, usize),
+        rows: usize,
+    ) {
+        let (s, width) = (self.s, self.width);
+        // Every plane of one layout writes the same cells: the padding,
+        // zeroed once, stays zero.
+        if self.buf.len() != rows * s * width {
+            self.buf.clear();
+            self.buf.resize(rows * s * width, 0.0);
+        }
+        for (y, src) in plane.chunks_exact(w).take(h).enumerate() {
+            let r = top + y;
+            let phases = &mut self.buf[r * s * width..][..s * width];
+            if s == 1 {
+                copy(src, &mut phases[left..][..w]);
+            } else if s == 2 {
+                // Input column x lies in phase (left + x) % 2.
+                let (p0, p1) = phases.split_at_mut(width);
+                let (even, odd) = if left % 2 == 0 { (p0, p1) } else { (p1, p0) };
+                deinterleave2(src, &mut even[left / 2..], &mut odd[left.div_ceil(2)..]);
+            } else {
+                for q in 0..s {
+                    // Input columns x with (left + x) % s == q.
+                    let x0 = (q + s - left % s) % s;
+                    let dst = &mut phases[q * width + (left + x0) / s..];
+                    for (d, &v) in dst.iter_mut().zip(src.iter().skip(x0).step_by(s)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where padded cell `(r, c)` lies.
+    fn at(&self, r: usize, c: usize) -> usize {
+        (r * self.s + c % self.s) * self.width + c / self.s
+    }
+}
+
+/// Geometry of the padded input of the forward pass and the weight
+/// gradient: `(rows, width per phase)`, wide enough for [`sum_taps`] to
+/// read whole blocks past the end of a row.
+fn input_layout(g: &Geometry) -> (usize, usize) {
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    let rows = (g.h + 2 * pad).max((g.oh - 1) * s + (g.kh - 1) * d + 1);
+    let width = (g.w + 2 * pad)
+        .div_ceil(s)
+        .max((g.kw - 1) * d / s + g.ow.next_multiple_of(LANES));
+    (rows, width)
+}
+
+/// Planes per rayon task, so that tiny planes do not cost a task each.
+fn plane_batch(len: usize) -> usize {
+    (4096 / len.max(1)).max(1)
+}
+
+fn forward_planes(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
+    let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
+    let (rows, width) = input_layout(g);
+    let pad = g.p.padding;
+    y.par_chunks_mut(p)
+        .with_min_len(plane_batch(p))
+        .enumerate()
+        .for_each_init(
+            || {
+                let buf = Phased {
+                    s: g.p.stride,
+                    width,
+                    buf: Vec::new(),
+                };
+                (buf, Vec::with_capacity(kk))
+            },
+            |(buf, taps), (plane, yo)| {
+                buf.fill(&x[plane * hw..][..hw], (g.h, g.w), (pad, pad), rows);
+                let wc = &w[(plane % g.cout) * kk..][..kk];
+                forward_plane(yo, buf, wc, taps, g);
+            },
+        );
+}
+
+/// One output plane of [`forward_planes`] from its padded input: output
+/// row `oy` reads the taps of row 0 shifted down by `oy·s` padded rows.
+fn forward_plane(
+    yo: &mut [f32],
+    x: &Phased,
+    wc: &[f32],
+    taps: &mut Vec<(f32, usize)>,
+    g: &Geometry,
+) {
+    let (s, d) = (g.p.stride, g.p.dilation);
+    taps.clear();
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            taps.push((wc[i * g.kw + j], x.at(i * d, j * d)));
+        }
+    }
+    sum_taps(yo, g.ow, &x.buf, x.at(s, 0), taps);
+}
+
+fn backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    // dx[iy, ix] sums w[i, j]·dy[oy, ox] over the taps with
+    // oy·s = iy + pad − i·d and ox·s = ix + pad − j·d; oy and ox run from
+    // −(top, left) to past the end, so dy is padded by as much.
+    let top = ((g.kh - 1) * d).saturating_sub(pad).div_ceil(s);
+    let left = ((g.kw - 1) * d).saturating_sub(pad).div_ceil(s);
+    let rows = top + g.oh.max((g.h - 1 + pad) / s + 1);
+    let width = (left + g.ow).max(left + pad.div_ceil(s) + g.w.div_ceil(s).next_multiple_of(LANES));
+    dx.par_chunks_mut(hw)
+        .with_min_len(plane_batch(hw))
+        .enumerate()
+        .for_each_init(
+            || {
+                let buf = Phased {
+                    s: 1,
+                    width,
+                    buf: Vec::new(),
+                };
+                (buf, vec![Vec::with_capacity(kk); s * s], Vec::new())
+            },
+            |(buf, taps, rows_buf), (plane, dxo)| {
+                buf.fill(&dy[plane * p..][..p], (g.oh, g.ow), (top, left), rows);
+                let wc = &w[(plane % g.cout) * kk..][..kk];
+                backward_data_plane(dxo, buf, wc, (top, left), taps, rows_buf, g);
+            },
+        );
+}
+
+/// One input-gradient plane of [`backward_data_planes`] from its padded
+/// output gradient. Along a row, input columns `ix ≡ q (mod s)` read
+/// consecutive output columns as `ix` steps by `s`, through the taps whose
+/// offsets `ix + pad − j·d` are multiples of `s`; which kernel rows count
+/// depends likewise on `iy mod s`. So each of the `s × s` residues has its
+/// own taps, computed once for the plane (`taps[ry·s + q]`), and input row
+/// `iy = ry + m·s` reads them `m` padded rows further down.
+#[multiversion(targets = "simd")]
+fn backward_data_plane(
+    dxo: &mut [f32],
+    dy: &Phased,
+    wc: &[f32],
+    (top, left): (usize, usize),
+    taps: &mut [Vec<(f32, usize)>],
+    out: &mut Vec<f32>,
+    g: &Geometry,
+) {
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    // Padded index of a tap's output: (at + pad − k·d) / s + lo, where
+    // `at + pad + lo·s ≥ k·d` by the choice of `lo`.
+    let shifted = |at: usize, k: usize, lo: usize| {
+        let t = at + pad + lo * s - k * d;
+        t.is_multiple_of(s).then_some(t / s)
+    };
+    for ry in 0..s {
+        for q in 0..s {
+            let list = &mut taps[ry * s + q];
+            list.clear();
+            for i in 0..g.kh {
+                let Some(r) = shifted(ry, i, top) else {
+                    continue;
+                };
+                for j in 0..g.kw {
+                    if let Some(c) = shifted(q, j, left) {
+                        list.push((wc[i * g.kw + j], dy.at(r, c)));
+                    }
+                }
+            }
+        }
+    }
+    if s == 1 {
+        sum_taps(dxo, g.w, &dy.buf, dy.width, &taps[0]);
+        return;
+    }
+    // Residue (ry, q) covers input rows ry, ry + s, … and in each the
+    // columns q, q + s, …: a block of rows × cols in `out`, rows reading
+    // one padded row of dy further down each.
+    let (rows_of, cols_of) = (
+        |ry: usize| (g.h - ry.min(g.h)).div_ceil(s),
+        |q: usize| (g.w - q.min(g.w)).div_ceil(s),
+    );
+    out.resize(g.h.div_ceil(s) * g.w.div_ceil(s) * s * s, 0.0);
+    let block = g.h.div_ceil(s) * g.w.div_ceil(s);
+    for ry in 0..s {
+        for q in 0..s {
+            let cells = &mut out[(ry * s + q) * block..][..rows_of(ry) * cols_of(q)];
+            if !cells.is_empty() {
+                sum_taps(cells, cols_of(q), &dy.buf, dy.width, &taps[ry * s + q]);
+            }
+        }
+    }
+    for (iy, row) in dxo.chunks_exact_mut(g.w).enumerate() {
+        let (ry, m) = (iy % s, iy / s);
+        let phase = |q: usize| &out[(ry * s + q) * block + m * cols_of(q)..][..cols_of(q)];
+        if s == 2 {
+            interleave2(phase(0), phase(1), row);
+        } else {
+            for q in 0..s.min(g.w) {
+                for (o, &v) in row.iter_mut().skip(q).step_by(s).zip(phase(q)) {
+                    *o = v;
+                }
+            }
+        }
+    }
+}
+
+/// `even[t] = src[2t]`, `odd[t] = src[2t + 1]`, as far as `src` goes.
+#[inline(always)]
+fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let whole = src.len() / (2 * LANES);
+    for ((pair, e), o) in src
+        .chunks_exact(2 * LANES)
+        .zip(even.chunks_exact_mut(LANES))
+        .zip(odd.chunks_exact_mut(LANES))
+    {
+        for l in 0..LANES {
+            e[l] = pair[2 * l];
+            o[l] = pair[2 * l + 1];
+        }
+    }
+    for x in whole * 2 * LANES..src.len() {
+        let dst = if x % 2 == 0 { &mut *even } else { &mut *odd };
+        dst[x / 2] = src[x];
+    }
+}
+
+/// `out[2t] = even[t]`, `out[2t + 1] = odd[t]`, as far as `out` goes.
+#[inline(always)]
+fn interleave2(even: &[f32], odd: &[f32], out: &mut [f32]) {
+    let whole = out.len() / (2 * LANES);
+    for ((pair, e), o) in out
+        .chunks_exact_mut(2 * LANES)
+        .zip(even.chunks_exact(LANES))
+        .zip(odd.chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            pair[2 * l] = e[l];
+            pair[2 * l + 1] = o[l];
+        }
+    }
+    for x in whole * 2 * LANES..out.len() {
+        out[x] = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
+    }
+}
+
+fn backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
+    let (rows, width) = input_layout(g);
+    let pad = g.p.padding;
+    let mut dw = vec![0f32; g.cout * kk];
+    dw.par_chunks_mut(kk).enumerate().for_each(|(c, dwc)| {
+        let mut buf = Phased {
+            s: g.p.stride,
+            width,
+            buf: Vec::new(),
+        };
+        let mut acc = vec![([0f32; LANES], 0f32); kk];
+        for n in 0..g.n {
+            let plane = n * g.cin + c;
+            buf.fill(&x[plane * hw..][..hw], (g.h, g.w), (pad, pad), rows);
+            backward_weight_plane(&mut acc, &buf, &dy[plane * p..][..p], g);
+        }
+        for (o, (lanes, tail)) in dwc.iter_mut().zip(&acc) {
+            *o = lanes.iter().sum::<f32>() + tail;
+        }
+    });
+    dw
+}
+
+/// Adds one plane's weight gradient to `acc` (per tap, lane-wise sums and
+/// a sum over the columns past the last whole block), taps of one kernel
+/// row up to four at a time so that their accumulators stay in registers.
+fn backward_weight_plane(acc: &mut [([f32; LANES], f32)], x: &Phased, dy: &[f32], g: &Geometry) {
+    let (s, d) = (g.p.stride, g.p.dilation);
+    let step = x.at(s, 0);
+    for i in 0..g.kh {
+        for j0 in (0..g.kw).step_by(4) {
+            let first: Vec<usize> = (j0..g.kw.min(j0 + 4)).map(|j| x.at(i * d, j * d)).collect();
+            let acc = &mut acc[i * g.kw + j0..][..first.len()];
+            dot_taps(acc, &x.buf, dy, g.ow, &first, step);
+        }
+    }
+}
+
+/// Rows `ow` wide: `out[r·ow + o] = Σ w·src[at + r·step + o]` over
+/// `taps = [(w, at)]`, each row in blocks of up to four registers summed
+/// over every tap before they are stored. `src` must hold a whole block of
+/// [`LANES`] past the end of each tap's row (the padded layouts do).
+fn sum_taps(out: &mut [f32], ow: usize, src: &[f32], step: usize, taps: &[(f32, usize)]) {
+    let rows = out.len() / ow.max(1);
+    let reach = (rows.max(1) - 1) * step + ow.next_multiple_of(LANES);
+    assert!(out.len() == rows * ow && taps.iter().all(|&(_, at)| at + reach <= src.len()));
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA, and every read is in `src`.
+        return unsafe { avx::sum_taps(out, ow, src, step, taps) };
+    }
+    for (r, row) in out.chunks_exact_mut(ow).enumerate() {
+        for (o, v) in row.iter_mut().enumerate() {
+            *v = taps.iter().map(|&(w, at)| w * src[at + r * step + o]).sum();
+        }
+    }
+}
+
+/// `dst = src`, in fixed-size blocks the compiler moves inline (the rows
+/// are short, and a call to `memcpy` per row costs as much as the copy).
+#[inline(always)]
+fn copy(src: &[f32], dst: &mut [f32]) {
+    let mut d = dst.chunks_exact_mut(LANES);
+    let mut s = src.chunks_exact(LANES);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; LANES] = s.try_into().unwrap();
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// For up to four taps, `acc[t] += Σ dy[oy, ox]·src[first[t] + oy·step + ox]`
+/// over a plane of rows `ow` wide: each row's whole blocks of [`LANES`]
+/// lane-wise, the rest in the tail.
+fn dot_taps(
+    acc: &mut [([f32; LANES], f32)],
+    src: &[f32],
+    dy: &[f32],
+    ow: usize,
+    first: &[usize],
+    step: usize,
+) {
+    let rows = dy.len() / ow;
+    assert!(acc.len() == first.len() && first.len() <= 4 && dy.len() == rows * ow);
+    assert!(
+        rows == 0
+            || first
+                .iter()
+                .all(|&f| f + (rows - 1) * step + ow <= src.len())
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA, and every read is in `src` or
+        // `dy`.
+        unsafe {
+            match first.len() {
+                4 => avx::dot_taps::<4>(acc, src, dy, ow, first, step),
+                3 => avx::dot_taps::<3>(acc, src, dy, ow, first, step),
+                2 => avx::dot_taps::<2>(acc, src, dy, ow, first, step),
+                _ => avx::dot_taps::<1>(acc, src, dy, ow, first, step),
+            }
+        }
+        return;
+    }
+    for ((lanes, tail), &f) in acc.iter_mut().zip(first) {
+        for (oy, grad) in dy.chunks_exact(ow).enumerate() {
+            let row = &src[f + oy * step..][..ow];
+            let whole = ow / LANES * LANES;
+            for (b, (gv, xv)) in grad[..whole].iter().zip(row).enumerate() {
+                lanes[b % LANES] += gv * xv;
+            }
+            for (gv, xv) in grad[whole..].iter().zip(&row[whole..]) {
+                *tail += gv * xv;
+            }
+        }
+    }
+}
+
+/// Whether this CPU runs the AVX2 + FMA kernels (the answer is cached).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// [`sum_taps`] and [`dot_taps`] in AVX registers. The callers check the
+/// bounds; these read without checks.
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// [`super::sum_taps`]: per row, blocks of 32, 16 and 8 outputs, each
+    /// summed over every tap in registers, the last partial block through
+    /// a buffer.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sum_taps(
+        out: &mut [f32],
+        ow: usize,
+        src: &[f32],
+        step: usize,
+        taps: &[(f32, usize)],
+    ) {
+        for (r, row) in out.chunks_exact_mut(ow).enumerate() {
+            // SAFETY: as the caller's.
+            unsafe { sum_row(row, src.as_ptr().add(r * step), taps) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn sum_row(out: &mut [f32], sp: *const f32, taps: &[(f32, usize)]) {
+        let len = out.len();
+        let mut o = 0;
+        unsafe {
+            while o + 4 * LANES <= len {
+                let mut a = [_mm256_setzero_ps(); 4];
+                for &(w, at) in taps {
+                    let (wv, p) = (_mm256_set1_ps(w), sp.add(at + o));
+                    for (r, acc) in a.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(r * LANES)), *acc);
+                    }
+                }
+                for (r, acc) in a.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(o + r * LANES), *acc);
+                }
+                o += 4 * LANES;
+            }
+            while o + 2 * LANES <= len {
+                let mut a = [_mm256_setzero_ps(); 2];
+                for &(w, at) in taps {
+                    let (wv, p) = (_mm256_set1_ps(w), sp.add(at + o));
+                    for (r, acc) in a.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(r * LANES)), *acc);
+                    }
+                }
+                for (r, acc) in a.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(o + r * LANES), *acc);
+                }
+                o += 2 * LANES;
+            }
+            while o < len {
+                let mut acc = _mm256_setzero_ps();
+                for &(w, at) in taps {
+                    let v = _mm256_loadu_ps(sp.add(at + o));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(w), v, acc);
+                }
+                let m = (len - o).min(LANES);
+                if m == LANES {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(o), acc);
+                } else {
+                    let mut buf = [0f32; LANES];
+                    _mm256_storeu_ps(buf.as_mut_ptr(), acc);
+                    out[o..][..m].copy_from_slice(&buf[..m]);
+                }
+                o += LANES;
+            }
+        }
+    }
+
+    /// [`super::pixel_taps`]: blocks of 32 and 8 channels summed over
+    /// every tap in registers, the last channels one at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pixel_taps(
+        px: &mut [f32],
+        st: &[f32],
+        base: usize,
+        taps: &[(usize, usize)],
+        wt: &[f32],
+    ) {
+        let (c, sp, wp) = (px.len(), st.as_ptr(), wt.as_ptr());
+        let mut ch = 0;
+        unsafe {
+            while ch + 4 * LANES <= c {
+                let mut a = [_mm256_setzero_ps(); 4];
+                for &(w, rel) in taps {
+                    let (x, wv) = (sp.add(base + rel + ch), wp.add(w + ch));
+                    for (r, acc) in a.iter_mut().enumerate() {
+                        let o = r * LANES;
+                        *acc = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(wv.add(o)),
+                            _mm256_loadu_ps(x.add(o)),
+                            *acc,
+                        );
+                    }
+                }
+                for (r, acc) in a.iter().enumerate() {
+                    _mm256_storeu_ps(px.as_mut_ptr().add(ch + r * LANES), *acc);
+                }
+                ch += 4 * LANES;
+            }
+            while ch + LANES <= c {
+                let mut acc = _mm256_setzero_ps();
+                for &(w, rel) in taps {
+                    let (x, wv) = (sp.add(base + rel + ch), wp.add(w + ch));
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(wv), _mm256_loadu_ps(x), acc);
+                }
+                _mm256_storeu_ps(px.as_mut_ptr().add(ch), acc);
+                ch += LANES;
+            }
+            for (k, v) in px.iter_mut().enumerate().skip(ch) {
+                *v = taps
+                    .iter()
+                    .map(|&(w, rel)| *wp.add(w + k) * *sp.add(base + rel + k))
+                    .sum();
+            }
+        }
+    }
+
+    /// [`super::dot_taps`] for `G` taps. Alternate blocks go to two sets of
+    /// accumulators, so that `2·G` chains of additions run side by side
+    /// (one chain per tap would wait on the latency of each addition).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_taps<const G: usize>(
+        acc: &mut [([f32; LANES], f32)],
+        src: &[f32],
+        dy: &[f32],
+        ow: usize,
+        first: &[usize],
+        step: usize,
+    ) {
+        let (sp, whole) = (src.as_ptr(), ow / LANES);
+        let mut even = [_mm256_setzero_ps(); G];
+        let mut odd = [_mm256_setzero_ps(); G];
+        let mut tails = [0f32; G];
+        unsafe {
+            for (oy, grad) in dy.chunks_exact(ow).enumerate() {
+                let rows: [*const f32; G] = std::array::from_fn(|t| sp.add(first[t] + oy * step));
+                let gp = grad.as_ptr();
+                let mut b = 0;
+                while b + 1 < whole {
+                    let (g0, g1) = (
+                        _mm256_loadu_ps(gp.add(b * LANES)),
+                        _mm256_loadu_ps(gp.add((b + 1) * LANES)),
+                    );
+                    for t in 0..G {
+                        even[t] =
+                            _mm256_fmadd_ps(g0, _mm256_loadu_ps(rows[t].add(b * LANES)), even[t]);
+                        odd[t] = _mm256_fmadd_ps(
+                            g1,
+                            _mm256_loadu_ps(rows[t].add((b + 1) * LANES)),
+                            odd[t],
+                        );
+                    }
+                    b += 2;
+                }
+                if b < whole {
+                    let g0 = _mm256_loadu_ps(gp.add(b * LANES));
+                    for t in 0..G {
+                        even[t] =
+                            _mm256_fmadd_ps(g0, _mm256_loadu_ps(rows[t].add(b * LANES)), even[t]);
+                    }
+                }
+                for (x, &gv) in grad.iter().enumerate().skip(whole * LANES) {
+                    for t in 0..G {
+                        tails[t] += gv * *rows[t].add(x);
+                    }
+                }
+            }
+            for t in 0..G {
+                let mut lanes = [0f32; LANES];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(even[t], odd[t]));
+                for (a, l) in acc[t].0.iter_mut().zip(lanes) {
+                    *a += l;
+                }
+                acc[t].1 += tails[t];
+            }
+        }
+    }
+}
+
+/// NCHW → NHWC (`rows` = C, `cols` = H·W per sample), or back with the two
+/// swapped.
+fn per_sample_transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    let per = rows * cols;
+    if per > 0 {
+        dst.par_chunks_mut(per)
+            .zip(src.par_chunks(per))
+            .for_each(|(d, s)| transpose(s, rows, cols, d));
+    }
+    dst
+}
+
+/// `acc[c] += w[c] · v[c]` over one pixel's channels.
+#[inline(always)]
+fn axpy(acc: &mut [f32], w: &[f32], v: &[f32]) {
+    for ((a, &w), &v) in acc.iter_mut().zip(w).zip(v) {
+        *a += w * v;
+    }
+}
+
+/// The input index `o·s + k·d − pad` along an axis, if inside `0..len`.
+#[inline(always)]
+fn tap_in(o: usize, k: usize, g: &Geometry, len: usize) -> Option<usize> {
+    (o * g.p.stride + k * g.p.dilation)
+        .checked_sub(g.p.padding)
+        .filter(|&v| v < len)
+}
+
+/// The output index whose tap `k` reads input `i` along an axis, if any.
+#[inline(always)]
+fn tap_out(i: usize, k: usize, g: &Geometry, out: usize) -> Option<usize> {
+    let t = (i + g.p.padding).checked_sub(k * g.p.dilation)?;
+    (t % g.p.stride == 0 && t / g.p.stride < out).then_some(t / g.p.stride)
+}
+
+// Depthwise convolutions run channels-last: one pixel's channels are
+// contiguous, so every tap is a vector multiply-add over the channels,
+// whatever the size of the map (EfficientNet's are as small as 2×2). The
+// weights go to `[taps, C]`; inputs and outputs are transposed on the way
+// in and out.
+
+/// Which way a channels-last depthwise pass maps its taps: the forward pass
+/// sums the input under each output pixel; the input gradient, the same sum
+/// taken the other way, sums the output gradient over the pixels each input
+/// pixel fed.
+#[derive(Clone, Copy)]
+enum Dir {
+    Forward,
+    BackwardData,
+}
+
+impl Dir {
+    /// The `(height, width)` of the map read and of the map written.
+    fn sides(self, g: &Geometry) -> ((usize, usize), (usize, usize)) {
+        let (input, output) = ((g.h, g.w), (g.oh, g.ow));
+        match self {
+            Dir::Forward => (input, output),
+            Dir::BackwardData => (output, input),
+        }
+    }
+
+    /// Along one axis, the index read by tap `k` of written index `d`, in a
+    /// read axis of `len`.
+    fn read(self, d: usize, k: usize, g: &Geometry, len: usize) -> Option<usize> {
+        match self {
+            Dir::Forward => tap_in(d, k, g, len),
+            Dir::BackwardData => tap_out(d, k, g, len),
+        }
+    }
+}
+
+/// The taps of one written pixel in a channels-last pass: `(w, rel)`, the
+/// tap's weights at `w` in `[taps, C]` and the pixel it reads at `rel` in
+/// the map read; `reach` the largest `rel`. Taps that fall in the padding
+/// are left out (on a 2×2 map, 21 of a 5×5 kernel's 25).
+#[derive(Default)]
+struct PixelTaps {
+    taps: Vec<(usize, usize)>,
+    reach: usize,
+}
+
+/// A channels-last depthwise pass: `y` from `x` (forward) or `dx` from `dy`
+/// (backward-data), NCHW in and out, one sample at a time through buffers
+/// that stay in cache: its map transposed channels-last, the pixels
+/// written, transposed back into `dst`.
+fn depthwise_nhwc(src: &[f32], w: &[f32], g: &Geometry, dst: &mut [f32], dir: Dir) {
+    let (c, kk) = (g.cin, g.kh * g.kw);
+    let ((sh, sw), (dh, dw)) = dir.sides(g);
+    let (per_src, per_dst) = (c * sh * sw, c * dh * dw);
+    if per_src == 0 || per_dst == 0 {
+        return;
+    }
+    let wt = per_sample_transpose(w, c, kk);
+    let lists: Vec<PixelTaps> = (0..dh * dw)
+        .map(|yx| {
+            let (y, x) = (yx / dw, yx % dw);
+            let mut list = PixelTaps::default();
+            for i in 0..g.kh {
+                let Some(sy) = dir.read(y, i, g, sh) else {
+                    continue;
+                };
+                for j in 0..g.kw {
+                    if let Some(sx) = dir.read(x, j, g, sw) {
+                        let rel = (sy * sw + sx) * c;
+                        list.taps.push(((i * g.kw + j) * c, rel));
+                        list.reach = list.reach.max(rel);
+                    }
+                }
+            }
+            list
+        })
+        .collect();
+    dst.par_chunks_mut(per_dst)
+        .zip(src.par_chunks(per_src))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(read, written): &mut (Vec<f32>, Vec<f32>), (dst, src)| {
+                read.resize(per_src, 0.0);
+                written.resize(per_dst, 0.0);
+                transpose(src, c, sh * sw, read);
+                for (px, list) in written.chunks_exact_mut(c).zip(&lists) {
+                    pixel_taps(px, read, 0, list, &wt);
+                }
+                transpose(written, dh * dw, c, dst);
+            },
+        );
+}
+
+/// One written pixel of [`depthwise_nhwc`]: `px[ch] = Σ wt[w + ch]·st[base +
+/// rel + ch]` over its taps.
+fn pixel_taps(px: &mut [f32], st: &[f32], base: usize, list: &PixelTaps, wt: &[f32]) {
+    let c = px.len();
+    assert!(
+        base + list.reach + c <= st.len() && list.taps.iter().all(|&(w, _)| w + c <= wt.len())
+            || list.taps.is_empty()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA, and every read is in `st` or
+        // `wt`.
+        return unsafe { avx::pixel_taps(px, st, base, &list.taps, wt) };
+    }
+    for (ch, v) in px.iter_mut().enumerate() {
+        *v = list
+            .taps
+            .iter()
+            .map(|&(w, rel)| wt[w + ch] * st[base + rel + ch])
+            .sum();
+    }
+}
+
+fn depthwise_backward_weight_nhwc(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (c, kk) = (g.cin, g.kh * g.kw);
+    let xt = per_sample_transpose(x, c, g.hw());
+    let gt = per_sample_transpose(dy, c, g.ohw());
+    let total = sum_in_parts(g.n, kk * c, |samples, acc| {
+        for n in samples {
+            dw_backward_weight_sample_nhwc(acc, n, &xt, &gt, g);
+        }
+    });
+    per_sample_transpose(&total, kk, c)
+}
+
+/// Adds sample `n`'s channels-last weight gradient `[taps, C]` to `acc`.
+#[multiversion(targets = "simd")]
+fn dw_backward_weight_sample_nhwc(acc: &mut [f32], n: usize, xt: &[f32], gt: &[f32], g: &Geometry) {
+    let c = g.cin;
+    for oy in 0..g.oh {
+        for i in 0..g.kh {
+            let Some(iy) = tap_in(oy, i, g, g.h) else {
+                continue;
+            };
+            let src_row = &xt[(n * g.h + iy) * g.w * c..][..g.w * c];
+            for ox in 0..g.ow {
+                let grad = &gt[((n * g.oh + oy) * g.ow + ox) * c..][..c];
+                for j in 0..g.kw {
+                    if let Some(ix) = tap_in(ox, j, g, g.w) {
+                        let a = &mut acc[(i * g.kw + j) * c..][..c];
+                        axpy(a, grad, &src_row[ix * c..][..c]);
+                    }
+                }
+            }
+        }
+    }
+}
