@@ -5,15 +5,16 @@
 //! A gemm with one row wastes most of its work, so these are direct
 //! kernels, in two layouts:
 //!
-//! - **Per plane** (maps over [`NHWC_MAX_PIXELS`] pixels). Each input plane
-//!   is copied once into a zero-padded buffer whose columns are split into
-//!   `stride` phases ([`Phased`]), so that every tap reads a contiguous run
-//!   of the buffer along an output row, whatever the stride. An output row
-//!   is then a sum of shifted rows ([`sum_taps`]), kept in registers over
-//!   all taps and written once. The input gradient is the same sum taken
-//!   the other way, one column phase of the input at a time; the weight
-//!   gradient is one dot product per tap ([`dot_taps`]), in lane-wise
-//!   accumulators that stay in registers over a whole plane.
+//! - **Per plane** (maps over [`NHWC_MAX_PIXELS`] pixels, and wide rows:
+//!   see [`planes`]). Each input plane is copied once into a zero-padded
+//!   buffer whose columns are split into `stride` phases ([`Phased`]), so
+//!   that every tap reads a contiguous run of the buffer along an output
+//!   row, whatever the stride. An output row is then a sum of shifted rows
+//!   ([`sum_taps`]), kept in registers over all taps and written once. The
+//!   input gradient is the same sum taken the other way, one column phase
+//!   of the input at a time; the weight gradient is one dot product per tap
+//!   ([`dot_taps`]), in lane-wise accumulators that stay in registers over
+//!   a whole plane.
 //! - **Channels-last** (small maps, where a row is too short for the above
 //!   to pay; EfficientNet's go down to 2×2): one pixel's channels are
 //!   contiguous, so every tap is a vector multiply-add over the channels.
@@ -27,27 +28,36 @@ use super::conv::{Geometry, transpose};
 use super::sum_in_parts;
 
 /// Depthwise maps up to this many pixels run channels-last; larger ones
-/// run per plane.
+/// run per plane, as do the forward pass and input gradient of stride-1
+/// kernels on rows of 16 or more (measured on efficientnet_b0's shapes at
+/// 16²: a 5×5 kernel over 240 channels 3.3 → 2.1 ms per plane where the
+/// weight gradient is faster channels-last; with stride 2 the rows written
+/// are too short).
 pub(super) const NHWC_MAX_PIXELS: usize = 256;
+
+/// Whether the forward pass and input gradient run per plane.
+pub(super) fn planes(g: &Geometry) -> bool {
+    g.hw() > NHWC_MAX_PIXELS || (g.p.stride == 1 && g.ow >= 2 * LANES)
+}
 
 /// Lanes of one accumulator: the f32s of an AVX register.
 const LANES: usize = 8;
 
 /// `y [N, C, oh, ow]` from `x [N, C, H, W]` and `w [C, 1, kh, kw]`.
 pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
-    if g.hw() <= NHWC_MAX_PIXELS {
-        depthwise_nhwc(x, w, g, y, Dir::Forward)
-    } else {
+    if planes(g) {
         forward_planes(x, w, g, y)
+    } else {
+        depthwise_nhwc(x, w, g, y, Dir::Forward)
     }
 }
 
 /// `dx [N, C, H, W]` from `dy [N, C, oh, ow]` and `w`.
 pub(super) fn backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
-    if g.hw() <= NHWC_MAX_PIXELS {
-        depthwise_nhwc(dy, w, g, dx, Dir::BackwardData)
-    } else {
+    if planes(g) {
         backward_data_planes(dy, w, g, dx)
+    } else {
+        depthwise_nhwc(dy, w, g, dx, Dir::BackwardData)
     }
 }
 
