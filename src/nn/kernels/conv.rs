@@ -32,6 +32,7 @@ use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::padded::{Phased, copy};
 use super::{depthwise, dims4, f32_slice, sum_in_parts, valid_range};
 
 /// Stride, zero padding and dilation (the same along both axes), and the
@@ -276,40 +277,11 @@ fn matmul(
 struct Scratch {
     col: Vec<f32>,
     mat: Vec<f32>,
+    padded: Option<Phased>,
 }
 
-/// Output row `dst` (`oh × ow`) of the tap `(i, j)` over one input `plane`:
-/// `dst[oy, ox] = plane[oy·s + i·d − pad, ox·s + j·d − pad]`, zero outside.
-fn tap_gather(plane: &[f32], g: &Geometry, (i, j): (usize, usize), dst: &mut [f32]) {
-    let ConvParams {
-        stride: s,
-        padding: pad,
-        dilation: d,
-        ..
-    } = g.p;
-    let (ylo, yhi) = valid_range(g.oh, g.h, s, i * d, pad);
-    let (xlo, xhi) = valid_range(g.ow, g.w, s, j * d, pad);
-    dst[..ylo * g.ow].fill(0.0);
-    dst[yhi * g.ow..].fill(0.0);
-    for oy in ylo..yhi {
-        let src = &plane[(oy * s + i * d - pad) * g.w..][..g.w];
-        let out = &mut dst[oy * g.ow..][..g.ow];
-        out[..xlo].fill(0.0);
-        out[xhi..].fill(0.0);
-        if xlo < xhi {
-            let x0 = xlo * s + j * d - pad;
-            if s == 1 {
-                out[xlo..xhi].copy_from_slice(&src[x0..x0 + xhi - xlo]);
-            } else {
-                for (t, o) in out[xlo..xhi].iter_mut().enumerate() {
-                    *o = src[x0 + t * s];
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of [`tap_gather`]: adds `src` (`oh × ow`) back onto `plane`.
+/// The adjoint of one tap's rows in [`im2col`]: adds `src` (`oh × ow`)
+/// back onto `plane` where tap `(i, j)` read it.
 fn tap_scatter(plane: &mut [f32], g: &Geometry, (i, j): (usize, usize), src: &[f32]) {
     let ConvParams {
         stride: s,
@@ -339,18 +311,52 @@ fn tap_scatter(plane: &mut [f32], g: &Geometry, (i, j): (usize, usize), src: &[f
 }
 
 /// im2col of one group over samples `s0 .. s0 + nb`: `col` is
-/// `K × nb·P` row-major, row `(c, i, j)`, column `(sample, oy, ox)`.
-fn im2col(x: &[f32], g: &Geometry, group: usize, (s0, nb): (usize, usize), col: &mut Vec<f32>) {
+/// `K × nb·P` row-major, row `(c, i, j)`, column `(sample, oy, ox)`. Unless
+/// the kernel has neither padding nor stride, each input plane is first
+/// copied into a zero-padded, stride-phased buffer ([`Phased`]), from which
+/// every row of every tap is one contiguous copy with no bounds to test
+/// (on the small maps at the end of a network, per-row bounds and fills
+/// cost more than the copies).
+fn im2col(
+    x: &[f32],
+    g: &Geometry,
+    group: usize,
+    (s0, nb): (usize, usize),
+    col: &mut Vec<f32>,
+    padded: &mut Option<Phased>,
+) {
     let (p, hw, k) = (g.ohw(), g.hw(), g.k());
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let width = nb * p;
     col.resize(k * width, 0.0);
+    let rows = (g.h + 2 * pad).max((g.oh - 1) * s + (g.kh - 1) * d + 1);
+    let phase_width = (g.w + 2 * pad).div_ceil(s).max((g.kw - 1) * d / s + g.ow);
+    let direct = s == 1 && pad == 0;
+    let buf = match padded {
+        Some(b) if b.s == s && b.width == phase_width => b,
+        _ => padded.insert(Phased::new(s, phase_width)),
+    };
     for b in 0..nb {
         for c in 0..g.cg_in() {
             let plane = &x[((s0 + b) * g.cin + group * g.cg_in() + c) * hw..][..hw];
+            let (src, step): (&[f32], usize) = if direct {
+                (plane, g.w)
+            } else {
+                buf.fill(plane, (g.h, g.w), (pad, pad), rows);
+                (&buf.buf, buf.at(s, 0))
+            };
             for i in 0..g.kh {
                 for j in 0..g.kw {
+                    let at = if direct {
+                        i * d * g.w + j * d
+                    } else {
+                        buf.at(i * d, j * d)
+                    };
                     let row = (c * g.kh + i) * g.kw + j;
-                    tap_gather(plane, g, (i, j), &mut col[row * width + b * p..][..p]);
+                    let dst = &mut col[row * width + b * p..][..p];
+                    for (oy, out) in dst.chunks_exact_mut(g.ow).enumerate() {
+                        copy(&src[at + oy * step..][..g.ow], out);
+                    }
                 }
             }
         }
@@ -365,13 +371,14 @@ fn columns<'a>(
     group: usize,
     span: (usize, usize),
     col: &'a mut Vec<f32>,
+    padded: &mut Option<Phased>,
 ) -> Mat<'a> {
     let (p, k) = (g.ohw(), g.k());
     if g.pointwise() && span.1 == 1 {
         let data = &x[(span.0 * g.cin + group * k) * p..][..k * p];
         return Mat { data, rs: p, cs: 1 };
     }
-    im2col(x, g, group, span, col);
+    im2col(x, g, group, span, col, padded);
     Mat {
         data: col,
         rs: span.1 * p,
@@ -443,7 +450,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let par = gemm_par(g.n.div_ceil(nb));
     y.par_chunks_mut(nb * per).enumerate().for_each_init(
         Scratch::default,
-        |Scratch { col, mat }, (ci, ych)| {
+        |Scratch { col, mat, padded }, (ci, ych)| {
             let span = (ci * nb, ych.len() / per);
             let width = span.1 * p;
             for group in 0..g.p.groups {
@@ -452,7 +459,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
                     rs: k,
                     cs: 1,
                 };
-                let cols = columns(x, g, group, span, col);
+                let cols = columns(x, g, group, span, col, padded);
                 if span.1 == 1 {
                     let dst = &mut ych[group * m * p..][..m * p];
                     matmul((m, p, k), dst, p, false, wg, cols, par);
@@ -488,7 +495,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let par = gemm_par(g.n.div_ceil(nb));
     dx.par_chunks_mut(nb * per).enumerate().for_each_init(
         Scratch::default,
-        |Scratch { col, mat }, (ci, dxch)| {
+        |Scratch { col, mat, .. }, (ci, dxch)| {
             let span = (ci * nb, dxch.len() / per);
             let width = span.1 * p;
             for group in 0..g.p.groups {
@@ -538,12 +545,12 @@ fn backward_weight_as(x: &[f32], dy: &[f32], g: &Geometry, transposed: bool) -> 
     let chunks = g.n.div_ceil(nb);
     let par = gemm_par(chunks);
     let dw = sum_in_parts(chunks, g.weight_len(), |range, acc| {
-        let (mut col, mut mat) = (Vec::new(), Vec::new());
+        let (mut col, mut mat, mut padded) = (Vec::new(), Vec::new(), None);
         for ci in range {
             let span = (ci * nb, nb.min(g.n - ci * nb));
             for group in 0..g.p.groups {
                 let dym = out_rows(dy, g, group, span, &mut mat);
-                let cols = columns(x, g, group, span, &mut col);
+                let cols = columns(x, g, group, span, &mut col, &mut padded);
                 let dst = &mut acc[group * m * k..][..m * k];
                 if transposed {
                     matmul((k, m, span.1 * p), dst, m, true, cols, dym.t(), par);

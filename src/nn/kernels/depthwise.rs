@@ -25,6 +25,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::conv::{Geometry, transpose};
+use super::padded::{LANES, Phased};
 use super::sum_in_parts;
 
 /// Depthwise maps up to this many pixels run channels-last; larger ones
@@ -39,9 +40,6 @@ pub(super) const NHWC_MAX_PIXELS: usize = 256;
 pub(super) fn planes(g: &Geometry) -> bool {
     g.hw() > NHWC_MAX_PIXELS || (g.p.stride == 1 && g.ow >= 2 * LANES)
 }
-
-/// Lanes of one accumulator: the f32s of an AVX register.
-const LANES: usize = 8;
 
 /// `y [N, C, oh, ow]` from `x [N, C, H, W]` and `w [C, 1, kh, kw]`.
 pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
@@ -67,64 +65,6 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         depthwise_backward_weight_nhwc(x, dy, g)
     } else {
         backward_weight_planes(x, dy, g)
-    }
-}
-
-/// A plane zero-padded by `top` rows and `left` columns (and as many as
-/// needed below and to the right), its columns split into `s` phases:
-/// padded cell `(r, c)` lies at `(r·s + c % s)·width + c / s`. Along an
-/// output row, a tap of a stride-`s` kernel then reads consecutive cells
-/// of one phase.
-#[derive(Default)]
-struct Phased {
-    s: usize,
-    width: usize,
-    buf: Vec<f32>,
-}
-
-impl Phased {
-    /// Refills the buffer from `plane` (`h × w`) for `rows` padded rows of
-    /// `width` cells per phase.
-    fn fill(
-        &mut self,
-        plane: &[f32],
-        (h, w): (usize, usize),
-        (top, left): (usize, usize),
-        rows: usize,
-    ) {
-        let (s, width) = (self.s, self.width);
-        // Every plane of one layout writes the same cells: the padding,
-        // zeroed once, stays zero.
-        if self.buf.len() != rows * s * width {
-            self.buf.clear();
-            self.buf.resize(rows * s * width, 0.0);
-        }
-        for (y, src) in plane.chunks_exact(w).take(h).enumerate() {
-            let r = top + y;
-            let phases = &mut self.buf[r * s * width..][..s * width];
-            if s == 1 {
-                copy(src, &mut phases[left..][..w]);
-            } else if s == 2 {
-                // Input column x lies in phase (left + x) % 2.
-                let (p0, p1) = phases.split_at_mut(width);
-                let (even, odd) = if left % 2 == 0 { (p0, p1) } else { (p1, p0) };
-                deinterleave2(src, &mut even[left / 2..], &mut odd[left.div_ceil(2)..]);
-            } else {
-                for q in 0..s {
-                    // Input columns x with (left + x) % s == q.
-                    let x0 = (q + s - left % s) % s;
-                    let dst = &mut phases[q * width + (left + x0) / s..];
-                    for (d, &v) in dst.iter_mut().zip(src.iter().skip(x0).step_by(s)) {
-                        *d = v;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Where padded cell `(r, c)` lies.
-    fn at(&self, r: usize, c: usize) -> usize {
-        (r * self.s + c % self.s) * self.width + c / self.s
     }
 }
 
@@ -154,11 +94,7 @@ fn forward_planes(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
         .enumerate()
         .for_each_init(
             || {
-                let buf = Phased {
-                    s: g.p.stride,
-                    width,
-                    buf: Vec::new(),
-                };
+                let buf = Phased::new(g.p.stride, width);
                 (buf, Vec::with_capacity(kk))
             },
             |(buf, taps), (plane, yo)| {
@@ -203,11 +139,7 @@ fn backward_data_planes(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
         .enumerate()
         .for_each_init(
             || {
-                let buf = Phased {
-                    s: 1,
-                    width,
-                    buf: Vec::new(),
-                };
+                let buf = Phased::new(1, width);
                 (buf, vec![Vec::with_capacity(kk); s * s], Vec::new())
             },
             |(buf, taps, rows_buf), (plane, dxo)| {
@@ -294,26 +226,6 @@ fn backward_data_plane(
     }
 }
 
-/// `even[t] = src[2t]`, `odd[t] = src[2t + 1]`, as far as `src` goes.
-#[inline(always)]
-fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    let whole = src.len() / (2 * LANES);
-    for ((pair, e), o) in src
-        .chunks_exact(2 * LANES)
-        .zip(even.chunks_exact_mut(LANES))
-        .zip(odd.chunks_exact_mut(LANES))
-    {
-        for l in 0..LANES {
-            e[l] = pair[2 * l];
-            o[l] = pair[2 * l + 1];
-        }
-    }
-    for x in whole * 2 * LANES..src.len() {
-        let dst = if x % 2 == 0 { &mut *even } else { &mut *odd };
-        dst[x / 2] = src[x];
-    }
-}
-
 /// `out[2t] = even[t]`, `out[2t + 1] = odd[t]`, as far as `out` goes.
 #[inline(always)]
 fn interleave2(even: &[f32], odd: &[f32], out: &mut [f32]) {
@@ -339,11 +251,7 @@ fn backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let pad = g.p.padding;
     let mut dw = vec![0f32; g.cout * kk];
     dw.par_chunks_mut(kk).enumerate().for_each(|(c, dwc)| {
-        let mut buf = Phased {
-            s: g.p.stride,
-            width,
-            buf: Vec::new(),
-        };
+        let mut buf = Phased::new(g.p.stride, width);
         let mut acc = vec![([0f32; LANES], 0f32); kk];
         for n in 0..g.n {
             let plane = n * g.cin + c;
@@ -389,21 +297,6 @@ fn sum_taps(out: &mut [f32], ow: usize, src: &[f32], step: usize, taps: &[(f32, 
         for (o, v) in row.iter_mut().enumerate() {
             *v = taps.iter().map(|&(w, at)| w * src[at + r * step + o]).sum();
         }
-    }
-}
-
-/// `dst = src`, in fixed-size blocks the compiler moves inline (the rows
-/// are short, and a call to `memcpy` per row costs as much as the copy).
-#[inline(always)]
-fn copy(src: &[f32], dst: &mut [f32]) {
-    let mut d = dst.chunks_exact_mut(LANES);
-    let mut s = src.chunks_exact(LANES);
-    for (d, s) in (&mut d).zip(&mut s) {
-        let s: &[f32; LANES] = s.try_into().unwrap();
-        d.copy_from_slice(s);
-    }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
     }
 }
 

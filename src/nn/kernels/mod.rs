@@ -19,6 +19,7 @@
 pub mod bn;
 pub mod conv;
 mod depthwise;
+mod padded;
 pub mod pool;
 pub mod upsample;
 

@@ -1,0 +1,112 @@
+//! A plane zero-padded and split into column phases by the stride
+//! ([`Phased`]): the layout the direct kernels ([`super::depthwise`]) and
+//! im2col ([`super::conv`]) read, in which every tap of a strided kernel
+//! reads a contiguous run of cells along an output row.
+
+/// Lanes of one accumulator: the f32s of an AVX register.
+pub(super) const LANES: usize = 8;
+
+/// A plane zero-padded by `top` rows and `left` columns (and as many as
+/// needed below and to the right), its columns split into `s` phases:
+/// padded cell `(r, c)` lies at `(r·s + c % s)·width + c / s`. Along an
+/// output row, a tap of a stride-`s` kernel then reads consecutive cells
+/// of one phase.
+pub(super) struct Phased {
+    pub(super) s: usize,
+    pub(super) width: usize,
+    pub(super) buf: Vec<f32>,
+    /// The `(rows, top, left, h, w)` of the last fill.
+    layout: Option<[usize; 5]>,
+}
+
+impl Phased {
+    /// An empty buffer for stride `s`, `width` cells per phase row.
+    pub(super) fn new(s: usize, width: usize) -> Phased {
+        Phased {
+            s,
+            width,
+            buf: Vec::new(),
+            layout: None,
+        }
+    }
+
+    /// Refills the buffer from `plane` (`h × w`) for `rows` padded rows of
+    /// `width` cells per phase.
+    pub(super) fn fill(
+        &mut self,
+        plane: &[f32],
+        (h, w): (usize, usize),
+        (top, left): (usize, usize),
+        rows: usize,
+    ) {
+        let (s, width) = (self.s, self.width);
+        // Every plane of one layout writes the same cells: the padding,
+        // zeroed once, stays zero.
+        if self.layout != Some([rows, top, left, h, w]) {
+            self.buf.clear();
+            self.buf.resize(rows * s * width, 0.0);
+            self.layout = Some([rows, top, left, h, w]);
+        }
+        for (y, src) in plane.chunks_exact(w).take(h).enumerate() {
+            let r = top + y;
+            let phases = &mut self.buf[r * s * width..][..s * width];
+            if s == 1 {
+                copy(src, &mut phases[left..][..w]);
+            } else if s == 2 {
+                // Input column x lies in phase (left + x) % 2.
+                let (p0, p1) = phases.split_at_mut(width);
+                let (even, odd) = if left % 2 == 0 { (p0, p1) } else { (p1, p0) };
+                deinterleave2(src, &mut even[left / 2..], &mut odd[left.div_ceil(2)..]);
+            } else {
+                for q in 0..s {
+                    // Input columns x with (left + x) % s == q.
+                    let x0 = (q + s - left % s) % s;
+                    let dst = &mut phases[q * width + (left + x0) / s..];
+                    for (d, &v) in dst.iter_mut().zip(src.iter().skip(x0).step_by(s)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where padded cell `(r, c)` lies.
+    pub(super) fn at(&self, r: usize, c: usize) -> usize {
+        (r * self.s + c % self.s) * self.width + c / self.s
+    }
+}
+
+/// `even[t] = src[2t]`, `odd[t] = src[2t + 1]`, as far as `src` goes.
+#[inline(always)]
+fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let whole = src.len() / (2 * LANES);
+    for ((pair, e), o) in src
+        .chunks_exact(2 * LANES)
+        .zip(even.chunks_exact_mut(LANES))
+        .zip(odd.chunks_exact_mut(LANES))
+    {
+        for l in 0..LANES {
+            e[l] = pair[2 * l];
+            o[l] = pair[2 * l + 1];
+        }
+    }
+    for x in whole * 2 * LANES..src.len() {
+        let dst = if x % 2 == 0 { &mut *even } else { &mut *odd };
+        dst[x / 2] = src[x];
+    }
+}
+
+/// `dst = src`, in fixed-size blocks the compiler moves inline (the rows
+/// are short, and a call to `memcpy` per row costs as much as the copy).
+#[inline(always)]
+pub(super) fn copy(src: &[f32], dst: &mut [f32]) {
+    let mut d = dst.chunks_exact_mut(LANES);
+    let mut s = src.chunks_exact(LANES);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; LANES] = s.try_into().unwrap();
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
