@@ -32,8 +32,8 @@ use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::padded::{Phased, copy};
-use super::{depthwise, dims4, f32_slice, sum_in_parts, valid_range};
+use super::padded::{Phased, add, copy};
+use super::{depthwise, dims4, f32_slice, sum_in_parts};
 
 /// Stride, zero padding and dilation (the same along both axes), and the
 /// number of groups, as in PyTorch's `nn.Conv2d`.
@@ -280,36 +280,6 @@ struct Scratch {
     padded: Option<Phased>,
 }
 
-/// The adjoint of one tap's rows in [`im2col`]: adds `src` (`oh × ow`)
-/// back onto `plane` where tap `(i, j)` read it.
-fn tap_scatter(plane: &mut [f32], g: &Geometry, (i, j): (usize, usize), src: &[f32]) {
-    let ConvParams {
-        stride: s,
-        padding: pad,
-        dilation: d,
-        ..
-    } = g.p;
-    let (ylo, yhi) = valid_range(g.oh, g.h, s, i * d, pad);
-    let (xlo, xhi) = valid_range(g.ow, g.w, s, j * d, pad);
-    if xlo >= xhi {
-        return;
-    }
-    for oy in ylo..yhi {
-        let dst = &mut plane[(oy * s + i * d - pad) * g.w..][..g.w];
-        let row = &src[oy * g.ow..][..g.ow];
-        let x0 = xlo * s + j * d - pad;
-        if s == 1 {
-            for (o, &v) in dst[x0..x0 + xhi - xlo].iter_mut().zip(&row[xlo..xhi]) {
-                *o += v;
-            }
-        } else {
-            for (t, &v) in row[xlo..xhi].iter().enumerate() {
-                dst[x0 + t * s] += v;
-            }
-        }
-    }
-}
-
 /// im2col of one group over samples `s0 .. s0 + nb`: `col` is
 /// `K × nb·P` row-major, row `(c, i, j)`, column `(sample, oy, ox)`. Unless
 /// the kernel has neither padding nor stride, each input plane is first
@@ -329,8 +299,7 @@ fn im2col(
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let width = nb * p;
     col.resize(k * width, 0.0);
-    let rows = (g.h + 2 * pad).max((g.oh - 1) * s + (g.kh - 1) * d + 1);
-    let phase_width = (g.w + 2 * pad).div_ceil(s).max((g.kw - 1) * d / s + g.ow);
+    let (rows, phase_width) = padded_layout(g);
     let direct = s == 1 && pad == 0;
     let buf = match padded {
         Some(b) if b.s == s && b.width == phase_width => b,
@@ -386,22 +355,53 @@ fn columns<'a>(
     }
 }
 
-/// col2im of one group: adds `col` (`K × nb·P`) onto the chunk's input
-/// gradient `dx` (`nb` samples).
-fn col2im(col: &[f32], g: &Geometry, group: usize, nb: usize, dx: &mut [f32]) {
+/// col2im of one group: `col` (`K × nb·P`) summed back onto the chunk's
+/// input gradient `dx` (`nb` samples; each plane is written once, by its
+/// group), through the zero-padded, stride-phased layout of [`im2col`]:
+/// every row of every tap is one contiguous sum with no bounds to test.
+fn col2im(
+    col: &[f32],
+    g: &Geometry,
+    group: usize,
+    nb: usize,
+    dx: &mut [f32],
+    padded: &mut Option<Phased>,
+) {
     let (p, hw) = (g.ohw(), g.hw());
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let width = nb * p;
+    let (rows, phase_width) = padded_layout(g);
+    let buf = match padded {
+        Some(b) if b.s == s && b.width == phase_width => b,
+        _ => padded.insert(Phased::new(s, phase_width)),
+    };
+    let step = buf.at(s, 0);
     for b in 0..nb {
         for c in 0..g.cg_in() {
-            let plane = &mut dx[(b * g.cin + group * g.cg_in() + c) * hw..][..hw];
+            buf.zero(rows);
             for i in 0..g.kh {
                 for j in 0..g.kw {
+                    let at = buf.at(i * d, j * d);
                     let row = (c * g.kh + i) * g.kw + j;
-                    tap_scatter(plane, g, (i, j), &col[row * width + b * p..][..p]);
+                    let src = &col[row * width + b * p..][..p];
+                    for (oy, v) in src.chunks_exact(g.ow).enumerate() {
+                        add(v, &mut buf.buf[at + oy * step..][..g.ow]);
+                    }
                 }
             }
+            let plane = &mut dx[(b * g.cin + group * g.cg_in() + c) * hw..][..hw];
+            buf.extract(plane, (g.h, g.w), (pad, pad));
         }
     }
+}
+
+/// The padded rows and cells per phase row of [`im2col`]'s and
+/// [`col2im`]'s [`Phased`] buffers: every tap's rows in full.
+fn padded_layout(g: &Geometry) -> (usize, usize) {
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    let rows = (g.h + 2 * pad).max((g.oh - 1) * s + (g.kh - 1) * d + 1);
+    let width = (g.w + 2 * pad).div_ceil(s).max((g.kw - 1) * d / s + g.ow);
+    (rows, width)
 }
 
 /// One group's rows of an output-shaped tensor (`dy`) over samples
@@ -495,7 +495,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     let par = gemm_par(g.n.div_ceil(nb));
     dx.par_chunks_mut(nb * per).enumerate().for_each_init(
         Scratch::default,
-        |Scratch { col, mat, .. }, (ci, dxch)| {
+        |Scratch { col, mat, padded }, (ci, dxch)| {
             let span = (ci * nb, dxch.len() / per);
             let width = span.1 * p;
             for group in 0..g.p.groups {
@@ -512,7 +512,7 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
                 } else {
                     col.resize(k * width, 0.0);
                     matmul((k, width, m), col, width, false, wt, dym, par);
-                    col2im(col, g, group, span.1, dxch);
+                    col2im(col, g, group, span.1, dxch, padded);
                 }
             }
         },

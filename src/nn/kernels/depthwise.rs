@@ -25,7 +25,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::conv::{Geometry, transpose};
-use super::padded::{LANES, Phased};
+use super::padded::{LANES, Phased, interleave2};
 use super::sum_in_parts;
 
 /// Depthwise maps up to this many pixels run channels-last; larger ones
@@ -223,25 +223,6 @@ fn backward_data_plane(
                 }
             }
         }
-    }
-}
-
-/// `out[2t] = even[t]`, `out[2t + 1] = odd[t]`, as far as `out` goes.
-#[inline(always)]
-fn interleave2(even: &[f32], odd: &[f32], out: &mut [f32]) {
-    let whole = out.len() / (2 * LANES);
-    for ((pair, e), o) in out
-        .chunks_exact_mut(2 * LANES)
-        .zip(even.chunks_exact(LANES))
-        .zip(odd.chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            pair[2 * l] = e[l];
-            pair[2 * l + 1] = o[l];
-        }
-    }
-    for x in whole * 2 * LANES..out.len() {
-        out[x] = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
     }
 }
 

@@ -49,29 +49,6 @@ pub(crate) fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
     }
 }
 
-/// Output positions `o` of a window tap at offset `off` (kernel index ×
-/// dilation) whose input `o·stride + off − pad` falls inside `0..len`:
-/// the range `lo..hi` of `0..out`.
-pub(crate) fn valid_range(
-    out: usize,
-    len: usize,
-    stride: usize,
-    off: usize,
-    pad: usize,
-) -> (usize, usize) {
-    let lo = if pad > off {
-        (pad - off).div_ceil(stride)
-    } else {
-        0
-    };
-    let hi = if len + pad > off {
-        (len + pad - off).div_ceil(stride).min(out)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
-}
-
 /// `Σ f` over the items `0..items`, into a vector of `len`: the items go in
 /// a fixed number of contiguous parts (at most one per thread), each part
 /// accumulates alone through `f(range, acc)`, and the parts are added in

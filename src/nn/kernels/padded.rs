@@ -70,6 +70,43 @@ impl Phased {
         }
     }
 
+    /// Zeroes the buffer for `rows` padded rows, to be summed into and read
+    /// back with [`Phased::extract`].
+    pub(super) fn zero(&mut self, rows: usize) {
+        self.buf.clear();
+        self.buf.resize(rows * self.s * self.width, 0.0);
+        self.layout = None;
+    }
+
+    /// The inverse of [`Phased::fill`]: `plane` (`h × w`) from the cells at
+    /// rows `top..` and columns `left..`.
+    pub(super) fn extract(
+        &self,
+        plane: &mut [f32],
+        (h, w): (usize, usize),
+        (top, left): (usize, usize),
+    ) {
+        let (s, width) = (self.s, self.width);
+        for (y, dst) in plane.chunks_exact_mut(w).take(h).enumerate() {
+            let phases = &self.buf[(top + y) * s * width..][..s * width];
+            if s == 1 {
+                copy(&phases[left..][..w], dst);
+            } else if s == 2 {
+                let (p0, p1) = phases.split_at(width);
+                let (even, odd) = if left % 2 == 0 { (p0, p1) } else { (p1, p0) };
+                interleave2(&even[left / 2..], &odd[left.div_ceil(2)..], dst);
+            } else {
+                for q in 0..s {
+                    let x0 = (q + s - left % s) % s;
+                    let src = &phases[q * width + (left + x0) / s..];
+                    for (d, &v) in dst.iter_mut().skip(x0).step_by(s).zip(src) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+
     /// Where padded cell `(r, c)` lies.
     pub(super) fn at(&self, r: usize, c: usize) -> usize {
         (r * self.s + c % self.s) * self.width + c / self.s
@@ -93,6 +130,41 @@ fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     for x in whole * 2 * LANES..src.len() {
         let dst = if x % 2 == 0 { &mut *even } else { &mut *odd };
         dst[x / 2] = src[x];
+    }
+}
+
+/// `out[2t] = even[t]`, `out[2t + 1] = odd[t]`, as far as `out` goes.
+#[inline(always)]
+pub(super) fn interleave2(even: &[f32], odd: &[f32], out: &mut [f32]) {
+    let whole = out.len() / (2 * LANES);
+    for ((pair, e), o) in out
+        .chunks_exact_mut(2 * LANES)
+        .zip(even.chunks_exact(LANES))
+        .zip(odd.chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            pair[2 * l] = e[l];
+            pair[2 * l + 1] = o[l];
+        }
+    }
+    for x in whole * 2 * LANES..out.len() {
+        out[x] = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
+    }
+}
+
+/// `dst += src`, in fixed-size blocks.
+#[inline(always)]
+pub(super) fn add(src: &[f32], dst: &mut [f32]) {
+    let mut d = dst.chunks_exact_mut(LANES);
+    let mut s = src.chunks_exact(LANES);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; LANES] = s.try_into().unwrap();
+        for (d, s) in d.iter_mut().zip(s) {
+            *d += s;
+        }
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d += *s;
     }
 }
 
