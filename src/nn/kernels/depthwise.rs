@@ -262,8 +262,8 @@ fn backward_weight_plane(acc: &mut [([f32; LANES], f32)], x: &Phased, dy: &[f32]
 }
 
 /// Rows `ow` wide: `out[r·ow + o] = Σ w·src[at + r·step + o]` over
-/// `taps = [(w, at)]`, each row in blocks of up to four registers summed
-/// over every tap before they are stored. `src` must hold a whole block of
+/// `taps = [(w, at)]`, in tiles of rows × blocks of up to eight registers
+/// summed over every tap before they are stored. `src` must hold a whole block of
 /// [`LANES`] past the end of each tap's row (the padded layouts do).
 fn sum_taps(out: &mut [f32], ow: usize, src: &[f32], step: usize, taps: &[(f32, usize)]) {
     let rows = out.len() / ow.max(1);
@@ -342,9 +342,14 @@ mod avx {
 
     use super::LANES;
 
-    /// [`super::sum_taps`]: per row, blocks of 32, 16 and 8 outputs, each
-    /// summed over every tap in registers, the last partial block through
-    /// a buffer.
+    /// [`super::sum_taps`] in tiles of up to eight registers: a tile is
+    /// `R` rows × `V` vectors of [`LANES`] outputs, summed over every tap
+    /// and stored once. A tile's `R·V` sums are independent chains, so the
+    /// FMAs of one tap overlap instead of each waiting on the latency of
+    /// the last (with one row of one or two vectors, the 25 taps of a 5×5
+    /// kernel ran as one or two chains). A row is split into column spans
+    /// of up to four vectors, the last one partial; each span runs over
+    /// the rows `8 / V` at a time, the rows left over one at a time.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn sum_taps(
         out: &mut [f32],
@@ -353,59 +358,88 @@ mod avx {
         step: usize,
         taps: &[(f32, usize)],
     ) {
-        for (r, row) in out.chunks_exact_mut(ow).enumerate() {
-            // SAFETY: as the caller's.
-            unsafe { sum_row(row, src.as_ptr().add(r * step), taps) };
+        if ow == 0 {
+            return;
+        }
+        let rows = out.len() / ow;
+        let t = Tile {
+            out: out.as_mut_ptr(),
+            ow,
+            src: src.as_ptr(),
+            step,
+            taps,
+        };
+        let mut o = 0;
+        while o < ow {
+            let v = (ow - o).div_ceil(LANES).min(4);
+            // SAFETY: as the caller's; tiles stay inside `out`'s rows.
+            unsafe {
+                match v {
+                    1 => t.span::<8, 1>(rows, o),
+                    2 => t.span::<4, 2>(rows, o),
+                    3 => t.span::<2, 3>(rows, o),
+                    _ => t.span::<2, 4>(rows, o),
+                }
+            }
+            o += v * LANES;
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn sum_row(out: &mut [f32], sp: *const f32, taps: &[(f32, usize)]) {
-        let len = out.len();
-        let mut o = 0;
-        unsafe {
-            while o + 4 * LANES <= len {
-                let mut a = [_mm256_setzero_ps(); 4];
-                for &(w, at) in taps {
-                    let (wv, p) = (_mm256_set1_ps(w), sp.add(at + o));
-                    for (r, acc) in a.iter_mut().enumerate() {
-                        *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(r * LANES)), *acc);
+    /// One [`sum_taps`] call's operands, as raw pointers.
+    struct Tile<'a> {
+        out: *mut f32,
+        ow: usize,
+        src: *const f32,
+        step: usize,
+        taps: &'a [(f32, usize)],
+    }
+
+    impl Tile<'_> {
+        /// Columns `o .. o + V·LANES` (clipped to the row) of every row.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn span<const R: usize, const V: usize>(&self, rows: usize, o: usize) {
+            let mut r = 0;
+            unsafe {
+                while r + R <= rows {
+                    self.tile::<R, V>(r, o);
+                    r += R;
+                }
+                while r < rows {
+                    self.tile::<1, V>(r, o);
+                    r += 1;
+                }
+            }
+        }
+
+        /// Rows `r .. r + R`, columns `o .. o + V·LANES` clipped to the row.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn tile<const R: usize, const V: usize>(&self, r: usize, o: usize) {
+            let mut a = [[_mm256_setzero_ps(); V]; R];
+            unsafe {
+                let base = self.src.add(r * self.step + o);
+                for &(w, at) in self.taps {
+                    let wv = _mm256_set1_ps(w);
+                    for (dr, row) in a.iter_mut().enumerate() {
+                        let p = base.add(at + dr * self.step);
+                        for (v, acc) in row.iter_mut().enumerate() {
+                            *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(v * LANES)), *acc);
+                        }
                     }
                 }
-                for (r, acc) in a.iter().enumerate() {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(o + r * LANES), *acc);
-                }
-                o += 4 * LANES;
-            }
-            while o + 2 * LANES <= len {
-                let mut a = [_mm256_setzero_ps(); 2];
-                for &(w, at) in taps {
-                    let (wv, p) = (_mm256_set1_ps(w), sp.add(at + o));
-                    for (r, acc) in a.iter_mut().enumerate() {
-                        *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(r * LANES)), *acc);
+                for (dr, row) in a.iter().enumerate() {
+                    let dst = self.out.add((r + dr) * self.ow + o);
+                    for (v, acc) in row.iter().enumerate() {
+                        let m = (self.ow - o - v * LANES).min(LANES);
+                        if m == LANES {
+                            _mm256_storeu_ps(dst.add(v * LANES), *acc);
+                        } else {
+                            let mut buf = [0f32; LANES];
+                            _mm256_storeu_ps(buf.as_mut_ptr(), *acc);
+                            std::ptr::copy_nonoverlapping(buf.as_ptr(), dst.add(v * LANES), m);
+                        }
                     }
                 }
-                for (r, acc) in a.iter().enumerate() {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(o + r * LANES), *acc);
-                }
-                o += 2 * LANES;
-            }
-            while o < len {
-                let mut acc = _mm256_setzero_ps();
-                for &(w, at) in taps {
-                    let v = _mm256_loadu_ps(sp.add(at + o));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(w), v, acc);
-                }
-                let m = (len - o).min(LANES);
-                if m == LANES {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(o), acc);
-                } else {
-                    let mut buf = [0f32; LANES];
-                    _mm256_storeu_ps(buf.as_mut_ptr(), acc);
-                    out[o..][..m].copy_from_slice(&buf[..m]);
-                }
-                o += LANES;
             }
         }
     }
