@@ -958,6 +958,8 @@ mod tests {
             (9, 37, 1, 5, 1, 2, 1),
             (11, 29, 5, 3, 2, 2, 1),
             (8, 40, 3, 5, 3, 4, 2),
+            // Rows of one partial block, tiles of eight rows and a tail.
+            (20, 14, 3, 3, 2, 1, 1),
             // A small map whose rows are wide enough: the forward pass and
             // input gradient per plane, the weight gradient channels-last.
             (4, 20, 3, 3, 1, 1, 1),
