@@ -3,18 +3,20 @@
 //! ```text
 //! cache/
 //!   objects/ab/cdef…      file contents, named by their blake3, read-only
-//!   records/ab/cdef….json one record per executed key: outputs, log, timing
+//!   records.jsonl         one record per executed key (outputs, log, timing), appended
 //!   state/<pipeline>.jsonl the last record of each instance, to explain changes
 //!   tmp/                  work directories of running instances (`<pid>-<n>/out`, `…/log`)
 //!   statcache             stat → hash cache of input files
 //!   lock                  held by a running `podium run`
 //! ```
 //!
-//! Every object and record is written to a temporary name, fsynced, then
-//! renamed, so a crash leaves either the old or the new content, never a
-//! torn file. The state journal is appended to; a torn last line is skipped.
+//! Every object is written to a temporary name, fsynced, then renamed, so a
+//! crash leaves either the old or the new content, never a torn file. The
+//! record log is appended to and fsynced line by line, the state journal
+//! appended to; in both a torn last line is skipped.
 
 mod record;
+mod records;
 mod state;
 
 use std::fs::{self, File, OpenOptions};
@@ -85,6 +87,7 @@ fn temp_name(path: &Path) -> PathBuf {
 pub struct Store {
     root: PathBuf,
     journals: state::Journals,
+    records: records::RecordLog,
     /// Emptied work directories, reused so that a run of many short stages
     /// does not create and delete a directory per stage.
     idle: Mutex<Vec<Scratch>>,
@@ -110,7 +113,7 @@ pub struct StoreLock {
 impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["objects", "records", "state", "tmp"] {
+        for sub in ["objects", "state", "tmp"] {
             fs::create_dir_all(root.join(sub)).at(&root.join(sub))?;
         }
         let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
@@ -119,6 +122,7 @@ impl Store {
             .join("tmp")
             .join(format!("{}-trash-{n}", std::process::id()));
         Ok(Store {
+            records: records::RecordLog::new(&root),
             root,
             journals: state::Journals::default(),
             idle: Mutex::new(Vec::new()),
@@ -175,14 +179,6 @@ impl Store {
     pub fn object_path(&self, h: &Hash) -> PathBuf {
         let hex = h.to_hex();
         self.root.join("objects").join(&hex[..2]).join(&hex[2..])
-    }
-
-    fn record_path(&self, key: &Hash) -> PathBuf {
-        let hex = key.to_hex();
-        self.root
-            .join("records")
-            .join(&hex[..2])
-            .join(format!("{}.json", &hex[2..]))
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -373,9 +369,7 @@ impl Store {
 
     /// The record of a key, if it exists and all its objects are present.
     pub fn record(&self, key: &Hash) -> Option<Record> {
-        let path = self.record_path(key);
-        let bytes = fs::read(&path).ok()?;
-        let rec: Record = serde_json::from_slice(&bytes).ok()?;
+        let rec = self.records.get(key.to_hex().as_str())?;
         let complete = rec
             .outputs
             .values()
@@ -384,11 +378,10 @@ impl Store {
         complete.then_some(rec)
     }
 
+    /// Appends `rec` to the record log, durably.
     pub fn put_record(&self, rec: &Record) -> Result<()> {
-        let key = Hash::from_hex(&rec.key).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let path = self.record_path(&key);
-        let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
-        atomic_write(&path, &bytes).at(&path)
+        Hash::from_hex(&rec.key).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.records.put(rec).at(self.records.path())
     }
 
     /// The record of an instance's last successful run in a pipeline.
@@ -407,15 +400,7 @@ impl Store {
 
     /// Every record in the store.
     pub fn records(&self) -> Vec<Record> {
-        let mut out = Vec::new();
-        for path in walk(&self.root.join("records")) {
-            if let Ok(bytes) = fs::read(&path)
-                && let Ok(r) = serde_json::from_slice::<Record>(&bytes)
-            {
-                out.push(r);
-            }
-        }
-        out
+        self.records.all()
     }
 
     /// The last records of every instance of a pipeline.
@@ -448,13 +433,16 @@ impl Store {
         report
             .corrupted
             .extend(state::Journals::repair(&self.state_dir()));
+        let log = self.records.parse_all();
+        if log.bad > 0 {
+            let path = self.records.path();
+            self.records.rewrite(&log.records).at(path)?;
+            report.corrupted.push(path.to_path_buf());
+        }
         let legacy_states = walk(&self.state_dir())
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "json"));
-        for path in walk(&self.root.join("records"))
-            .into_iter()
-            .chain(legacy_states)
-        {
+        for path in self.records.legacy_files().into_iter().chain(legacy_states) {
             let ok = fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
@@ -472,21 +460,49 @@ impl Store {
     pub fn gc(&self, live: &std::collections::HashSet<String>, dry_run: bool) -> Result<GcReport> {
         let mut keep_objects = std::collections::HashSet::new();
         let mut report = GcReport::default();
-        for path in walk(&self.root.join("records")) {
+        let mut keep = |r: &Record| {
+            for o in r.outputs.values() {
+                for p in self.output_objects(o) {
+                    keep_objects.insert(p);
+                }
+            }
+            if let Some(l) = r.log.as_ref().and_then(|l| Hash::from_hex(l).ok()) {
+                keep_objects.insert(self.object_path(&l));
+            }
+        };
+        // The log: live keys' last lines stay, every other line goes.
+        let log = self.records.parse_all();
+        let mut last: std::collections::HashMap<&str, usize> = Default::default();
+        for (i, r) in log.records.iter().enumerate() {
+            last.insert(&r.key, i);
+        }
+        let mut kept = Vec::new();
+        for (i, r) in log.records.iter().enumerate() {
+            if live.contains(&r.key) && last[r.key.as_str()] == i {
+                keep(r);
+                kept.push(r.clone());
+            } else if !live.contains(&r.key) {
+                report.records += 1;
+            }
+        }
+        if kept.len() < log.records.len() || log.bad > 0 {
+            let before = fs::metadata(self.records.path()).map_or(0, |m| m.len());
+            if !dry_run {
+                let path = self.records.path();
+                self.records.rewrite(&kept).at(path)?;
+            }
+            let after: usize = kept
+                .iter()
+                .map(|r| serde_json::to_vec(r).map_or(0, |v| v.len() + 1))
+                .sum();
+            report.bytes += before.saturating_sub(after as u64);
+        }
+        for path in self.records.legacy_files() {
             let rec = fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
             match rec {
-                Some(r) if live.contains(&r.key) => {
-                    for o in r.outputs.values() {
-                        for p in self.output_objects(o) {
-                            keep_objects.insert(p);
-                        }
-                    }
-                    if let Some(l) = r.log.as_ref().and_then(|l| Hash::from_hex(l).ok()) {
-                        keep_objects.insert(self.object_path(&l));
-                    }
-                }
+                Some(r) if live.contains(&r.key) => keep(&r),
                 _ => {
                     report.records += 1;
                     report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
