@@ -82,8 +82,8 @@ impl RecordLog {
 
     /// Appends `rec`, durably: the line is fsynced before this returns.
     pub fn put(&self, rec: &Record) -> io::Result<()> {
-        let mut line = serde_json::to_vec(rec).expect("records serialize");
-        line.push(b'\n');
+        let mut line = Vec::new();
+        push_line(&mut line, rec);
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if writer.is_none() {
             let existed = self.path.exists();
@@ -154,8 +154,7 @@ impl RecordLog {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for r in records {
-            serde_json::to_writer(&mut out, r).expect("records serialize");
-            out.push(b'\n');
+            push_line(&mut out, r);
         }
         atomic_write(&self.path, &out)?;
         *writer = None;
@@ -197,7 +196,14 @@ fn catch_up(path: &Path, index: &mut Index) {
     index.read += end as u64 + 1;
 }
 
-fn parse(bytes: &[u8]) -> Parsed {
+/// Appends `rec` to `out` as one line (compact JSON and a newline).
+pub(super) fn push_line(out: &mut Vec<u8>, rec: &Record) {
+    serde_json::to_writer(&mut *out, rec).expect("records serialize");
+    out.push(b'\n');
+}
+
+/// The records of a log's lines (this log's or a state journal's).
+pub(super) fn parse(bytes: &[u8]) -> Parsed {
     let mut records = Vec::new();
     let mut bad = 0;
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -211,26 +217,14 @@ fn parse(bytes: &[u8]) -> Parsed {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
+    use crate::hash::Hash;
 
     fn rec(key: &str, stage: &str) -> Record {
+        let any = Hash::from_hex(&"0".repeat(64)).unwrap();
         Record {
             key: key.into(),
-            podium_version: "test".into(),
-            pipeline: "p".into(),
-            stage: stage.into(),
-            instance: stage.into(),
-            op: "exec".into(),
-            op_version: 1,
-            params: BTreeMap::new(),
-            inputs: BTreeMap::new(),
-            outputs: BTreeMap::new(),
-            log: None,
-            duration_s: 0.0,
-            finished_at: 0,
-            metrics: BTreeMap::new(),
+            ..Record::new(&any, "p", stage, stage, "exec", 1)
         }
     }
 

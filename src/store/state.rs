@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::records::{Parsed, parse, push_line};
 use super::{Record, atomic_write_nosync, remove_all, walk};
 
 /// Superseded lines allowed, beyond one per instance, before compaction.
@@ -110,7 +111,7 @@ impl Journals {
                 continue;
             }
             let Ok(bytes) = fs::read(&path) else { continue };
-            let (good, bad) = parse(&bytes);
+            let Parsed { records: good, bad } = parse(&bytes);
             if bad > 0 {
                 let mut out = Vec::with_capacity(bytes.len());
                 for rec in &good {
@@ -142,7 +143,7 @@ impl Journal {
                     latest.insert(rec.instance.clone(), rec);
                 }
             }
-            let (records, _) = parse(&fs::read(&self.path).unwrap_or_default());
+            let records = parse(&fs::read(&self.path).unwrap_or_default()).records;
             inner.lines = records.len();
             for rec in records {
                 latest.insert(rec.instance.clone(), rec);
@@ -173,25 +174,6 @@ impl Journal {
         }
         Ok(())
     }
-}
-
-/// Appends `rec` to `out` as one journal line.
-fn push_line(out: &mut Vec<u8>, rec: &Record) {
-    serde_json::to_writer(&mut *out, rec).expect("records serialize");
-    out.push(b'\n');
-}
-
-/// The records of a journal's lines, and how many lines did not parse.
-fn parse(bytes: &[u8]) -> (Vec<Record>, usize) {
-    let mut good = Vec::new();
-    let mut bad = 0;
-    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<Record>(line) {
-            Ok(r) => good.push(r),
-            Err(_) => bad += 1,
-        }
-    }
-    (good, bad)
 }
 
 #[cfg(test)]
@@ -229,7 +211,7 @@ mod tests {
         f.write_all(b"{\"key\": \"ab").unwrap();
         assert_eq!(Journals::default().all(d.path(), "p").len(), 1);
         assert_eq!(Journals::repair(d.path()), vec![path.clone()]);
-        let (good, bad) = parse(&fs::read(&path).unwrap());
+        let Parsed { records: good, bad } = parse(&fs::read(&path).unwrap());
         assert_eq!((good.len(), bad), (1, 0));
         assert!(Journals::repair(d.path()).is_empty());
     }
