@@ -221,7 +221,7 @@ mod tests {
     use crate::hash::Hash;
 
     fn rec(key: &str, stage: &str) -> Record {
-        let any = Hash::from_hex(&"0".repeat(64)).unwrap();
+        let any = Hash::from_hex("0".repeat(64)).unwrap();
         Record {
             key: key.into(),
             ..Record::new(&any, "p", stage, stage, "exec", 1)
