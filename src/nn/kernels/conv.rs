@@ -299,12 +299,8 @@ fn im2col(
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let width = nb * p;
     col.resize(k * width, 0.0);
-    let (rows, phase_width) = padded_layout(g);
     let direct = s == 1 && pad == 0;
-    let buf = match padded {
-        Some(b) if b.s == s && b.width == phase_width => b,
-        _ => padded.insert(Phased::new(s, phase_width)),
-    };
+    let (buf, rows) = padded_buffer(padded, g);
     for b in 0..nb {
         for c in 0..g.cg_in() {
             let plane = &x[((s0 + b) * g.cin + group * g.cg_in() + c) * hw..][..hw];
@@ -370,11 +366,7 @@ fn col2im(
     let (p, hw) = (g.ohw(), g.hw());
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let width = nb * p;
-    let (rows, phase_width) = padded_layout(g);
-    let buf = match padded {
-        Some(b) if b.s == s && b.width == phase_width => b,
-        _ => padded.insert(Phased::new(s, phase_width)),
-    };
+    let (buf, rows) = padded_buffer(padded, g);
     let step = buf.at(s, 0);
     for b in 0..nb {
         for c in 0..g.cg_in() {
@@ -395,13 +387,17 @@ fn col2im(
     }
 }
 
-/// The padded rows and cells per phase row of [`im2col`]'s and
-/// [`col2im`]'s [`Phased`] buffers: every tap's rows in full.
-fn padded_layout(g: &Geometry) -> (usize, usize) {
+/// The [`Phased`] buffer of [`im2col`] and [`col2im`] for `g` (the
+/// worker's own, made anew when the layout changed), and its padded rows:
+/// every tap's rows in full.
+fn padded_buffer<'a>(padded: &'a mut Option<Phased>, g: &Geometry) -> (&'a mut Phased, usize) {
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let rows = (g.h + 2 * pad).max((g.oh - 1) * s + (g.kh - 1) * d + 1);
     let width = (g.w + 2 * pad).div_ceil(s).max((g.kw - 1) * d / s + g.ow);
-    (rows, width)
+    if !matches!(padded, Some(b) if b.s == s && b.width == width) {
+        *padded = Some(Phased::new(s, width));
+    }
+    (padded.as_mut().expect("set above"), rows)
 }
 
 /// One group's rows of an output-shaped tensor (`dy`) over samples

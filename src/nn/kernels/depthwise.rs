@@ -450,7 +450,6 @@ mod avx {
     pub(super) unsafe fn pixel_taps(
         px: &mut [f32],
         st: &[f32],
-        base: usize,
         taps: &[(usize, usize)],
         wt: &[f32],
     ) {
@@ -460,7 +459,7 @@ mod avx {
             while ch + 4 * LANES <= c {
                 let mut a = [_mm256_setzero_ps(); 4];
                 for &(w, rel) in taps {
-                    let (x, wv) = (sp.add(base + rel + ch), wp.add(w + ch));
+                    let (x, wv) = (sp.add(rel + ch), wp.add(w + ch));
                     for (r, acc) in a.iter_mut().enumerate() {
                         let o = r * LANES;
                         *acc = _mm256_fmadd_ps(
@@ -478,7 +477,7 @@ mod avx {
             while ch + LANES <= c {
                 let mut acc = _mm256_setzero_ps();
                 for &(w, rel) in taps {
-                    let (x, wv) = (sp.add(base + rel + ch), wp.add(w + ch));
+                    let (x, wv) = (sp.add(rel + ch), wp.add(w + ch));
                     acc = _mm256_fmadd_ps(_mm256_loadu_ps(wv), _mm256_loadu_ps(x), acc);
                 }
                 _mm256_storeu_ps(px.as_mut_ptr().add(ch), acc);
@@ -487,7 +486,7 @@ mod avx {
             for (k, v) in px.iter_mut().enumerate().skip(ch) {
                 *v = taps
                     .iter()
-                    .map(|&(w, rel)| *wp.add(w + k) * *sp.add(base + rel + k))
+                    .map(|&(w, rel)| *wp.add(w + k) * *sp.add(rel + k))
                     .sum();
             }
         }
@@ -591,11 +590,10 @@ fn tap_out(i: usize, k: usize, g: &Geometry, out: usize) -> Option<usize> {
     (t % g.p.stride == 0 && t / g.p.stride < out).then_some(t / g.p.stride)
 }
 
-// Depthwise convolutions run channels-last: one pixel's channels are
-// contiguous, so every tap is a vector multiply-add over the channels,
-// whatever the size of the map (EfficientNet's are as small as 2×2). The
-// weights go to `[taps, C]`; inputs and outputs are transposed on the way
-// in and out.
+// The channels-last path (maps up to `NHWC_MAX_PIXELS`): one pixel's
+// channels are contiguous, so every tap is a vector multiply-add over the
+// channels. The weights go to `[taps, C]`; inputs and outputs are
+// transposed on the way in and out.
 
 /// Which way a channels-last depthwise pass maps its taps: the forward pass
 /// sums the input under each output pixel; the input gradient, the same sum
@@ -677,32 +675,32 @@ fn depthwise_nhwc(src: &[f32], w: &[f32], g: &Geometry, dst: &mut [f32], dir: Di
                 written.resize(per_dst, 0.0);
                 transpose(src, c, sh * sw, read);
                 for (px, list) in written.chunks_exact_mut(c).zip(&lists) {
-                    pixel_taps(px, read, 0, list, &wt);
+                    pixel_taps(px, read, list, &wt);
                 }
                 transpose(written, dh * dw, c, dst);
             },
         );
 }
 
-/// One written pixel of [`depthwise_nhwc`]: `px[ch] = Σ wt[w + ch]·st[base +
-/// rel + ch]` over its taps.
-fn pixel_taps(px: &mut [f32], st: &[f32], base: usize, list: &PixelTaps, wt: &[f32]) {
+/// One written pixel of [`depthwise_nhwc`]: `px[ch] = Σ wt[w + ch]·st[rel +
+/// ch]` over its taps.
+fn pixel_taps(px: &mut [f32], st: &[f32], list: &PixelTaps, wt: &[f32]) {
     let c = px.len();
     assert!(
-        base + list.reach + c <= st.len() && list.taps.iter().all(|&(w, _)| w + c <= wt.len())
+        list.reach + c <= st.len() && list.taps.iter().all(|&(w, _)| w + c <= wt.len())
             || list.taps.is_empty()
     );
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA, and every read is in `st` or
         // `wt`.
-        return unsafe { avx::pixel_taps(px, st, base, &list.taps, wt) };
+        return unsafe { avx::pixel_taps(px, st, &list.taps, wt) };
     }
     for (ch, v) in px.iter_mut().enumerate() {
         *v = list
             .taps
             .iter()
-            .map(|&(w, rel)| wt[w + ch] * st[base + rel + ch])
+            .map(|&(w, rel)| wt[w + ch] * st[rel + ch])
             .sum();
     }
 }
