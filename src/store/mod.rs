@@ -478,10 +478,14 @@ impl Store {
         }
         let mut kept = Vec::new();
         for (i, r) in log.records.iter().enumerate() {
-            if live.contains(&r.key) && last[r.key.as_str()] == i {
+            // A key's earlier lines are superseded, not records of their own.
+            if last[r.key.as_str()] != i {
+                continue;
+            }
+            if live.contains(&r.key) {
                 keep(r);
                 kept.push(r.clone());
-            } else if !live.contains(&r.key) {
+            } else {
                 report.records += 1;
             }
         }
@@ -730,6 +734,9 @@ mod tests {
             let mut rec = Record::new(&key, "p", content, content, "exec", 1);
             rec.outputs.insert("o".into(), s.put_output(&f).unwrap());
             s.put_record(&rec).unwrap();
+            // A forced rerun: a second line for the same key, one record.
+            rec.duration_s = 1.0;
+            s.put_record(&rec).unwrap();
             keys.push(key);
         }
         let live = std::collections::HashSet::from([keys[0].to_hex().to_string()]);
@@ -739,7 +746,8 @@ mod tests {
         let r = s.gc(&live, false).unwrap();
         assert_eq!((r.records, r.objects), (1, 1));
         assert!(r.bytes > 0);
-        assert!(s.record(&keys[0]).is_some());
+        assert_eq!(s.record(&keys[0]).unwrap().duration_s, 1.0);
         assert!(s.record(&keys[1]).is_none());
+        assert_eq!(s.records().len(), 1, "one line per live key is left");
     }
 }
