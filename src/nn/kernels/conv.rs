@@ -3,7 +3,11 @@
 //! the gradient of the input (backward-data) and the gradient of the
 //! weights (backward-weights).
 //!
-//! Dense and grouped convolutions run as im2col / col2im around the `gemm`
+//! Dense convolutions on maps where a row of output pixels fills whole
+//! tiles (16² and up, not 14²) run a direct kernel (`direct.rs`) that
+//! reads each tap's inputs in place from a padded copy of the input; so
+//! does the input gradient of the stride-1 ones. The others, and grouped
+//! convolutions, run as im2col / col2im around the `gemm`
 //! crate's f32 kernels (the ones candle's matmul uses). Samples are taken
 //! in chunks wide enough for the gemm to run well on the deep, small
 //! feature maps at the end of a network, and the chunks are spread over
@@ -33,7 +37,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::padded::{Phased, add, copy};
-use super::{depthwise, dims4, f32_slice, sum_in_parts};
+use super::{depthwise, dims4, direct, f32_slice, sum_in_parts};
 
 /// Stride, zero padding and dilation (the same along both axes), and the
 /// number of groups, as in PyTorch's `nn.Conv2d`.
@@ -122,7 +126,7 @@ impl Geometry {
         })
     }
 
-    fn cg_in(&self) -> usize {
+    pub(super) fn cg_in(&self) -> usize {
         self.cin / self.p.groups
     }
 
@@ -432,16 +436,24 @@ fn out_rows<'a>(
 
 /// The forward pass: `[N, Cout, oh, ow]` from `x` and `w`, both contiguous.
 pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
-    let (p, m, k) = (g.ohw(), g.cg_out(), g.k());
-    let per = g.cout * p;
-    let mut y = vec![0f32; g.n * per];
-    if per == 0 {
+    let mut y = vec![0f32; g.n * g.cout * g.ohw()];
+    if y.is_empty() {
         return y;
     }
     if g.depthwise() {
         depthwise::forward(x, w, g, &mut y);
-        return y;
+    } else if direct::runs(g) {
+        direct::forward(x, w, g, &mut y);
+    } else {
+        forward_im2col(x, w, g, &mut y);
     }
+    y
+}
+
+/// [`forward`] as im2col and a gemm per chunk of samples and group.
+fn forward_im2col(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
+    let (p, m, k) = (g.ohw(), g.cg_out(), g.k());
+    let per = g.cout * p;
     let nb = g.chunk();
     let par = gemm_par(g.n.div_ceil(nb));
     y.par_chunks_mut(nb * per).enumerate().for_each_init(
@@ -472,21 +484,28 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             }
         },
     );
-    y
 }
 
 /// The gradient of the input, `[N, Cin, H, W]`, from `dy` and `w`.
 pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
-    let (p, m, k) = (g.ohw(), g.cg_out(), g.k());
-    let per = g.cin * g.hw();
-    let mut dx = vec![0f32; g.n * per];
-    if per == 0 || p == 0 {
+    let mut dx = vec![0f32; g.n * g.cin * g.hw()];
+    if dx.is_empty() || g.ohw() == 0 {
         return dx;
     }
     if g.depthwise() {
         depthwise::backward_data(dy, w, g, &mut dx);
-        return dx;
+    } else if direct::runs_backward_data(g) {
+        direct::backward_data(dy, w, g, &mut dx);
+    } else {
+        backward_data_im2col(dy, w, g, &mut dx);
     }
+    dx
+}
+
+/// [`backward_data`] as a gemm and col2im per chunk of samples and group.
+fn backward_data_im2col(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
+    let (p, m, k) = (g.ohw(), g.cg_out(), g.k());
+    let per = g.cin * g.hw();
     let nb = g.chunk();
     let par = gemm_par(g.n.div_ceil(nb));
     dx.par_chunks_mut(nb * per).enumerate().for_each_init(
@@ -513,7 +532,6 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
             }
         },
     );
-    dx
 }
 
 /// The gradient of the weights, `[Cout, Cin / groups, kh, kw]`, from `x`
@@ -972,6 +990,64 @@ mod tests {
             let g = Geometry::new([2, 2, h, w], [2, 1, kh, kw], p).unwrap();
             assert!(g.depthwise() && depthwise::planes(&g));
             check(&g, 100 + 5 * seed as u64);
+        }
+    }
+
+    /// The direct kernels against the im2col path (checked against the
+    /// definition above), and the forward pass against the definition, on
+    /// shapes the direct path takes: rows of whole tiles, rows ending in a
+    /// partial tile, tiles straight across rows (40², and the stride-3
+    /// case), a partial block of output channels, two passes over the
+    /// input channels, the strided stems, dilation, a kernel that is not
+    /// square (forward only), one sample split over threads.
+    #[test]
+    fn direct_kernels_match_im2col() {
+        if !direct::available() {
+            eprintln!("no AVX2 + FMA: the direct kernels do not run here");
+            return;
+        }
+        let cases = [
+            (2, 3, 8, (16, 16), (3, 3), 1, 1, 1),
+            (1, 30, 7, (30, 30), (3, 3), 1, 1, 1),
+            (3, 4, 6, (40, 40), (3, 3), 1, 1, 1),
+            (2, 3, 5, (32, 32), (7, 7), 2, 3, 1),
+            (2, 5, 4, (20, 32), (3, 3), 1, 2, 2),
+            (2, 4, 6, (16, 16), (5, 5), 1, 2, 1),
+            (1, 2, 3, (50, 50), (3, 3), 3, 1, 1),
+            (2, 4, 5, (16, 16), (1, 3), 1, 1, 1),
+        ];
+        for (seed, (n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.into_iter().enumerate() {
+            let p = ConvParams {
+                stride: s,
+                padding: pad,
+                dilation: d,
+                groups: 1,
+            };
+            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
+            assert!(direct::runs(&g), "case {seed} should run direct: {g:?}");
+            let (xd, wd, yd) = g.dims();
+            let seed = 300 + 3 * seed as u64;
+            let x = rand(xd.iter().product(), seed);
+            let wt = rand(wd.iter().product(), seed + 1);
+            let mut y = vec![0f32; yd.iter().product()];
+            direct::forward(&x, &wt, &g, &mut y);
+            close(&y, &naive(&x, &wt, &g), "direct forward");
+            let mut want = vec![0f32; y.len()];
+            forward_im2col(&x, &wt, &g, &mut want);
+            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+            close(&y, &want, "direct forward vs im2col");
+            if kh != kw || s != 1 {
+                assert!(!direct::runs_backward_data(&g));
+                continue;
+            }
+            assert!(direct::runs_backward_data(&g), "case {g:?}: backward");
+            let u = rand(y.len(), seed + 2);
+            let mut dx = vec![0f32; x.len()];
+            direct::backward_data(&u, &wt, &g, &mut dx);
+            let mut want = vec![0f32; x.len()];
+            backward_data_im2col(&u, &wt, &g, &mut want);
+            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+            close(&dx, &want, "direct backward data vs im2col");
         }
     }
 

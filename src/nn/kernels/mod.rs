@@ -2,7 +2,8 @@
 //! the layers where candle 0.11's CPU path is slow or has no backward:
 //!
 //! - [`conv`]: 2-D convolution forward, backward-data and backward-weights
-//!   (im2col / col2im around the `gemm` crate, and a direct depthwise kernel);
+//!   (im2col / col2im around the `gemm` crate, a direct kernel for dense
+//!   convs on larger maps, and a direct depthwise kernel);
 //! - [`bn`]: batch norm, in training and evaluation, fused with its
 //!   activation (ReLU, SiLU);
 //! - [`pool`]: max and average pooling with any kernel, stride and padding;
@@ -19,6 +20,7 @@
 pub mod bn;
 pub mod conv;
 mod depthwise;
+mod direct;
 mod padded;
 pub mod pool;
 pub mod upsample;
