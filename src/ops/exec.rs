@@ -125,7 +125,10 @@ impl Op for Exec {
 
     fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
         let cmd = cx.str("cmd").to_string();
-        let mut command = Command::new("sh");
+        // The POSIX shell by its path, as make and ninja run it: looking
+        // `sh` up along PATH tried each directory in turn, one failed
+        // exec each, while the spawning thread waited.
+        let mut command = Command::new("/bin/sh");
         command
             .arg("-c")
             .arg(&cmd)

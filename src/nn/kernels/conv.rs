@@ -126,7 +126,7 @@ impl Geometry {
         })
     }
 
-    pub(super) fn cg_in(&self) -> usize {
+    fn cg_in(&self) -> usize {
         self.cin / self.p.groups
     }
 
