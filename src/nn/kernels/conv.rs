@@ -442,8 +442,8 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     }
     if g.depthwise() {
         depthwise::forward(x, w, g, &mut y);
-    } else if direct::runs(g) {
-        direct::forward(x, w, g, &mut y);
+    } else if let Some(l) = direct::plan(g) {
+        direct::forward(x, w, g, &l, &mut y);
     } else {
         forward_im2col(x, w, g, &mut y);
     }
@@ -494,8 +494,8 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     }
     if g.depthwise() {
         depthwise::backward_data(dy, w, g, &mut dx);
-    } else if direct::runs_backward_data(g) {
-        direct::backward_data(dy, w, g, &mut dx);
+    } else if let Some(f) = direct::plan_backward_data(g) {
+        direct::backward_data(dy, w, g, &f, &mut dx);
     } else {
         backward_data_im2col(dy, w, g, &mut dx);
     }
@@ -1002,7 +1002,7 @@ mod tests {
     /// square (forward only), one sample split over threads.
     #[test]
     fn direct_kernels_match_im2col() {
-        if !direct::available() {
+        if !super::super::avx2_fma() {
             eprintln!("no AVX2 + FMA: the direct kernels do not run here");
             return;
         }
@@ -1024,26 +1024,28 @@ mod tests {
                 groups: 1,
             };
             let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
-            assert!(direct::runs(&g), "case {seed} should run direct: {g:?}");
+            let l = direct::plan(&g);
+            let l = l.unwrap_or_else(|| panic!("case {seed} should run direct: {g:?}"));
             let (xd, wd, yd) = g.dims();
             let seed = 300 + 3 * seed as u64;
             let x = rand(xd.iter().product(), seed);
             let wt = rand(wd.iter().product(), seed + 1);
             let mut y = vec![0f32; yd.iter().product()];
-            direct::forward(&x, &wt, &g, &mut y);
+            direct::forward(&x, &wt, &g, &l, &mut y);
             close(&y, &naive(&x, &wt, &g), "direct forward");
             let mut want = vec![0f32; y.len()];
             forward_im2col(&x, &wt, &g, &mut want);
             let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
             close(&y, &want, "direct forward vs im2col");
             if kh != kw || s != 1 {
-                assert!(!direct::runs_backward_data(&g));
+                assert!(direct::plan_backward_data(&g).is_none());
                 continue;
             }
-            assert!(direct::runs_backward_data(&g), "case {g:?}: backward");
+            let f = direct::plan_backward_data(&g);
+            let f = f.unwrap_or_else(|| panic!("case {g:?}: backward"));
             let u = rand(y.len(), seed + 2);
             let mut dx = vec![0f32; x.len()];
-            direct::backward_data(&u, &wt, &g, &mut dx);
+            direct::backward_data(&u, &wt, &g, &f, &mut dx);
             let mut want = vec![0f32; x.len()];
             backward_data_im2col(&u, &wt, &g, &mut want);
             let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();

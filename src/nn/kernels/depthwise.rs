@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::conv::{Geometry, transpose};
 use super::padded::{LANES, Phased, interleave2};
-use super::sum_in_parts;
+use super::{avx2_fma, sum_in_parts};
 
 /// Depthwise maps up to this many pixels run channels-last; larger ones
 /// run per plane, as do the forward pass and input gradient of stride-1
@@ -326,12 +326,6 @@ fn dot_taps(
             }
         }
     }
-}
-
-/// Whether this CPU runs the AVX2 + FMA kernels (the answer is cached).
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// [`sum_taps`] and [`dot_taps`] in AVX registers. The callers check the

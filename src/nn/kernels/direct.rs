@@ -17,7 +17,7 @@
 //!
 //! The micro-kernel holds a tile of 6 output channels × 16 pixels in
 //! twelve AVX registers and sums up to 256 rows of `K` per pass (AVX2 +
-//! FMA, detected at run time; elsewhere [`runs`] says no and the im2col
+//! FMA, detected at run time; elsewhere [`plan`] says no and the im2col
 //! path runs). A row that does not end on a whole tile ends in a masked
 //! one, so the tiles can write straight into the output.
 //!
@@ -28,14 +28,17 @@
 
 use rayon::prelude::*;
 
+use super::avx2_fma;
 use super::conv::Geometry;
+use super::padded::split_row;
 
 /// Output channels in one micro-kernel tile.
 const MR: usize = 6;
 /// Pixels in one micro-kernel tile: two AVX registers.
 const NR: usize = 16;
 
-/// Whether [`forward`] runs `g`, on a CPU with AVX2 and FMA: one group, a
+/// The layout [`forward`] runs `g` with, if it takes `g`: on a CPU with
+/// AVX2 and FMA, one group, a
 /// kernel larger than 1×1 (a 1×1 conv's im2col is its input, or a strided
 /// gather of it), at least nine tenths of the computed pixels kept (each
 /// row widened to `wq`, or split into whole tiles: 16², 28², 32², 56² and
@@ -46,24 +49,25 @@ const NR: usize = 16;
 /// and efficientnet_b0 shapes at 64² and 224²): 10–40 % faster on the
 /// convs it takes, 5–17 % slower on 14² maps and on resnet18's strided
 /// 3×3 from 64 channels, which it leaves.
-pub(super) fn runs(g: &Geometry) -> bool {
+pub(super) fn plan(g: &Geometry) -> Option<Planes> {
     if g.p.groups != 1 || g.n == 0 || g.ohw() == 0 || g.cin == 0 || g.kh * g.kw == 1 {
-        return false;
+        return None;
     }
     if g.p.stride > 1 && g.cin * g.kh * g.kw > KC {
-        return false;
+        return None;
     }
     let l = Planes::new(g);
-    if 10 * g.ohw() < 9 * l.tiles.len() * NR || !l.fits() {
-        return false;
+    if 10 * g.ohw() < 9 * l.tiles.len() * NR || !l.fits() || !avx2_fma() {
+        return None;
     }
-    available()
+    Some(l)
 }
 
-/// Whether [`backward_data`] runs `g`: a stride-1 convolution whose
-/// flipped form ([`flipped`]) [`runs`].
-pub(super) fn runs_backward_data(g: &Geometry) -> bool {
-    flipped(g).is_some_and(|f| runs(&f))
+/// The input gradient of `g` as a forward convolution [`backward_data`]
+/// runs: a stride-1 `g` whose flipped form ([`flipped`]) has a [`plan`].
+pub(super) fn plan_backward_data(g: &Geometry) -> Option<(Geometry, Planes)> {
+    let f = flipped(g)?;
+    Some((f, plan(&f)?))
 }
 
 /// The geometry of the input gradient of a stride-1 `g` as a forward
@@ -86,20 +90,8 @@ fn flipped(g: &Geometry) -> Option<Geometry> {
     (f.oh == g.h && f.ow == g.w).then_some(f)
 }
 
-/// Whether this CPU runs the AVX2 + FMA micro-kernel.
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// The phase-plane layout of one sample's input for `g`.
-struct Planes {
+pub(super) struct Planes {
     s: usize,
     /// Rows and columns of one phase plane.
     hq: usize,
@@ -198,23 +190,8 @@ impl Planes {
                 if rq >= self.hq {
                     break;
                 }
-                for pc in 0..s {
-                    // Input columns x with (x + pad) % s == pc, at x0, x0 + s, …
-                    let x0 = (pc + s - pad % s) % s;
-                    let cq0 = (x0 + pad) / s;
-                    if cq0 >= self.wq {
-                        continue;
-                    }
-                    let out = &mut dst[(pr * s + pc) * plane + rq * self.wq..][cq0..self.wq];
-                    if s == 1 {
-                        let n = out.len().min(g.w);
-                        out[..n].copy_from_slice(&row[..n]);
-                    } else {
-                        for (o, &v) in out.iter_mut().zip(row.iter().skip(x0).step_by(s)) {
-                            *o = v;
-                        }
-                    }
-                }
+                let phases = &mut dst[pr * s * plane + rq * self.wq..];
+                split_row(row, phases, (s, plane, self.wq), pad);
             }
         }
     }
@@ -244,11 +221,10 @@ struct Scratch {
     tile: Vec<f32>,
 }
 
-/// `y [N, Cout, oh, ow] = x ⊛ w` for a `g` that [`runs`]. Work items are
-/// (sample, block of output channels), enough of them to give every
-/// thread work even for one sample.
-pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
-    let l = Planes::new(g);
+/// `y [N, Cout, oh, ow] = x ⊛ w` for a `g` and its [`plan`] `l`. Work
+/// items are (sample, block of output channels), enough of them to give
+/// every thread work even for one sample.
+pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, l: &Planes, y: &mut [f32]) {
     let k = g.cin * g.kh * g.kw;
     let a = pack(w, g.cout, k);
     let blocks = g.cout.div_ceil(MR);
@@ -279,13 +255,13 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
             }
             let taps = (k, g.kh * g.kw);
             if l.rowwise {
-                compute(&l, &sc.planes, &a, taps, co0, ys, ohw);
+                compute(l, &sc.planes, &a, taps, co0, ys, ohw);
                 return;
             }
             let rows = ys.len() / ohw;
             sc.tile.clear();
             sc.tile.resize(rows * l.q, 0.0);
-            compute(&l, &sc.planes, &a, taps, co0, &mut sc.tile, l.q);
+            compute(l, &sc.planes, &a, taps, co0, &mut sc.tile, l.q);
             for (r, out) in ys.chunks_exact_mut(ohw).enumerate() {
                 let src = &sc.tile[r * l.q..];
                 for (oy, dst) in out.chunks_exact_mut(g.ow).enumerate() {
@@ -339,7 +315,7 @@ fn compute(
                     let [q_in, q_out, valid] = [q_in, q_out, valid].map(|v| v as usize);
                     assert!(q_out + valid <= ldc && valid <= NR);
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `runs` checked AVX2 and FMA; every read
+                    // SAFETY: `plan` checked AVX2 and FMA; every read
                     // `planes[offset + q_in ..][..NR]` lies below `l.len` (the
                     // largest offset plus `q + NR`), the panel holds `kn × MR`
                     // weights, and the tile touches `valid` cells from
@@ -355,7 +331,7 @@ fn compute(
                     };
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!(
-                        "runs() is false without AVX2: {}",
+                        "plan() is None without AVX2: {}",
                         (panel, &block, q_in, q_out).0.len()
                     );
                 }
@@ -435,11 +411,16 @@ mod avx {
     }
 }
 
-/// The input gradient `dx [N, Cin, H, W]` of a stride-1 `g` for which
-/// [`runs_backward_data`] holds, as the forward convolution of `dy` with
-/// the kernel flipped and transposed.
-pub(super) fn backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
-    let f = flipped(g).expect("runs_backward_data checked");
+/// The input gradient `dx [N, Cin, H, W]` of a stride-1 `g`, as the
+/// forward convolution `(f, l)` ([`plan_backward_data`]) of `dy` with the
+/// kernel flipped and transposed.
+pub(super) fn backward_data(
+    dy: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    (f, l): &(Geometry, Planes),
+    dx: &mut [f32],
+) {
     let (kh, kw) = (g.kh, g.kw);
     let taps = kh * kw;
     let mut wf = vec![0f32; w.len()];
@@ -454,5 +435,5 @@ pub(super) fn backward_data(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32])
             }
         }
     }
-    forward(dy, &wf, &f, dx);
+    forward(dy, &wf, f, l, dx);
 }

@@ -32,6 +32,19 @@ use std::ops::Range;
 use candle_core::{CpuStorage, Layout, Result, bail};
 use rayon::prelude::*;
 
+/// Whether this CPU runs the AVX2 + FMA kernels (`depthwise`, `direct`);
+/// the answer is cached by the standard library.
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The f32 elements of a contiguous CPU tensor.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {

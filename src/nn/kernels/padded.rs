@@ -50,23 +50,7 @@ impl Phased {
         for (y, src) in plane.chunks_exact(w).take(h).enumerate() {
             let r = top + y;
             let phases = &mut self.buf[r * s * width..][..s * width];
-            if s == 1 {
-                copy(src, &mut phases[left..][..w]);
-            } else if s == 2 {
-                // Input column x lies in phase (left + x) % 2.
-                let (p0, p1) = phases.split_at_mut(width);
-                let (even, odd) = if left % 2 == 0 { (p0, p1) } else { (p1, p0) };
-                deinterleave2(src, &mut even[left / 2..], &mut odd[left.div_ceil(2)..]);
-            } else {
-                for q in 0..s {
-                    // Input columns x with (left + x) % s == q.
-                    let x0 = (q + s - left % s) % s;
-                    let dst = &mut phases[q * width + (left + x0) / s..];
-                    for (d, &v) in dst.iter_mut().zip(src.iter().skip(x0).step_by(s)) {
-                        *d = v;
-                    }
-                }
-            }
+            split_row(src, phases, (s, width, width), left);
         }
     }
 
@@ -110,6 +94,42 @@ impl Phased {
     /// Where padded cell `(r, c)` lies.
     pub(super) fn at(&self, r: usize, c: usize) -> usize {
         (r * self.s + c % self.s) * self.width + c / self.s
+    }
+}
+
+/// One input row split into its `s` column phases: input column `x` is
+/// padded column `left + x`, cell `(left + x) / s` of phase
+/// `(left + x) % s`, whose row starts at `dst[phase · stride]`. Columns
+/// that would land at or past `width` are dropped.
+pub(super) fn split_row(
+    src: &[f32],
+    dst: &mut [f32],
+    (s, stride, width): (usize, usize, usize),
+    left: usize,
+) {
+    let src = &src[..src.len().min((width * s).saturating_sub(left))];
+    if src.is_empty() {
+        return;
+    }
+    if s == 1 {
+        copy(src, &mut dst[left..][..src.len()]);
+    } else if s == 2 {
+        let (p0, p1) = dst.split_at_mut(stride);
+        let (even, odd) = if left.is_multiple_of(2) {
+            (p0, p1)
+        } else {
+            (p1, p0)
+        };
+        deinterleave2(src, &mut even[left / 2..], &mut odd[left.div_ceil(2)..]);
+    } else {
+        for q in 0..s {
+            // Input columns x with (left + x) % s == q.
+            let x0 = (q + s - left % s) % s;
+            let dst = &mut dst[q * stride + (left + x0) / s..];
+            for (d, &v) in dst.iter_mut().zip(src.iter().skip(x0).step_by(s)) {
+                *d = v;
+            }
+        }
     }
 }
 
