@@ -6,8 +6,12 @@
 //! Dense convolutions on maps where a row of output pixels fills whole
 //! tiles (16² and up, not 14²) run a direct kernel (`direct.rs`) that
 //! reads each tap's inputs in place from a padded copy of the input; so
-//! does the input gradient of the stride-1 ones. The others, and grouped
-//! convolutions, run as im2col / col2im around the `gemm`
+//! does the input gradient of the stride-1 ones. Those on output maps of
+//! 16² and less (the 2² – 14² maps at the end of a network) run a
+//! channels-last implicit gemm (`implicit.rs`) that skips the taps reading
+//! padding. The rest (1×1 kernels, strided convs from many channels into
+//! maps over 16², fewer than 8 input channels or few output channels),
+//! and grouped convolutions, run as im2col / col2im around the `gemm`
 //! crate's f32 kernels (the ones candle's matmul uses). Samples are taken
 //! in chunks wide enough for the gemm to run well on the deep, small
 //! feature maps at the end of a network, and the chunks are spread over
@@ -37,7 +41,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::padded::{Phased, add, copy};
-use super::{depthwise, dims4, direct, f32_slice, sum_in_parts};
+use super::{depthwise, dims4, direct, f32_slice, implicit, sum_in_parts};
 
 /// Stride, zero padding and dilation (the same along both axes), and the
 /// number of groups, as in PyTorch's `nn.Conv2d`.
@@ -444,6 +448,8 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
         depthwise::forward(x, w, g, &mut y);
     } else if let Some(l) = direct::plan(g) {
         direct::forward(x, w, g, &l, &mut y);
+    } else if let Some(pl) = implicit::plan(g) {
+        implicit::forward(x, w, g, &pl, &mut y);
     } else {
         forward_im2col(x, w, g, &mut y);
     }
@@ -496,6 +502,8 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
         depthwise::backward_data(dy, w, g, &mut dx);
     } else if let Some(f) = direct::plan_backward_data(g) {
         direct::backward_data(dy, w, g, &f, &mut dx);
+    } else if let Some(f) = implicit::plan_backward_data(g) {
+        implicit::backward_data(dy, w, g, &f, &mut dx);
     } else {
         backward_data_im2col(dy, w, g, &mut dx);
     }
@@ -1050,6 +1058,65 @@ mod tests {
             backward_data_im2col(&u, &wt, &g, &mut want);
             let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
             close(&dx, &want, "direct backward data vs im2col");
+        }
+    }
+
+    /// The channels-last implicit gemm against the im2col path and the
+    /// definition: 2² – 8² maps whose border pixels skip the taps that read
+    /// padding, chunks of several samples in two sizes, two passes over the
+    /// input channels, a partial block of output channels, several blocks
+    /// split over work items, stride, dilation, no padding, a kernel that
+    /// is not square, and the input gradient of the stride-1 square ones.
+    #[test]
+    fn implicit_gemm_matches_im2col() {
+        if !super::super::avx2_fma() {
+            eprintln!("no AVX2 + FMA: the implicit gemm does not run here");
+            return;
+        }
+        let cases = [
+            (5, 16, 16, (2, 2), (3, 3), 1, 1, 1),
+            (30, 13, 40, (4, 4), (3, 3), 1, 1, 1),
+            (3, 40, 15, (8, 8), (3, 3), 1, 1, 1),
+            (4, 16, 40, (7, 7), (3, 3), 2, 1, 1),
+            (2, 16, 16, (9, 9), (3, 3), 1, 2, 2),
+            (3, 32, 16, (6, 5), (5, 5), 1, 0, 1),
+            (2, 16, 16, (6, 6), (1, 3), 1, 1, 1),
+            (7, 13, 14, (3, 3), (5, 5), 1, 2, 1),
+        ];
+        for (seed, (n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.into_iter().enumerate() {
+            let p = ConvParams {
+                stride: s,
+                padding: pad,
+                dilation: d,
+                groups: 1,
+            };
+            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
+            let pl = implicit::plan(&g);
+            let pl = pl.unwrap_or_else(|| panic!("case {seed} should run implicit: {g:?}"));
+            let (xd, wd, yd) = g.dims();
+            let seed = 500 + 3 * seed as u64;
+            let x = rand(xd.iter().product(), seed);
+            let wt = rand(wd.iter().product(), seed + 1);
+            let mut y = vec![0f32; yd.iter().product()];
+            implicit::forward(&x, &wt, &g, &pl, &mut y);
+            close(&y, &naive(&x, &wt, &g), "implicit forward");
+            let mut want = vec![0f32; y.len()];
+            forward_im2col(&x, &wt, &g, &mut want);
+            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+            close(&y, &want, "implicit forward vs im2col");
+            if kh != kw || s != 1 {
+                assert!(implicit::plan_backward_data(&g).is_none());
+                continue;
+            }
+            let f = implicit::plan_backward_data(&g);
+            let f = f.unwrap_or_else(|| panic!("case {g:?}: backward"));
+            let u = rand(y.len(), seed + 2);
+            let mut dx = vec![0f32; x.len()];
+            implicit::backward_data(&u, &wt, &g, &f, &mut dx);
+            let mut want = vec![0f32; x.len()];
+            backward_data_im2col(&u, &wt, &g, &mut want);
+            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+            close(&dx, &want, "implicit backward data vs im2col");
         }
     }
 

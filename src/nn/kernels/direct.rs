@@ -74,7 +74,7 @@ pub(super) fn plan_backward_data(g: &Geometry) -> Option<(Geometry, Planes)> {
 /// convolution: `dy` in, `dx` out, the same kernel size and dilation,
 /// padding `d·(k − 1) − p` (square kernels; others, and paddings past the
 /// kernel's reach, have none).
-fn flipped(g: &Geometry) -> Option<Geometry> {
+pub(super) fn flipped(g: &Geometry) -> Option<Geometry> {
     let p = g.p;
     if p.stride != 1 || p.groups != 1 || g.kh != g.kw {
         return None;
@@ -421,6 +421,12 @@ pub(super) fn backward_data(
     (f, l): &(Geometry, Planes),
     dx: &mut [f32],
 ) {
+    forward(dy, &flip(w, g), f, l, dx);
+}
+
+/// The weights of the input gradient of `g` as a forward convolution:
+/// `[Cin, Cout, kh, kw]`, each kernel turned by 180°.
+pub(super) fn flip(w: &[f32], g: &Geometry) -> Vec<f32> {
     let (kh, kw) = (g.kh, g.kw);
     let taps = kh * kw;
     let mut wf = vec![0f32; w.len()];
@@ -435,5 +441,5 @@ pub(super) fn backward_data(
             }
         }
     }
-    forward(dy, &wf, f, l, dx);
+    wf
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`conv`]: 2-D convolution forward, backward-data and backward-weights
 //!   (im2col / col2im around the `gemm` crate, a direct kernel for dense
-//!   convs on larger maps, and a direct depthwise kernel);
+//!   convs on larger maps, a channels-last implicit gemm for those on small
+//!   maps, and a direct depthwise kernel);
 //! - [`bn`]: batch norm, in training and evaluation, fused with its
 //!   activation (ReLU, SiLU);
 //! - [`pool`]: max and average pooling with any kernel, stride and padding;
@@ -21,6 +22,7 @@ pub mod bn;
 pub mod conv;
 mod depthwise;
 mod direct;
+mod implicit;
 mod padded;
 pub mod pool;
 pub mod upsample;
@@ -32,7 +34,8 @@ use std::ops::Range;
 use candle_core::{CpuStorage, Layout, Result, bail};
 use rayon::prelude::*;
 
-/// Whether this CPU runs the AVX2 + FMA kernels (`depthwise`, `direct`);
+/// Whether this CPU runs the AVX2 + FMA kernels (`depthwise`, `direct`,
+/// `implicit`);
 /// the answer is cached by the standard library.
 pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,461 @@
+//! Channels-last implicit gemm: dense convolutions on small maps (the
+//! 2² – 14² maps at the end of a network), where neither im2col nor the
+//! [`super::direct`] kernel's row tiles use the machine well.
+//!
+//! The input is copied once into zero-padded channels-last planes
+//! (`[N, hp, wp, Cin]`). There, the `Cin` inputs that tap `(i, j)` reads
+//! for output pixel `(oy, ox)` lie side by side, at
+//! `base(oy, ox) + offset(i, j)`. A micro-kernel computes a tile of six
+//! output pixels × 16 output channels: for each tap and input channel it
+//! loads 16 weights (two AVX registers), broadcasts the six pixels' inputs
+//! and adds twelve products, the sums staying in registers for a pass over
+//! every tap and 32 input channels (about 256 rows of K, whose weights stay
+//! in L1). The six pixels of a tile are any six: each has its own base,
+//! so tiles run across rows and samples and waste nothing on an 8-wide or
+//! 2-wide map, and stride and dilation are only a matter of bases and
+//! offsets.
+//!
+//! Pixels near the border read padding on some taps (on a 2² map with a
+//! 3×3 kernel, 20 of every 36 products are of padding). The pixels of a
+//! chunk are sorted by the taps they read inside the input, and each tile
+//! runs only the union of its pixels' taps: 44 % of a 3×3 conv's products
+//! on 2² maps, 69 % on 4², 84 % on 8².
+//!
+//! Tiles write `[pixel][16 channels]` into a scratch buffer (each pass
+//! adding to the last), copied out transposed into the `[N, Cout, oh, ow]`
+//! output. The input gradient of a
+//! stride-1 convolution runs through the same kernel as the forward
+//! convolution of `dy` with the kernel flipped ([`backward_data`]).
+
+use rayon::prelude::*;
+
+use super::avx2_fma;
+use super::conv::{Geometry, transpose};
+
+/// Output pixels in one micro-kernel tile.
+const MR: usize = 6;
+/// Output channels in one micro-kernel tile: two AVX registers.
+const NR: usize = 16;
+
+/// How [`forward`] runs a geometry: the padded planes, the chunks of
+/// samples and their tiles, the input channels per pass.
+pub(super) struct Plan {
+    /// Rows and columns of a padded plane: the cells some tap reads.
+    hp: usize,
+    wp: usize,
+    /// Chunks of samples (chunk `c` holds samples `c·N / chunks ..
+    /// (c + 1)·N / chunks`), and the tiles of a chunk of each size they
+    /// come in (at most two).
+    chunks: usize,
+    tiles: Vec<Tiles>,
+    /// Input channels summed per pass over a chunk's tiles.
+    cc: usize,
+}
+
+/// The tiles of a chunk of samples.
+struct Tiles {
+    samples: usize,
+    /// Per tile, the scratch rows of its six pixels: `s·ohw + pixel` for
+    /// sample `s` of the chunk, or `samples·ohw` (a row nobody reads) where
+    /// the chunk's pixels run out.
+    rows: Vec<[u32; MR]>,
+    /// Per tile, its range in `taps`.
+    spans: Vec<[u32; 2]>,
+    /// `[input offset, weight offset]` per tap of a tile: the offset from
+    /// a pixel's base to the tap's inputs, and of the tap's weights in a
+    /// packed block.
+    taps: Vec<[u32; 2]>,
+    /// Per scratch row, the pixel's base in the chunk's planes.
+    base: Vec<u32>,
+}
+
+/// Largest kernel whose taps one tile tracks in a `u64`.
+const MAX_TAPS: usize = 64;
+/// Largest output map taken: 16².
+const MAX_PIXELS: usize = 256;
+
+/// The plan for `g`, if this kernel takes it: a CPU with AVX2 and FMA, one
+/// group, a kernel larger than 1×1 of at most 64 taps, an output map of at
+/// most 16² (beyond that the direct kernel does as well, and im2col better
+/// for resnet18's 3×3/2 from 56² to 28²: 6.6–7.7 ms here against 6.3), at
+/// least 8 input channels, at most a quarter of the last block of 16
+/// output channels unused, and offsets that fit `u32`s.
+pub(super) fn plan(g: &Geometry) -> Option<Plan> {
+    let taps = g.kh * g.kw;
+    if g.p.groups != 1 || g.n == 0 || g.ohw() == 0 || g.ohw() > MAX_PIXELS || taps == 1 {
+        return None;
+    }
+    if taps > MAX_TAPS || g.cin < 8 || g.cout.next_multiple_of(NR) * 4 > g.cout * 5 {
+        return None;
+    }
+    let (s, d) = (g.p.stride, g.p.dilation);
+    let hp = (g.oh - 1) * s + (g.kh - 1) * d + 1;
+    let wp = (g.ow - 1) * s + (g.kw - 1) * d + 1;
+    let plane = hp * wp * g.cin;
+    if g.n.checked_mul(plane)? > u32::MAX as usize || taps * g.cin * NR > u32::MAX as usize {
+        return None;
+    }
+    if !avx2_fma() {
+        return None;
+    }
+    // A pass sums about `KC` rows of K: every tap, `cc` input channels.
+    // Its weights for one block of channels (`taps × cc × NR`) stay in L1
+    // while the chunk's tiles run over them.
+    let cc = (KC / taps).next_multiple_of(8).clamp(1, g.cin);
+    // Samples per chunk: enough pixels that the chunk's one short tile
+    // wastes little and each weight is used often, few enough that one
+    // pass's inputs (`cc` channels of every cell) stay in L2.
+    let by_pixels = PIXELS.div_ceil(g.ohw());
+    let by_cache = (L2 / (4 * hp * wp * cc)).max(1);
+    let nb = by_pixels.min(by_cache).max(1);
+    // As many chunks as that makes, rounded up to a multiple of the
+    // threads (work stealing evens out chunks one sample apart).
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = g.n.div_ceil(nb).next_multiple_of(threads).min(g.n);
+    let mut sizes: Vec<usize> = (0..chunks).map(|c| chunk(g.n, chunks, c).len()).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let tiles = sizes
+        .into_iter()
+        .map(|n| Tiles::new(g, (hp, wp), n))
+        .collect();
+    Some(Plan {
+        hp,
+        wp,
+        chunks,
+        tiles,
+        cc,
+    })
+}
+
+/// The samples of chunk `c` of `chunks` over `n`.
+fn chunk(n: usize, chunks: usize, c: usize) -> std::ops::Range<usize> {
+    c * n / chunks..(c + 1) * n / chunks
+}
+
+/// Rows of K (tap × input channel) summed per pass.
+const KC: usize = 256;
+/// Output pixels a chunk aims at.
+const PIXELS: usize = 192;
+/// Tiles that run for every block of output channels before the next
+/// tiles start: their inputs stay in L1 meanwhile.
+const GROUP: usize = 8;
+/// Bytes of one pass's inputs that a chunk keeps under.
+const L2: usize = 192 << 10;
+
+/// The input gradient of a stride-1 `g` as the forward convolution this
+/// kernel runs, and its plan.
+pub(super) fn plan_backward_data(g: &Geometry) -> Option<(Geometry, Plan)> {
+    let f = super::direct::flipped(g)?;
+    Some((f, plan(&f)?))
+}
+
+impl Tiles {
+    fn new(g: &Geometry, (hp, wp): (usize, usize), samples: usize) -> Tiles {
+        let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+        let ohw = g.ohw();
+        // The taps of (oy, ox) that read inside the input.
+        let inside = |o: usize, k: usize, len: usize| {
+            let at = (o * s + k * d) as isize - pad as isize;
+            at >= 0 && (at as usize) < len
+        };
+        let mask = |oy: usize, ox: usize| -> u64 {
+            let mut m = 0u64;
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    if inside(oy, i, g.h) && inside(ox, j, g.w) {
+                        m |= 1 << (i * g.kw + j);
+                    }
+                }
+            }
+            m
+        };
+        let masks: Vec<u64> = (0..ohw).map(|p| mask(p / g.ow, p % g.ow)).collect();
+        let mut base: Vec<u32> = (0..samples * ohw)
+            .map(|r| {
+                let (sl, p) = (r / ohw, r % ohw);
+                let (oy, ox) = (p / g.ow, p % g.ow);
+                (((sl * hp + oy * s) * wp + ox * s) * g.cin) as u32
+            })
+            .collect();
+        base.push(0);
+        // Pixels with the most taps first, equal tap sets together.
+        let mut order: Vec<u32> = (0..(samples * ohw) as u32).collect();
+        order.sort_by_key(|&r| {
+            let m = masks[r as usize % ohw];
+            (std::cmp::Reverse(m.count_ones()), m)
+        });
+        let dummy = (samples * ohw) as u32;
+        let mut tiles = Tiles {
+            samples,
+            rows: Vec::new(),
+            spans: Vec::new(),
+            taps: Vec::new(),
+            base,
+        };
+        let mut seen: Vec<(u64, [u32; 2])> = Vec::new();
+        for chunk in order.chunks(MR) {
+            let mut rows = [dummy; MR];
+            rows[..chunk.len()].copy_from_slice(chunk);
+            let union = chunk.iter().fold(0u64, |m, &r| m | masks[r as usize % ohw]);
+            let span = match seen.iter().find(|(m, _)| *m == union) {
+                Some(&(_, span)) => span,
+                None => {
+                    let start = tiles.taps.len() as u32;
+                    for t in (0..g.kh * g.kw).filter(|t| union >> t & 1 == 1) {
+                        let (i, j) = (t / g.kw, t % g.kw);
+                        let input = (i * d * wp + j * d) * g.cin;
+                        tiles.taps.push([input as u32, (t * NR) as u32]);
+                    }
+                    let span = [start, tiles.taps.len() as u32];
+                    seen.push((union, span));
+                    span
+                }
+            };
+            tiles.rows.push(rows);
+            tiles.spans.push(span);
+        }
+        tiles
+    }
+}
+
+/// Weights packed for the micro-kernel: for each block of [`NR`] output
+/// channels, per input channel and tap (the order of a weight row),
+/// [`NR`] weights (zeros past the last channel). A block of 16 channels is
+/// its 16 weight rows transposed.
+fn pack(w: &[f32], g: &Geometry) -> Vec<f32> {
+    let k = g.cin * g.kh * g.kw;
+    let mut a = vec![0f32; g.cout.div_ceil(NR) * k * NR];
+    a.par_chunks_mut(k * NR).enumerate().for_each(|(b, dst)| {
+        let rows = NR.min(g.cout - b * NR);
+        let src = &w[b * NR * k..][..rows * k];
+        if rows == NR {
+            transpose(src, NR, k, dst);
+        } else {
+            for (r, row) in src.chunks_exact(k).enumerate() {
+                for (kk, &v) in row.iter().enumerate() {
+                    dst[kk * NR + r] = v;
+                }
+            }
+        }
+    });
+    a
+}
+
+/// [`pack`] for the input gradient of `g` as the forward convolution `f`:
+/// output channel `co` of `f` is input channel `co` of `g`, input channel
+/// `ci` of `f` output channel `ci` of `g`, and tap `t` of `f` tap
+/// `taps − 1 − t` of `g` (the kernel turned by 180°).
+fn pack_flipped(w: &[f32], g: &Geometry) -> Vec<f32> {
+    let taps = g.kh * g.kw;
+    let k = g.cout * taps;
+    let mut a = vec![0f32; g.cin.div_ceil(NR) * k * NR];
+    a.par_chunks_mut(k * NR).enumerate().for_each(|(b, dst)| {
+        let rows = NR.min(g.cin - b * NR);
+        for (co, d) in dst.chunks_exact_mut(taps * NR).enumerate() {
+            let src = &w[(co * g.cin + b * NR) * taps..][..rows * taps];
+            for (c, kernel) in src.chunks_exact(taps).enumerate() {
+                for (t, &v) in kernel.iter().enumerate() {
+                    d[(taps - 1 - t) * NR + c] = v;
+                }
+            }
+        }
+    });
+    a
+}
+
+/// Copies `x [N, Cin, H, W]` into zero-padded channels-last planes
+/// `[N, hp, wp, Cin]`.
+fn pad_channels_last(x: &[f32], g: &Geometry, pl: &Plan) -> Vec<f32> {
+    let (hp, wp, cin, pad) = (pl.hp, pl.wp, g.cin, g.p.padding);
+    let mut xp = vec![0f32; g.n * hp * wp * cin];
+    let rows = g.h.min(hp.saturating_sub(pad));
+    let cols = g.w.min(wp.saturating_sub(pad));
+    xp.par_chunks_mut(hp * wp * cin)
+        .zip(x.par_chunks(cin * g.hw()))
+        .for_each_init(Vec::new, |t, (dst, src)| {
+            t.resize(g.hw() * cin, 0.0);
+            transpose(src, cin, g.hw(), t);
+            for y in 0..rows {
+                let from = &t[y * g.w * cin..][..cols * cin];
+                dst[((y + pad) * wp + pad) * cin..][..cols * cin].copy_from_slice(from);
+            }
+        });
+    xp
+}
+
+/// `y [N, Cout, oh, ow] = x ⊛ w` for a `g` and its [`plan`]. Work items are
+/// (chunk of samples, range of output-channel blocks), at least two per
+/// thread.
+pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, pl: &Plan, y: &mut [f32]) {
+    run(x, &pack(w, g), g, pl, y);
+}
+
+/// [`forward`] with weights packed ([`pack`]).
+fn run(x: &[f32], a: &[f32], g: &Geometry, pl: &Plan, y: &mut [f32]) {
+    let xp = pad_channels_last(x, g, pl);
+    let taps = g.kh * g.kw;
+    let k = g.cin * taps;
+    let (ohw, plane) = (g.ohw(), pl.hp * pl.wp * g.cin);
+    let blocks = g.cout.div_ceil(NR);
+    let chunks = pl.chunks;
+    let threads = rayon::current_num_threads().max(1);
+    let parts = (2 * threads).div_ceil(chunks).min(blocks).max(1);
+    let per_part = blocks.div_ceil(parts) * NR;
+    // items[chunk · parts + part]: each sample's rows of that part's channels.
+    let mut items: Vec<(usize, usize, Vec<&mut [f32]>)> = (0..chunks * parts)
+        .map(|i| (i / parts, i % parts * per_part, Vec::new()))
+        .collect();
+    let mut c = 0;
+    for (n, ys) in y.chunks_mut(g.cout * ohw).enumerate() {
+        while !chunk(g.n, chunks, c).contains(&n) {
+            c += 1;
+        }
+        for (part, out) in ys.chunks_mut(per_part * ohw).enumerate() {
+            items[c * parts + part].2.push(out);
+        }
+    }
+    items
+        .into_par_iter()
+        .for_each_init(Vec::new, |scratch, (chunk, co0, mut ys)| {
+            let samples = self::chunk(g.n, chunks, chunk);
+            let tiles = pl.tiles.iter().find(|t| t.samples == samples.len());
+            let tiles = tiles.expect("a chunk size the plan has tiles for");
+            let xs = &xp[samples.start * plane..][..tiles.samples * plane];
+            let rows = tiles.samples * ohw + 1;
+            let cos = ys[0].len() / ohw;
+            let nblk = cos.div_ceil(NR);
+            scratch.resize(nblk * rows * NR, 0.0);
+            for c0 in (0..g.cin).step_by(pl.cc) {
+                let cs = (c0, pl.cc.min(g.cin - c0));
+                for t0 in (0..tiles.rows.len()).step_by(GROUP) {
+                    let group = t0..tiles.rows.len().min(t0 + GROUP);
+                    for (b, out) in scratch.chunks_exact_mut(rows * NR).enumerate() {
+                        let block = &a[(co0 / NR + b) * k * NR..][..k * NR];
+                        run_tiles((tiles, group.clone()), xs, block, (g.cin, taps, cs), out);
+                    }
+                }
+            }
+            for (b, src) in scratch.chunks_exact(rows * NR).enumerate() {
+                let cv = NR.min(cos - b * NR);
+                for (sl, out) in ys.iter_mut().enumerate() {
+                    let src = &src[sl * ohw * NR..][..ohw * NR];
+                    let dst = &mut out[b * NR * ohw..][..cv * ohw];
+                    if cv == NR {
+                        transpose(src, ohw, NR, dst);
+                    } else {
+                        for (c, d) in dst.chunks_exact_mut(ohw).enumerate() {
+                            for (p, v) in d.iter_mut().enumerate() {
+                                *v = src[p * NR + c];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The tiles `group` of a chunk for one block of output channels and input
+/// channels `c0 .. c0 + cn` of `cin`, into `scratch` (`[row][16]`; added to
+/// what it holds past the first pass).
+fn run_tiles(
+    (t, group): (&Tiles, std::ops::Range<usize>),
+    xs: &[f32],
+    block: &[f32],
+    (cin, ntaps, (c0, cn)): (usize, usize, (usize, usize)),
+    scratch: &mut [f32],
+) {
+    assert!(scratch.len() >= t.base.len() * NR && c0 + cn <= cin);
+    for (rows, &[t0, t1]) in t.rows[group.clone()].iter().zip(&t.spans[group]) {
+        let taps = &t.taps[t0 as usize..t1 as usize];
+        let base = rows.map(|r| t.base[r as usize] as usize + c0);
+        // Bounds of every read: a tile's bases and offsets stay inside the
+        // chunk's planes, its weights inside the block.
+        debug_assert!(taps.iter().all(|&[i, wo]| {
+            base.iter().all(|&b| b + i as usize + cn <= xs.len())
+                && wo as usize + ((c0 + cn - 1) * ntaps + 1) * NR <= block.len()
+        }));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `plan` checked AVX2 and FMA. Each base is a pixel's cell in
+        // the chunk's `[samples, hp, wp, cin]` planes (`Tiles::new`) and each
+        // tap offset reaches at most the last cell a pixel reads, so every
+        // read `xs[base + c0 + offset ..][..cn]` lies in `xs`; a tap's
+        // weights for channels `c0 .. c0 + cn`, `NR` floats every
+        // `ntaps · NR`, lie inside the packed block; every row written is
+        // below `base.len()`, inside `scratch` (asserted above).
+        unsafe {
+            avx::tile(
+                (xs.as_ptr(), base),
+                taps,
+                (cn, ntaps * NR),
+                block.as_ptr().add(c0 * ntaps * NR),
+                (scratch.as_mut_ptr(), *rows),
+                c0 > 0,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("plan() is None without AVX2: {}", (xs, base, taps).2.len());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// One tile: `out[rows[r]·NR + c] (+)= Σ_taps Σ_{ci < cn}
+    /// x[base[r] + in + ci] · w[wo + ci·stride + c]` for the six pixels `r`
+    /// and 16 channels `c`, added to what `out` holds if `accumulate`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(
+        (x, base): (*const f32, [usize; MR]),
+        taps: &[[u32; 2]],
+        (cn, stride): (usize, usize),
+        w: *const f32,
+        (out, rows): (*mut f32, [u32; MR]),
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        unsafe {
+            let dst = rows.map(|r| out.add(r as usize * NR));
+            if accumulate {
+                for (row, d) in acc.iter_mut().zip(dst) {
+                    row[0] = _mm256_loadu_ps(d);
+                    row[1] = _mm256_loadu_ps(d.add(8));
+                }
+            }
+            for &[input, wo] in taps {
+                let p = base.map(|b| x.add(b + input as usize));
+                let mut wp = w.add(wo as usize);
+                for ci in 0..cn {
+                    let w0 = _mm256_loadu_ps(wp);
+                    let w1 = _mm256_loadu_ps(wp.add(8));
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let a = _mm256_broadcast_ss(&*p[r].add(ci));
+                        row[0] = _mm256_fmadd_ps(a, w0, row[0]);
+                        row[1] = _mm256_fmadd_ps(a, w1, row[1]);
+                    }
+                    wp = wp.add(stride);
+                }
+            }
+            for (row, d) in acc.iter().zip(dst) {
+                _mm256_storeu_ps(d, row[0]);
+                _mm256_storeu_ps(d.add(8), row[1]);
+            }
+        }
+    }
+}
+
+/// The input gradient `dx [N, Cin, H, W]` of a stride-1 `g`, as the
+/// forward convolution `(f, plan)` ([`plan_backward_data`]) of `dy` with
+/// the kernel turned by 180° and its input and output channels swapped.
+pub(super) fn backward_data(
+    dy: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    (f, pl): &(Geometry, Plan),
+    dx: &mut [f32],
+) {
+    run(dy, &pack_flipped(w, g), f, pl, dx);
+}
