@@ -1001,6 +1001,34 @@ mod tests {
         }
     }
 
+    /// The channels-last depthwise forward pass along rows
+    /// (`depthwise::rows_apply`): 3- and 5-wide kernels, rows of one span
+    /// and of a span and a short one, padding on every side and none, a
+    /// kernel that is not square, two blocks of channels.
+    #[test]
+    fn depthwise_rows_match_the_definition() {
+        for (seed, (c, h, w, kh, kw, pad)) in [
+            (16, 8, 8, 5, 5, 2),
+            (8, 7, 7, 3, 3, 1),
+            (8, 12, 12, 3, 5, 1),
+            (24, 4, 5, 5, 5, 2),
+            (8, 6, 9, 3, 3, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = ConvParams {
+                padding: pad,
+                groups: c,
+                ..ConvParams::default()
+            };
+            let g = Geometry::new([2, c, h, w], [c, 1, kh, kw], p).unwrap();
+            assert!(g.depthwise() && !depthwise::planes(&g));
+            assert_eq!(depthwise::rows_apply(&g), super::super::avx2_fma());
+            check(&g, 700 + 5 * seed as u64);
+        }
+    }
+
     /// The direct kernels against the im2col path (checked against the
     /// definition above), and the forward pass against the definition, on
     /// shapes the direct path takes: rows of whole tiles, rows ending in a

@@ -18,6 +18,11 @@
 //! - **Channels-last** (small maps, where a row is too short for the above
 //!   to pay; EfficientNet's go down to 2×2): one pixel's channels are
 //!   contiguous, so every tap is a vector multiply-add over the channels.
+//!   The stride-1 forward pass of 3- and 5-wide kernels runs along rows
+//!   ([`forward_rows`]): each input pixel loaded once per kernel row and
+//!   multiplied by the weights held in registers, for up to eight outputs
+//!   of a row summed in registers (EfficientNet's 5×5 over 240 channels at
+//!   8², batch 32: 0.60 → 0.35 ms).
 //!
 //! Sums run in a fixed order: results are bit-identical from run to run.
 
@@ -438,6 +443,107 @@ mod avx {
         }
     }
 
+    /// [`super::forward_rows`] for a kernel `K` wide.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward_rows<const K: usize>(
+        out: &mut [f32],
+        x: &[f32],
+        wt: &[f32],
+        g: &super::Geometry,
+    ) {
+        let (c, pad) = (g.cin, g.p.padding);
+        for oy in 0..g.oh {
+            // The kernel rows that land inside the input, with their input row.
+            let rows: Vec<(usize, usize)> = (0..g.kh)
+                .filter_map(|i| super::tap_in(oy, i, g, g.h).map(|iy| (i, iy)))
+                .collect();
+            let mut ox = 0;
+            while ox < g.ow {
+                let rn = (g.ow - ox).min(8);
+                // Columns `col` of the span read input column `ox + col − pad`.
+                let lo = pad.saturating_sub(ox);
+                let hi = (g.w + pad).saturating_sub(ox);
+                let span = Span {
+                    out: out[(oy * g.ow + ox) * c..].as_mut_ptr(),
+                    x: x.as_ptr(),
+                    wt: wt.as_ptr(),
+                    rows: &rows,
+                    c,
+                    kw: g.kw,
+                    w: g.w,
+                    first: ox as isize - pad as isize,
+                    cols: (lo, hi),
+                };
+                for ch in (0..c).step_by(LANES) {
+                    unsafe {
+                        match rn {
+                            8 => span.run::<K, 8>(ch),
+                            7 => span.run::<K, 7>(ch),
+                            6 => span.run::<K, 6>(ch),
+                            5 => span.run::<K, 5>(ch),
+                            4 => span.run::<K, 4>(ch),
+                            3 => span.run::<K, 3>(ch),
+                            2 => span.run::<K, 2>(ch),
+                            _ => span.run::<K, 1>(ch),
+                        }
+                    }
+                }
+                ox += rn;
+            }
+        }
+    }
+
+    /// Up to eight output pixels of one row, channels-last.
+    struct Span<'a> {
+        out: *mut f32,
+        x: *const f32,
+        wt: *const f32,
+        /// (kernel row, input row) of the kernel rows inside the input.
+        rows: &'a [(usize, usize)],
+        c: usize,
+        kw: usize,
+        w: usize,
+        /// The input column of the span's column 0 (negative in the padding).
+        first: isize,
+        /// The span's columns `lo .. hi` lie inside the input.
+        cols: (usize, usize),
+    }
+
+    impl Span<'_> {
+        /// Channels `ch .. ch + LANES` of `R` outputs.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn run<const K: usize, const R: usize>(&self, ch: usize) {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let (lo, hi) = self.cols;
+            unsafe {
+                for &(i, iy) in self.rows {
+                    let wr = self.wt.add(i * self.kw * self.c + ch);
+                    let wv: [__m256; K] =
+                        std::array::from_fn(|j| _mm256_loadu_ps(wr.add(j * self.c)));
+                    let row = iy * self.w;
+                    // Constant bounds: the loop unrolls and `acc` stays in
+                    // registers; columns in the padding are skipped.
+                    for col in 0..R + K - 1 {
+                        if col < lo || col >= hi {
+                            continue;
+                        }
+                        let ix = (self.first + col as isize) as usize;
+                        let xv = _mm256_loadu_ps(self.x.add((row + ix) * self.c + ch));
+                        for (j, wj) in wv.iter().enumerate() {
+                            if col >= j && col - j < R {
+                                acc[col - j] = _mm256_fmadd_ps(xv, *wj, acc[col - j]);
+                            }
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(self.out.add(r * self.c + ch), *a);
+                }
+            }
+        }
+    }
+
     /// [`super::pixel_taps`]: blocks of 32 and 8 channels summed over
     /// every tap in registers, the last channels one at a time.
     #[target_feature(enable = "avx2,fma")]
@@ -660,6 +766,7 @@ fn depthwise_nhwc(src: &[f32], w: &[f32], g: &Geometry, dst: &mut [f32], dir: Di
             list
         })
         .collect();
+    let by_rows = matches!(dir, Dir::Forward) && rows_apply(g);
     dst.par_chunks_mut(per_dst)
         .zip(src.par_chunks(per_src))
         .for_each_init(
@@ -668,12 +775,53 @@ fn depthwise_nhwc(src: &[f32], w: &[f32], g: &Geometry, dst: &mut [f32], dir: Di
                 read.resize(per_src, 0.0);
                 written.resize(per_dst, 0.0);
                 transpose(src, c, sh * sw, read);
-                for (px, list) in written.chunks_exact_mut(c).zip(&lists) {
-                    pixel_taps(px, read, list, &wt);
+                if !(by_rows && forward_rows(written, read, &wt, g)) {
+                    for (px, list) in written.chunks_exact_mut(c).zip(&lists) {
+                        pixel_taps(px, read, list, &wt);
+                    }
                 }
                 transpose(written, dh * dw, c, dst);
             },
         );
+}
+
+/// Whether [`forward_rows`] runs the channels-last forward pass of `g`:
+/// stride and dilation 1, a kernel 3 or 5 wide, rows of at least 4
+/// pixels, whole blocks of [`LANES`] channels, AVX2 and FMA.
+pub(super) fn rows_apply(g: &Geometry) -> bool {
+    let p = g.p;
+    p.stride == 1
+        && p.dilation == 1
+        && matches!(g.kw, 3 | 5)
+        && g.ow >= 4
+        && g.cin.is_multiple_of(LANES)
+        && avx2_fma()
+}
+
+/// The channels-last forward pass of one sample along output rows: for
+/// each block of [`LANES`] channels, up to eight pixels of a row summed in
+/// registers, each input pixel loaded once per kernel row and multiplied
+/// by the `kw` weights (held in registers) of the outputs it feeds, where
+/// [`pixel_taps`] loads a weight and an input for every product. Taps
+/// outside the input are skipped, rows and columns alike. `false` where
+/// [`rows_apply`] does not hold (nothing written).
+fn forward_rows(out: &mut [f32], x: &[f32], wt: &[f32], g: &Geometry) -> bool {
+    let c = g.cin;
+    if !rows_apply(g) {
+        return false;
+    }
+    assert!(x.len() >= g.hw() * c && out.len() >= g.ohw() * c && wt.len() >= g.kh * g.kw * c);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `rows_apply` checked AVX2 and FMA; the lengths are asserted
+    // above, and `avx::forward_rows` reads only input pixels inside the
+    // `h × w` map and writes only the `oh × ow` output pixels.
+    unsafe {
+        match g.kw {
+            3 => avx::forward_rows::<3>(out, x, wt, g),
+            _ => avx::forward_rows::<5>(out, x, wt, g),
+        }
+    }
+    true
 }
 
 /// One written pixel of [`depthwise_nhwc`]: `px[ch] = Σ wt[w + ch]·st[rel +
