@@ -1029,13 +1029,68 @@ mod tests {
         }
     }
 
-    /// The direct kernels against the im2col path (checked against the
-    /// definition above), and the forward pass against the definition, on
-    /// shapes the direct path takes: rows of whole tiles, rows ending in a
-    /// partial tile, tiles straight across rows (40², and the stride-3
-    /// case), a partial block of output channels, two passes over the
-    /// input channels, the strided stems, dilation, a kernel that is not
-    /// square (forward only), one sample split over threads.
+    /// A dense case for [`matches_im2col`]: `(n, cin, cout, (h, w), (kh,
+    /// kw), stride, padding, dilation)`.
+    type Case = (
+        usize,
+        usize,
+        usize,
+        (usize, usize),
+        (usize, usize),
+        usize,
+        usize,
+        usize,
+    );
+
+    /// A kernel's forward pass or input gradient into its output, or
+    /// `false` where it has no plan for the geometry.
+    type Run<'a> = &'a dyn Fn(&[f32], &[f32], &Geometry, &mut [f32]) -> bool;
+
+    /// Each case through a kernel (`forward`, and `backward` for the
+    /// stride-1 square kernels, which must have a plan; the others must
+    /// not) against the im2col path (checked against the definition above)
+    /// and the forward pass against the definition.
+    fn matches_im2col(name: &str, cases: &[Case], seed: u64, forward: Run, backward: Run) {
+        for (i, &(n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.iter().enumerate() {
+            let p = ConvParams {
+                stride: s,
+                padding: pad,
+                dilation: d,
+                groups: 1,
+            };
+            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
+            let (xd, wd, yd) = g.dims();
+            let seed = seed + 3 * i as u64;
+            let x = rand(xd.iter().product(), seed);
+            let wt = rand(wd.iter().product(), seed + 1);
+            let mut y = vec![0f32; yd.iter().product()];
+            assert!(
+                forward(&x, &wt, &g, &mut y),
+                "{name}: case {i} should run: {g:?}"
+            );
+            close(&y, &naive(&x, &wt, &g), &format!("{name} forward"));
+            let mut want = vec![0f32; y.len()];
+            forward_im2col(&x, &wt, &g, &mut want);
+            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+            close(&y, &want, &format!("{name} forward vs im2col"));
+            let u = rand(y.len(), seed + 2);
+            let mut dx = vec![0f32; x.len()];
+            let ran = backward(&u, &wt, &g, &mut dx);
+            assert_eq!(ran, kh == kw && s == 1, "{name}: case {i}, backward: {g:?}");
+            if ran {
+                let mut want = vec![0f32; x.len()];
+                backward_data_im2col(&u, &wt, &g, &mut want);
+                let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+                close(&dx, &want, &format!("{name} backward data vs im2col"));
+            }
+        }
+    }
+
+    /// The direct kernels on shapes they take: rows of whole tiles, rows
+    /// ending in a partial tile, tiles straight across rows (40², and the
+    /// stride-3 case), a partial block of output channels, two passes over
+    /// the input channels, the strided stems, dilation, a kernel that is
+    /// not square (forward only), one sample split over threads.
     #[test]
     fn direct_kernels_match_im2col() {
         if !super::super::avx2_fma() {
@@ -1052,49 +1107,23 @@ mod tests {
             (1, 2, 3, (50, 50), (3, 3), 3, 1, 1),
             (2, 4, 5, (16, 16), (1, 3), 1, 1, 1),
         ];
-        for (seed, (n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.into_iter().enumerate() {
-            let p = ConvParams {
-                stride: s,
-                padding: pad,
-                dilation: d,
-                groups: 1,
-            };
-            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
-            let l = direct::plan(&g);
-            let l = l.unwrap_or_else(|| panic!("case {seed} should run direct: {g:?}"));
-            let (xd, wd, yd) = g.dims();
-            let seed = 300 + 3 * seed as u64;
-            let x = rand(xd.iter().product(), seed);
-            let wt = rand(wd.iter().product(), seed + 1);
-            let mut y = vec![0f32; yd.iter().product()];
-            direct::forward(&x, &wt, &g, &l, &mut y);
-            close(&y, &naive(&x, &wt, &g), "direct forward");
-            let mut want = vec![0f32; y.len()];
-            forward_im2col(&x, &wt, &g, &mut want);
-            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
-            close(&y, &want, "direct forward vs im2col");
-            if kh != kw || s != 1 {
-                assert!(direct::plan_backward_data(&g).is_none());
-                continue;
-            }
-            let f = direct::plan_backward_data(&g);
-            let f = f.unwrap_or_else(|| panic!("case {g:?}: backward"));
-            let u = rand(y.len(), seed + 2);
-            let mut dx = vec![0f32; x.len()];
-            direct::backward_data(&u, &wt, &g, &f, &mut dx);
-            let mut want = vec![0f32; x.len()];
-            backward_data_im2col(&u, &wt, &g, &mut want);
-            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
-            close(&dx, &want, "direct backward data vs im2col");
-        }
+        let forward = |x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]| {
+            direct::plan(g)
+                .map(|l| direct::forward(x, w, g, &l, y))
+                .is_some()
+        };
+        let backward = |dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]| {
+            let f = direct::plan_backward_data(g);
+            f.map(|f| direct::backward_data(dy, w, g, &f, dx)).is_some()
+        };
+        matches_im2col("direct", &cases, 300, &forward, &backward);
     }
 
-    /// The channels-last implicit gemm against the im2col path and the
-    /// definition: 2² – 8² maps whose border pixels skip the taps that read
-    /// padding, chunks of several samples in two sizes, two passes over the
-    /// input channels, a partial block of output channels, several blocks
-    /// split over work items, stride, dilation, no padding, a kernel that
-    /// is not square, and the input gradient of the stride-1 square ones.
+    /// The channels-last implicit gemm: 2² – 8² maps whose border pixels
+    /// skip the taps that read padding, chunks of several samples in two
+    /// sizes, two passes over the input channels, a partial block of output
+    /// channels, several blocks split over work items, stride, dilation, no
+    /// padding, a kernel that is not square (forward only).
     #[test]
     fn implicit_gemm_matches_im2col() {
         if !super::super::avx2_fma() {
@@ -1111,41 +1140,17 @@ mod tests {
             (2, 16, 16, (6, 6), (1, 3), 1, 1, 1),
             (7, 13, 14, (3, 3), (5, 5), 1, 2, 1),
         ];
-        for (seed, (n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.into_iter().enumerate() {
-            let p = ConvParams {
-                stride: s,
-                padding: pad,
-                dilation: d,
-                groups: 1,
-            };
-            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
-            let pl = implicit::plan(&g);
-            let pl = pl.unwrap_or_else(|| panic!("case {seed} should run implicit: {g:?}"));
-            let (xd, wd, yd) = g.dims();
-            let seed = 500 + 3 * seed as u64;
-            let x = rand(xd.iter().product(), seed);
-            let wt = rand(wd.iter().product(), seed + 1);
-            let mut y = vec![0f32; yd.iter().product()];
-            implicit::forward(&x, &wt, &g, &pl, &mut y);
-            close(&y, &naive(&x, &wt, &g), "implicit forward");
-            let mut want = vec![0f32; y.len()];
-            forward_im2col(&x, &wt, &g, &mut want);
-            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
-            close(&y, &want, "implicit forward vs im2col");
-            if kh != kw || s != 1 {
-                assert!(implicit::plan_backward_data(&g).is_none());
-                continue;
-            }
-            let f = implicit::plan_backward_data(&g);
-            let f = f.unwrap_or_else(|| panic!("case {g:?}: backward"));
-            let u = rand(y.len(), seed + 2);
-            let mut dx = vec![0f32; x.len()];
-            implicit::backward_data(&u, &wt, &g, &f, &mut dx);
-            let mut want = vec![0f32; x.len()];
-            backward_data_im2col(&u, &wt, &g, &mut want);
-            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
-            close(&dx, &want, "implicit backward data vs im2col");
-        }
+        let forward = |x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]| {
+            implicit::plan(g)
+                .map(|l| implicit::forward(x, w, g, &l, y))
+                .is_some()
+        };
+        let backward = |dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]| {
+            let f = implicit::plan_backward_data(g);
+            f.map(|f| implicit::backward_data(dy, w, g, &f, dx))
+                .is_some()
+        };
+        matches_im2col("implicit", &cases, 500, &forward, &backward);
     }
 
     #[test]
