@@ -1122,8 +1122,9 @@ mod tests {
     /// The channels-last implicit gemm: 2² – 8² maps whose border pixels
     /// skip the taps that read padding, chunks of several samples in two
     /// sizes, two passes over the input channels, a partial block of output
-    /// channels, several blocks split over work items, stride, dilation, no
-    /// padding, a kernel that is not square (forward only).
+    /// channels, several blocks split over work items (five blocks over
+    /// what would be four parts for one sample on two threads), stride,
+    /// dilation, no padding, a kernel that is not square (forward only).
     #[test]
     fn implicit_gemm_matches_im2col() {
         if !super::super::avx2_fma() {
@@ -1139,6 +1140,7 @@ mod tests {
             (3, 32, 16, (6, 5), (5, 5), 1, 0, 1),
             (2, 16, 16, (6, 6), (1, 3), 1, 1, 1),
             (7, 13, 14, (3, 3), (5, 5), 1, 2, 1),
+            (1, 16, 80, (4, 4), (3, 3), 1, 1, 1),
         ];
         let forward = |x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]| {
             implicit::plan(g)

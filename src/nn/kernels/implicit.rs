@@ -302,6 +302,9 @@ fn run(x: &[f32], a: &[f32], g: &Geometry, pl: &Plan, y: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     let parts = (2 * threads).div_ceil(chunks).min(blocks).max(1);
     let per_part = blocks.div_ceil(parts) * NR;
+    // Whole blocks per part can leave fewer parts than asked (5 blocks in
+    // 4 parts: 2, 2, 1).
+    let parts = g.cout.div_ceil(per_part);
     // items[chunk · parts + part]: each sample's rows of that part's channels.
     let mut items: Vec<(usize, usize, Vec<&mut [f32]>)> = (0..chunks * parts)
         .map(|i| (i / parts, i % parts * per_part, Vec::new()))
