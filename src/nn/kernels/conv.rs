@@ -41,7 +41,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::padded::{Phased, add, copy};
-use super::{depthwise, dims4, direct, f32_slice, implicit, sum_in_parts};
+use super::{depthwise, dims4, direct, f32_slice, implicit, sum_in_parts, wgrad};
 
 /// Stride, zero padding and dilation (the same along both axes), and the
 /// number of groups, as in PyTorch's `nn.Conv2d`.
@@ -542,20 +542,43 @@ fn backward_data_im2col(dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]) {
     );
 }
 
+/// How [`backward_weight_as`] runs a group's `dW (M × K) += dy · columnsᵀ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeightGemm {
+    /// dW = dy · columnsᵀ through the `gemm` crate.
+    Plain,
+    /// dWᵀ = columns · dyᵀ through the `gemm` crate, transposed at the end.
+    Transposed,
+    /// Dot products of rows read in place ([`wgrad`]).
+    Dots,
+}
+
 /// The gradient of the weights, `[Cout, Cin / groups, kh, kw]`, from `x`
 /// and `dy`.
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
-    // Measured (benches/conv.rs): where a group's gradient fits in L2 (up to
-    // 128 Ki floats) the gemm runs faster as dWᵀ = columns · dyᵀ, the long
-    // reduction over pixels then being the packed operands' inner dimension,
-    // by 10–35 % (simple_cnn's block2, resnet18's stem and layer1); larger
-    // ones (resnet18's layer3 and layer4) run faster as dW = dy · columnsᵀ.
-    backward_weight_as(x, dy, g, g.cg_out() * g.k() <= 1 << 17)
+    let (m, k) = (g.cg_out(), g.k());
+    // Measured (benches/conv.rs): the stems' small gradients (27 rows of K
+    // for 32 output channels) over thousands of pixels run faster as dot
+    // products ([`wgrad`]: simple_cnn's block1 at 64², batch 32, 3.2 →
+    // 2.0–2.2 ms; EfficientNet's stem 0.88 → 0.55–0.61 ms), not resnet18's
+    // 7×7 stem (147 rows for 64 channels: 4.5 → 4.9). Where a group's
+    // gradient fits in L2 (up to 128 Ki floats) the gemm runs faster as
+    // dWᵀ = columns · dyᵀ, the long reduction over pixels then being the
+    // packed operands' inner dimension, by 10–35 % (simple_cnn's block2,
+    // resnet18's stem and layer1); larger ones (resnet18's layer3 and
+    // layer4) run faster as dW = dy · columnsᵀ.
+    let how = if wgrad::takes(m, k, g.chunk() * g.ohw()) {
+        WeightGemm::Dots
+    } else if m * k <= 1 << 17 {
+        WeightGemm::Transposed
+    } else {
+        WeightGemm::Plain
+    };
+    backward_weight_as(x, dy, g, how)
 }
 
-/// [`backward_weight`], the gemm run as dWᵀ = columns · dyᵀ (`transposed`)
-/// or as dW = dy · columnsᵀ.
-fn backward_weight_as(x: &[f32], dy: &[f32], g: &Geometry, transposed: bool) -> Vec<f32> {
+/// [`backward_weight`], run as `how` says.
+fn backward_weight_as(x: &[f32], dy: &[f32], g: &Geometry, how: WeightGemm) -> Vec<f32> {
     let (p, m, k) = (g.ohw(), g.cg_out(), g.k());
     if g.n == 0 || p == 0 {
         return vec![0f32; g.weight_len()];
@@ -574,15 +597,19 @@ fn backward_weight_as(x: &[f32], dy: &[f32], g: &Geometry, transposed: bool) -> 
                 let dym = out_rows(dy, g, group, span, &mut mat);
                 let cols = columns(x, g, group, span, &mut col, &mut padded);
                 let dst = &mut acc[group * m * k..][..m * k];
-                if transposed {
-                    matmul((k, m, span.1 * p), dst, m, true, cols, dym.t(), par);
-                } else {
-                    matmul((m, k, span.1 * p), dst, k, true, dym, cols.t(), par);
+                let len = span.1 * p;
+                match how {
+                    WeightGemm::Dots => {
+                        let (a, b) = ((dym.data, dym.rs), (cols.data, cols.rs));
+                        wgrad::accumulate((m, k, len), a, b, dst, k)
+                    }
+                    WeightGemm::Transposed => matmul((k, m, len), dst, m, true, cols, dym.t(), par),
+                    WeightGemm::Plain => matmul((m, k, len), dst, k, true, dym, cols.t(), par),
                 }
             }
         }
     });
-    if !transposed {
+    if how != WeightGemm::Transposed {
         return dw;
     }
     let mut out = vec![0f32; dw.len()];
@@ -1207,12 +1234,16 @@ mod tests {
         }
     }
 
-    /// Both ways of running the weight gradient's gemm give one result.
+    /// Every way of running the weight gradient's gemm gives one result
+    /// (the dot products only where the CPU has AVX2 and FMA), on pixel
+    /// counts that are no multiple of 8; the last is a stem's shape, 3 input
+    /// channels over 1,122 pixels, which [`backward_weight`] runs as dots.
     #[test]
-    fn the_weight_gradient_is_the_same_either_way_round() {
+    fn the_weight_gradient_is_the_same_every_way() {
         for (xs, ws, groups) in [
             ([3, 4, 7, 6], [6, 4, 3, 3], 1),
             ([2, 6, 5, 5], [4, 3, 2, 2], 2),
+            ([2, 3, 33, 34], [8, 3, 3, 3], 1),
         ] {
             let p = ConvParams {
                 padding: 1,
@@ -1222,11 +1253,20 @@ mod tests {
             let g = Geometry::new(xs, ws, p).unwrap();
             let x = rand(xs.iter().product(), 5);
             let dy = rand(g.n * g.cout * g.ohw(), 6);
-            let a = backward_weight_as(&x, &dy, &g, true);
-            let b = backward_weight_as(&x, &dy, &g, false);
-            assert_eq!(a.len(), b.len());
-            for (u, v) in a.iter().zip(&b) {
-                assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{u} vs {v}");
+            let b = backward_weight_as(&x, &dy, &g, WeightGemm::Plain);
+            let mut ways = vec![WeightGemm::Transposed];
+            if crate::nn::kernels::avx2_fma() {
+                ways.push(WeightGemm::Dots);
+            }
+            for how in ways {
+                let a = backward_weight_as(&x, &dy, &g, how);
+                assert_eq!(a.len(), b.len());
+                for (u, v) in a.iter().zip(&b) {
+                    assert!(
+                        (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                        "{how:?}: {u} vs {v}"
+                    );
+                }
             }
         }
     }

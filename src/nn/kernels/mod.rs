@@ -26,6 +26,7 @@ mod implicit;
 mod padded;
 pub mod pool;
 pub mod upsample;
+mod wgrad;
 
 pub use bn::{Act, BnEval, BnTrain};
 
