@@ -996,6 +996,37 @@ mod tests {
         }
     }
 
+    /// The per-plane depthwise weight gradient, whose tasks take blocks of
+    /// channels (here 8, 8 and 3), against its definition.
+    #[test]
+    fn depthwise_weight_gradient_over_blocks_of_channels() {
+        let (n, c, h, w) = (2, 19, 17, 18);
+        let p = ConvParams {
+            stride: 2,
+            padding: 1,
+            groups: c,
+            ..ConvParams::default()
+        };
+        let g = Geometry::new([n, c, h, w], [c, 1, 3, 3], p).unwrap();
+        assert!(g.depthwise() && g.hw() > depthwise::NHWC_MAX_PIXELS);
+        let x = rand(n * c * h * w, 41);
+        let dy = rand(n * c * g.ohw(), 42);
+        let dw = backward_weight(&x, &dy, &g);
+        let mut want = vec![0f64; c * 9];
+        for (plane, o) in (0..n * c).flat_map(|pl| (0..g.ohw()).map(move |o| (pl, o))) {
+            let u = f64::from(dy[plane * g.ohw() + o]);
+            let (oy, ox) = (o / g.ow, o % g.ow);
+            for t in 0..9 {
+                let (iy, ix) = (oy * 2 + t / 3, ox * 2 + t % 3);
+                if (1..=h).contains(&iy) && (1..=w).contains(&ix) {
+                    let v = x[(plane * h + iy - 1) * w + ix - 1];
+                    want[(plane % c) * 9 + t] += u * f64::from(v);
+                }
+            }
+        }
+        close(&dw, &want, "depthwise weight gradient");
+    }
+
     /// The per-plane depthwise kernels on rows that end inside a block,
     /// wide rows (several blocks of each width), and kernels that are not
     /// square.

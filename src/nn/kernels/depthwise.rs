@@ -41,6 +41,9 @@ use super::{avx2_fma, sum_in_parts};
 /// are too short).
 pub(super) const NHWC_MAX_PIXELS: usize = 256;
 
+/// Channels one task of [`backward_weight_planes`] takes at most.
+const WEIGHT_CHANNELS: usize = 8;
+
 /// Whether the forward pass and input gradient run per plane.
 pub(super) fn planes(g: &Geometry) -> bool {
     g.hw() > NHWC_MAX_PIXELS || (g.p.stride == 1 && g.ow >= 2 * LANES)
@@ -236,15 +239,21 @@ fn backward_weight_planes(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (rows, width) = input_layout(g);
     let pad = g.p.padding;
     let mut dw = vec![0f32; g.cout * kk];
-    dw.par_chunks_mut(kk).enumerate().for_each(|(c, dwc)| {
+    // A task takes a few channels, sample by sample, so that it reads runs
+    // of consecutive planes (one plane at a time, 393 KiB apart, kept the
+    // prefetcher from running ahead: ×96 at 32², batch 32, 1.14 → 0.88 ms).
+    let cb = WEIGHT_CHANNELS.min(g.cout.div_ceil(rayon::current_num_threads()).max(1));
+    dw.par_chunks_mut(kk * cb).enumerate().for_each(|(b, dwb)| {
         let mut buf = Phased::new(g.p.stride, width);
-        let mut acc = vec![([0f32; LANES], 0f32); kk];
+        let mut acc = vec![([0f32; LANES], 0f32); dwb.len()];
         for n in 0..g.n {
-            let plane = n * g.cin + c;
-            buf.fill(&x[plane * hw..][..hw], (g.h, g.w), (pad, pad), rows);
-            backward_weight_plane(&mut acc, &buf, &dy[plane * p..][..p], g);
+            for (ci, acc) in acc.chunks_exact_mut(kk).enumerate() {
+                let plane = n * g.cin + b * cb + ci;
+                buf.fill(&x[plane * hw..][..hw], (g.h, g.w), (pad, pad), rows);
+                backward_weight_plane(acc, &buf, &dy[plane * p..][..p], g);
+            }
         }
-        for (o, (lanes, tail)) in dwc.iter_mut().zip(&acc) {
+        for (o, (lanes, tail)) in dwb.iter_mut().zip(&acc) {
             *o = lanes.iter().sum::<f32>() + tail;
         }
     });

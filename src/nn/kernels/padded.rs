@@ -137,6 +137,18 @@ pub(super) fn split_row(
 #[inline(always)]
 fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let whole = src.len() / (2 * LANES);
+    #[cfg(target_arch = "x86_64")]
+    if whole > 0 && super::avx2_fma() {
+        assert!(even.len() >= whole * LANES && odd.len() >= whole * LANES);
+        // SAFETY: AVX2 is present; the assert above and `whole` keep every
+        // block read and written inside its slice.
+        unsafe { avx::deinterleave2(src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr(), whole) };
+        for x in whole * 2 * LANES..src.len() {
+            let dst = if x % 2 == 0 { &mut *even } else { &mut *odd };
+            dst[x / 2] = src[x];
+        }
+        return;
+    }
     for ((pair, e), o) in src
         .chunks_exact(2 * LANES)
         .zip(even.chunks_exact_mut(LANES))
@@ -157,6 +169,17 @@ fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
 #[inline(always)]
 pub(super) fn interleave2(even: &[f32], odd: &[f32], out: &mut [f32]) {
     let whole = out.len() / (2 * LANES);
+    #[cfg(target_arch = "x86_64")]
+    if whole > 0 && super::avx2_fma() {
+        assert!(even.len() >= whole * LANES && odd.len() >= whole * LANES);
+        // SAFETY: AVX2 is present; the assert above and `whole` keep every
+        // block read and written inside its slice.
+        unsafe { avx::interleave2(even.as_ptr(), odd.as_ptr(), out.as_mut_ptr(), whole) };
+        for x in whole * 2 * LANES..out.len() {
+            out[x] = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
+        }
+        return;
+    }
     for ((pair, e), o) in out
         .chunks_exact_mut(2 * LANES)
         .zip(even.chunks_exact(LANES))
@@ -169,6 +192,58 @@ pub(super) fn interleave2(even: &[f32], odd: &[f32], out: &mut [f32]) {
     }
     for x in whole * 2 * LANES..out.len() {
         out[x] = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// [`super::deinterleave2`] over `blocks` blocks of 16 floats of `src`:
+    /// two shuffles and two lane permutes per block.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn deinterleave2(
+        src: *const f32,
+        even: *mut f32,
+        odd: *mut f32,
+        blocks: usize,
+    ) {
+        unsafe {
+            for b in 0..blocks {
+                let lo = _mm256_loadu_ps(src.add(16 * b));
+                let hi = _mm256_loadu_ps(src.add(16 * b + 8));
+                // [l0 l2 h0 h2 | l4 l6 h4 h6] → [l0 l2 l4 l6 h0 h2 h4 h6].
+                let e = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                let o = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+                let e =
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+                let o =
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o)));
+                _mm256_storeu_ps(even.add(8 * b), e);
+                _mm256_storeu_ps(odd.add(8 * b), o);
+            }
+        }
+    }
+
+    /// [`super::interleave2`] over `blocks` blocks of 16 floats of `out`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn interleave2(
+        even: *const f32,
+        odd: *const f32,
+        out: *mut f32,
+        blocks: usize,
+    ) {
+        unsafe {
+            for b in 0..blocks {
+                let e = _mm256_loadu_ps(even.add(8 * b));
+                let o = _mm256_loadu_ps(odd.add(8 * b));
+                // [e0 o0 e1 o1 | e4 o4 e5 o5] and [e2 o2 e3 o3 | e6 o6 e7 o7].
+                let a = _mm256_unpacklo_ps(e, o);
+                let c = _mm256_unpackhi_ps(e, o);
+                _mm256_storeu_ps(out.add(16 * b), _mm256_permute2f128_ps::<0x20>(a, c));
+                _mm256_storeu_ps(out.add(16 * b + 8), _mm256_permute2f128_ps::<0x31>(a, c));
+            }
+        }
     }
 }
 
@@ -200,5 +275,34 @@ pub(super) fn copy(src: &[f32], dst: &mut [f32]) {
     }
     for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *d = *s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Splitting a row into even and odd columns and merging them back, over
+    /// lengths of no, one and several whole blocks with every tail.
+    #[test]
+    fn deinterleave_and_interleave_invert_each_other() {
+        for len in 0..50 {
+            let src: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            let (mut even, mut odd) = (vec![-1f32; len / 2 + 1], vec![-1f32; len / 2 + 1]);
+            deinterleave2(&src, &mut even, &mut odd);
+            for (x, &v) in src.iter().enumerate() {
+                let got = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
+                assert_eq!(got, v, "len {len}, column {x}");
+            }
+            // Cells past the row are left as they were.
+            assert_eq!(
+                even[len.div_ceil(2)..],
+                vec![-1.0; len / 2 + 1 - len.div_ceil(2)]
+            );
+            assert_eq!(odd[len / 2..], vec![-1.0; 1]);
+            let mut back = vec![0f32; len];
+            interleave2(&even, &odd, &mut back);
+            assert_eq!(back, src, "len {len}");
+        }
     }
 }
