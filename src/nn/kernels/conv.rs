@@ -20,8 +20,10 @@
 //! input and one output channel per group) run a direct kernel instead: a
 //! gemm with one row wastes most of its work.
 //!
-//! The weight gradient sums over samples in a fixed number of parts added
-//! in order, so results are bit-identical from run to run.
+//! The weight gradient runs as im2col and a gemm, except for the stems'
+//! (few weights, many pixels: `wgrad.rs`, dot products of rows read in
+//! place). It sums over samples in a fixed number of parts added in order,
+//! so results are bit-identical from run to run.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};

@@ -4,7 +4,8 @@
 //! - [`conv`]: 2-D convolution forward, backward-data and backward-weights
 //!   (im2col / col2im around the `gemm` crate, a direct kernel for dense
 //!   convs on larger maps, a channels-last implicit gemm for those on small
-//!   maps, and a direct depthwise kernel);
+//!   maps, dot products for the stems' weight gradients, and a direct
+//!   depthwise kernel);
 //! - [`bn`]: batch norm, in training and evaluation, fused with its
 //!   activation (ReLU, SiLU);
 //! - [`pool`]: max and average pooling with any kernel, stride and padding;
@@ -36,7 +37,7 @@ use candle_core::{CpuStorage, Layout, Result, bail};
 use rayon::prelude::*;
 
 /// Whether this CPU runs the AVX2 + FMA kernels (`depthwise`, `direct`,
-/// `implicit`);
+/// `implicit`, `wgrad`);
 /// the answer is cached by the standard library.
 pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
