@@ -7,9 +7,9 @@
 //! tiles (16² and up, not 14²) run a direct kernel (`direct.rs`) that
 //! reads each tap's inputs in place from a padded copy of the input; so
 //! does the input gradient of the stride-1 ones. Those on output maps of
-//! 16² and less (the 2² – 14² maps at the end of a network) run a
-//! channels-last implicit gemm (`implicit.rs`) that skips the taps reading
-//! padding. The rest (1×1 kernels, strided convs from many channels into
+//! 16² and less (the 2² – 14² maps at the end of a network, and 1×1
+//! kernels of many weights there) run a channels-last implicit gemm
+//! (`implicit.rs`) that skips the taps reading padding. The rest (1×1 kernels, strided convs from many channels into
 //! maps over 16², fewer than 8 input channels or few output channels),
 //! and grouped convolutions, run as im2col / col2im around the `gemm`
 //! crate's f32 kernels (the ones candle's matmul uses). Samples are taken
@@ -1184,7 +1184,8 @@ mod tests {
     /// sizes, two passes over the input channels, a partial block of output
     /// channels, several blocks split over work items (five blocks over
     /// what would be four parts for one sample on two threads), stride,
-    /// dilation, no padding, a kernel that is not square (forward only).
+    /// dilation, no padding, a kernel that is not square (forward only), a
+    /// 1×1 kernel of many weights.
     #[test]
     fn implicit_gemm_matches_im2col() {
         if !super::super::avx2_fma() {
@@ -1201,6 +1202,7 @@ mod tests {
             (2, 16, 16, (6, 6), (1, 3), 1, 1, 1),
             (7, 13, 14, (3, 3), (5, 5), 1, 2, 1),
             (1, 16, 80, (4, 4), (3, 3), 1, 1, 1),
+            (2, 128, 1040, (5, 4), (1, 1), 1, 0, 1),
         ];
         let forward = |x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]| {
             implicit::plan(g)

@@ -74,15 +74,26 @@ const MAX_TAPS: usize = 64;
 /// Largest output map taken: 16².
 const MAX_PIXELS: usize = 256;
 
+/// 1×1 kernels with more weights than this run here (on maps of 4² and
+/// up), the rest as a gemm on the tensors as they lie: a sample's gemm
+/// streams all of its weights from beyond L2 (EfficientNet's 320→1280 at
+/// 7², batch 8: 2.22 / 2.61 → 2.10 / 2.40 ms forward / input gradient; its
+/// 240→80 at 4² and 14², and 320→1280 at 2², run slower here).
+const POINTWISE_WEIGHTS: usize = 1 << 17;
+
 /// The plan for `g`, if this kernel takes it: a CPU with AVX2 and FMA, one
-/// group, a kernel larger than 1×1 of at most 64 taps, an output map of at
-/// most 16² (beyond that the direct kernel does as well, and im2col better
-/// for resnet18's 3×3/2 from 56² to 28²: 6.6–7.7 ms here against 6.3), at
-/// least 8 input channels, at most a quarter of the last block of 16
-/// output channels unused, and offsets that fit `u32`s.
+/// group, a kernel of 2 to 64 taps (or a 1×1 kernel of many weights, see
+/// [`POINTWISE_WEIGHTS`]), an output map of at most 16² (beyond that the
+/// direct kernel does as well, and im2col better for resnet18's 3×3/2 from
+/// 56² to 28²: 6.6–7.7 ms here against 6.3), at least 8 input channels, at
+/// most a quarter of the last block of 16 output channels unused, and
+/// offsets that fit `u32`s.
 pub(super) fn plan(g: &Geometry) -> Option<Plan> {
     let taps = g.kh * g.kw;
-    if g.p.groups != 1 || g.n == 0 || g.ohw() == 0 || g.ohw() > MAX_PIXELS || taps == 1 {
+    if g.p.groups != 1 || g.n == 0 || g.ohw() == 0 || g.ohw() > MAX_PIXELS {
+        return None;
+    }
+    if taps == 1 && (g.ohw() < 16 || g.cin * g.cout <= POINTWISE_WEIGHTS) {
         return None;
     }
     if taps > MAX_TAPS || g.cin < 8 || g.cout.next_multiple_of(NR) * 4 > g.cout * 5 {
