@@ -321,13 +321,20 @@ fn compute(
                     // weights, and the tile touches `valid` cells from
                     // `q_out` in each of `rn` rows of `ldc`, inside `block`.
                     unsafe {
-                        avx::tile(
+                        let args = (
                             panel.as_ptr(),
                             planes.as_ptr().add(q_in),
                             offsets,
                             (block.as_mut_ptr().add(q_out), ldc, rn, valid),
                             k0 > 0,
-                        )
+                        );
+                        // A last block of 4 or 2 channels sums only those
+                        // (32 channels: 34 rows of products, not 36).
+                        match rn {
+                            5.. => avx::tile::<MR>(args),
+                            3..=4 => avx::tile::<4>(args),
+                            _ => avx::tile::<2>(args),
+                        }
                     };
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!(
@@ -347,17 +354,21 @@ mod avx {
     use super::{MR, NR};
 
     /// One tile: `out[r·ldc + t] (+)= Σ_k panel[k·MR + r] · b[offsets[k] + t]`
-    /// for `r < rows ≤ MR`, `t < valid ≤ NR`, added to what `out` holds if
-    /// `accumulate`; no other cell of `out` is read or written.
+    /// for `r < rows ≤ R ≤ MR`, `t < valid ≤ NR`, added to what `out` holds
+    /// if `accumulate`; no other cell of `out` is read or written. Sums `R`
+    /// rows of products.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile(
-        panel: *const f32,
-        b: *const f32,
-        offsets: &[u32],
-        (out, ldc, rows, valid): (*mut f32, usize, usize, usize),
-        accumulate: bool,
+    pub(super) unsafe fn tile<const R: usize>(
+        (panel, b, offsets, (out, ldc, rows, valid), accumulate): (
+            *const f32,
+            *const f32,
+            &[u32],
+            (*mut f32, usize, usize, usize),
+            bool,
+        ),
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        debug_assert!(rows <= R && R <= MR);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let lanes = |from: i32| {
             let v = valid as i32 - from;
             _mm256_setr_epi32(
