@@ -353,19 +353,23 @@ mod avx {
 
     use super::{MR, NR};
 
+    /// [`tile`]'s arguments: the panel, `b`, the offsets, the output
+    /// `(out, ldc, rows, valid)` and whether to add to it.
+    type Args<'a> = (
+        *const f32,
+        *const f32,
+        &'a [u32],
+        (*mut f32, usize, usize, usize),
+        bool,
+    );
+
     /// One tile: `out[r·ldc + t] (+)= Σ_k panel[k·MR + r] · b[offsets[k] + t]`
     /// for `r < rows ≤ R ≤ MR`, `t < valid ≤ NR`, added to what `out` holds
     /// if `accumulate`; no other cell of `out` is read or written. Sums `R`
     /// rows of products.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile<const R: usize>(
-        (panel, b, offsets, (out, ldc, rows, valid), accumulate): (
-            *const f32,
-            *const f32,
-            &[u32],
-            (*mut f32, usize, usize, usize),
-            bool,
-        ),
+        (panel, b, offsets, (out, ldc, rows, valid), accumulate): Args,
     ) {
         debug_assert!(rows <= R && R <= MR);
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
