@@ -149,7 +149,7 @@ fn now_ns() -> i128 {
 /// that an unchanged file is not read again. Entries for files modified just
 /// before they were hashed are not trusted (racy timestamps).
 ///
-/// The cache file is binary (see [`Record`]) and is used as loaded: one
+/// The cache file is binary (see `Record` in the source) and is used as loaded: one
 /// read, then an index from a 64-bit hash of each path to its record, with
 /// no parsing and no allocation per entry. Entries loaded from it are read
 /// without a lock (hashing threads look up many files at once); entries made

@@ -1,5 +1,5 @@
 //! COCO box mAP as pycocotools' COCOeval (iouType "bbox") computes it:
-//! stats[0] (AP at IoU .50:.05:.95) and stats[1] (AP at IoU .50), area
+//! `stats[0]` (AP at IoU .50:.05:.95) and `stats[1]` (AP at IoU .50), area
 //! "all", at most 100 detections per image and category.
 
 use std::collections::{BTreeMap, HashMap};

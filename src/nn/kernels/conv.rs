@@ -1045,6 +1045,10 @@ mod tests {
             // A small map whose rows are wide enough: the forward pass and
             // input gradient per plane, the weight gradient channels-last.
             (4, 20, 3, 3, 1, 1, 1),
+            // Stride-1 grids of taps: tiles of four rows and single rows
+            // left over, spans of two vectors and of one.
+            (13, 30, 5, 5, 1, 2, 1),
+            (7, 21, 3, 3, 1, 1, 1),
         ]
         .into_iter()
         .enumerate()

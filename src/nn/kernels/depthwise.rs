@@ -10,9 +10,12 @@
 //!   buffer whose columns are split into `stride` phases ([`Phased`]), so
 //!   that every tap reads a contiguous run of the buffer along an output
 //!   row, whatever the stride. An output row is then a sum of shifted rows
-//!   ([`sum_taps`]), kept in registers over all taps and written once. The
-//!   input gradient is the same sum taken the other way, one column phase
-//!   of the input at a time; the weight gradient is one dot product per tap
+//!   ([`sum_taps`]), kept in registers over all taps and written once;
+//!   where the taps make a whole 3×3 or 5×5 grid (stride and dilation 1),
+//!   each input row is loaded once per kernel column and multiplied into
+//!   the three or four output rows it feeds, the column's weights held in
+//!   registers. The input gradient is the same sum taken the other way,
+//!   one column phase of the input at a time; the weight gradient is one dot product per tap
 //!   ([`dot_taps`]), in lane-wise accumulators that stay in registers over
 //!   a whole plane.
 //! - **Channels-last** (small maps, where a row is too short for the above
@@ -377,6 +380,15 @@ mod avx {
             step,
             taps,
         };
+        // SAFETY: as the caller's; a grid's taps are the caller's taps.
+        unsafe {
+            if let Some(grid) = Grid::<3>::of(taps, step) {
+                return t.grid(rows, &grid);
+            }
+            if let Some(grid) = Grid::<5>::of(taps, step) {
+                return t.grid(rows, &grid);
+            }
+        }
         let mut o = 0;
         while o < ow {
             let v = (ow - o).div_ceil(LANES).min(4);
@@ -390,6 +402,32 @@ mod avx {
                 }
             }
             o += v * LANES;
+        }
+    }
+
+    /// Taps that make a whole `K × K` grid, each reading `at0 + a·step + b`
+    /// with weight `w[a][b]` (a stride-1, dilation-1 kernel: the forward
+    /// pass, and the input gradient's flipped kernel).
+    struct Grid<const K: usize> {
+        at0: usize,
+        w: [[f32; K]; K],
+    }
+
+    impl<const K: usize> Grid<K> {
+        fn of(taps: &[(f32, usize)], step: usize) -> Option<Grid<K>> {
+            if taps.len() != K * K || step < K {
+                return None;
+            }
+            let at0 = taps.iter().map(|&(_, at)| at).min()?;
+            let (mut w, mut seen) = ([[0f32; K]; K], [[false; K]; K]);
+            for &(v, at) in taps {
+                let (a, b) = ((at - at0) / step, (at - at0) % step);
+                if a >= K || b >= K || seen[a][b] {
+                    return None;
+                }
+                (w[a][b], seen[a][b]) = (v, true);
+            }
+            Some(Grid { at0, w })
         }
     }
 
@@ -419,6 +457,91 @@ mod avx {
             }
         }
 
+        /// Every row through [`Tile::grid_tile`]: spans of two vectors (one
+        /// for the last where a single one is left), four rows at a time for
+        /// a 3×3 kernel, three for a 5×5 (whose five weights, six sums and
+        /// two inputs then fit the sixteen registers; with four rows the
+        /// sums spilled to the stack and ran no faster than [`Tile::tile`]),
+        /// the rows left over one at a time.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn grid<const K: usize>(&self, rows: usize, g: &Grid<K>) {
+            let mut o = 0;
+            while o < self.ow {
+                let two = self.ow - o > LANES;
+                let mut r = 0;
+                unsafe {
+                    while K == 3 && r + 4 <= rows {
+                        if two {
+                            self.grid_tile::<K, 4, 2>(g, r, o);
+                        } else {
+                            self.grid_tile::<K, 4, 1>(g, r, o);
+                        }
+                        r += 4;
+                    }
+                    while r + 3 <= rows {
+                        if two {
+                            self.grid_tile::<K, 3, 2>(g, r, o);
+                        } else {
+                            self.grid_tile::<K, 3, 1>(g, r, o);
+                        }
+                        r += 3;
+                    }
+                    while r < rows {
+                        if two {
+                            self.grid_tile::<K, 1, 2>(g, r, o);
+                        } else {
+                            self.grid_tile::<K, 1, 1>(g, r, o);
+                        }
+                        r += 1;
+                    }
+                }
+                o += if two { 2 * LANES } else { LANES };
+            }
+        }
+
+        /// Rows `r .. r + R`, columns `o .. o + V·LANES` clipped to the row,
+        /// of a `K × K` grid of taps. Kernel column by kernel column, its
+        /// `K` weights held in registers, each input row under the tile is
+        /// loaded once and multiplied into every output row it feeds (for
+        /// three rows of a 5×5 kernel, 19 loads per 30 multiply-adds, where
+        /// [`Tile::tile`] loads an input for every one). EfficientNet's
+        /// depthwise 3×3 ×32 at 112², batch 8: 1.50 / 1.54 → 1.27 / 1.20 ms
+        /// forward / input gradient; 5×5 ×240 at 28²: 1.34 / 1.38 → 1.20 /
+        /// 1.24.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn grid_tile<const K: usize, const R: usize, const V: usize>(
+            &self,
+            g: &Grid<K>,
+            r: usize,
+            o: usize,
+        ) {
+            let mut a = [[_mm256_setzero_ps(); V]; R];
+            unsafe {
+                let base = self.src.add(g.at0 + r * self.step + o);
+                for b in 0..K {
+                    let mut wv = [_mm256_setzero_ps(); K];
+                    for (i, v) in wv.iter_mut().enumerate() {
+                        *v = _mm256_set1_ps(g.w[i][b]);
+                    }
+                    for q in 0..R + K - 1 {
+                        let mut x = [_mm256_setzero_ps(); V];
+                        for (v, xv) in x.iter_mut().enumerate() {
+                            *xv = _mm256_loadu_ps(base.add(q * self.step + b + v * LANES));
+                        }
+                        for (dr, row) in a.iter_mut().enumerate() {
+                            if q >= dr && q - dr < K {
+                                for (acc, xv) in row.iter_mut().zip(x) {
+                                    *acc = _mm256_fmadd_ps(wv[q - dr], xv, *acc);
+                                }
+                            }
+                        }
+                    }
+                }
+                self.store(&a, r, o);
+            }
+        }
+
         /// Rows `r .. r + R`, columns `o .. o + V·LANES` clipped to the row.
         #[target_feature(enable = "avx2,fma")]
         #[inline]
@@ -435,6 +558,20 @@ mod avx {
                         }
                     }
                 }
+                self.store(&a, r, o);
+            }
+        }
+
+        /// A tile's sums into rows `r ..` at columns `o ..`, clipped to the row.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn store<const R: usize, const V: usize>(
+            &self,
+            a: &[[__m256; V]; R],
+            r: usize,
+            o: usize,
+        ) {
+            unsafe {
                 for (dr, row) in a.iter().enumerate() {
                     let dst = self.out.add((r + dr) * self.ow + o);
                     for (v, acc) in row.iter().enumerate() {
