@@ -15,9 +15,10 @@
 //!   each input row is loaded once per kernel column and multiplied into
 //!   the three or four output rows it feeds, the column's weights held in
 //!   registers. The input gradient is the same sum taken the other way,
-//!   one column phase of the input at a time; the weight gradient is one dot product per tap
-//!   ([`dot_taps`]), in lane-wise accumulators that stay in registers over
-//!   a whole plane.
+//!   one column phase of the input at a time; the weight gradient is one
+//!   dot product per tap ([`dot_taps`]), in lane-wise accumulators that
+//!   stay in registers over a whole plane, a task taking a few channels
+//!   sample by sample.
 //! - **Channels-last** (small maps, where a row is too short for the above
 //!   to pay; EfficientNet's go down to 2×2): one pixel's channels are
 //!   contiguous, so every tap is a vector multiply-add over the channels.
