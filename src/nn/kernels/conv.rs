@@ -9,9 +9,10 @@
 //! does the input gradient of the stride-1 ones. Those on output maps of
 //! 16² and less (the 2² – 14² maps at the end of a network, and 1×1
 //! kernels of many weights there) run a channels-last implicit gemm
-//! (`implicit.rs`) that skips the taps reading padding. The rest (1×1 kernels, strided convs from many channels into
-//! maps over 16², fewer than 8 input channels or few output channels),
-//! and grouped convolutions, run as im2col / col2im around the `gemm`
+//! (`implicit.rs`) that skips the taps reading padding. The rest (1×1
+//! kernels, strided convs from many channels into maps over 16², fewer
+//! than 8 input channels or few output channels), and grouped
+//! convolutions, run as im2col / col2im around the `gemm`
 //! crate's f32 kernels (the ones candle's matmul uses). Samples are taken
 //! in chunks wide enough for the gemm to run well on the deep, small
 //! feature maps at the end of a network, and the chunks are spread over
