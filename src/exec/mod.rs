@@ -172,6 +172,8 @@ pub fn run(
         &|job, gpus| runner.run(job.id, gpus, &|s| events.progress(job, s)),
         events,
     );
+    // The run's last records, fsynced in groups as they were appended.
+    store.sync_records()?;
     let _ = stat.save(&store.statcache_path());
     let mut outcomes: Vec<(usize, Outcome)> = results;
     let mut rank = vec![0; g.len()];

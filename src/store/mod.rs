@@ -12,8 +12,9 @@
 //!
 //! Every object is written to a temporary name, fsynced, then renamed, so a
 //! crash leaves either the old or the new content, never a torn file. The
-//! record log is appended to and fsynced line by line, the state journal
-//! appended to; in both a torn last line is skipped.
+//! record log is appended to and fsynced in groups (at most every 100 ms,
+//! and at the end of a run), a record only after its objects, the state
+//! journal appended to; in both a torn last line is skipped.
 
 mod record;
 mod records;
@@ -378,10 +379,17 @@ impl Store {
         complete.then_some(rec)
     }
 
-    /// Appends `rec` to the record log, durably.
+    /// Appends `rec` to the record log; it is fsynced with the others of
+    /// the last 100 ms, by [`Store::sync_records`], or when the store is
+    /// dropped (its objects were fsynced before).
     pub fn put_record(&self, rec: &Record) -> Result<()> {
         Hash::from_hex(&rec.key).map_err(|e| Error::Corrupt(e.to_string()))?;
         self.records.put(rec).at(self.records.path())
+    }
+
+    /// Makes every record appended so far durable.
+    pub fn sync_records(&self) -> Result<()> {
+        self.records.sync().at(self.records.path())
     }
 
     /// The record of an instance's last successful run in a pipeline.
