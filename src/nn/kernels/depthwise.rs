@@ -468,35 +468,42 @@ mod avx {
         unsafe fn grid<const K: usize>(&self, rows: usize, g: &Grid<K>) {
             let mut o = 0;
             while o < self.ow {
-                let two = self.ow - o > LANES;
-                let mut r = 0;
+                // SAFETY: as the caller's; tiles stay inside `out`'s rows.
                 unsafe {
-                    while K == 3 && r + 4 <= rows {
-                        if two {
-                            self.grid_tile::<K, 4, 2>(g, r, o);
-                        } else {
-                            self.grid_tile::<K, 4, 1>(g, r, o);
-                        }
-                        r += 4;
-                    }
-                    while r + 3 <= rows {
-                        if two {
-                            self.grid_tile::<K, 3, 2>(g, r, o);
-                        } else {
-                            self.grid_tile::<K, 3, 1>(g, r, o);
-                        }
-                        r += 3;
-                    }
-                    while r < rows {
-                        if two {
-                            self.grid_tile::<K, 1, 2>(g, r, o);
-                        } else {
-                            self.grid_tile::<K, 1, 1>(g, r, o);
-                        }
-                        r += 1;
+                    if self.ow - o > LANES {
+                        self.grid_span::<K, 2>(rows, g, o);
+                        o += 2 * LANES;
+                    } else {
+                        self.grid_span::<K, 1>(rows, g, o);
+                        o += LANES;
                     }
                 }
-                o += if two { 2 * LANES } else { LANES };
+            }
+        }
+
+        /// Columns `o .. o + V·LANES` (clipped to the row) of every row, in
+        /// the tiles of rows [`Tile::grid`] says.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn grid_span<const K: usize, const V: usize>(
+            &self,
+            rows: usize,
+            g: &Grid<K>,
+            o: usize,
+        ) {
+            let mut r = 0;
+            unsafe {
+                while K == 3 && r + 4 <= rows {
+                    self.grid_tile::<K, 4, V>(g, r, o);
+                    r += 4;
+                }
+                while r + 3 <= rows {
+                    self.grid_tile::<K, 3, V>(g, r, o);
+                    r += 3;
+                }
+                while r < rows {
+                    self.grid_tile::<K, 1, V>(g, r, o);
+                    r += 1;
+                }
             }
         }
 

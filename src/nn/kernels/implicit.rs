@@ -77,7 +77,7 @@ const MAX_PIXELS: usize = 256;
 /// 1×1 kernels with more weights than this run here (on maps of 4² and
 /// up), the rest as a gemm on the tensors as they lie: a sample's gemm
 /// streams all of its weights from beyond L2 (EfficientNet's 320→1280 at
-/// 7², batch 8: 2.22 / 2.61 → 2.10 / 2.40 ms forward / input gradient; its
+/// 7², batch 8: 2.21 / 2.67 → 2.11 / 2.38 ms forward / input gradient; its
 /// 240→80 at 4² and 14², and 320→1280 at 2², run slower here).
 const POINTWISE_WEIGHTS: usize = 1 << 17;
 

@@ -137,26 +137,26 @@ pub(super) fn split_row(
 #[inline(always)]
 fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let whole = src.len() / (2 * LANES);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut done = false;
     #[cfg(target_arch = "x86_64")]
     if whole > 0 && super::avx2_fma() {
         assert!(even.len() >= whole * LANES && odd.len() >= whole * LANES);
         // SAFETY: AVX2 is present; the assert above and `whole` keep every
         // block read and written inside its slice.
         unsafe { avx::deinterleave2(src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr(), whole) };
-        for x in whole * 2 * LANES..src.len() {
-            let dst = if x % 2 == 0 { &mut *even } else { &mut *odd };
-            dst[x / 2] = src[x];
-        }
-        return;
+        done = true;
     }
-    for ((pair, e), o) in src
-        .chunks_exact(2 * LANES)
-        .zip(even.chunks_exact_mut(LANES))
-        .zip(odd.chunks_exact_mut(LANES))
-    {
-        for l in 0..LANES {
-            e[l] = pair[2 * l];
-            o[l] = pair[2 * l + 1];
+    if !done {
+        for ((pair, e), o) in src
+            .chunks_exact(2 * LANES)
+            .zip(even.chunks_exact_mut(LANES))
+            .zip(odd.chunks_exact_mut(LANES))
+        {
+            for l in 0..LANES {
+                e[l] = pair[2 * l];
+                o[l] = pair[2 * l + 1];
+            }
         }
     }
     for x in whole * 2 * LANES..src.len() {
@@ -169,25 +169,26 @@ fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
 #[inline(always)]
 pub(super) fn interleave2(even: &[f32], odd: &[f32], out: &mut [f32]) {
     let whole = out.len() / (2 * LANES);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut done = false;
     #[cfg(target_arch = "x86_64")]
     if whole > 0 && super::avx2_fma() {
         assert!(even.len() >= whole * LANES && odd.len() >= whole * LANES);
         // SAFETY: AVX2 is present; the assert above and `whole` keep every
         // block read and written inside its slice.
         unsafe { avx::interleave2(even.as_ptr(), odd.as_ptr(), out.as_mut_ptr(), whole) };
-        for x in whole * 2 * LANES..out.len() {
-            out[x] = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
-        }
-        return;
+        done = true;
     }
-    for ((pair, e), o) in out
-        .chunks_exact_mut(2 * LANES)
-        .zip(even.chunks_exact(LANES))
-        .zip(odd.chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            pair[2 * l] = e[l];
-            pair[2 * l + 1] = o[l];
+    if !done {
+        for ((pair, e), o) in out
+            .chunks_exact_mut(2 * LANES)
+            .zip(even.chunks_exact(LANES))
+            .zip(odd.chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                pair[2 * l] = e[l];
+                pair[2 * l + 1] = o[l];
+            }
         }
     }
     for x in whole * 2 * LANES..out.len() {

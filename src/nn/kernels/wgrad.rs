@@ -1,5 +1,6 @@
 //! The weight gradient of convolutions with few weights and many pixels
-//! (the stems: 3 input channels, 27 or 147 rows of K), as dot products.
+//! (the stems from 3 input channels with a 3×3 kernel: 27 rows of K), as
+//! dot products.
 //!
 //! There `dW (M × K) += dy (M × P) · columnsᵀ (P × K)` is a gemm whose
 //! output is a few hundred floats and whose reduction runs over thousands
