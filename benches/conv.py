@@ -33,19 +33,28 @@ def timed(reps, f):
     return statistics.median(out)
 
 
-def torch_case(s, size, batch, reps):
+def torch_case(s, size, batch, reps, device):
     hw = size // s["at"]
-    x = torch.rand(batch, s["cin"], hw, hw)
-    w = torch.rand(s["cout"], s["cin"] // s["groups"], s["k"], s["k"])
+    x = torch.rand(batch, s["cin"], hw, hw, device=device)
+    w = torch.rand(s["cout"], s["cin"] // s["groups"], s["k"], s["k"], device=device)
     args = dict(stride=s["stride"], padding=s["pad"], groups=s["groups"])
     y = torch.nn.functional.conv2d(x, w, **args)
     st, pd = [s["stride"]] * 2, [s["pad"]] * 2
 
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def fwd():
+        torch.nn.functional.conv2d(x, w, **args)
+        sync()
+
     def back(mask):
         torch.ops.aten.convolution_backward(y, x, w, None, st, pd, [1, 1], False, [0, 0], s["groups"], mask)
+        sync()
 
     with torch.no_grad():
-        return (timed(reps, lambda: torch.nn.functional.conv2d(x, w, **args)),
+        return (timed(reps, fwd),
                 timed(reps, lambda: back([True, False, False])),
                 timed(reps, lambda: back([False, True, False])))
 
@@ -57,23 +66,29 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", default=None, help="only the cases whose net or name contains this")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: podium's conv ops through cuDNN (cargo feature cudnn) against PyTorch eager CUDA")
+    ap.add_argument("--bench-bin", default=None,
+                    help="a built `conv` bench binary to run instead of `cargo bench` (a machine without cargo)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
-    out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "conv", "--", "--size", str(a.size),
-                          "--batch", str(a.batch), "--reps", str(a.reps)]
-                         + (["--only", a.only] if a.only else []),
+    cmd = [a.bench_bin] if a.bench_bin else ["cargo", "bench", "--quiet", "--bench", "conv"] + (
+        ["--features", "cudnn"] if a.device == "cuda" else []) + ["--"]
+    out = subprocess.run(cmd + ["--size", str(a.size), "--batch", str(a.batch), "--reps", str(a.reps),
+                                "--device", a.device] + (["--only", a.only] if a.only else []),
                          cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     ours = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     shapes = json.load(open(os.path.join(ROOT, "benches", "conv_shapes.json")))
     if a.only:
         shapes = [s for s in shapes if a.only in f"{s['net']} {s['name']}"]
-    print(f"torch {torch.__version__}, {a.threads} threads, {a.size}² input, batch {a.batch}; ms, ratio = PyTorch / podium")
+    where = torch.cuda.get_device_name(0) if a.device == "cuda" else f"{a.threads} threads"
+    print(f"torch {torch.__version__}, {where}, {a.size}² input, batch {a.batch}; ms, ratio = PyTorch / podium")
     print("| net | conv (input map) | forward | backward-data | backward-weights |")
     print("|---|---|---|---|---|")
     ratios = []
     for s, p in zip(shapes, ours):
-        t = torch_case(s, a.size, a.batch, a.reps)
+        t = torch_case(s, a.size, a.batch, a.reps, a.device)
         cells = []
         for key, tt in zip(("forward_ms", "backward_data_ms", "backward_weight_ms"), t):
             r = tt / p[key]

@@ -6,7 +6,10 @@
 //!
 //!     cargo bench --bench conv -- [--size 64] [--batch 32] [--reps 5] [--only TEXT]
 //!
-//! `--only` keeps the cases whose net or name contains TEXT.
+//! `--only` keeps the cases whose net or name contains TEXT. `--device cuda`
+//! (a build with `--features cudnn`, on a GPU) times the same three
+//! convolutions of podium's conv ops on the GPU instead, each call waited
+//! for.
 
 use std::time::Instant;
 
@@ -38,8 +41,55 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Forward, backward-data and backward-weights on the GPU (ms).
+#[cfg(feature = "cuda")]
+fn gpu(g: &Geometry, x: &[f32], w: &[f32], reps: usize) -> [f64; 3] {
+    use candle_core::{Device, Tensor};
+    use podium::nn::kernels::conv::{BackwardData, BackwardWeight, conv2d};
+    let dev = Device::new_cuda(0).expect("a GPU");
+    let xt = Tensor::from_slice(x, (g.n, g.cin, g.h, g.w), &dev).expect("x");
+    let wt = Tensor::from_slice(w, (g.cout, g.cin / g.p.groups, g.kh, g.kw), &dev).expect("w");
+    let y = conv2d(&xt, &wt, g.p).expect("forward");
+    let (bd, bw) = (
+        BackwardData {
+            p: g.p,
+            hw: (g.h, g.w),
+        },
+        BackwardWeight {
+            p: g.p,
+            khw: (g.kh, g.kw),
+        },
+    );
+    let sync = || dev.synchronize().expect("synchronize");
+    [
+        time(reps, || {
+            std::hint::black_box(conv2d(&xt, &wt, g.p).expect("forward"));
+            sync();
+        }),
+        time(reps, || {
+            std::hint::black_box(y.apply_op2_no_bwd(&wt, &bd).expect("backward-data"));
+            sync();
+        }),
+        time(reps, || {
+            std::hint::black_box(xt.apply_op2_no_bwd(&y, &bw).expect("backward-weights"));
+            sync();
+        }),
+    ]
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu(_: &Geometry, _: &[f32], _: &[f32], _: usize) -> [f64; 3] {
+    eprintln!("--device cuda needs a build with `--features cudnn`");
+    std::process::exit(2)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let on_gpu = args
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1))
+        .is_some_and(|d| d == "cuda");
     let (size, batch, reps) = (
         arg(&args, "--size", 64),
         arg(&args, "--batch", 32),
@@ -78,16 +128,22 @@ fn main() {
         let w: Vec<f32> = (0..cout * cin / p.groups * k * k)
             .map(|i| (i % 7) as f32 * 0.1)
             .collect();
-        let y = forward(&x, &w, &g);
-        let fwd = time(reps, || {
-            std::hint::black_box(forward(&x, &w, &g));
-        });
-        let bwd_data = time(reps, || {
-            std::hint::black_box(backward_data(&y, &w, &g));
-        });
-        let bwd_weight = time(reps, || {
-            std::hint::black_box(backward_weight(&x, &y, &g));
-        });
+        let [fwd, bwd_data, bwd_weight] = if on_gpu {
+            gpu(&g, &x, &w, reps)
+        } else {
+            let y = forward(&x, &w, &g);
+            [
+                time(reps, || {
+                    std::hint::black_box(forward(&x, &w, &g));
+                }),
+                time(reps, || {
+                    std::hint::black_box(backward_data(&y, &w, &g));
+                }),
+                time(reps, || {
+                    std::hint::black_box(backward_weight(&x, &y, &g));
+                }),
+            ]
+        };
         println!(
             "{}",
             serde_json::json!({

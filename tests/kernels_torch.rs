@@ -2,6 +2,10 @@
 //! dilations, groups, depthwise), max and average pools and bilinear
 //! upsampling, forward and gradients, to 1e-4 relative. Fixture:
 //! tests/fixtures/kernels/make.py → torch.json (inputs come from a formula).
+//!
+//! A build with the `cuda` feature runs the same cases on the GPU (it
+//! needs one): every conv case (through cuDNN with the `cudnn` feature,
+//! TF32 off), and the pools and upsampling where the GPU path has them.
 
 use candle_core::{Device, Tensor, Var};
 use podium::nn::kernels::conv::{ConvParams, conv2d};
@@ -17,13 +21,13 @@ fn fixture() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// make.py's formula: element i of tensor k of a case.
-fn filled(shape: &[usize], k: usize, case: usize) -> Tensor {
+/// make.py's formula: element i of tensor k of a case, on `dev`.
+fn filled(shape: &[usize], k: usize, case: usize, dev: &Device) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
         .map(|i| (0.37 * i as f64 + 1.3 * k as f64 + 0.1 * case as f64).sin() as f32)
         .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(v, shape, dev).unwrap()
 }
 
 fn dims(v: &Value) -> Vec<usize> {
@@ -58,18 +62,40 @@ fn close(got: &Tensor, want: &Value, what: &str) {
 
 #[test]
 fn kernels_equal_pytorch_forward_and_gradients() {
+    let seen = check_on(&Device::Cpu);
+    // Every kind of case is in the fixture, and every case ran.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen["conv2d"] >= 18, "{seen:?}");
+}
+
+/// The GPU path on the same cases: convolutions (cuDNN's with the `cudnn`
+/// feature), pools with kernel = stride and no padding, and bilinear
+/// upsampling's forward pass; the pools the GPU path does not have are an
+/// error, not a panic or a wrong answer.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_kernels_equal_pytorch_forward_and_gradients() {
+    #[cfg(feature = "cudnn")]
+    podium::nn::kernels::cudnn::set_tf32(false);
+    let dev = Device::new_cuda(0).expect("a build with `cuda` runs its tests on a GPU");
+    let seen = check_on(&dev);
+    assert!(seen["conv2d"] >= 18, "{seen:?}");
+    assert!(seen.get("max_pool2d").is_some_and(|&n| n >= 1), "{seen:?}");
+}
+
+/// Runs every fixture case `dev` takes; the number run per op.
+fn check_on(dev: &Device) -> std::collections::BTreeMap<String, usize> {
     let fx = fixture();
     let cases = fx["cases"].as_array().unwrap();
     let mut seen = std::collections::BTreeMap::new();
     for c in cases {
         let case = u(c, "case");
         let op = c["op"].as_str().unwrap();
-        *seen.entry(op.to_string()).or_insert(0) += 1;
-        let what = format!("{op} case {case}");
-        let x = Var::from_tensor(&filled(&dims(&c["x"]), 0, case)).unwrap();
+        let what = format!("{op} case {case} on {dev:?}");
+        let x = Var::from_tensor(&filled(&dims(&c["x"]), 0, case, dev)).unwrap();
         let (y, w) = match op {
             "conv2d" => {
-                let w = Var::from_tensor(&filled(&dims(&c["w"]), 1, case)).unwrap();
+                let w = Var::from_tensor(&filled(&dims(&c["w"]), 1, case, dev)).unwrap();
                 let p = ConvParams {
                     stride: u(c, "stride"),
                     padding: u(c, "padding"),
@@ -92,17 +118,32 @@ fn kernels_equal_pytorch_forward_and_gradients() {
                     stride: u(c, "stride"),
                     padding: u(c, "padding"),
                 };
-                (pool2d(&x, p).unwrap(), None)
+                match pool2d(&x, p) {
+                    Ok(y) => (y, None),
+                    Err(e) if !dev.is_cpu() && (p.k != p.stride || p.padding != 0) => {
+                        assert!(e.to_string().contains("only supported on the CPU"), "{e}");
+                        continue;
+                    }
+                    Err(e) => panic!("{what}: {e}"),
+                }
             }
             "bilinear" => {
                 let s = dims(&c["size"]);
                 let ac = c["align_corners"].as_bool().unwrap();
-                (bilinear(&x, (s[0], s[1]), ac).unwrap(), None)
+                let y = bilinear(&x, (s[0], s[1]), ac).unwrap();
+                if !dev.is_cpu() {
+                    // candle's GPU upsampling has no backward.
+                    close(&y, &c["y"], &format!("{what} output"));
+                    *seen.entry(op.to_string()).or_insert(0) += 1;
+                    continue;
+                }
+                (y, None)
             }
             other => panic!("unknown op {other}"),
         };
+        *seen.entry(op.to_string()).or_insert(0) += 1;
         close(&y, &c["y"], &format!("{what} output"));
-        let up = filled(y.dims(), 2, case);
+        let up = filled(y.dims(), 2, case, dev);
         let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
         close(
             grads.get(&x).unwrap(),
@@ -117,7 +158,5 @@ fn kernels_equal_pytorch_forward_and_gradients() {
             );
         }
     }
-    // Every kind of case is in the fixture.
-    assert_eq!(seen.len(), 4, "{seen:?}");
-    assert!(seen["conv2d"] >= 18, "{seen:?}");
+    seen
 }

@@ -2,7 +2,8 @@
 //! (tests/fixtures/nn/torch.json, made by make.py there, which says how the
 //! weights are filled): forward outputs of resnet18 and efficientnet_b0, and
 //! one training step's loss, gradients and batch-norm statistics for
-//! simple_cnn.
+//! simple_cnn. A build with the `cuda` feature also runs the forward
+//! outputs on the GPU (it needs one).
 
 use std::collections::BTreeMap;
 
@@ -60,15 +61,15 @@ fn fill(vars: &VarStore) {
     assert!(skipped.is_empty() && loaded.len() == entries.len());
 }
 
-fn input() -> Tensor {
+fn input(dev: &Device) -> Tensor {
     let v: Vec<f32> = (0..2 * 3 * 32 * 32)
         .map(|i| (0.11 * i as f64).sin() as f32)
         .collect();
-    Tensor::from_vec(v, (2, 3, 32, 32), &Device::Cpu).unwrap()
+    Tensor::from_vec(v, (2, 3, 32, 32), dev).unwrap()
 }
 
-fn model(arch: &str) -> (Model, VarStore) {
-    let vars = VarStore::new(&Device::Cpu, 0);
+fn model(arch: &str, dev: &Device) -> (Model, VarStore) {
+    let vars = VarStore::new(dev, 0);
     let m = Model::new(arch, Task::Classify, 3, vars.clone()).unwrap();
     fill(&vars);
     (m, vars)
@@ -84,10 +85,22 @@ fn names_of(v: &Value) -> Vec<String> {
 
 #[test]
 fn resnet18_and_efficientnet_b0_equal_timm_on_the_same_weights() {
+    forward_equals_timm(&Device::Cpu);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn on_the_gpu_resnet18_and_efficientnet_b0_equal_timm() {
+    #[cfg(feature = "cudnn")]
+    podium::nn::kernels::cudnn::set_tf32(false);
+    forward_equals_timm(&Device::new_cuda(0).expect("a build with `cuda` runs its tests on a GPU"));
+}
+
+fn forward_equals_timm(dev: &Device) {
     let f = fixture();
     for arch in ["resnet18", "efficientnet_b0"] {
         let r = &f["forward"][arch];
-        let (m, vars) = model(arch);
+        let (m, vars) = model(arch, dev);
         let ours: Vec<String> = vars.entries().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             ours,
@@ -95,7 +108,7 @@ fn resnet18_and_efficientnet_b0_equal_timm_on_the_same_weights() {
             "{arch}: variable names differ from timm's"
         );
         let y: Vec<Vec<f32>> = m
-            .forward_t(&input(), false)
+            .forward_t(&input(dev), false)
             .unwrap()
             .logits
             .to_vec2()
@@ -104,7 +117,10 @@ fn resnet18_and_efficientnet_b0_equal_timm_on_the_same_weights() {
             for (a, b) in row.iter().zip(want.as_array().unwrap()) {
                 let b = b.as_f64().unwrap();
                 let tol = 1e-4 * b.abs().max(1.0);
-                assert!((f64::from(*a) - b).abs() < tol, "{arch}: {a} vs {b}");
+                assert!(
+                    (f64::from(*a) - b).abs() < tol,
+                    "{arch} on {dev:?}: {a} vs {b}"
+                );
             }
         }
     }
@@ -112,13 +128,27 @@ fn resnet18_and_efficientnet_b0_equal_timm_on_the_same_weights() {
 
 #[test]
 fn one_training_step_of_simple_cnn_equals_pytorch() {
+    training_step_equals_pytorch(&Device::Cpu);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn on_the_gpu_one_training_step_of_simple_cnn_equals_pytorch() {
+    #[cfg(feature = "cudnn")]
+    podium::nn::kernels::cudnn::set_tf32(false);
+    training_step_equals_pytorch(
+        &Device::new_cuda(0).expect("a build with `cuda` runs its tests on a GPU"),
+    );
+}
+
+fn training_step_equals_pytorch(dev: &Device) {
     let f = fixture();
     let r = &f["train_step"];
-    let (m, vars) = model("simple_cnn");
+    let (m, vars) = model("simple_cnn", dev);
     let ours: Vec<String> = vars.entries().into_iter().map(|(n, _)| n).collect();
     assert_eq!(ours, names_of(&r["names"]));
-    let out = m.forward_t(&input(), true).unwrap();
-    let target = Tensor::new(&[[1f32, 0., 0.], [0., 0., 1.]], &Device::Cpu).unwrap();
+    let out = m.forward_t(&input(dev), true).unwrap();
+    let target = Tensor::new(&[[1f32, 0., 0.], [0., 0., 1.]], dev).unwrap();
     let loss = Loss {
         terms: vec![(Kind::Ce, 1.0)],
         label_smoothing: 0.0,
@@ -127,7 +157,7 @@ fn one_training_step_of_simple_cnn_equals_pytorch() {
     let t = Targets {
         classes: Some(target),
         values: None,
-        weights: Tensor::new(&[1f32, 1.], &Device::Cpu).unwrap(),
+        weights: Tensor::new(&[1f32, 1.], dev).unwrap(),
     };
     let l = loss.compute(Task::Classify, &out.logits, None, &t).unwrap();
     let lv: f32 = l.to_scalar().unwrap();

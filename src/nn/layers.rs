@@ -53,13 +53,14 @@ pub fn conv(
 }
 
 impl Module for Conv {
-    /// podium's own kernels on the CPU; on other devices candle's conv2d,
-    /// except depthwise ones, which candle would split into one conv per
-    /// channel: a sum of shifted views instead.
+    /// podium's own kernels on the CPU, cuDNN on a GPU in a build with the
+    /// `cudnn` feature; elsewhere candle's conv2d, except depthwise ones,
+    /// which candle would split into one conv per channel: a sum of shifted
+    /// views instead.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let p = self.params;
         let cin = x.dim(1)?;
-        let depthwise_view = !x.device().is_cpu()
+        let depthwise_view = !super::kernels::conv::runs_here(x)
             && p.groups > 1
             && p.groups == cin
             && p.dilation == 1

@@ -46,11 +46,10 @@ pub fn device(spec: &str, gpus: &[usize]) -> Result<Device, String> {
     let ordinal = match spec {
         "cpu" => return Ok(Device::Cpu),
         "auto" => {
-            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                gpus.first().copied().unwrap_or(0)
-            } else {
+            if gpu_count() == 0 {
                 return Ok(Device::Cpu);
             }
+            gpus.first().copied().unwrap_or(0)
         }
         "cuda" => gpus.first().copied().unwrap_or(0),
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
@@ -65,6 +64,18 @@ pub fn device(spec: &str, gpus: &[usize]) -> Result<Device, String> {
         ));
     }
     Device::new_cuda(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e}"))
+}
+
+/// The GPUs the CUDA driver reports: 0 in a build without the `cuda` feature,
+/// and where no driver or no GPU is present (a `cuda` build on a CPU machine).
+pub fn gpu_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::cuda::cudarc::driver::CudaContext::device_count()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
+    #[cfg(not(feature = "cuda"))]
+    0
 }
 
 /// Whether `spec` names a device (without opening it).
@@ -84,8 +95,12 @@ mod tests {
         assert!(matches!(device("cpu", &[]), Ok(Device::Cpu)));
         assert!(valid_device("cuda:1") && !valid_device("gpu"));
         assert!(device("gpu", &[]).unwrap_err().contains("unknown device"));
+        if gpu_count() == 0 {
+            // Also in a `cuda` build on a machine without a GPU or driver.
+            assert!(matches!(device("auto", &[0]), Ok(Device::Cpu)));
+        }
         if !cfg!(feature = "cuda") {
-            assert!(matches!(device("auto", &[]), Ok(Device::Cpu)));
+            assert_eq!(gpu_count(), 0);
             assert!(
                 device("cuda:0", &[])
                     .unwrap_err()

@@ -68,14 +68,21 @@ impl Default for ConvParams {
 }
 
 /// `x [N, Cin, H, W]` ⊛ `w [Cout, Cin / groups, kh, kw]` → `[N, Cout, oh, ow]`,
-/// with gradients for both. podium's kernels run f32 tensors on the CPU;
-/// anything else goes to candle's `conv2d`.
+/// with gradients for both. podium's kernels run f32 tensors on the CPU,
+/// and cuDNN f32 tensors on a GPU in a build with the `cudnn` feature
+/// ([`super::cudnn`]); anything else goes to candle's `conv2d`.
 pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+    if runs_here(x) && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d(p))
     } else {
         x.conv2d(w, p.padding, p.stride, p.dilation, p.groups)
     }
+}
+
+/// Whether podium's conv ops take tensors on `x`'s device: the CPU's, and
+/// a GPU's in a build with the `cudnn` feature.
+pub fn runs_here(x: &Tensor) -> bool {
+    x.device().is_cpu() || (cfg!(feature = "cudnn") && x.device().is_cuda())
 }
 
 /// The sizes of one convolution.
@@ -186,7 +193,7 @@ impl Geometry {
             .max(1)
     }
 
-    fn dims(&self) -> ([usize; 4], [usize; 4], [usize; 4]) {
+    pub(super) fn dims(&self) -> ([usize; 4], [usize; 4], [usize; 4]) {
         (
             [self.n, self.cin, self.h, self.w],
             [self.cout, self.cg_in(), self.kh, self.kw],
@@ -723,6 +730,12 @@ unsafe fn transpose8x8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize)
 /// The forward op on `(x, w)`.
 struct Conv2d(ConvParams);
 
+impl Conv2d {
+    fn geometry(&self, l1: &Layout, l2: &Layout) -> Result<Geometry> {
+        Geometry::new(dims4(l1, "conv2d")?, dims4(l2, "conv2d weight")?, self.0)
+    }
+}
+
 impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
         "podium-conv2d"
@@ -735,13 +748,26 @@ impl CustomOp2 for Conv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(dims4(l1, "conv2d")?, dims4(l2, "conv2d weight")?, self.0)?;
+        let g = self.geometry(l1, l2)?;
         let y = forward(
             f32_slice(s1, l1, "conv2d")?,
             f32_slice(s2, l2, "conv2d")?,
             &g,
         );
         Ok((CpuStorage::F32(y), Shape::from(g.dims().2.to_vec())))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.geometry(l1, l2)?;
+        let y = super::cudnn::forward((s1, l1), (s2, l2), &g)?;
+        Ok((y, Shape::from(g.dims().2.to_vec())))
     }
 
     fn bwd(
@@ -787,6 +813,24 @@ pub struct BackwardData {
     pub hw: (usize, usize),
 }
 
+impl BackwardData {
+    /// The forward geometry of `(dy, w)`, checked against `dy`'s dims.
+    fn geometry(&self, l1: &Layout, l2: &Layout) -> Result<Geometry> {
+        let [n, _, _, _] = dims4(l1, "conv2d backward")?;
+        let wd = dims4(l2, "conv2d backward weight")?;
+        let x = [n, wd[1] * self.p.groups, self.hw.0, self.hw.1];
+        let g = Geometry::new(x, wd, self.p)?;
+        if l1.dims() != g.dims().2 {
+            bail!(
+                "conv2d backward: gradient {:?} for output {:?}",
+                l1.dims(),
+                g.dims().2
+            )
+        }
+        Ok(g)
+    }
+}
+
 impl CustomOp2 for BackwardData {
     fn name(&self) -> &'static str {
         "podium-conv2d-backward-data"
@@ -799,23 +843,26 @@ impl CustomOp2 for BackwardData {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let [n, _, _, _] = dims4(l1, "conv2d backward")?;
-        let wd = dims4(l2, "conv2d backward weight")?;
-        let x = [n, wd[1] * self.p.groups, self.hw.0, self.hw.1];
-        let g = Geometry::new(x, wd, self.p)?;
-        if l1.dims() != g.dims().2 {
-            bail!(
-                "conv2d backward: gradient {:?} for output {:?}",
-                l1.dims(),
-                g.dims().2
-            )
-        }
+        let g = self.geometry(l1, l2)?;
         let dx = backward_data(
             f32_slice(s1, l1, "conv2d backward")?,
             f32_slice(s2, l2, "conv2d backward")?,
             &g,
         );
-        Ok((CpuStorage::F32(dx), Shape::from(x.to_vec())))
+        Ok((CpuStorage::F32(dx), Shape::from(g.dims().0.to_vec())))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.geometry(l1, l2)?;
+        let dx = super::cudnn::backward_data((s1, l1), (s2, l2), &g)?;
+        Ok((dx, Shape::from(g.dims().0.to_vec())))
     }
 }
 
@@ -823,6 +870,25 @@ impl CustomOp2 for BackwardData {
 pub struct BackwardWeight {
     pub p: ConvParams,
     pub khw: (usize, usize),
+}
+
+impl BackwardWeight {
+    /// The forward geometry of `(x, dy)`, checked against `dy`'s dims.
+    fn geometry(&self, l1: &Layout, l2: &Layout) -> Result<Geometry> {
+        let xd = dims4(l1, "conv2d backward")?;
+        let [_, cout, _, _] = dims4(l2, "conv2d backward gradient")?;
+        let groups = self.p.groups.max(1);
+        let wd = [cout, xd[1] / groups, self.khw.0, self.khw.1];
+        let g = Geometry::new(xd, wd, self.p)?;
+        if l2.dims() != g.dims().2 {
+            bail!(
+                "conv2d backward: gradient {:?} for output {:?}",
+                l2.dims(),
+                g.dims().2
+            )
+        }
+        Ok(g)
+    }
 }
 
 impl CustomOp2 for BackwardWeight {
@@ -837,24 +903,26 @@ impl CustomOp2 for BackwardWeight {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xd = dims4(l1, "conv2d backward")?;
-        let [_, cout, _, _] = dims4(l2, "conv2d backward gradient")?;
-        let groups = self.p.groups.max(1);
-        let wd = [cout, xd[1] / groups, self.khw.0, self.khw.1];
-        let g = Geometry::new(xd, wd, self.p)?;
-        if l2.dims() != g.dims().2 {
-            bail!(
-                "conv2d backward: gradient {:?} for output {:?}",
-                l2.dims(),
-                g.dims().2
-            )
-        }
+        let g = self.geometry(l1, l2)?;
         let dw = backward_weight(
             f32_slice(s1, l1, "conv2d backward")?,
             f32_slice(s2, l2, "conv2d backward")?,
             &g,
         );
-        Ok((CpuStorage::F32(dw), Shape::from(wd.to_vec())))
+        Ok((CpuStorage::F32(dw), Shape::from(g.dims().1.to_vec())))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.geometry(l1, l2)?;
+        let dw = super::cudnn::backward_weight((s1, l1), (s2, l2), &g)?;
+        Ok((dw, Shape::from(g.dims().1.to_vec())))
     }
 }
 

@@ -21,6 +21,8 @@
 
 pub mod bn;
 pub mod conv;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 mod depthwise;
 mod direct;
 mod implicit;
