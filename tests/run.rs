@@ -278,6 +278,25 @@ fn a_failing_instance_shows_its_log_tail_and_spares_independent_work() {
 }
 
 #[test]
+fn gpus_default_to_what_the_driver_reports_and_the_flag_overrides() {
+    let ws = Ws::new(&PIPELINE.replace(
+        "[stages.report]\n",
+        "[stages.report]\nresources = { gpu = 1 }\n",
+    ));
+    if podium::nn::gpu_count() == 0 {
+        let r = ws.run_code(&["--keep-going"], 1);
+        assert_eq!(names(&r, "failed"), ["report"]);
+        let out = ws.podium(&["run", "-f", "p.toml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("needs 1 GPU(s); 0 available"), "{err}");
+    }
+    // `exec` stages only see the GPU's index ($CUDA_VISIBLE_DEVICES): any
+    // machine can pretend to have one.
+    let r = ws.run(&["--gpus", "1"]);
+    assert_eq!(names(&r, "executed"), ["report"]);
+}
+
+#[test]
 fn a_missing_declared_output_fails_the_instance() {
     let ws = Ws::new(PIPELINE);
     let out = ws.podium(&[

@@ -83,9 +83,10 @@ enum Command {
         /// Threads shared by running instances (an instance takes `resources.threads`, default 1).
         #[arg(short = 'j', long, default_value_t = default_jobs())]
         jobs: usize,
-        /// GPUs on this machine, handed to instances that ask with `resources.gpu`.
-        #[arg(long, env = "PODIUM_GPUS", default_value_t = 0)]
-        gpus: usize,
+        /// GPUs on this machine, handed to instances that ask with `resources.gpu`
+        /// [default: the GPUs the CUDA driver reports; 0 in a build without `cuda`].
+        #[arg(long, env = "PODIUM_GPUS")]
+        gpus: Option<usize>,
         /// After a failure, go on with the instances that do not depend on it.
         #[arg(short = 'k', long)]
         keep_going: bool,
@@ -180,7 +181,7 @@ pub fn main() -> i32 {
             manifest,
             targets,
             *jobs,
-            *gpus,
+            gpus.unwrap_or_else(podium::nn::gpu_count),
             *keep_going,
             force,
             *no_wait,

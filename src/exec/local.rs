@@ -66,7 +66,7 @@ impl Executor for LocalExecutor {
                         ready.remove(i);
                         outcomes[ji] = Some(Outcome::Failed {
                             message: format!(
-                                "needs {} GPU(s); {} available (set --gpus)",
+                                "needs {} GPU(s); {} available (--gpus; by default the GPUs the CUDA driver reports)",
                                 job.resources.gpu, self.gpus
                             ),
                             log: None,
