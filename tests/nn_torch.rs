@@ -2,8 +2,8 @@
 //! (tests/fixtures/nn/torch.json, made by make.py there, which says how the
 //! weights are filled): forward outputs of resnet18 and efficientnet_b0, and
 //! one training step's loss, gradients and batch-norm statistics for
-//! simple_cnn. A build with the `cuda` feature also runs the forward
-//! outputs on the GPU (it needs one).
+//! simple_cnn. A build with the `cuda` feature also runs both on the GPU
+//! (it needs one), TF32 off.
 
 use std::collections::BTreeMap;
 
@@ -88,12 +88,18 @@ fn resnet18_and_efficientnet_b0_equal_timm_on_the_same_weights() {
     forward_equals_timm(&Device::Cpu);
 }
 
+/// GPU 0, with cuDNN's convolutions in f32 (no TF32) as PyTorch's on the CPU.
+#[cfg(feature = "cuda")]
+fn gpu() -> Device {
+    #[cfg(feature = "cudnn")]
+    podium::nn::kernels::cudnn::set_tf32(false);
+    Device::new_cuda(0).expect("a build with `cuda` runs its tests on a GPU")
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn on_the_gpu_resnet18_and_efficientnet_b0_equal_timm() {
-    #[cfg(feature = "cudnn")]
-    podium::nn::kernels::cudnn::set_tf32(false);
-    forward_equals_timm(&Device::new_cuda(0).expect("a build with `cuda` runs its tests on a GPU"));
+    forward_equals_timm(&gpu());
 }
 
 fn forward_equals_timm(dev: &Device) {
@@ -134,11 +140,7 @@ fn one_training_step_of_simple_cnn_equals_pytorch() {
 #[cfg(feature = "cuda")]
 #[test]
 fn on_the_gpu_one_training_step_of_simple_cnn_equals_pytorch() {
-    #[cfg(feature = "cudnn")]
-    podium::nn::kernels::cudnn::set_tf32(false);
-    training_step_equals_pytorch(
-        &Device::new_cuda(0).expect("a build with `cuda` runs its tests on a GPU"),
-    );
+    training_step_equals_pytorch(&gpu());
 }
 
 fn training_step_equals_pytorch(dev: &Device) {

@@ -61,7 +61,8 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
     })
 }
 
-/// The descriptors of `g`: convolution, input, weight, output.
+/// The descriptors of `g` on `dev`'s cuDNN handle: convolution, input,
+/// weight, output.
 struct Descriptors {
     conv: ConvDescriptor<f32>,
     x: TensorDescriptor<f32>,
@@ -70,7 +71,8 @@ struct Descriptors {
     tf32: bool,
 }
 
-fn descriptors(c: &Arc<Cudnn>, g: &Geometry) -> Result<Descriptors> {
+fn descriptors(dev: &CudaDevice, g: &Geometry) -> Result<Descriptors> {
+    let c = handle(dev)?;
     let i = |v: usize| -> Result<i32> {
         i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("cudnn: {v} exceeds i32")))
     };
@@ -155,8 +157,7 @@ pub(super) fn forward(
     g: &Geometry,
 ) -> Result<CudaStorage> {
     let dev = &xs.device;
-    let c = handle(dev)?;
-    let d = descriptors(&c, g)?;
+    let d = descriptors(dev, g)?;
     let op = ConvForward {
         conv: &d.conv,
         x: &d.x,
@@ -180,8 +181,7 @@ pub(super) fn backward_data(
     g: &Geometry,
 ) -> Result<CudaStorage> {
     let dev = &dys.device;
-    let c = handle(dev)?;
-    let d = descriptors(&c, g)?;
+    let d = descriptors(dev, g)?;
     let op = ConvBackwardData {
         conv: &d.conv,
         dx: &d.x,
@@ -208,8 +208,7 @@ pub(super) fn backward_weight(
     g: &Geometry,
 ) -> Result<CudaStorage> {
     let dev = &xs.device;
-    let c = handle(dev)?;
-    let d = descriptors(&c, g)?;
+    let d = descriptors(dev, g)?;
     let op = ConvBackwardFilter {
         conv: &d.conv,
         x: &d.x,
