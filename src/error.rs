@@ -22,6 +22,9 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Corrupt(String),
+    /// An output a stage left that podium will not store as it is.
+    #[error("output `{output}`: {message}")]
+    Output { output: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

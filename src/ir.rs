@@ -89,14 +89,59 @@ impl Instance {
         ops::get(&self.op).expect("checked op exists")
     }
 
-    /// `fold=0,arch=resnet18`: the instance's directory name under its stage.
+    /// `fold=0,arch=resnet18`: the instance's directory name under its stage
+    /// (each value encoded by [`encode_matrix_value`]).
     pub fn matrix_label(&self) -> String {
-        self.matrix
-            .iter()
-            .map(|(k, v)| format!("{k}={}", plain(v)))
-            .collect::<Vec<_>>()
-            .join(",")
+        matrix_label(&self.matrix)
     }
+}
+
+/// `k=v,k2=v2` with each value encoded by [`encode_matrix_value`]: one path
+/// component whatever the values hold.
+pub fn matrix_label(combo: &[(String, Value)]) -> String {
+    combo
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode_matrix_value(&plain(v))))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A matrix value as it appears in instance names and directory names:
+/// ASCII letters, digits and `-_.+@~` stay; every other byte (`/`, `,`,
+/// `=`, `%`, `[`, `]`, spaces, control characters, non-ASCII) and a leading
+/// `.` become `%XX`, so that no value forms a path component of its own
+/// (`..`, `a/b`, a newline) and every instance can be named as a target.
+pub fn encode_matrix_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, b) in v.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b"-_+@~".contains(&b) || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_matrix_value`]; `None` when `s` is not an
+/// encoding (a `%` not followed by two hex digits, or bytes that are not
+/// UTF-8).
+pub fn decode_matrix_value(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn plain(v: &Value) -> String {
@@ -531,15 +576,7 @@ impl Checker<'_> {
             let name = if combo.is_empty() {
                 st.name.name.clone()
             } else {
-                format!(
-                    "{}[{}]",
-                    st.name.name,
-                    combo
-                        .iter()
-                        .map(|(k, v)| format!("{k}={}", plain(v)))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
+                format!("{}[{}]", st.name.name, matrix_label(&combo))
             };
             if !names.insert(name.clone()) {
                 self.push(
@@ -1367,10 +1404,14 @@ impl Pipeline {
             let before = out.len();
             for &i in &st.instances {
                 let inst = &self.instances[i];
+                // A value as written, or encoded as in instance names.
                 if pairs.iter().all(|(k, v)| {
-                    inst.matrix
-                        .iter()
-                        .any(|(mk, mv)| mk == k && plain(mv) == *v)
+                    inst.matrix.iter().any(|(mk, mv)| {
+                        mk == k && {
+                            let plain = plain(mv);
+                            plain == *v || decode_matrix_value(v).is_some_and(|d| d == plain)
+                        }
+                    })
                 }) {
                     out.push(i);
                 }

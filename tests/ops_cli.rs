@@ -53,18 +53,21 @@ impl Ws {
         );
     }
 
-    /// Fails with one `error:` line mentioning `needle`; `out.txt` untouched.
+    /// Fails with one `error:` line mentioning `needle`; the output
+    /// directory (`-o failed`, holding one file) untouched.
     fn fails(&self, args: &[&str], needle: &str) {
-        self.write("out.txt", "untouched");
+        self.write("failed/out.txt", "untouched");
         let mut all = args.to_vec();
-        all.extend(["-o", "out.txt"]);
+        all.extend(["-o", "failed"]);
         let out = self.op(&all);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "podium op {args:?}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(lines.len(), 1, "podium op {args:?}: {err}");
         assert!(lines[0].contains(needle), "podium op {args:?}: {err}");
-        assert_eq!(self.read("out.txt"), "untouched");
+        assert_eq!(self.read("failed/out.txt"), "untouched");
+        let entries = std::fs::read_dir(self.dir.path().join("failed")).unwrap();
+        assert_eq!(entries.count(), 1, "podium op {args:?} left files in -o");
     }
 }
 

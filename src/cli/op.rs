@@ -137,9 +137,24 @@ pub fn op(
             inst.outputs.join(", ")
         );
     }
+    if let Some(output) = output {
+        check_output(kind, output, &inst.outputs)?;
+    }
+    // The work directory sits in the output directory, or beside the output
+    // file, so that the result is renamed into place rather than copied
+    // across filesystems.
+    let beside = match output {
+        Some(o) if o.is_dir() => o.to_path_buf(),
+        Some(o) => o
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && d.is_dir())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        None => PathBuf::from("."),
+    };
     let work = tempfile::Builder::new()
         .prefix(".podium-op")
-        .tempdir_in(".")?;
+        .tempdir_in(&beside)?;
     let out_dir = work.path().join("out");
     std::fs::create_dir(&out_dir)?;
     let params = inst
@@ -187,23 +202,119 @@ pub fn op(
         return Ok(1);
     }
     if let Some(output) = output {
-        // Written beside the target, then renamed: a failure leaves it untouched.
         let src: PathBuf = if inst.outputs.len() == 1 {
             out_dir.join(&inst.outputs[0])
         } else {
             out_dir.clone()
         };
-        if inst.outputs.len() != 1 && output.exists() && !output.is_dir() {
-            anyhow::bail!(
-                "{}: exists and is not a directory, but op `{kind}` writes several outputs ({})",
-                output.display(),
-                inst.outputs.join(", ")
-            );
-        }
-        if output.is_dir() && inst.outputs.len() != 1 {
-            podium::store::remove_all(output)?;
-        }
-        std::fs::rename(&src, output).or_else(|_| std::fs::copy(&src, output).map(|_| ()))?;
+        place(&src, output)?;
     }
     Ok(0)
+}
+
+/// Refuses, before the op runs, an `-o` that [`place`] would refuse.
+fn check_output(kind: &str, output: &Path, outputs: &[String]) -> anyhow::Result<()> {
+    let several = outputs.len() > 1;
+    match std::fs::symlink_metadata(output) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) if several => anyhow::bail!(
+            "{}: exists and is not a directory, but op `{kind}` writes several outputs ({}): \
+             -o names the directory they go into",
+            output.display(),
+            outputs.join(", ")
+        ),
+        Ok(_) => Ok(()),
+        Err(_) if several && outputs.iter().any(|o| same_extension(o, output)) => anyhow::bail!(
+            "-o {}: op `{kind}` writes several outputs ({}), so -o names a directory to create \
+             and fill, not one of the files",
+            output.display(),
+            outputs.join(", ")
+        ),
+        Err(_) => Ok(()),
+    }
+}
+
+fn same_extension(a: &str, b: &Path) -> bool {
+    let ext = Path::new(a).extension();
+    ext.is_some() && ext == b.extension()
+}
+
+/// Puts the op's result `src` (a file or a directory) at `dest`, never
+/// deleting anything that was there:
+/// - `dest` does not exist: `src` is renamed (or copied) to it;
+/// - `src` is a file and `dest` an existing file: it is replaced;
+/// - `dest` an existing directory: `src`'s entries (or the file itself,
+///   under its own name) are added to it, and one that is there already is
+///   an error naming it, before anything is moved.
+pub fn place(src: &Path, dest: &Path) -> anyhow::Result<()> {
+    let src_is_dir = src.is_dir();
+    let dest_meta = std::fs::symlink_metadata(dest).ok();
+    match dest_meta {
+        None => move_path(src, dest),
+        Some(m) if !m.is_dir() => {
+            if src_is_dir {
+                anyhow::bail!(
+                    "{}: exists and is not a directory; the op writes a directory",
+                    dest.display()
+                );
+            }
+            move_path(src, dest)
+        }
+        Some(_) => {
+            let entries: Vec<(PathBuf, PathBuf)> = if src_is_dir {
+                std::fs::read_dir(src)?
+                    .map(|e| e.map(|e| (e.path(), dest.join(e.file_name()))))
+                    .collect::<Result<_, _>>()?
+            } else {
+                let name = src.file_name().expect("an output has a name");
+                vec![(src.to_path_buf(), dest.join(name))]
+            };
+            if let Some((_, there)) = entries
+                .iter()
+                .find(|(_, d)| std::fs::symlink_metadata(d).is_ok())
+            {
+                anyhow::bail!(
+                    "{}: exists; podium op adds its outputs to an existing directory but never \
+                     replaces what is in it: remove it or choose another -o",
+                    there.display()
+                );
+            }
+            for (s, d) in &entries {
+                move_path(s, d)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Renames `src` to `dest`; across filesystems, copies (a directory
+/// recursively) to a temporary name beside `dest` and renames that.
+fn move_path(src: &Path, dest: &Path) -> anyhow::Result<()> {
+    if std::fs::rename(src, dest).is_ok() {
+        return Ok(());
+    }
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".podium-op")
+        .tempdir_in(parent)?;
+    let staged = tmp.path().join("x");
+    copy_tree(src, &staged)?;
+    std::fs::rename(&staged, dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dest: &Path) -> anyhow::Result<()> {
+    if src.is_dir() {
+        std::fs::create_dir(dest)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dest.join(e.file_name()))?;
+        }
+    } else {
+        std::fs::copy(src, dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
+    }
+    Ok(())
 }

@@ -75,7 +75,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::graph::Graph;
 use crate::hash::StatCache;
 use crate::ir::Pipeline;
@@ -129,6 +129,40 @@ impl RunReport {
     }
 }
 
+/// The file that marks an output directory (`out/`) as podium's.
+pub const OUT_MARKER: &str = ".podium-out";
+
+/// Makes sure `out_root` is podium's to write into: a new or empty
+/// directory is created and marked with [`OUT_MARKER`]; one that holds
+/// anything and has no marker (the project's root, a data directory) is
+/// refused, so that podium never replaces or deletes files it did not make.
+pub fn claim_out_dir(out_root: &std::path::Path) -> Result<()> {
+    let marker = out_root.join(OUT_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    let empty = match std::fs::read_dir(out_root) {
+        Ok(mut d) => d.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e).at(out_root),
+    };
+    if !empty {
+        return Err(Error::Usage(format!(
+            "--out-dir {}: the directory holds files and podium did not make it (no {OUT_MARKER} in it); \
+             podium writes outputs only into a directory of its own: name a new or empty one \
+             (or, if an older podium made this one, create {} to hand it over)",
+            out_root.display(),
+            marker.display()
+        )));
+    }
+    std::fs::create_dir_all(out_root).at(out_root)?;
+    std::fs::write(
+        &marker,
+        "This directory is podium's output directory (out/): podium replaces the outputs it made here.\n",
+    )
+    .at(&marker)
+}
+
 /// Plans and runs a pipeline: fresh instances are only made visible under
 /// `out/`, stale ones go to the executor in dependency order.
 pub fn run(
@@ -142,6 +176,7 @@ pub fn run(
 ) -> Result<RunReport> {
     let g = Graph::of(p);
     let targets = p.select_targets(&opts.targets).map_err(Error::Usage)?;
+    claim_out_dir(&opts.out_root)?;
     let plan = plan::plan(p, &g, store, stat, Some(&targets), &opts.force)?;
     on_plan(&plan);
     let mut fresh = Vec::new();

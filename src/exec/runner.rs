@@ -204,8 +204,16 @@ impl<'a> Runner<'a> {
                     .unwrap_or(0);
                 self.store.put_record(&rec)?;
                 let dir = outputs_dir(&self.out_root, inst);
-                // The previous run's files must not linger beside the new ones.
-                let _ = store::remove_all(&dir);
+                // The previous run's outputs must not linger beside the new
+                // ones; nothing else in the directory is podium's to remove.
+                let previous = self.store.state(&p.name, &inst.name);
+                let names = rec
+                    .outputs
+                    .keys()
+                    .chain(previous.iter().flat_map(|r| r.outputs.keys()));
+                for name in names {
+                    let _ = store::remove_all(&dir.join(name));
+                }
                 self.set_record(id, rec.clone());
                 self.materialize(id)?;
                 self.store.put_state(&rec)?;

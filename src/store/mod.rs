@@ -245,13 +245,20 @@ impl Store {
     }
 
     /// Moves a finished file into the objects, returning its hash. The file
-    /// is fsynced before it becomes visible under its hash.
+    /// is fsynced before it becomes visible under its hash. `path` must be a
+    /// regular file of podium's own (in a work directory, not a symbolic
+    /// link, one link): it is renamed and made read-only. Anything else goes
+    /// through [`Store::put_copy`].
     pub fn put_file(&self, path: &Path) -> Result<(Hash, u64, bool)> {
-        let meta = fs::metadata(path).at(path)?;
+        let meta = fs::symlink_metadata(path).at(path)?;
         let exec = meta.permissions().mode() & 0o111 != 0;
         let h = hash::hash_file(path).at(path)?;
         let dest = self.object_path(&h);
-        if dest.exists() {
+        // An object of the wrong size (damaged since it was stored) is
+        // replaced by the new file rather than kept.
+        let stored =
+            fs::symlink_metadata(&dest).is_ok_and(|d| d.is_file() && d.len() == meta.len());
+        if stored {
             self.discard(path);
         } else {
             File::open(path).and_then(|f| f.sync_all()).at(path)?;
@@ -274,15 +281,47 @@ impl Store {
         Ok((h, meta.len(), exec))
     }
 
-    /// Stores a declared output (file or directory) found at `path`.
+    /// Stores a copy of the file `path` refers to (through symbolic links),
+    /// leaving the file itself as it was: its name, mode, inode and link
+    /// count are not touched. For outputs that are links to files podium
+    /// did not make.
+    pub fn put_copy(&self, path: &Path) -> Result<(Hash, u64, bool)> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}-copy-{n}", std::process::id()));
+        let copied = fs::copy(path, &tmp).at(path);
+        let stored = copied.and_then(|_| self.put_file(&tmp));
+        let _ = fs::remove_file(&tmp);
+        stored
+    }
+
+    /// Stores a declared output (file or directory) found at `path`, in a
+    /// work directory. Files that are podium's own are moved into the
+    /// store; a symbolic link, or a file with other hard links (to an input,
+    /// say), is stored by content and the file it leads to is left alone. A
+    /// link loop, a dangling link or a special file is an error naming the
+    /// output and the link.
     pub fn put_output(&self, path: &Path) -> Result<Output> {
-        let meta = fs::metadata(path).at(path)?;
+        let output = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (meta, linked) = resolve(path, &output, false)?;
         if meta.is_dir() {
-            let files = hash::list_files(path, None).at(path)?;
+            let mut files = Vec::new();
+            let mut ancestors = vec![(meta.dev(), meta.ino())];
+            collect_output(path, "", linked, &output, &mut ancestors, &mut files)?;
+            files.sort_by(|a, b| a.0.cmp(&b.0));
             let mut entries = Vec::with_capacity(files.len());
             let mut size = 0;
-            for (rel, p) in files {
-                let (h, n, exec) = self.put_file(&p)?;
+            for (rel, p, borrowed) in files {
+                let (h, n, exec) = if borrowed {
+                    self.put_copy(&p)?
+                } else {
+                    self.put_file(&p)?
+                };
                 size += n;
                 entries.push(FileEntry {
                     path: rel,
@@ -304,7 +343,11 @@ impl Store {
                 files: entries,
             })
         } else {
-            let (h, n, exec) = self.put_file(path)?;
+            let (h, n, exec) = if linked || meta.nlink() > 1 {
+                self.put_copy(path)?
+            } else {
+                self.put_file(path)?
+            };
             Ok(Output {
                 kind: OutputKind::File,
                 hash: h.to_hex().to_string(),
@@ -368,15 +411,43 @@ impl Store {
         }
     }
 
-    /// The record of a key, if it exists and all its objects are present.
+    /// The record of a key, if it exists and all its objects are intact
+    /// (see [`Store::object_intact`]); a damaged object is dropped, so that
+    /// its producer runs again and writes it anew.
     pub fn record(&self, key: &Hash) -> Option<Record> {
         let rec = self.records.get(key.to_hex().as_str())?;
-        let complete = rec
-            .outputs
-            .values()
-            .flat_map(|o| self.output_objects(o))
-            .all(|p| p.exists());
+        let complete = rec.outputs.values().all(|o| match o.kind {
+            OutputKind::File => self.object_intact(&o.hash, o.size, rec.finished_at),
+            OutputKind::Dir => o
+                .files
+                .iter()
+                .all(|f| self.object_intact(&f.hash, f.size, rec.finished_at)),
+        });
         complete.then_some(rec)
+    }
+
+    /// Whether the object `hash` is there as its record says: a regular file
+    /// (not a symbolic link) of `size` bytes, and, when it was modified after
+    /// the record was written (`finished_at`, seconds; an edit through a
+    /// hard link in `out/` as root, say), still of that hash. An object that
+    /// fails is removed.
+    pub fn object_intact(&self, hash: &str, size: u64, finished_at: u64) -> bool {
+        let Ok(h) = Hash::from_hex(hash) else {
+            return false;
+        };
+        let path = self.object_path(&h);
+        let Ok(m) = fs::symlink_metadata(&path) else {
+            return false;
+        };
+        let ok = m.is_file()
+            && m.len() == size
+            && (finished_at == 0
+                || m.mtime() <= finished_at as i64
+                || hash::hash_file(&path).is_ok_and(|got| got == h));
+        if !ok {
+            let _ = fs::remove_file(&path);
+        }
+        ok
     }
 
     /// Appends `rec` to the record log; it is fsynced with the others of
@@ -607,6 +678,86 @@ impl Drop for Store {
         }
         let _ = remove_all(&self.trash);
     }
+}
+
+/// The metadata of an output's entry, through a symbolic link, and whether
+/// it was reached through one (`linked` says a link was crossed above it).
+fn resolve(path: &Path, output: &str, linked: bool) -> Result<(fs::Metadata, bool)> {
+    let meta = fs::symlink_metadata(path).at(path)?;
+    let (meta, linked) = if meta.file_type().is_symlink() {
+        let target = fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let followed = fs::metadata(path).map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                "is a symbolic link loop".to_string()
+            } else if e.kind() == io::ErrorKind::NotFound {
+                "is a dangling symbolic link".to_string()
+            } else {
+                format!("cannot be followed: {e}")
+            };
+            Error::Output {
+                output: output.to_string(),
+                message: format!("`{}` (→ `{target}`) {why}", path.display()),
+            }
+        })?;
+        (followed, true)
+    } else {
+        (meta, linked)
+    };
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(Error::Output {
+            output: output.to_string(),
+            message: format!(
+                "`{}` is neither a file nor a directory (a socket, pipe or device)",
+                path.display()
+            ),
+        });
+    }
+    Ok((meta, linked))
+}
+
+/// An output directory's files: relative path, path, and whether the file
+/// must be copied (reached through a symbolic link, or hard-linked
+/// elsewhere) rather than moved. `ancestors` are the directories being
+/// walked, to name a loop instead of walking it for ever.
+fn collect_output(
+    dir: &Path,
+    prefix: &str,
+    linked: bool,
+    output: &str,
+    ancestors: &mut Vec<(u64, u64)>,
+    files: &mut Vec<(String, PathBuf, bool)>,
+) -> Result<()> {
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let (meta, linked) = resolve(&path, output, linked)?;
+        if meta.is_dir() {
+            let id = (meta.dev(), meta.ino());
+            if ancestors.contains(&id) {
+                return Err(Error::Output {
+                    output: output.to_string(),
+                    message: format!(
+                        "`{}` leads back to a directory that contains it (a link loop)",
+                        path.display()
+                    ),
+                });
+            }
+            ancestors.push(id);
+            collect_output(&path, &rel, linked, output, ancestors, files)?;
+            ancestors.pop();
+        } else {
+            files.push((rel, path, linked || meta.nlink() > 1));
+        }
+    }
+    Ok(())
 }
 
 /// Removes a file or a directory tree, read-only files included.
