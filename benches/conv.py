@@ -83,7 +83,11 @@ def main():
     if a.only:
         shapes = [s for s in shapes if a.only in f"{s['net']} {s['name']}"]
     where = torch.cuda.get_device_name(0) if a.device == "cuda" else f"{a.threads} threads"
-    print(f"torch {torch.__version__}, {where}, {a.size}² input, batch {a.batch}; ms, ratio = PyTorch / podium")
+    for l in out.splitlines():
+        if l.startswith("# cpu:"):
+            print(l[2:])
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {where}, "
+          f"{a.size}² input, batch {a.batch}; ms, ratio = PyTorch / podium")
     print("| net | conv (input map) | forward | backward-data | backward-weights |")
     print("|---|---|---|---|---|")
     ratios = []

@@ -95,6 +95,12 @@ fn main() {
         arg(&args, "--batch", 32),
         arg(&args, "--reps", 5),
     );
+    // What ran: `benches/conv.py` prints this line above its table.
+    println!(
+        "# cpu: {}; podium kernels: {}",
+        podium::nn::kernels::isa::cpu_model(),
+        podium::nn::kernels::isa::isa().name()
+    );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/conv_shapes.json");
     let shapes: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(path).expect("shapes")).expect("json");

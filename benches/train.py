@@ -117,6 +117,23 @@ def torch_infer(arch, n, size, tta, device):
     return (time.perf_counter() - t0) * 1000 / n
 
 
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def podium_path():
+    """The kernels podium chooses (src/nn/kernels/isa.rs): PODIUM_CPU, else the widest the CPU has."""
+    if os.environ.get("PODIUM_CPU"):
+        return os.environ["PODIUM_CPU"] + " (PODIUM_CPU)"
+    flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags and "fma" in flags else "portable"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -154,7 +171,8 @@ def main():
                 t_ms = statistics.median(torch_infer(arch, N_TEST, a.size, tta, a.device) for _ in range(REPS))
                 rows.append((f"predict {arch}, {tta}× TTA (ms/image)", statistics.median(ms), t_ms, None, None))
     where = torch.cuda.get_device_name(0) if a.device == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {a.threads} threads, {where}")
+    print(f"cpu: {cpu_model()}; podium kernels: {podium_path()}")
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {a.threads} threads, {where}")
     print("| case | podium | PyTorch | ratio (podium speed / PyTorch's) | podium per CPU-s | PyTorch per CPU-s |")
     print("|---|---|---|---|---|---|")
     for name, p, t, pc, tc in rows:

@@ -706,3 +706,79 @@ fn train_and_predict_report_their_progress() {
     );
     assert!(steps.iter().all(|s| s.total == 80));
 }
+
+/// Every kernel path this CPU runs (`PODIUM_CPU=portable|avx2|avx512`,
+/// src/nn/kernels/isa.rs) predicts what the widest path predicts, from one
+/// checkpoint: the paths differ only in the order of their sums. A path the
+/// CPU lacks is skipped with its reason.
+#[test]
+fn every_kernel_path_the_cpu_runs_predicts_as_the_widest_does() {
+    use podium::nn::kernels::isa::Isa;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 100, 3);
+    ok(
+        d,
+        &[
+            "op",
+            "train",
+            "--set",
+            "fold=0",
+            "--set",
+            "epochs=1",
+            "--set",
+            "batch_size=16",
+            "data/train_images",
+            "data/train.csv",
+            "folds.csv",
+            "-o",
+            "tr",
+        ],
+    );
+    let predict = |isa: Isa| {
+        let out = Command::cargo_bin("podium")
+            .unwrap()
+            .current_dir(d)
+            .env("PODIUM_CPU", isa.name())
+            .args([
+                "op",
+                "predict",
+                "tr/best.safetensors",
+                "data/train_images",
+                "-o",
+                &format!("pred_{}", isa.name()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            isa.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        table(&d.join(format!("pred_{}/pred.csv", isa.name())))
+    };
+    let widest = Isa::detected();
+    let want = predict(widest);
+    assert_eq!(want.len(), 101);
+    for isa in Isa::ALL {
+        if !isa.available() {
+            eprintln!("skipped {}: this CPU does not run it", isa.name());
+            continue;
+        }
+        let got = predict(isa);
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want).skip(1) {
+            assert_eq!(a[0], b[0]);
+            for k in 1..a.len() {
+                let (x, y): (f64, f64) = (a[k].parse().unwrap(), b[k].parse().unwrap());
+                assert!(
+                    (x - y).abs() < 1e-4,
+                    "{} vs {}: {x} vs {y}",
+                    isa.name(),
+                    widest.name()
+                );
+            }
+        }
+    }
+}

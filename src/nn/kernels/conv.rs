@@ -1252,6 +1252,98 @@ mod tests {
         matches_im2col("direct", &cases, 300, &forward, &backward);
     }
 
+    /// The AVX-512 tiles of the direct kernel (12 output channels × two
+    /// tiles of 16 pixels) against the definition, im2col and the AVX2
+    /// tiles on the same inputs: the direct cases, plus partial blocks of
+    /// 12 channels (7, 13, 20, 25 outputs), a single tile left over in a
+    /// chunk, and one sample split over threads.
+    #[test]
+    fn direct_avx512_tiles_match_the_definition_and_the_avx2_tiles() {
+        use super::super::isa::Isa;
+        if !Isa::Avx512.available() {
+            eprintln!("skipped: this CPU has no AVX-512F, so the AVX-512 tiles cannot run here");
+            return;
+        }
+        let cases = [
+            (2, 3, 8, (16, 16), (3, 3), 1, 1, 1),
+            (1, 30, 7, (30, 30), (3, 3), 1, 1, 1),
+            (3, 4, 13, (40, 40), (3, 3), 1, 1, 1),
+            (2, 3, 20, (32, 32), (7, 7), 2, 3, 1),
+            (2, 5, 25, (20, 32), (3, 3), 1, 2, 2),
+            (2, 4, 12, (16, 16), (5, 5), 1, 2, 1),
+            (1, 2, 3, (50, 50), (3, 3), 3, 1, 1),
+            (2, 4, 5, (16, 16), (1, 3), 1, 1, 1),
+            (1, 40, 24, (32, 32), (3, 3), 1, 1, 1),
+        ];
+        let run = |isa: Isa| {
+            move |x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]| {
+                direct::plan_for(g, isa)
+                    .map(|l| direct::forward(x, w, g, &l, y))
+                    .is_some()
+            }
+        };
+        let back = |isa: Isa| {
+            move |dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]| {
+                let f = direct::plan_backward_data_for(g, isa);
+                f.map(|f| direct::backward_data(dy, w, g, &f, dx)).is_some()
+            }
+        };
+        matches_im2col(
+            "direct avx512",
+            &cases,
+            700,
+            &run(Isa::Avx512),
+            &back(Isa::Avx512),
+        );
+        // The same inputs through both tile kinds: equal up to the order of
+        // the sums (both sum K in the same passes, so closely).
+        for (i, &(n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.iter().enumerate() {
+            let p = ConvParams {
+                stride: s,
+                padding: pad,
+                dilation: d,
+                groups: 1,
+            };
+            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
+            let (xd, wd, yd) = g.dims();
+            let x = rand(xd.iter().product(), 900 + i as u64);
+            let wt = rand(wd.iter().product(), 901 + i as u64);
+            let mut y512 = vec![0f32; yd.iter().product()];
+            let mut y2 = y512.clone();
+            assert!(run(Isa::Avx512)(&x, &wt, &g, &mut y512));
+            assert!(run(Isa::Avx2)(&x, &wt, &g, &mut y2));
+            let worst = y512
+                .iter()
+                .zip(&y2)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4,
+                "case {i}: AVX-512 and AVX2 differ by {worst}"
+            );
+        }
+    }
+
+    /// Each path runs only where the CPU has it, and the portable one
+    /// everywhere: the direct kernel plans for none below AVX2.
+    #[test]
+    fn a_path_the_cpu_lacks_is_never_planned() {
+        use super::super::isa::Isa;
+        let g = Geometry::new(
+            [1, 8, 16, 16],
+            [8, 8, 3, 3],
+            ConvParams {
+                padding: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for isa in Isa::ALL {
+            let planned = direct::plan_for(&g, isa).is_some();
+            assert_eq!(planned, isa >= Isa::Avx2 && isa.available(), "{isa:?}");
+        }
+    }
+
     /// The channels-last implicit gemm: 2² – 8² maps whose border pixels
     /// skip the taps that read padding, chunks of several samples in two
     /// sizes, two passes over the input channels, a partial block of output

@@ -28,8 +28,8 @@
 
 use rayon::prelude::*;
 
-use super::avx2_fma;
 use super::conv::Geometry;
+use super::isa::{Isa, isa};
 use super::padded::split_row;
 
 /// Output channels in one micro-kernel tile.
@@ -50,24 +50,39 @@ const NR: usize = 16;
 /// convs it takes, 5–17 % slower on 14² maps and on resnet18's strided
 /// 3×3 from 64 channels, which it leaves.
 pub(super) fn plan(g: &Geometry) -> Option<Planes> {
+    plan_for(g, isa())
+}
+
+/// [`plan`] for the kernels of `isa` (the AVX2 or the AVX-512 tiles), where
+/// this CPU runs them.
+pub(super) fn plan_for(g: &Geometry, isa: Isa) -> Option<Planes> {
+    if isa < Isa::Avx2 || !isa.available() {
+        return None;
+    }
     if g.p.groups != 1 || g.n == 0 || g.ohw() == 0 || g.cin == 0 || g.kh * g.kw == 1 {
         return None;
     }
     if g.p.stride > 1 && g.cin * g.kh * g.kw > KC {
         return None;
     }
-    let l = Planes::new(g);
-    if 10 * g.ohw() < 9 * l.tiles.len() * NR || !l.fits() || !avx2_fma() {
+    let mut l = Planes::new(g);
+    if 10 * g.ohw() < 9 * l.tiles.len() * NR || !l.fits() {
         return None;
     }
+    l.isa = isa;
     Some(l)
 }
 
 /// The input gradient of `g` as a forward convolution [`backward_data`]
 /// runs: a stride-1 `g` whose flipped form ([`flipped`]) has a [`plan`].
 pub(super) fn plan_backward_data(g: &Geometry) -> Option<(Geometry, Planes)> {
+    plan_backward_data_for(g, isa())
+}
+
+/// [`plan_backward_data`] for the kernels of `isa`.
+pub(super) fn plan_backward_data_for(g: &Geometry, isa: Isa) -> Option<(Geometry, Planes)> {
     let f = flipped(g)?;
-    Some((f, plan(&f)?))
+    Some((f, plan_for(&f, isa)?))
 }
 
 /// The geometry of the input gradient of a stride-1 `g` as a forward
@@ -110,6 +125,9 @@ pub(super) struct Planes {
     offsets: Vec<u32>,
     /// The buffer's length: every tile's reads stay inside it.
     len: usize,
+    /// Whose tiles run: AVX2's (6 channels × 16 pixels) or AVX-512's (12
+    /// channels × 2 tiles of 16 pixels).
+    isa: Isa,
 }
 
 impl Planes {
@@ -143,6 +161,7 @@ impl Planes {
             rowwise,
             offsets,
             len,
+            isa: Isa::Avx2,
         }
     }
 
@@ -227,11 +246,13 @@ struct Scratch {
 pub(super) fn forward(x: &[f32], w: &[f32], g: &Geometry, l: &Planes, y: &mut [f32]) {
     let k = g.cin * g.kh * g.kw;
     let a = pack(w, g.cout, k);
-    let blocks = g.cout.div_ceil(MR);
+    // The rows one tile of the kernel sums.
+    let unit = if l.isa == Isa::Avx512 { 2 * MR } else { MR };
+    let blocks = g.cout.div_ceil(unit);
     let threads = rayon::current_num_threads().max(1);
     // Output-channel blocks per work item.
     let parts = threads.div_ceil(g.n).min(blocks).max(1);
-    let per_part = blocks.div_ceil(parts) * MR;
+    let per_part = blocks.div_ceil(parts) * unit;
     let (ohw, per) = (g.ohw(), g.cout * g.ohw());
     let xs = g.cin * g.hw();
     let items: Vec<(usize, usize, &mut [f32])> = y
@@ -303,6 +324,11 @@ fn compute(
     assert!(co0.is_multiple_of(MR) && planes.len() >= l.len && l.offsets.len() == k);
     assert!(a.len() >= (co0 / MR + blocks) * k * MR);
     let kc = channels_per_pass(taps) * taps;
+    #[cfg(target_arch = "x86_64")]
+    if l.isa == Isa::Avx512 {
+        compute512(l, planes, a, (k, kc), co0, out, ldc);
+        return;
+    }
     for k0 in (0..k).step_by(kc) {
         let kn = kc.min(k - k0);
         let offsets = &l.offsets[k0..][..kn];
@@ -341,6 +367,129 @@ fn compute(
                         "plan() is None without AVX2: {}",
                         (panel, &block, q_in, q_out).0.len()
                     );
+                }
+            }
+        }
+    }
+}
+
+/// [`compute`] with the AVX-512 tiles: blocks of two [`MR`]-row panels
+/// (12 output channels) over pairs of tiles (32 pixels), 24 of the 32
+/// 512-bit registers holding sums.
+#[cfg(target_arch = "x86_64")]
+fn compute512(
+    l: &Planes,
+    planes: &[f32],
+    a: &[f32],
+    (k, kc): (usize, usize),
+    co0: usize,
+    out: &mut [f32],
+    ldc: usize,
+) {
+    let rows = out.len() / ldc;
+    let blocks = rows.div_ceil(MR);
+    for k0 in (0..k).step_by(kc) {
+        let kn = kc.min(k - k0);
+        let offsets = &l.offsets[k0..][..kn];
+        for chunk in l.tiles.chunks(QC / NR) {
+            for rb in (0..blocks).step_by(2) {
+                let panel = |b: usize| a[(co0 / MR + b) * k * MR + k0 * MR..][..kn * MR].as_ptr();
+                let rn = (rows - rb * MR).min(2 * MR);
+                // A block of 6 rows or fewer reads only its first panel.
+                let (p0, p1) = (panel(rb), panel((rb + 1).min(blocks - 1)));
+                let block = &mut out[rb * MR * ldc..][..rn * ldc];
+                for pair in chunk.chunks(2) {
+                    let t = |i: usize| pair[i.min(pair.len() - 1)].map(|v| v as usize);
+                    let ([q0, o0, v0], [q1, o1, v1]) = (t(0), t(1));
+                    assert!(o0 + v0 <= ldc && o1 + v1 <= ldc && v0 <= NR && v1 <= NR);
+                    // SAFETY: `plan_for` checked that this CPU runs AVX-512F;
+                    // every read `planes[offset + q ..][..NR]` lies below
+                    // `l.len`, each panel holds `kn × MR` weights, and each
+                    // tile touches `v` cells from `o` in each of `rn` rows of
+                    // `ldc`, inside `block`.
+                    unsafe {
+                        let b = planes.as_ptr();
+                        let o = block.as_mut_ptr();
+                        let args = avx512::Args {
+                            panels: [p0, p1],
+                            b: [b.add(q0), b.add(q1)],
+                            offsets,
+                            out: [o.add(o0), o.add(o1)],
+                            valid: [v0, v1],
+                            ldc,
+                            rows: rn,
+                            accumulate: k0 > 0,
+                        };
+                        match (rn, pair.len()) {
+                            (7.., 2) => avx512::tile::<12, 2>(args),
+                            (7.., _) => avx512::tile::<12, 1>(args),
+                            (5..=6, 2) => avx512::tile::<6, 2>(args),
+                            (5..=6, _) => avx512::tile::<6, 1>(args),
+                            (3..=4, 2) => avx512::tile::<4, 2>(args),
+                            (3..=4, _) => avx512::tile::<4, 1>(args),
+                            (_, 2) => avx512::tile::<2, 2>(args),
+                            _ => avx512::tile::<2, 1>(args),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// [`tile`]'s arguments: the two weight panels (rows `0..MR` and
+    /// `MR..2·MR`), for each of up to two tiles its input `b`, output and
+    /// valid pixels, the output's row stride and rows, and whether to add
+    /// to what the output holds.
+    pub(super) struct Args<'a> {
+        pub panels: [*const f32; 2],
+        pub b: [*const f32; 2],
+        pub offsets: &'a [u32],
+        pub out: [*mut f32; 2],
+        pub valid: [usize; 2],
+        pub ldc: usize,
+        pub rows: usize,
+        pub accumulate: bool,
+    }
+
+    /// `T` tiles of `R` rows: `out_t[r·ldc + p] (+)= Σ_k w(k, r) ·
+    /// b_t[offsets[k] + p]` for `r < rows ≤ R ≤ 2·MR`, `p < valid_t ≤ NR`,
+    /// where `w(k, r)` is `panels[r / MR][k·MR + r % MR]`; no other cell of
+    /// the outputs is read or written. Sums `R` rows of products.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const R: usize, const T: usize>(a: Args) {
+        debug_assert!(a.rows <= R && R <= 2 * MR && T <= 2);
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let masks: [__mmask16; T] =
+            std::array::from_fn(|t| ((1u32 << a.valid[t].min(NR)) - 1) as __mmask16);
+        unsafe {
+            if a.accumulate {
+                for (r, row) in acc.iter_mut().enumerate().take(a.rows) {
+                    for t in 0..T {
+                        row[t] = _mm512_maskz_loadu_ps(masks[t], a.out[t].add(r * a.ldc));
+                    }
+                }
+            }
+            for (kk, &o) in a.offsets.iter().enumerate() {
+                let bv: [__m512; T] =
+                    std::array::from_fn(|t| _mm512_loadu_ps(a.b[t].add(o as usize)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let w = *a.panels[r / MR].add(kk * MR + r % MR);
+                    let av = _mm512_set1_ps(w);
+                    for t in 0..T {
+                        row[t] = _mm512_fmadd_ps(av, bv[t], row[t]);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate().take(a.rows) {
+                for t in 0..T {
+                    _mm512_mask_storeu_ps(a.out[t].add(r * a.ldc), masks[t], row[t]);
                 }
             }
         }

@@ -26,6 +26,7 @@ pub mod cudnn;
 mod depthwise;
 mod direct;
 mod implicit;
+pub mod isa;
 mod padded;
 pub mod pool;
 pub mod upsample;
@@ -38,18 +39,11 @@ use std::ops::Range;
 use candle_core::{CpuStorage, Layout, Result, bail};
 use rayon::prelude::*;
 
-/// Whether this CPU runs the AVX2 + FMA kernels (`depthwise`, `direct`,
-/// `implicit`, `wgrad`);
-/// the answer is cached by the standard library.
+/// Whether the AVX2 + FMA kernels (`depthwise`, `direct`, `implicit`,
+/// `wgrad`) run: this CPU has AVX2 and FMA, and `PODIUM_CPU` does not ask
+/// for the portable path ([`isa::isa`]).
 pub(crate) fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    isa::isa() >= isa::Isa::Avx2
 }
 
 /// The f32 elements of a contiguous CPU tensor.
