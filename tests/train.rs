@@ -766,6 +766,9 @@ fn every_kernel_path_the_cpu_runs_predicts_as_the_widest_does() {
             eprintln!("skipped {}: this CPU does not run it", isa.name());
             continue;
         }
+        if isa == widest {
+            continue;
+        }
         let got = predict(isa);
         assert_eq!(got.len(), want.len());
         for (a, b) in got.iter().zip(&want).skip(1) {
