@@ -1393,23 +1393,23 @@ impl Pipeline {
                     .unwrap_or_default();
                 return Err(format!("no stage `{stage}`{hint}"));
             };
-            let pairs: Vec<(&str, &str)> = filter
+            // Each value as written, and decoded as in instance names.
+            let pairs: Vec<(&str, &str, Option<String>)> = filter
                 .map(|f| {
                     f.split(',')
                         .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.trim(), v.trim()))
+                        .map(|(k, v)| (k.trim(), v.trim(), decode_matrix_value(v.trim())))
                         .collect()
                 })
                 .unwrap_or_default();
             let before = out.len();
             for &i in &st.instances {
                 let inst = &self.instances[i];
-                // A value as written, or encoded as in instance names.
-                if pairs.iter().all(|(k, v)| {
+                if pairs.iter().all(|(k, v, decoded)| {
                     inst.matrix.iter().any(|(mk, mv)| {
                         mk == k && {
                             let plain = plain(mv);
-                            plain == *v || decode_matrix_value(v).is_some_and(|d| d == plain)
+                            plain == *v || decoded.as_deref() == Some(plain.as_str())
                         }
                     })
                 }) {

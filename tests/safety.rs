@@ -34,6 +34,10 @@ impl Ws {
         self.dir.path().join(rel)
     }
 
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+
     fn podium(&self, args: &[&str]) -> Output {
         Command::cargo_bin("podium")
             .unwrap()
@@ -107,10 +111,7 @@ fn a_symlink_output_to_an_input_directory_leaves_the_input_where_it_was() {
     let before = ws.snapshot();
     ws.run_ok(&[]);
     assert_eq!(ws.snapshot(), before, "the input directory is untouched");
-    assert_eq!(
-        std::fs::read_to_string(ws.path("out/a/images/1.png")).unwrap(),
-        "img1"
-    );
+    assert_eq!(ws.read("out/a/images/1.png"), "img1");
     let m = std::fs::symlink_metadata(ws.path("out/a/images")).unwrap();
     assert!(m.is_dir() && !m.file_type().is_symlink());
     let plan = ws.podium(&["plan", "-f", "p.toml"]);
@@ -143,10 +144,7 @@ fn a_symlink_output_to_an_outside_file_is_stored_by_content_and_keeps_its_mode()
         "the output is a file, not a link to the original"
     );
     assert_ne!(o.ino(), before.ino());
-    assert_eq!(
-        std::fs::read_to_string(ws.path("out/a/o.txt")).unwrap(),
-        "outside\n"
-    );
+    assert_eq!(ws.read("out/a/o.txt"), "outside\n");
 }
 
 #[test]
@@ -160,10 +158,7 @@ fn a_hard_link_output_to_an_input_is_copied_and_the_input_stays_writable_and_uns
     assert_eq!(ws.snapshot(), before);
     let input = std::fs::metadata(ws.path("data/x.txt")).unwrap();
     assert_eq!(input.nlink(), 1, "no store object shares the input's inode");
-    assert_eq!(
-        std::fs::read_to_string(ws.path("out/a/copy.txt")).unwrap(),
-        "the input\n"
-    );
+    assert_eq!(ws.read("out/a/copy.txt"), "the input\n");
 }
 
 #[test]
@@ -327,14 +322,8 @@ fn files_a_user_puts_beside_outputs_in_out_survive_a_rerun() {
     std::fs::write(ws.path("out/a/notes.txt"), "mine").unwrap();
     std::fs::write(ws.path("data/x.txt"), "changed\n").unwrap();
     ws.run_ok(&[]);
-    assert_eq!(
-        std::fs::read_to_string(ws.path("out/a/o")).unwrap(),
-        "changed\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(ws.path("out/a/notes.txt")).unwrap(),
-        "mine"
-    );
+    assert_eq!(ws.read("out/a/o"), "changed\n");
+    assert_eq!(ws.read("out/a/notes.txt"), "mine");
 }
 
 const FANIN: &str = "[pipeline]\nname = \"s\"\n\
@@ -387,7 +376,7 @@ fn find_object(dir: &Path, bytes: &[u8]) -> PathBuf {
 fn a_damaged_object_is_recomputed_and_never_feeds_a_stage() {
     let clean = Ws::new(FANIN);
     clean.run_ok(&[]);
-    let want = std::fs::read_to_string(clean.path("out/fanin/all.txt")).unwrap();
+    let want = clean.read("out/fanin/all.txt");
     assert_eq!(want, "value-1\nvalue-2\nvalue-3\n");
     for how in [
         "edited through out/",
@@ -401,21 +390,13 @@ fn a_damaged_object_is_recomputed_and_never_feeds_a_stage() {
         damage(&ws, how);
         ws.run_ok(&["--force", "fanin"]);
         assert_eq!(
-            std::fs::read_to_string(ws.path("out/fanin/all.txt")).unwrap(),
+            ws.read("out/fanin/all.txt"),
             want,
             "{how}: fanin read damaged bytes"
         );
         ws.run_ok(&[]);
-        assert_eq!(
-            std::fs::read_to_string(ws.path("out/fanin/all.txt")).unwrap(),
-            want,
-            "{how}"
-        );
-        assert_eq!(
-            std::fs::read_to_string(ws.path("out/up/i=2/r.txt")).unwrap(),
-            "value-2\n",
-            "{how}"
-        );
+        assert_eq!(ws.read("out/fanin/all.txt"), want, "{how}");
+        assert_eq!(ws.read("out/up/i=2/r.txt"), "value-2\n", "{how}");
         let object = find_object(&ws.path("cache/objects"), b"value-2\n");
         let m = std::fs::symlink_metadata(&object).unwrap();
         assert!(m.is_file(), "{how}: the object is a file again");

@@ -1183,15 +1183,20 @@ mod tests {
     /// stride-1 square kernels, which must have a plan; the others must
     /// not) against the im2col path (checked against the definition above)
     /// and the forward pass against the definition.
+    /// The one-group geometry of a case.
+    fn case_geometry(&(n, cin, cout, (h, w), (kh, kw), s, pad, d): &Case) -> Geometry {
+        let p = ConvParams {
+            stride: s,
+            padding: pad,
+            dilation: d,
+            groups: 1,
+        };
+        Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap()
+    }
+
     fn matches_im2col(name: &str, cases: &[Case], seed: u64, forward: Run, backward: Run) {
-        for (i, &(n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.iter().enumerate() {
-            let p = ConvParams {
-                stride: s,
-                padding: pad,
-                dilation: d,
-                groups: 1,
-            };
-            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
+        for (i, case) in cases.iter().enumerate() {
+            let g = case_geometry(case);
             let (xd, wd, yd) = g.dims();
             let seed = seed + 3 * i as u64;
             let x = rand(xd.iter().product(), seed);
@@ -1209,7 +1214,8 @@ mod tests {
             let u = rand(y.len(), seed + 2);
             let mut dx = vec![0f32; x.len()];
             let ran = backward(&u, &wt, &g, &mut dx);
-            assert_eq!(ran, kh == kw && s == 1, "{name}: case {i}, backward: {g:?}");
+            let square_stride_1 = g.kh == g.kw && g.p.stride == 1;
+            assert_eq!(ran, square_stride_1, "{name}: case {i}, backward: {g:?}");
             if ran {
                 let mut want = vec![0f32; x.len()];
                 backward_data_im2col(&u, &wt, &g, &mut want);
@@ -1297,14 +1303,8 @@ mod tests {
         );
         // The same inputs through both tile kinds: equal up to the order of
         // the sums (both sum K in the same passes, so closely).
-        for (i, &(n, cin, cout, (h, w), (kh, kw), s, pad, d)) in cases.iter().enumerate() {
-            let p = ConvParams {
-                stride: s,
-                padding: pad,
-                dilation: d,
-                groups: 1,
-            };
-            let g = Geometry::new([n, cin, h, w], [cout, cin, kh, kw], p).unwrap();
+        for (i, case) in cases.iter().enumerate() {
+            let g = case_geometry(case);
             let (xd, wd, yd) = g.dims();
             let x = rand(xd.iter().product(), 900 + i as u64);
             let wt = rand(wd.iter().product(), 901 + i as u64);
