@@ -156,7 +156,7 @@ impl Graph {
             s.push_str(&format!(
                 "  n{i} [label=\"{}\\n({}){note}\", fillcolor=\"{fill}\"];\n",
                 esc(&inst.name),
-                esc(&inst.op)
+                esc(inst.op)
             ));
         }
         for &i in &self.order {

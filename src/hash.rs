@@ -68,22 +68,40 @@ fn list_files_stat(dir: &Path, glob: Option<&str>) -> io::Result<Listed> {
         ),
         None => None,
     };
-    let mut out = walk_dir(dir, "", matcher.as_ref())?;
+    let top = fs::metadata(dir)?;
+    let mut out = walk_dir(dir, "", matcher.as_ref(), &[(top.dev(), top.ino())], None)?;
     out.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
 type Listed = Vec<(String, PathBuf, Stat)>;
 
+/// An error about `path` that names it (the caller names only the input).
+fn naming(path: &Path, e: io::Error) -> io::Error {
+    let what = if e.raw_os_error() == Some(libc::ELOOP) {
+        "is a symbolic link loop".to_string()
+    } else if e.kind() == io::ErrorKind::NotFound {
+        "is a dangling symbolic link".to_string()
+    } else {
+        e.to_string()
+    };
+    io::Error::new(e.kind(), format!("`{}` {what}", path.display()))
+}
+
+/// `ancestors`: the (device, inode) of every directory from the walk's root
+/// down to `dir`, so that a link back up is an error, not an endless walk;
+/// `link`: the last symbolic link on the way, which such an error names.
 fn walk_dir(
     dir: &Path,
     prefix: &str,
     matcher: Option<&globset::GlobMatcher>,
+    ancestors: &[(u64, u64)],
+    link: Option<&Path>,
 ) -> io::Result<Listed> {
     let mut files = Vec::new();
     let mut subdirs = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in fs::read_dir(dir).map_err(|e| naming(dir, e))? {
+        let entry = entry.map_err(|e| naming(dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let mut rel = String::with_capacity(prefix.len() + 1 + name.len());
@@ -93,20 +111,41 @@ fn walk_dir(
         }
         rel.push_str(&name);
         let path = entry.path();
-        let meta = if entry.file_type()?.is_symlink() {
-            fs::metadata(&path)?
+        let is_link = entry
+            .file_type()
+            .map_err(|e| naming(&path, e))?
+            .is_symlink();
+        let meta = if is_link {
+            fs::metadata(&path)
         } else {
-            entry.metadata()?
-        };
+            entry.metadata()
+        }
+        .map_err(|e| naming(&path, e))?;
         if meta.is_dir() {
-            subdirs.push((path, rel));
+            let via = if is_link {
+                Some(path.clone())
+            } else {
+                link.map(Path::to_path_buf)
+            };
+            if ancestors.contains(&(meta.dev(), meta.ino())) {
+                return Err(io::Error::other(format!(
+                    "`{}` is a symbolic link loop: `{}` leads back to a directory above it",
+                    via.as_deref().unwrap_or(&path).display(),
+                    path.display()
+                )));
+            }
+            subdirs.push((path, rel, (meta.dev(), meta.ino()), via));
         } else if matcher.is_none_or(|m| m.is_match(&rel)) {
             files.push((rel, path, Stat::of(&meta)));
         }
     }
     let nested: Vec<Listed> = subdirs
         .par_iter()
-        .map(|(p, rel)| walk_dir(p, rel, matcher))
+        .map(|(p, rel, id, via)| {
+            let mut below = ancestors.to_vec();
+            below.push(*id);
+            walk_dir(p, rel, matcher, &below, via.as_deref())
+        })
         .collect::<io::Result<_>>()?;
     files.extend(nested.into_iter().flatten());
     Ok(files)

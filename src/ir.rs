@@ -69,11 +69,9 @@ pub struct Instance {
     /// `train[fold=0,arch=resnet18]`, or the stage name without a matrix.
     pub name: String,
     pub matrix: Vec<(String, Value)>,
-    pub op: String,
+    pub op: &'static str,
     /// Every parameter of the op, defaults filled in.
     pub params: Params,
-    /// Where each parameter was written (the stage header for defaults).
-    pub spans: BTreeMap<String, Span>,
     pub outputs: Vec<String>,
     /// Instances whose outputs this one reads, ascending.
     pub deps: Vec<usize>,
@@ -86,7 +84,7 @@ pub struct Instance {
 
 impl Instance {
     pub fn op(&self) -> &'static dyn Op {
-        ops::get(&self.op).expect("checked op exists")
+        ops::get(self.op).expect("checked op exists")
     }
 
     /// `fold=0,arch=resnet18`: the instance's directory name under its stage
@@ -164,6 +162,10 @@ pub fn check(raw: &RawManifest) -> (Option<Pipeline>, Vec<Diagnostic>) {
         dir_shown: raw.dir().display().to_string(),
         failed: HashSet::new(),
         by_matrix: Vec::new(),
+        stage_index: HashMap::new(),
+        stopped: false,
+        errors: 0,
+        failed_inputs: HashSet::new(),
     };
     let p = cx.run();
     let failed = cx.diags.iter().any(Diagnostic::is_error);
@@ -186,6 +188,35 @@ struct Checker<'a> {
     failed: HashSet<String>,
     /// Per checked stage, its instances by matrix key and value.
     by_matrix: Vec<MatrixIndex>,
+    /// Checked stages by name: their index in `Pipeline::stages`.
+    stage_index: HashMap<String, usize>,
+    /// Set after [`MAX_ERRORS`] errors or a value over its limit: nothing
+    /// more is checked.
+    stopped: bool,
+    errors: usize,
+    /// Inputs with errors: stages reading them are not checked further.
+    failed_inputs: HashSet<String>,
+}
+
+/// A stage's matrix: keys in the order written, each with its values.
+struct Matrix {
+    axes: Vec<(String, Vec<Value>)>,
+    /// The number of combinations (1 without a matrix).
+    len: usize,
+}
+
+impl Matrix {
+    /// Combination `i`, in key order then value order: the last key varies
+    /// fastest.
+    fn combo(&self, mut i: usize) -> Vec<(String, Value)> {
+        let mut c = Vec::with_capacity(self.axes.len());
+        for (k, values) in self.axes.iter().rev() {
+            c.push((k.clone(), values[i % values.len()].clone()));
+            i /= values.len();
+        }
+        c.reverse();
+        c
+    }
 }
 
 /// A stage's instances by `(matrix key, canonical value)`, in id order, so
@@ -202,11 +233,30 @@ fn matrix_value_key(v: &Value) -> String {
     }
 }
 
+/// The most errors one manifest reports: after them the checker stops, so
+/// that a manifest of 20,000 broken stages costs no more than one of 100.
+const MAX_ERRORS: usize = 100;
+/// The largest value one expression may make.
+const MAX_VALUE_BYTES: usize = 16 << 20;
+/// The most all `[params]` together may hold once evaluated.
+const MAX_PARAMS_BYTES: usize = 64 << 20;
+
 impl Checker<'_> {
     fn push(&mut self, d: Diagnostic) {
+        if self.stopped {
+            return;
+        }
         // A bad reference in a matrix stage would otherwise repeat once per instance.
         if self.seen.insert((d.message.clone(), d.span)) {
+            self.errors += d.is_error() as usize;
             self.diags.push(d);
+            if self.errors >= MAX_ERRORS {
+                self.diags.push(Diagnostic::error(
+                    "too-many-errors",
+                    format!("stopped after {MAX_ERRORS} errors; fix these and check again"),
+                ));
+                self.stopped = true;
+            }
         }
     }
 
@@ -225,11 +275,11 @@ impl Checker<'_> {
             .map(|(k, i)| {
                 (
                     k.clone(),
-                    Value::Path(PathRef::File {
+                    Value::Path(Box::new(PathRef::File {
                         path: i.path.clone(),
                         glob: i.glob.clone(),
                         label: format!("inputs.{k}"),
-                    }),
+                    })),
                 )
             })
             .collect();
@@ -247,13 +297,19 @@ impl Checker<'_> {
         let params_v = Value::Table(p.params.clone());
         let inputs_v = Value::Table(input_values);
         for si in order {
+            if self.stopped {
+                break;
+            }
             self.stage(&raw.stages[si], &mut p, &params_v, &inputs_v);
         }
         Some(p)
     }
 
     fn params(&mut self) -> BTreeMap<String, Value> {
-        let mut done: BTreeMap<String, Value> = BTreeMap::new();
+        // A table that grows as params are checked: each param sees those above it.
+        let mut done = Value::Table(BTreeMap::new());
+        let mut failed = HashSet::new();
+        let mut total = 0usize;
         let raw = self.raw;
         for (k, v) in &raw.params {
             if ROOTS.contains(&k.name.as_str()) || k.name.contains(['[', ']', '.']) {
@@ -263,21 +319,57 @@ impl Checker<'_> {
                 );
                 continue;
             }
+            if self.stopped {
+                break;
+            }
+            // A param built on one that failed fails quietly: its error was said.
+            if param_refs_of([v]).iter().any(|r| failed.contains(r)) {
+                failed.insert(k.name.clone());
+                continue;
+            }
             let env = BasicEnv {
-                params: Value::Table(done.clone()),
+                params: &done,
                 inputs: None,
             };
-            if let Some(val) = self.value(v, &env) {
-                done.insert(k.name.clone(), val);
+            let val = self.value(v, &env).and_then(|val| {
+                total = total.saturating_add(val.weight());
+                if total > MAX_PARAMS_BYTES {
+                    self.push(
+                        Diagnostic::error(
+                            "too-large",
+                            format!(
+                                "[params] evaluate to more than {} MiB",
+                                MAX_PARAMS_BYTES >> 20
+                            ),
+                        )
+                        .at(v.span, "the params up to here reach the limit")
+                        .help("a param that repeats the one above it grows with every line"),
+                    );
+                    self.stopped = true;
+                    return None;
+                }
+                Some(val)
+            });
+            match (val, &mut done) {
+                (Some(val), Value::Table(done)) => {
+                    done.insert(k.name.clone(), val);
+                }
+                _ => {
+                    failed.insert(k.name.clone());
+                }
             }
         }
-        done
+        match done {
+            Value::Table(done) => done,
+            _ => unreachable!("params is a table"),
+        }
     }
 
     fn inputs(&mut self, params: &BTreeMap<String, Value>) -> BTreeMap<String, Input> {
         let mut out = BTreeMap::new();
+        let params = Value::Table(params.clone());
         let env = BasicEnv {
-            params: Value::Table(params.clone()),
+            params: &params,
             inputs: None,
         };
         for i in &self.raw.inputs {
@@ -298,13 +390,14 @@ impl Checker<'_> {
                 continue;
             };
             let full = self.dir.join(path);
-            if !full.exists() {
+            if let Some((why, label)) = unreachable_path(&full) {
+                self.failed_inputs.insert(i.name.name.clone());
                 self.push(
                     Diagnostic::error(
                         "missing-input",
-                        format!("input `{}`: `{path}` does not exist", i.name.name),
+                        format!("input `{}`: `{path}` {why}", i.name.name),
                     )
-                    .at(i.path.span, "no such file or directory")
+                    .at(i.path.span, label)
                     .help(format!(
                         "paths are relative to the manifest's directory, {}",
                         self.dir_shown
@@ -458,14 +551,19 @@ impl Checker<'_> {
         if stage_refs(st)
             .iter()
             .any(|(name, _)| self.failed.contains(name))
+            || root_refs(st, "inputs")
+                .iter()
+                .any(|name| self.failed_inputs.contains(name))
         {
             self.failed.insert(st.name.name.clone());
             return;
         }
         // Out of `self` while the stage is checked, which borrows `self` mutably.
         let mut by_matrix = std::mem::take(&mut self.by_matrix);
-        self.stage_inner(st, p, params, inputs, &mut by_matrix);
+        let mut stage_index = std::mem::take(&mut self.stage_index);
+        self.stage_inner(st, p, params, inputs, &mut by_matrix, &mut stage_index);
         self.by_matrix = by_matrix;
+        self.stage_index = stage_index;
         if self.diags[before..].iter().any(Diagnostic::is_error) {
             self.failed.insert(st.name.name.clone());
         }
@@ -478,6 +576,7 @@ impl Checker<'_> {
         params: &Value,
         inputs: &Value,
         by_matrix: &mut Vec<MatrixIndex>,
+        stage_index: &mut HashMap<String, usize>,
     ) {
         let Some((op_name, op_span)) = &st.op else {
             self.push(
@@ -545,7 +644,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let Some(combos) = self.matrix(st, params, inputs) else {
+        let Some(matrix) = self.matrix(st, params, inputs) else {
             return;
         };
         if !ok {
@@ -561,44 +660,30 @@ impl Checker<'_> {
             matrix_keys: st.matrix.iter().map(|(k, _)| k.name.clone()).collect(),
             instances: Vec::new(),
         };
-        let stage_index: HashMap<String, usize> = p
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
         let uses: BTreeMap<String, Value> = param_refs(st)
             .into_iter()
             .filter_map(|n| p.params.get(&n).map(|v| (n, v.clone())))
             .collect();
-        let mut names = HashSet::new();
-        for combo in combos {
+        p.instances.reserve(matrix.len);
+        stage.instances.reserve_exact(matrix.len);
+        for ci in 0..matrix.len {
+            let combo = matrix.combo(ci);
             let name = if combo.is_empty() {
                 st.name.name.clone()
             } else {
                 format!("{}[{}]", st.name.name, matrix_label(&combo))
             };
-            if !names.insert(name.clone()) {
-                self.push(
-                    Diagnostic::error(
-                        "matrix-clash",
-                        format!("two instances would both be named `{name}`"),
-                    )
-                    .at(st.matrix[0].1.span, "a matrix value repeats"),
-                );
-                continue;
-            }
             let env = StageEnv {
                 params,
                 inputs,
                 matrix: &combo,
-                stage_index: &stage_index,
+                stage_index,
                 stages: &p.stages,
                 instances: &p.instances,
                 by_matrix,
             };
             let mut params_out = Params::new();
-            let mut spans = BTreeMap::new();
+            let mut spans: Vec<(&str, Span)> = Vec::with_capacity(specs.len());
             let mut inst_ok = true;
             for spec in specs {
                 let (val, span) = match st.fields.iter().find(|(k, _)| k.name == spec.name) {
@@ -631,8 +716,8 @@ impl Checker<'_> {
                 }
                 match self.typed(spec.kind, val, span, spec.name) {
                     Some(v) => {
-                        params_out.insert(spec.name.to_string(), v);
-                        spans.insert(spec.name.to_string(), span);
+                        params_out.insert(spec.name, v);
+                        spans.push((spec.name, span));
                     }
                     None => inst_ok = false,
                 }
@@ -641,7 +726,7 @@ impl Checker<'_> {
                 continue;
             }
             for e in op.validate(&params_out) {
-                let span = spans.get(&e.param).copied().unwrap_or(st.name.span);
+                let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
                 self.push(
                     Diagnostic::error("invalid-param", e.message)
                         .at(span, format!("in `{}`", e.param)),
@@ -651,7 +736,7 @@ impl Checker<'_> {
             let outputs = match op.outputs(&params_out) {
                 Ok(o) => o,
                 Err(e) => {
-                    let span = spans.get(&e.param).copied().unwrap_or(st.name.span);
+                    let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
                     self.push(
                         Diagnostic::error("invalid-param", e.message)
                             .at(span, format!("in `{}`", e.param)),
@@ -662,6 +747,7 @@ impl Checker<'_> {
             if !inst_ok {
                 continue;
             }
+            params_out.shrink_to_fit();
             let mut deps: Vec<usize> = params_out
                 .values()
                 .flat_map(|v| v.paths())
@@ -680,9 +766,8 @@ impl Checker<'_> {
                 stage_name: st.name.name.clone(),
                 name,
                 matrix: combo,
-                op: op_name.clone(),
+                op: op.name(),
                 params: params_out,
-                spans,
                 outputs,
                 deps,
                 resources,
@@ -699,21 +784,19 @@ impl Checker<'_> {
             }
         }
         by_matrix.push(index);
+        stage_index.insert(stage.name.clone(), p.stages.len());
         p.stages.push(stage);
     }
 
-    /// The matrix's combinations, in key order then value order.
-    fn matrix(
-        &mut self,
-        st: &RawStage,
-        params: &Value,
-        inputs: &Value,
-    ) -> Option<Vec<Vec<(String, Value)>>> {
+    /// The matrix's axes: each key with its values. Combinations are made
+    /// one at a time by [`Matrix::combo`], never all at once.
+    fn matrix(&mut self, st: &RawStage, params: &Value, inputs: &Value) -> Option<Matrix> {
         let env = BasicEnv {
-            params: params.clone(),
-            inputs: Some(inputs.clone()),
+            params,
+            inputs: Some(inputs),
         };
-        let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut len: usize = 1;
         let mut ok = true;
         for (k, rv) in &st.matrix {
             if ROOTS.contains(&k.name.as_str()) || crate::expr::FUNCTIONS.contains(&k.name.as_str())
@@ -779,7 +862,32 @@ impl Checker<'_> {
                 ok = false;
                 continue;
             }
-            if combos.len().saturating_mul(items.len()) > 1_000_000 {
+            // Two instances share a name exactly when, on some key, two values
+            // share a label (`1` and `"1"`, say): checked per key, not per name.
+            let mut labels = HashSet::new();
+            if let Some(dup) = items
+                .iter()
+                .find(|v| !labels.insert(encode_matrix_value(&plain(v))))
+            {
+                self.push(
+                    Diagnostic::error(
+                        "matrix-clash",
+                        format!(
+                            "two instances would both be named `{}[{}{}={}{}]`",
+                            st.name.name,
+                            if st.matrix.len() > 1 { "…," } else { "" },
+                            k.name,
+                            encode_matrix_value(&plain(dup)),
+                            if st.matrix.len() > 1 { ",…" } else { "" },
+                        ),
+                    )
+                    .at(rv.span, "a matrix value repeats"),
+                );
+                ok = false;
+                continue;
+            }
+            len = len.saturating_mul(items.len());
+            if len > 1_000_000 {
                 self.push(
                     Diagnostic::error(
                         "matrix-clash",
@@ -789,26 +897,17 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            combos = combos
-                .into_iter()
-                .flat_map(|c| {
-                    items.iter().map(move |v| {
-                        let mut c = c.clone();
-                        c.push((k.name.clone(), v.clone()));
-                        c
-                    })
-                })
-                .collect();
+            axes.push((k.name.clone(), items));
         }
-        ok.then_some(combos)
+        ok.then_some(Matrix { axes, len })
     }
 
     fn resources(&mut self, st: &RawStage, params: &Value, inputs: &Value) -> Resources {
         let mut r = Resources::default();
         let Some(rv) = &st.resources else { return r };
         let env = BasicEnv {
-            params: params.clone(),
-            inputs: Some(inputs.clone()),
+            params,
+            inputs: Some(inputs),
         };
         let RawKind::Table(entries) = &rv.kind else {
             self.push(
@@ -856,7 +955,7 @@ impl Checker<'_> {
             RawKind::Bool(b) => Some(Value::Bool(*b)),
             RawKind::Int(i) => Some(Value::Int(*i)),
             RawKind::Float(f) => Some(Value::Float(*f)),
-            RawKind::Str(t) => self.template(t, env),
+            RawKind::Str(t) => self.template(t, rv.span, env),
             RawKind::Array(items) => {
                 let mut out = Vec::new();
                 let mut ok = true;
@@ -884,8 +983,18 @@ impl Checker<'_> {
         }
     }
 
-    fn template(&mut self, t: &Template, env: &dyn Env) -> Option<Value> {
+    fn template(&mut self, t: &Template, span: Span, env: &dyn Env) -> Option<Value> {
         match eval_template(t, env) {
+            Ok(v) if v.weight() > MAX_VALUE_BYTES => {
+                self.push(
+                    Diagnostic::error(
+                        "too-large",
+                        format!("this value is larger than {} MiB", MAX_VALUE_BYTES >> 20),
+                    )
+                    .at(span, "too large"),
+                );
+                None
+            }
             Ok(v) => Some(v),
             Err(d) => {
                 self.push(d);
@@ -941,10 +1050,10 @@ impl Checker<'_> {
             Value::Str(s) if s.is_empty() => Some(Value::Str(s)),
             Value::Str(s) => {
                 let full = self.dir.join(&s);
-                if !full.exists() {
+                if let Some((why, label)) = unreachable_path(&full) {
                     self.push(
-                        Diagnostic::error("missing-input", format!("`{s}` does not exist"))
-                            .at(span, "no such file or directory")
+                        Diagnostic::error("missing-input", format!("`{s}` {why}"))
+                            .at(span, label)
                             .help(format!(
                                 "paths are relative to the manifest's directory, {}",
                                 self.dir_shown
@@ -952,15 +1061,45 @@ impl Checker<'_> {
                     );
                     return None;
                 }
-                Some(Value::Path(PathRef::File {
+                Some(Value::Path(Box::new(PathRef::File {
                     path: full,
                     glob: None,
                     label: s,
-                }))
+                })))
             }
             other => Some(other),
         }
     }
+}
+
+/// Why a path named in the manifest cannot be read, with a short label;
+/// `None` when it can.
+fn unreachable_path(full: &Path) -> Option<(String, &'static str)> {
+    let e = std::fs::metadata(full).err()?;
+    let link = std::fs::symlink_metadata(full).is_ok_and(|m| m.file_type().is_symlink());
+    Some(if e.raw_os_error() == Some(libc::ELOOP) {
+        (
+            "is a symbolic link loop".into(),
+            "a link that leads back to itself",
+        )
+    } else if link && e.kind() == std::io::ErrorKind::NotFound {
+        let to = std::fs::read_link(full)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        (
+            format!("is a symbolic link to `{to}`, which does not exist"),
+            "dangling symbolic link",
+        )
+    } else if e.kind() == std::io::ErrorKind::NotFound {
+        ("does not exist".into(), "no such file or directory")
+    } else {
+        (format!("cannot be read: {e}"), "unreadable")
+    })
+}
+
+/// Where a parameter was written.
+fn span_of(spans: &[(&str, Span)], param: &str) -> Option<Span> {
+    spans.iter().find(|(n, _)| *n == param).map(|(_, s)| *s)
 }
 
 fn op_names() -> String {
@@ -1007,8 +1146,34 @@ fn cycle_path(g: &DiGraphMap<usize, ()>, members: &[usize]) -> Vec<usize> {
 
 /// Every `params.NAME` a stage mentions.
 fn param_refs(st: &RawStage) -> std::collections::BTreeSet<String> {
-    fn collect(e: &Expr, out: &mut std::collections::BTreeSet<String>) {
-        let is_params = |b: &Expr| matches!(&b.kind, ExprKind::Ident(n) if n == "params");
+    root_refs(st, "params")
+}
+
+/// Every `ROOT.NAME` (`params.lr`, `inputs.images`) a stage mentions.
+fn root_refs(st: &RawStage, root: &str) -> std::collections::BTreeSet<String> {
+    let values = st
+        .fields
+        .iter()
+        .map(|(_, v)| v)
+        .chain(st.resources.iter())
+        .chain(st.matrix.iter().map(|(_, v)| v));
+    refs_of(values, root)
+}
+
+/// Every `params.NAME` that `values` mention.
+fn param_refs_of<'a>(
+    values: impl IntoIterator<Item = &'a RawValue>,
+) -> std::collections::BTreeSet<String> {
+    refs_of(values, "params")
+}
+
+/// Every `ROOT.NAME` that `values` mention.
+fn refs_of<'a>(
+    values: impl IntoIterator<Item = &'a RawValue>,
+    root: &str,
+) -> std::collections::BTreeSet<String> {
+    fn collect(e: &Expr, root: &str, out: &mut std::collections::BTreeSet<String>) {
+        let is_params = |b: &Expr| matches!(&b.kind, ExprKind::Ident(n) if n == root);
         match &e.kind {
             ExprKind::Field(b, name) if is_params(b) => {
                 out.insert(name.clone());
@@ -1021,18 +1186,12 @@ fn param_refs(st: &RawStage) -> std::collections::BTreeSet<String> {
             _ => {}
         }
         for child in children(e) {
-            collect(child, out);
+            collect(child, root, out);
         }
     }
     let mut out = std::collections::BTreeSet::new();
-    let values = st
-        .fields
-        .iter()
-        .map(|(_, v)| v)
-        .chain(st.resources.iter())
-        .chain(st.matrix.iter().map(|(_, v)| v));
     for v in values {
-        walk_raw(v, &mut |e| collect(e, &mut out));
+        walk_raw(v, &mut |e| collect(e, root, &mut out));
     }
     out
 }
@@ -1099,16 +1258,16 @@ fn unknown(span: Span, what: String, help: String) -> Diagnostic {
 }
 
 /// Names visible in params, inputs, matrices and resources.
-struct BasicEnv {
-    params: Value,
-    inputs: Option<Value>,
+struct BasicEnv<'a> {
+    params: &'a Value,
+    inputs: Option<&'a Value>,
 }
 
-impl Env for BasicEnv {
-    fn var(&self, name: &str, span: Span) -> Result<EVal, Diagnostic> {
+impl Env for BasicEnv<'_> {
+    fn var(&self, name: &str, span: Span) -> Result<EVal<'_>, Diagnostic> {
         match (name, &self.inputs) {
-            ("params", _) => Ok(EVal::V(self.params.clone())),
-            ("inputs", Some(i)) => Ok(EVal::V(i.clone())),
+            ("params", _) => Ok(EVal::borrowed(self.params)),
+            ("inputs", Some(i)) => Ok(EVal::borrowed(i)),
             ("inputs", None) | ("stages", _) => Err(unknown(
                 span,
                 format!("`{name}` cannot be used here"),
@@ -1146,13 +1305,13 @@ struct StageEnv<'a> {
 }
 
 impl Env for StageEnv<'_> {
-    fn var(&self, name: &str, span: Span) -> Result<EVal, Diagnostic> {
+    fn var(&self, name: &str, span: Span) -> Result<EVal<'_>, Diagnostic> {
         match name {
-            "params" => Ok(EVal::V(self.params.clone())),
-            "inputs" => Ok(EVal::V(self.inputs.clone())),
+            "params" => Ok(EVal::borrowed(self.params)),
+            "inputs" => Ok(EVal::borrowed(self.inputs)),
             "stages" => Ok(EVal::Stages),
             _ => match self.matrix.iter().find(|(k, _)| k == name) {
-                Some((_, v)) => Ok(EVal::V(v.clone())),
+                Some((_, v)) => Ok(EVal::borrowed(v)),
                 None => {
                     let mut names: Vec<&str> = ROOTS.to_vec();
                     names.extend(self.matrix.iter().map(|(k, _)| k.as_str()));
@@ -1295,11 +1454,11 @@ impl Env for StageEnv<'_> {
                     format!("outputs: {}", inst.outputs.join(", "))
                 })
             })?;
-            out.push(Value::Path(PathRef::Artifact {
+            out.push(Value::Path(Box::new(PathRef::Artifact {
                 inst: i,
                 label: format!("{}.{name}", inst.name),
                 output: name,
-            }));
+            })));
         }
         Ok(if sel.many {
             Value::List(out)

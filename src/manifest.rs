@@ -148,12 +148,9 @@ pub fn parse(
                 let Some(t) = cx.table(v, "[params]", &mut diags) else {
                     continue;
                 };
-                for (k, v) in t.iter() {
-                    let key = cx.name(k);
-                    if let Some(v) = cx.value(v, &mut diags) {
-                        m.params.push((key, v));
-                    }
-                }
+                m.params = cx.entries(t, &mut diags, |cx, key, v, diags| {
+                    cx.value(v, diags).map(|v| (key, v))
+                });
             }
             "inputs" => {
                 let Some(t) = cx.table(v, "[inputs]", &mut diags) else {
@@ -170,12 +167,7 @@ pub fn parse(
                 let Some(t) = cx.table(v, "[stages]", &mut diags) else {
                     continue;
                 };
-                for (k, v) in t.iter() {
-                    let key = cx.name(k);
-                    if let Some(s) = cx.stage(key, v, &mut diags) {
-                        m.stages.push(s);
-                    }
-                }
+                m.stages = cx.entries(t, &mut diags, |cx, key, v, diags| cx.stage(key, v, diags));
             }
             _ => diags.push(unknown_key(&key, "the manifest", SECTIONS)),
         }
@@ -225,6 +217,34 @@ impl Cx<'_> {
             name: k.get_ref().to_string(),
             span: self.span(k),
         }
+    }
+
+    /// `f` of each entry of `t`, in order, with the problems it found in
+    /// order. Entries are read in parallel: most of a large manifest's time
+    /// is parsing the expressions in its strings.
+    fn entries<'a, 'i, T: Send>(
+        &self,
+        t: &'a DeTable<'i>,
+        diags: &mut Vec<Diagnostic>,
+        f: impl Fn(&Self, Name, &'a toml::Spanned<DeValue<'i>>, &mut Vec<Diagnostic>) -> Option<T>
+        + Sync,
+    ) -> Vec<T> {
+        use rayon::prelude::*;
+        let entries: Vec<_> = t.iter().collect();
+        let read: Vec<(Option<T>, Vec<Diagnostic>)> = entries
+            .par_iter()
+            .with_min_len(256)
+            .map(|(k, v)| {
+                let mut d = Vec::new();
+                (f(self, self.name(k), v, &mut d), d)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(read.len());
+        for (item, d) in read {
+            diags.extend(d);
+            out.extend(item);
+        }
+        out
     }
 
     fn table<'a, 'i>(

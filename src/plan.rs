@@ -223,14 +223,17 @@ fn encode_key(inst: &Instance, content: &mut dyn FnMut(&PathRef) -> Hash) -> Has
         }
     }
     let lookup = |p: &PathRef| *hashes[p].as_bytes();
-    Value::encode_table(&inst.params, &mut buf, &lookup);
+    Value::encode_table(inst.params.len(), &inst.params, &mut buf, &lookup);
     blake3::hash(&buf)
 }
 
 /// Parameters as shown in explanations: the op's, and the `[params]` the
 /// stage refers to (as `params.NAME`).
 pub fn display_params(inst: &Instance) -> BTreeMap<String, String> {
-    let ops = inst.params.iter().map(|(k, v)| (k.clone(), v.to_string()));
+    let ops = inst
+        .params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()));
     let uses = inst
         .uses
         .iter()

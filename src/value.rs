@@ -17,8 +17,9 @@ pub enum Value {
     Str(String),
     List(Vec<Value>),
     Table(BTreeMap<String, Value>),
-    /// A file or directory whose content is an input of the stage.
-    Path(PathRef),
+    /// A file or directory whose content is an input of the stage (boxed:
+    /// it keeps every other value, and so every instance's params, small).
+    Path(Box<PathRef>),
     /// A string with paths interpolated into it, e.g. a command line.
     Interp(Vec<Part>),
 }
@@ -67,6 +68,31 @@ pub enum Part {
 }
 
 impl Value {
+    /// About how many bytes the value holds: what the checker's limits on
+    /// values count.
+    pub fn weight(&self) -> usize {
+        let path = |p: &PathRef| match p {
+            PathRef::File { path, glob, label } => {
+                path.as_os_str().len() + glob.as_ref().map_or(0, String::len) + label.len()
+            }
+            PathRef::Artifact { output, label, .. } => output.len() + label.len(),
+        };
+        8 + match self {
+            Value::Bool(_) | Value::Int(_) | Value::Float(_) => 0,
+            Value::Str(s) => s.len(),
+            Value::List(l) => l.iter().map(Value::weight).sum(),
+            Value::Table(t) => t.iter().map(|(k, v)| k.len() + v.weight()).sum(),
+            Value::Path(p) => path(p),
+            Value::Interp(parts) => parts
+                .iter()
+                .map(|p| match p {
+                    Part::Lit(s) => s.len(),
+                    Part::Path(p) => path(p),
+                })
+                .sum(),
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::Bool(_) => "boolean",
@@ -158,7 +184,7 @@ impl Value {
         }
         match self {
             Value::Str(s) => push_lit(parts, s),
-            Value::Path(p) => parts.push(Part::Path(p.clone())),
+            Value::Path(p) => parts.push(Part::Path((**p).clone())),
             Value::Interp(ps) => {
                 for p in ps {
                     match p {
@@ -201,15 +227,18 @@ impl Value {
         }
     }
 
-    /// [`Value::encode`] of `Value::Table(t)`, without building it.
-    pub fn encode_table(
-        t: &BTreeMap<String, Value>,
+    /// [`Value::encode`] of `Value::Table` of `entries` (`len` of them, in
+    /// key order), without building it.
+    pub fn encode_table<'a, K: AsRef<str>>(
+        len: usize,
+        entries: impl IntoIterator<Item = (K, &'a Value)>,
         out: &mut Vec<u8>,
         content: &dyn Fn(&PathRef) -> [u8; 32],
     ) {
         out.push(b't');
-        out.extend_from_slice(&(t.len() as u64).to_le_bytes());
-        for (k, v) in t {
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+        for (k, v) in entries {
+            let k = k.as_ref();
             out.extend_from_slice(&(k.len() as u64).to_le_bytes());
             out.extend_from_slice(k.as_bytes());
             v.encode(out, content);
@@ -245,7 +274,7 @@ impl Value {
                 out.extend_from_slice(&(l.len() as u64).to_le_bytes());
                 l.iter().for_each(|v| v.encode(out, content));
             }
-            Value::Table(t) => Value::encode_table(t, out, content),
+            Value::Table(t) => Value::encode_table(t.len(), t, out, content),
             Value::Path(p) => {
                 out.push(b'p');
                 out.extend_from_slice(&content(p));
@@ -352,16 +381,16 @@ mod tests {
 
     #[test]
     fn path_content_not_location_is_encoded() {
-        let p1 = Value::Path(PathRef::File {
+        let p1 = Value::Path(Box::new(PathRef::File {
             path: "a".into(),
             glob: None,
             label: "a".into(),
-        });
-        let p2 = Value::Path(PathRef::File {
+        }));
+        let p2 = Value::Path(Box::new(PathRef::File {
             path: "b".into(),
             glob: None,
             label: "b".into(),
-        });
+        }));
         let (mut b1, mut b2) = (Vec::new(), Vec::new());
         p1.encode(&mut b1, &no_paths);
         p2.encode(&mut b2, &no_paths);

@@ -106,7 +106,10 @@ fn overrides_replace_params_and_stage_fields_with_spans_in_the_override() {
         4
     );
     let ens = p.instance_by_name("ensemble").unwrap();
-    assert_eq!(ens.params["env"].to_string(), "{ TAG = \"x\" }");
+    assert_eq!(
+        ens.params.get("env").unwrap().to_string(),
+        "{ TAG = \"x\" }"
+    );
     let err = podium::load(rel, &["stages.nope.cmd=1".into()]).unwrap_err();
     let podium::Error::Manifest(r) = err else {
         panic!()

@@ -349,19 +349,37 @@ fn check_reports_every_error_and_exits_nonzero() {
 }
 
 #[test]
-fn sigkill_mid_run_redoes_only_unfinished_instances_and_the_store_verifies() {
+fn sigkill_mid_run_redoes_only_unfinished_instances_its_commands_do_not_outlive_the_rerun_and_the_store_verifies()
+ {
     // fold=2 blocks until a marker file appears, so the kill lands while it runs.
     let manifest = PIPELINE.replace(
         "cmd = \"awk -v f=${fold}",
-        "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; sleep 31; fi; awk -v f=${fold}",
+        "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; sleep 31.0071; true; fi; awk -v f=${fold}",
     );
     let ws = Ws::new(&manifest);
     let mut child = ws.spawn_until(&["run", "-f", "p.toml", "-j", "1"], "started-2");
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
-    // The orphaned command (its own process group) holds nothing of the store.
-    let _ = Command::new("pkill").args(["-f", "sleep 31"]).status();
+    // The shell died with podium; what it started (the sleep) is in the
+    // command's process group, which the next podium to take the store stops.
+    let sleeping = || {
+        Command::new("pgrep")
+            .args(["-f", "sleep 31.0071"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(sleeping(), "the grandchild outlives a SIGKILLed podium");
     let out = ws.podium(&["verify"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stopped 1 command(s) left running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !sleeping(),
+        "no command of the killed run runs beside the next"
+    );
     assert!(
         out.status.success(),
         "the store is consistent right after the kill"

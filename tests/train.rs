@@ -632,10 +632,11 @@ fn run_reporting(
     let mut params: Params = op
         .params()
         .iter()
-        .filter_map(|s| Some((s.name.to_string(), default_value(s)?)))
+        .filter_map(|s| Some((s.name, default_value(s)?)))
         .collect();
     for (k, v) in set {
-        params.insert(k.to_string(), v.clone());
+        let spec = op.params().iter().find(|s| s.name == *k).unwrap();
+        params.insert(spec.name, v.clone());
     }
     let out = dir.join(format!("{kind}-out"));
     std::fs::create_dir_all(&out).unwrap();

@@ -28,9 +28,17 @@ struct Opened {
 
 impl Opened {
     fn new(cli: &Cli) -> anyhow::Result<Opened> {
-        let store = open_store(cli)?;
+        Ok(Opened::of(open_store(cli)?))
+    }
+
+    /// As [`Opened::new`], for a store that must exist already.
+    fn new_existing(cli: &Cli) -> anyhow::Result<Opened> {
+        Ok(Opened::of(Store::open_existing(&cli.store)?))
+    }
+
+    fn of(store: Store) -> Opened {
         let stat = StatCache::load(&store.statcache_path());
-        Ok(Opened { store, stat })
+        Opened { store, stat }
     }
 
     fn plan(
@@ -319,7 +327,7 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32
     } else {
         manifests.to_vec()
     };
-    let opened = Opened::new(cli)?;
+    let opened = Opened::new_existing(cli)?;
     let store = &opened.store;
     let _lock = store.lock(true, |pid| {
         eprintln!("waiting for the podium run (pid {pid}) to finish")
@@ -357,21 +365,34 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32
 }
 
 pub fn verify(cli: &Cli) -> anyhow::Result<i32> {
-    let store = open_store(cli)?;
+    let store = Store::open_existing(&cli.store)?;
     let _lock = store.lock(true, |pid| {
         eprintln!("waiting for the podium run (pid {pid}) to finish")
     })?;
     let r = store.verify(|_| {})?;
-    for c in &r.corrupted {
+    for c in &r.bad_objects {
         eprintln!(
-            "corrupted: {} (dropped; the next run recomputes what needs it)",
+            "corrupted object: {} (dropped; the next run recomputes what needs it)",
             c.display()
         );
     }
+    for (path, n) in &r.bad_lines {
+        eprintln!(
+            "unreadable record line(s): {n} in {} (dropped; those instances rerun)",
+            path.display()
+        );
+    }
+    for c in &r.bad_records {
+        eprintln!("unreadable record: {} (dropped)", c.display());
+    }
+    let lines: usize = r.bad_lines.iter().map(|(_, n)| n).sum();
     println!(
-        "verified {} object(s): {} corrupted",
-        r.checked,
-        r.corrupted.len()
+        "verified {} object(s): {} corrupted; {} record(s): {} unreadable line(s), {} unreadable file(s)",
+        r.objects,
+        r.bad_objects.len(),
+        r.records,
+        lines,
+        r.bad_records.len()
     );
-    Ok(if r.corrupted.is_empty() { 0 } else { 1 })
+    Ok(if r.is_clean() { 0 } else { 1 })
 }

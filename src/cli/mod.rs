@@ -154,7 +154,14 @@ fn default_jobs() -> usize {
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    ctrlc_handler();
+    // `run` and `op` stop their commands and keep what finished; the rest
+    // stop at once (once a write in flight is renamed into place).
+    ctrlc_handler(match &cli.command {
+        Command::Run { .. } | Command::Op { .. } => OnSignal::Stop(
+            "interrupted: stopping running instances; finished ones are kept (Ctrl-C again to exit at once)",
+        ),
+        _ => OnSignal::Exit,
+    });
     let result = match &cli.command {
         Command::Check {
             manifests,
@@ -214,24 +221,54 @@ pub fn main() -> i32 {
                 eprint!("{}", report.render(use_color()));
                 eprintln!("error: {} error(s) in the manifest", report.error_count());
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", message(&e));
             }
             1
         }
     }
 }
 
-fn ctrlc_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if podium::cancel::is_cancelled() {
-            eprintln!("\ninterrupted again; exiting now");
-            std::process::exit(130);
+/// What Ctrl-C and SIGTERM do.
+enum OnSignal {
+    /// Cancel (with this message): the command winds down and exits
+    /// non-zero; a second signal exits at once.
+    Stop(&'static str),
+    /// Exit at once, but never between a temporary file and its rename.
+    Exit,
+}
+
+fn ctrlc_handler(on: OnSignal) {
+    let _ = ctrlc::set_handler(move || match on {
+        OnSignal::Exit => {
+            eprintln!("\ninterrupted");
+            podium::cancel::exit_when_safe();
         }
-        eprintln!(
-            "\ninterrupted: stopping running instances; finished ones are kept (Ctrl-C again to exit at once)"
-        );
-        podium::cancel::cancel();
+        OnSignal::Stop(message) => {
+            if podium::cancel::is_cancelled() {
+                eprintln!("\ninterrupted again; exiting now");
+                std::process::exit(podium::cancel::EXIT_INTERRUPTED);
+            }
+            eprintln!("\n{message}");
+            podium::cancel::cancel();
+        }
     });
+}
+
+/// An error with its causes, each once: library errors already show their
+/// source (`path: No such file or directory`), which `{:#}` would repeat.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn use_color() -> bool {

@@ -162,7 +162,7 @@ pub fn op(
         .iter()
         .map(|(k, v)| {
             (
-                k.clone(),
+                k,
                 v.map_paths(&|r| match r {
                     podium::value::PathRef::File { path, .. } => path.display().to_string(),
                     other => other.label().to_string(),
@@ -198,7 +198,21 @@ pub fn op(
     let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
     eprint!("{log_text}");
     if let Err(e) = result {
-        eprintln!("error: {kind}: {e}");
+        // Name an output where it was to go, not in the work directory.
+        let mut message = e.to_string();
+        let shown = match (output, inst.outputs.as_slice()) {
+            (Some(o), [_]) => Some((out_dir.join(&inst.outputs[0]), o.to_path_buf())),
+            (Some(o), _) => Some((out_dir.clone(), o.to_path_buf())),
+            (None, _) => None,
+        };
+        if let Some((from, to)) = shown {
+            message = message.replace(&from.display().to_string(), &to.display().to_string());
+        }
+        let full = podium::store::disk_full(&[&out_dir, &beside]);
+        match full {
+            Some(full) => eprintln!("error: {kind}: {message}; {full}"),
+            None => eprintln!("error: {kind}: {message}"),
+        }
         return Ok(1);
     }
     if let Some(output) = output {

@@ -98,7 +98,21 @@ pub fn read_dets(path: &Path) -> Result<Vec<Det>, DataError> {
     Ok(dets)
 }
 
+/// Writes detections; a score or coordinate that is not a finite number
+/// (JSON has none: it would be written `null`) is an error naming the
+/// detection, and nothing is written.
 pub fn write_dets(path: &Path, dets: &[Det]) -> Result<(), DataError> {
+    for (i, d) in dets.iter().enumerate() {
+        if !d.score.is_finite() || d.bbox.iter().any(|v| !v.is_finite()) {
+            return Err(DataError::new(
+                path,
+                format!(
+                    "detection {i} (image {}) has score {} and bbox {:?}: not finite numbers; not written",
+                    d.image_id, d.score, d.bbox
+                ),
+            ));
+        }
+    }
     let mut text = serde_json::to_vec(dets).expect("detections serialize");
     text.push(b'\n');
     write_atomic(path, &text)
@@ -175,7 +189,28 @@ pub fn read_coco(path: &Path) -> Result<Coco, DataError> {
     Ok(coco)
 }
 
+/// Writes a ground-truth file; non-finite sizes and boxes are errors, as in
+/// [`write_dets`].
 pub fn write_coco(path: &Path, coco: &Coco) -> Result<(), DataError> {
+    for im in &coco.images {
+        if !im.width.is_finite() || !im.height.is_finite() {
+            return Err(DataError::new(
+                path,
+                format!("image {} has a size that is not finite; not written", im.id),
+            ));
+        }
+    }
+    for (i, a) in coco.annotations.iter().enumerate() {
+        if a.bbox.iter().chain(a.area.iter()).any(|v| !v.is_finite()) {
+            return Err(DataError::new(
+                path,
+                format!(
+                    "annotation {i} (image {}) has a box that is not finite; not written",
+                    a.image_id
+                ),
+            ));
+        }
+    }
     let mut text = serde_json::to_vec(coco).expect("coco serializes");
     text.push(b'\n');
     write_atomic(path, &text)

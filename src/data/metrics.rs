@@ -23,7 +23,15 @@ pub fn read(path: &Path) -> Result<Metrics, DataError> {
         .collect()
 }
 
+/// Writes metrics; one that is not a finite number (JSON would say `null`)
+/// is an error naming it, and nothing is written.
 pub fn write(path: &Path, m: &Metrics) -> Result<(), DataError> {
+    if let Some((k, v)) = m.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(DataError::new(
+            path,
+            format!("metric `{k}` is {v}, not a finite number; not written"),
+        ));
+    }
     let mut text = serde_json::to_string_pretty(m).expect("metrics serialize");
     text.push('\n');
     write_atomic(path, text.as_bytes())

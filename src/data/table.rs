@@ -87,8 +87,20 @@ impl Table {
             if id.is_empty() {
                 return Err(DataError::at(path, line, "empty id"));
             }
+            let row: Vec<String> = it.map(str::to_string).collect();
+            if let Some((c, tok)) = non_finite_cell(&row) {
+                return Err(DataError::at(
+                    path,
+                    line,
+                    format!(
+                        "`{tok}` in column `{}` (id {id}) is not a finite number; \
+                         a missing or undefined value must be removed or filled in",
+                        t.columns[c + 1]
+                    ),
+                ));
+            }
             t.ids.push(id);
-            t.rows.push(it.map(str::to_string).collect());
+            t.rows.push(row);
             t.lines.push(line);
         }
         if t.ids.is_empty() {
@@ -209,9 +221,40 @@ impl Table {
         w.into_inner().expect("write to memory")
     }
 
+    /// Writes the table; a cell holding `NaN` or `inf` is an error naming
+    /// the row, and nothing is written.
     pub fn write(&self, path: &Path) -> Result<(), DataError> {
+        for (r, row) in self.rows.iter().enumerate() {
+            if let Some((c, tok)) = non_finite_cell(row) {
+                return Err(DataError::at(
+                    path,
+                    r + 2,
+                    format!(
+                        "`{tok}` in column `{}` (id {}) is not a finite number; not written",
+                        self.columns[c + 1],
+                        self.ids[r]
+                    ),
+                ));
+            }
+        }
         write_atomic(path, &self.to_csv())
     }
+}
+
+/// The first value cell of a row that holds a non-finite number (`NaN`,
+/// `inf`, `-Infinity`, alone or in a space-separated list), with the word.
+/// Such cells are errors in every column: a label of `nan` is a missing
+/// value, not a class.
+fn non_finite_cell(row: &[String]) -> Option<(usize, &str)> {
+    row.iter().enumerate().find_map(|(c, cell)| {
+        cell.split_whitespace()
+            .find(|tok| {
+                let t = tok.trim_start_matches(['+', '-']);
+                t.starts_with(['n', 'N', 'i', 'I'])
+                    && tok.parse::<f64>().is_ok_and(|x| !x.is_finite())
+            })
+            .map(|tok| (c, tok))
+    })
 }
 
 /// Formats a number for a table: the shortest text that reads back as the

@@ -139,7 +139,7 @@ impl<'a> Runner<'a> {
         let params: Params = inst
             .params
             .iter()
-            .map(|(name, v)| (name.clone(), v.map_paths(&|r| self.path_of(r))))
+            .map(|(name, v)| (name, v.map_paths(&|r| self.path_of(r))))
             .collect();
         let started = Instant::now();
         let result = {
@@ -169,7 +169,11 @@ impl<'a> Runner<'a> {
         let outcome = match result {
             Err(OpError::Cancelled) => Ok(Outcome::Cancelled),
             Err(e) => Ok(Outcome::Failed {
-                message: e.to_string(),
+                message: match store::disk_full(&[&scratch.out, self.store.root(), &self.out_root])
+                {
+                    Some(full) => format!("{e}; {full}"),
+                    None => e.to_string(),
+                },
                 log: Some(kept_log),
                 log_tail: tail(&log_bytes, 20),
             }),

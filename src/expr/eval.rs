@@ -1,6 +1,7 @@
 //! Evaluation of expressions against an environment of params, inputs,
 //! matrix variables and stages.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::parse::{BinOp, Expr, ExprKind, UnOp};
@@ -19,17 +20,39 @@ pub struct StageSel {
 }
 
 /// An intermediate result: a value, the `stages` namespace, or a stage.
+/// A value is borrowed from the environment where it can be, so that
+/// `params.lr` costs a lookup, not a copy of every param.
 #[derive(Clone, Debug, PartialEq)]
-pub enum EVal {
-    V(Value),
+pub enum EVal<'a> {
+    V(Cow<'a, Value>),
     Stages,
     Stage(StageSel),
+}
+
+impl<'a> EVal<'a> {
+    /// A value the caller owns.
+    pub fn owned(v: Value) -> Self {
+        EVal::V(Cow::Owned(v))
+    }
+    /// A value the environment keeps.
+    pub fn borrowed(v: &'a Value) -> Self {
+        EVal::V(Cow::Borrowed(v))
+    }
+}
+
+/// `v[key]` of a borrowed or owned table, without copying the rest of it.
+fn member<'a>(v: Cow<'a, Value>, key: &str) -> Option<Cow<'a, Value>> {
+    match v {
+        Cow::Borrowed(Value::Table(t)) => t.get(key).map(Cow::Borrowed),
+        Cow::Owned(Value::Table(mut t)) => t.remove(key).map(Cow::Owned),
+        _ => None,
+    }
 }
 
 /// What names resolve to.
 pub trait Env {
     /// A bare name: `params`, `inputs`, `stages`, or a matrix variable.
-    fn var(&self, name: &str, span: Span) -> Result<EVal, Diagnostic>;
+    fn var(&self, name: &str, span: Span) -> Result<EVal<'_>, Diagnostic>;
     /// `stages.NAME`.
     fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic>;
     /// `stage[key=value, ...]`. Only reached with a selection that
@@ -81,7 +104,7 @@ pub fn eval_template(t: &Template, env: &dyn Env) -> Result<Value, Diagnostic> {
 /// Evaluates an expression to a value.
 pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, Diagnostic> {
     match eval_inner(e, env)? {
-        EVal::V(v) => Ok(v),
+        EVal::V(v) => Ok(v.into_owned()),
         EVal::Stages => Err(err(
             e.span,
             "`stages` needs a stage name",
@@ -95,26 +118,31 @@ pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, Diagnostic> {
     }
 }
 
-fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
-    Ok(EVal::V(match &e.kind {
+fn eval_inner<'a>(e: &Expr, env: &'a dyn Env) -> Result<EVal<'a>, Diagnostic> {
+    Ok(EVal::owned(match &e.kind {
         ExprKind::Lit(v) => v.clone(),
         ExprKind::Ident(name) => return env.var(name, e.span),
         ExprKind::Field(base, name) => {
             return match eval_inner(base, env)? {
                 EVal::Stages => Ok(EVal::Stage(env.stage(name, e.span)?)),
-                EVal::Stage(sel) => Ok(EVal::V(env.output(&sel, name, e.span)?)),
-                EVal::V(Value::Table(t)) => match t.get(name) {
-                    Some(v) => Ok(EVal::V(v.clone())),
-                    None => Err(Diagnostic::error(
-                        "unknown-reference",
-                        format!("no field `{name}`"),
-                    )
-                    .at(e.span, "not found")
-                    .help(
-                        crate::diag::did_you_mean(name, t.keys().map(String::as_str))
-                            .unwrap_or_else(|| format!("fields: {}", keys(&t))),
-                    )),
-                },
+                EVal::Stage(sel) => Ok(EVal::owned(env.output(&sel, name, e.span)?)),
+                EVal::V(v) if matches!(*v, Value::Table(_)) => {
+                    let Value::Table(t) = &*v else { unreachable!() };
+                    let help = match t.contains_key(name) {
+                        true => String::new(),
+                        false => crate::diag::did_you_mean(name, t.keys().map(String::as_str))
+                            .unwrap_or_else(|| format!("fields: {}", keys(t))),
+                    };
+                    match member(v, name) {
+                        Some(v) => Ok(EVal::V(v)),
+                        None => Err(Diagnostic::error(
+                            "unknown-reference",
+                            format!("no field `{name}`"),
+                        )
+                        .at(e.span, "not found")
+                        .help(help)),
+                    }
+                }
                 EVal::V(v) => Err(err(
                     e.span,
                     format!("{} has no fields", crate::value::a(v.type_name())),
@@ -127,8 +155,11 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
             let i = eval(idx, env)?;
             return match (b, i) {
                 (EVal::Stages, Value::Str(name)) => Ok(EVal::Stage(env.stage(&name, e.span)?)),
-                (EVal::Stage(sel), Value::Str(out)) => Ok(EVal::V(env.output(&sel, &out, e.span)?)),
-                (EVal::V(Value::List(l)), Value::Int(i)) => {
+                (EVal::Stage(sel), Value::Str(out)) => {
+                    Ok(EVal::owned(env.output(&sel, &out, e.span)?))
+                }
+                (EVal::V(b), Value::Int(i)) if matches!(*b, Value::List(_)) => {
+                    let Value::List(l) = &*b else { unreachable!() };
                     let n = l.len() as i64;
                     let j = if i < 0 { n + i } else { i };
                     if j < 0 || j >= n {
@@ -138,17 +169,29 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
                             "out of range",
                         ))
                     } else {
-                        Ok(EVal::V(l[j as usize].clone()))
+                        Ok(EVal::V(match b {
+                            Cow::Borrowed(Value::List(l)) => Cow::Borrowed(&l[j as usize]),
+                            Cow::Owned(Value::List(mut l)) => Cow::Owned(l.swap_remove(j as usize)),
+                            _ => unreachable!(),
+                        }))
                     }
                 }
-                (EVal::V(Value::Table(t)), Value::Str(k)) => match t.get(&k) {
-                    Some(v) => Ok(EVal::V(v.clone())),
-                    None => Err(
-                        Diagnostic::error("unknown-reference", format!("no key `{k}`"))
-                            .at(idx.span, "not in the table")
-                            .help(format!("keys: {}", keys(&t))),
-                    ),
-                },
+                (EVal::V(b), Value::Str(k)) if matches!(*b, Value::Table(_)) => {
+                    let Value::Table(t) = &*b else { unreachable!() };
+                    let help = match t.contains_key(&k) {
+                        true => String::new(),
+                        false => format!("keys: {}", keys(t)),
+                    };
+                    match member(b, &k) {
+                        Some(v) => Ok(EVal::V(v)),
+                        None => Err(Diagnostic::error(
+                            "unknown-reference",
+                            format!("no key `{k}`"),
+                        )
+                        .at(idx.span, "not in the table")
+                        .help(help)),
+                    }
+                }
                 (b, i) => Err(err(
                     e.span,
                     format!("cannot index {} with a {}", eval_name(&b), i.type_name()),
@@ -225,8 +268,19 @@ fn eval_inner(e: &Expr, env: &dyn Env) -> Result<EVal, Diagnostic> {
     }))
 }
 
+/// A table's keys for a message: the first few, and how many more.
 fn keys(t: &BTreeMap<String, Value>) -> String {
-    t.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+    const SHOWN: usize = 12;
+    let mut s = t
+        .keys()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if t.len() > SHOWN {
+        s.push_str(&format!(", … ({} more)", t.len() - SHOWN));
+    }
+    s
 }
 
 fn eval_name(v: &EVal) -> &'static str {

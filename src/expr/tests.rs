@@ -8,14 +8,14 @@ use crate::value::Value;
 
 /// An environment with a few params and matrix variables, and no stages.
 struct TestEnv {
-    params: BTreeMap<String, Value>,
+    params: Value,
 }
 
 impl Env for TestEnv {
-    fn var(&self, name: &str, span: Span) -> Result<EVal, Diagnostic> {
+    fn var(&self, name: &str, span: Span) -> Result<EVal<'_>, Diagnostic> {
         match name {
-            "params" => Ok(EVal::V(Value::Table(self.params.clone()))),
-            "fold" => Ok(EVal::V(Value::Int(2))),
+            "params" => Ok(EVal::borrowed(&self.params)),
+            "fold" => Ok(EVal::owned(Value::Int(2))),
             _ => Err(
                 Diagnostic::error("unknown-reference", format!("unknown name `{name}`"))
                     .at(span, ""),
@@ -35,7 +35,9 @@ fn env() -> TestEnv {
         "archs".into(),
         Value::List(vec![Value::Str("a".into()), Value::Str("b".into())]),
     );
-    TestEnv { params }
+    TestEnv {
+        params: Value::Table(params),
+    }
 }
 
 fn map(s: &str) -> SpanMap {

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod layers;
 pub mod loader;
 pub mod loss;
+pub mod memory;
 pub mod models;
 pub mod optim;
 pub mod plot;

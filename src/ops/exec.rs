@@ -138,6 +138,22 @@ impl Op for Exec {
             .env("OMP_NUM_THREADS", cx.threads.to_string())
             .stdin(Stdio::null())
             .process_group(0);
+        // The command dies with podium, even with podium killed by SIGKILL
+        // (a shell that runs several programs leaves them in its process
+        // group, which the next run stops: `cancel::reap`).
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl, getppid and _exit are async-signal-safe, as code
+        // between fork and exec must be; nothing is allocated.
+        unsafe {
+            command.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                // Podium died before the line above: nobody would signal.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         match cx.params.get("deps") {
             Some(Value::List(items)) => {
                 let paths: Vec<String> = items.iter().map(plain).collect();
@@ -196,7 +212,8 @@ impl Op for Exec {
         }
         let mut missing = Vec::new();
         for o in self.outputs(cx.params).unwrap_or_default() {
-            if !cx.out_dir.join(&o).exists() {
+            // A link that leads nowhere is there: storing it names the problem.
+            if std::fs::symlink_metadata(cx.out_dir.join(&o)).is_err() {
                 missing.push(o);
             }
         }
@@ -265,13 +282,11 @@ fn check_out(o: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
     fn params(outs: &[&str]) -> Params {
-        let mut p = BTreeMap::new();
-        p.insert("cmd".into(), Value::Str("true".into()));
+        let mut p = Params::new();
+        p.insert("cmd", Value::Str("true".into()));
         p.insert(
-            "outs".into(),
+            "outs",
             Value::List(outs.iter().map(|s| Value::Str(s.to_string())).collect()),
         );
         p
@@ -309,7 +324,7 @@ mod tests {
         let mut log = std::fs::File::create(dir.path().join("log")).unwrap();
         let mut p = params(&["a.txt", "b.txt"]);
         p.insert(
-            "cmd".into(),
+            "cmd",
             Value::Str("echo hi > $PODIUM_OUT/a.txt; echo to-log".into()),
         );
         let cancel = std::sync::atomic::AtomicBool::new(false);
@@ -338,7 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = std::fs::File::create(dir.path().join("log")).unwrap();
         let mut p = params(&[]);
-        p.insert("cmd".into(), Value::Str("exit 3".into()));
+        p.insert("cmd", Value::Str("exit 3".into()));
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let mut cx = OpContext {
             params: &p,

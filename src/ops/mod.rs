@@ -1,7 +1,6 @@
 //! Ops: the kinds of work a stage can do, each in a file of its own behind
 //! the [`Op`] trait, with its parameters, defaults, help text and run.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -24,8 +23,98 @@ pub mod synth;
 pub mod train;
 pub mod wbf;
 
-/// Resolved parameters of one instance, by name.
-pub type Params = BTreeMap<String, Value>;
+/// Resolved parameters of one instance, by name, in name order.
+///
+/// A sorted vector rather than a map: an op has a few dozen parameters at
+/// most, and a matrix stage may have a million instances, each with its own
+/// `Params` (a `BTreeMap` node alone would be most of an instance's memory).
+#[derive(Clone, Debug, Default, PartialEq)]
+/// Names are the op's [`ParamSpec::name`]s.
+pub struct Params(Vec<(&'static str, Value)>);
+
+impl Params {
+    pub fn new() -> Self {
+        Params(Vec::new())
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (*k).cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Sets `name`, returning the value it replaces.
+    pub fn insert(&mut self, name: &'static str, value: Value) -> Option<Value> {
+        match self.find(name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (name, value));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Value> {
+        self.find(name).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Entries in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().map(|(k, _)| *k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Value> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value> {
+        self.0.iter_mut().map(|(_, v)| v)
+    }
+
+    /// Gives back spare capacity (a stage's instances keep theirs for good).
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit()
+    }
+}
+
+impl FromIterator<(&'static str, Value)> for Params {
+    fn from_iter<I: IntoIterator<Item = (&'static str, Value)>>(it: I) -> Self {
+        let mut p = Params::new();
+        for (k, v) in it {
+            p.insert(k, v);
+        }
+        p
+    }
+}
+
+impl<'a> IntoIterator for &'a Params {
+    type Item = (&'static str, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (&'static str, Value)>,
+        fn(&'a (&'static str, Value)) -> (&'static str, &'a Value),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+}
 
 /// The type a parameter accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

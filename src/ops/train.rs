@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params, is_given};
+use crate::data::DataError;
 use crate::data::table::{Table, fmt_f64};
-use crate::data::{DataError, write_atomic};
 use crate::nn::aug::Aug;
 use crate::nn::dataset::{self, Samples};
 use crate::nn::loss::{Loss, parse_terms};
@@ -431,6 +431,15 @@ impl Op for Train {
                 errs.push(ParamError::new(name, "must not be negative"));
             }
         }
+        if p.get("image_size")
+            .and_then(Value::as_int)
+            .is_some_and(|v| v > MAX_IMAGE_SIZE)
+        {
+            errs.push(ParamError::new(
+                "image_size",
+                format!("must be at most {MAX_IMAGE_SIZE}"),
+            ));
+        }
         if p.get("lr")
             .and_then(Value::as_f64)
             .is_some_and(|v| v.is_nan() || v <= 0.0)
@@ -570,6 +579,20 @@ impl Op for Train {
             let img = crate::data::images::open(&train.paths[0])?;
             image_size = img.width();
         }
+        let batch_size = cx.int("batch_size").max(1) as usize;
+        let need = crate::nn::memory::batch_lower_bound(cx.str("arch"), batch_size, image_size);
+        if let Some(have) = crate::nn::memory::available()
+            && need > have as u128
+        {
+            use crate::nn::memory::human;
+            return Err(OpError::Failed(format!(
+                "image_size = {image_size} with batch_size = {batch_size} needs at least {} \
+                 for one batch of {}, and {} of memory is available: lower image_size or batch_size",
+                human(need),
+                cx.str("arch"),
+                human(have as u128)
+            )));
+        }
         let terms = parse_terms(
             cx.params.get("loss").unwrap_or(&Value::Str("auto".into())),
             task,
@@ -584,7 +607,7 @@ impl Op for Train {
             arch: cx.str("arch").to_string(),
             task,
             epochs,
-            batch_size: cx.int("batch_size").max(1) as usize,
+            batch_size,
             image_size,
             optimizer: optim::Kind::parse(cx.str("optimizer")).unwrap_or(optim::Kind::AdamW),
             momentum: cx.f64("momentum"),
@@ -729,9 +752,7 @@ impl Op for Train {
             "train_images_per_s".into(),
             (data.train.len() * summary.history.len()) as f64 / secs.max(1e-9),
         );
-        let json =
-            serde_json::to_vec_pretty(&metrics).map_err(|e| OpError::Failed(e.to_string()))?;
-        write_atomic(&cx.out_dir.join("metrics.json"), &json)?;
+        crate::data::metrics::write(&cx.out_dir.join("metrics.json"), &metrics)?;
         if task == Task::Box {
             let img = examples(&data, &summary.oof, sizes)?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
@@ -975,6 +996,10 @@ fn examples(
     }
     Ok(plot::hstack(&tiles))
 }
+
+/// The largest side `image_size` may ask for (an image's sides are 32-bit
+/// everywhere, and a batch at this size fills any machine already).
+const MAX_IMAGE_SIZE: i64 = 65_536;
 
 pub(crate) fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), DataError> {
     crate::data::images::save(&image::DynamicImage::ImageRgb8(img.clone()), path, 90)

@@ -49,6 +49,7 @@ fn write_renamed(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = temp_name(path);
+    let _whole = crate::cancel::critical();
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -65,6 +66,28 @@ fn write_renamed(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// After a failure: "disk full: PATH has N bytes free" for the first of
+/// `paths` on a filesystem with (almost) no space left, which explains a
+/// command that failed with an empty log.
+pub fn disk_full(paths: &[&Path]) -> Option<String> {
+    for p in paths {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: statvfs(3) fills the struct it is given; the path is a C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            continue;
+        }
+        let free = st.f_bavail as u64 * st.f_frsize as u64;
+        // Less than 1 MiB, or one block: nothing more fits.
+        if free < (1 << 20).max(st.f_frsize as u64) {
+            return Some(format!("disk full: {} has {free} bytes free", p.display()));
+        }
+    }
+    None
 }
 
 fn sync_dir(dir: &Path) {
@@ -112,6 +135,18 @@ pub struct StoreLock {
 }
 
 impl Store {
+    /// Opens the store at `root`, which must exist: for commands that only
+    /// inspect or trim a store (`verify`, `gc`), and must not make one.
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join("objects").is_dir() {
+            return Err(Error::Usage(format!(
+                "no podium store at {} (it has no objects/ directory)",
+                root.display()
+            )));
+        }
+        Store::open(root)
+    }
+
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
         for sub in ["objects", "state", "tmp"] {
@@ -168,6 +203,14 @@ impl Store {
             Err(fs::TryLockError::Error(e)) => return Err(e).at(&path),
         }
         let _ = fs::write(self.root.join("lock.pid"), std::process::id().to_string());
+        // Commands a killed run left behind would run beside this run's
+        // copies of them: stop them first.
+        let running = self.root.join("running");
+        let n = crate::cancel::reap(&running);
+        if n > 0 {
+            eprintln!("stopped {n} command(s) left running by a podium run that was killed");
+        }
+        crate::cancel::record_children_in(running);
         // Work directories left by a run that was killed are garbage now.
         if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
             for e in entries.flatten() {
@@ -271,9 +314,13 @@ impl Store {
                 // Not on the same filesystem: copy, then rename into place.
                 Err(_) => {
                     let tmp = temp_name(&dest);
-                    fs::copy(path, &tmp).at(&tmp)?;
-                    File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
-                    fs::rename(&tmp, &dest).at(&dest)?;
+                    let copied = fs::copy(path, &tmp)
+                        .and_then(|_| File::open(&tmp)?.sync_all())
+                        .and_then(|_| fs::rename(&tmp, &dest));
+                    if let Err(e) = copied {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e).at(&dest);
+                    }
                     let _ = fs::remove_file(path);
                 }
             }
@@ -495,7 +542,7 @@ impl Store {
         let objects = walk(&self.root.join("objects"));
         for (i, path) in objects.iter().enumerate() {
             on_object(i);
-            report.checked += 1;
+            report.objects += 1;
             let name = object_name(path);
             let ok = match (
                 name.and_then(|n| Hash::from_hex(&n).ok()),
@@ -506,17 +553,16 @@ impl Store {
             };
             if !ok {
                 let _ = fs::remove_file(path);
-                report.corrupted.push(path.clone());
+                report.bad_objects.push(path.clone());
             }
         }
-        report
-            .corrupted
-            .extend(state::Journals::repair(&self.state_dir()));
+        report.bad_lines = state::Journals::repair(&self.state_dir());
         let log = self.records.parse_all();
+        report.records = log.records.len();
         if log.bad > 0 {
             let path = self.records.path();
             self.records.rewrite(&log.records).at(path)?;
-            report.corrupted.push(path.to_path_buf());
+            report.bad_lines.push((path.to_path_buf(), log.bad));
         }
         let legacy_states = walk(&self.state_dir())
             .into_iter()
@@ -528,7 +574,7 @@ impl Store {
                 .is_some();
             if !ok {
                 let _ = fs::remove_file(&path);
-                report.corrupted.push(path);
+                report.bad_records.push(path);
             }
         }
         Ok(report)
@@ -657,8 +703,12 @@ impl Store {
         }
         if fs::hard_link(object, dest).is_err() {
             let tmp = temp_name(dest);
-            fs::copy(object, &tmp).at(&tmp)?;
-            fs::rename(&tmp, dest).at(dest)?;
+            let _whole = crate::cancel::critical();
+            if let Err(e) = fs::copy(object, &tmp).and_then(|_| fs::rename(&tmp, dest)) {
+                // A full disk must not leave half a copy beside the output.
+                let _ = fs::remove_file(&tmp);
+                return Err(e).at(dest);
+            }
         }
         Ok(())
     }
@@ -813,8 +863,24 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
-    pub checked: usize,
-    pub corrupted: Vec<PathBuf>,
+    /// Objects re-hashed.
+    pub objects: usize,
+    /// Objects whose bytes did not match their name: removed.
+    pub bad_objects: Vec<PathBuf>,
+    /// Run records read from the log.
+    pub records: usize,
+    /// Logs and journals with lines that did not parse, and how many: those
+    /// lines were dropped (their instances rerun).
+    pub bad_lines: Vec<(PathBuf, usize)>,
+    /// Record files of an older store that did not parse: removed.
+    pub bad_records: Vec<PathBuf>,
+}
+
+impl VerifyReport {
+    /// Whether anything was found wrong.
+    pub fn is_clean(&self) -> bool {
+        self.bad_objects.is_empty() && self.bad_lines.is_empty() && self.bad_records.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -859,13 +925,13 @@ mod tests {
         fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&obj, "HELLO").unwrap();
         let r = s.verify(|_| {}).unwrap();
-        assert_eq!(r.corrupted, vec![obj.clone()]);
+        assert_eq!(r.bad_objects, vec![obj.clone()]);
         assert!(!obj.exists());
         assert!(
             s.record(&key).is_none(),
             "a record with a missing object is not a cache hit"
         );
-        assert!(s.verify(|_| {}).unwrap().corrupted.is_empty());
+        assert!(s.verify(|_| {}).unwrap().is_clean());
     }
 
     #[test]

@@ -102,9 +102,9 @@ impl Journals {
         Ok(())
     }
 
-    /// Drops the lines of every journal under `dir` that do not parse;
-    /// returns the journals that had any.
-    pub fn repair(dir: &Path) -> Vec<PathBuf> {
+    /// Rewrites every journal with lines that do not parse without them;
+    /// returns each such journal with the number of lines dropped.
+    pub fn repair(dir: &Path) -> Vec<(PathBuf, usize)> {
         let mut repaired = Vec::new();
         for path in walk(dir) {
             if path.extension().is_none_or(|e| e != "jsonl") {
@@ -118,7 +118,7 @@ impl Journals {
                     push_line(&mut out, rec);
                 }
                 if atomic_write_nosync(&path, &out).is_ok() {
-                    repaired.push(path);
+                    repaired.push((path, bad));
                 }
             }
         }
@@ -210,7 +210,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"key\": \"ab").unwrap();
         assert_eq!(Journals::default().all(d.path(), "p").len(), 1);
-        assert_eq!(Journals::repair(d.path()), vec![path.clone()]);
+        assert_eq!(Journals::repair(d.path()), vec![(path.clone(), 1)]);
         let Parsed { records: good, bad } = parse(&fs::read(&path).unwrap());
         assert_eq!((good.len(), bad), (1, 0));
         assert!(Journals::repair(d.path()).is_empty());

@@ -1,0 +1,89 @@
+//! What a training batch needs in memory, estimated before anything is
+//! allocated, so that `image_size = 100000` is refused with a message
+//! naming the parameter rather than aborting on a failed allocation.
+
+/// A lower bound on the bytes one training step of `arch` holds at once:
+/// the f32 input batch and the first layer's outputs (convolution, batch
+/// norm and activation, all kept for the backward pass). Real use is
+/// several times this, so a configuration over it can never fit; one under
+/// it may still not, which the allocator then reports.
+pub fn batch_lower_bound(arch: &str, batch: usize, image_size: u32) -> u128 {
+    let px = image_size as u128 * image_size as u128;
+    let b = batch as u128;
+    let input = b * 3 * px * 4;
+    // Channels and stride of the first convolution.
+    let (channels, stride) = match arch {
+        "simple_cnn" => (32, 1),
+        "resnet18" | "resnet34" => (64, 2),
+        "efficientnet_b0" => (32, 2),
+        _ => (0, 1),
+    };
+    let first = b * channels * (px / (stride * stride)) * 4 * 3;
+    input + first
+}
+
+/// Memory this process may still take, in bytes: the kernel's
+/// `MemAvailable`, lowered by a cgroup limit where one is set. `None`
+/// where neither can be read.
+pub fn available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let cgroup = match (
+        read("/sys/fs/cgroup/memory.max"),
+        read("/sys/fs/cgroup/memory.current"),
+    ) {
+        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
+        _ => None,
+    };
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `12.3 GiB`.
+pub fn human(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut x = bytes as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    format!("{x:.1} {}", UNITS[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_grows_with_the_square_of_the_image_size_and_with_the_batch() {
+        let a = batch_lower_bound("resnet18", 8, 64);
+        assert_eq!(batch_lower_bound("resnet18", 8, 128), 4 * a);
+        assert_eq!(batch_lower_bound("resnet18", 16, 64), 2 * a);
+        // 8 × 3 × 64² floats of input, 8 × 64 × 32² × 3 of the stem.
+        assert_eq!(a, (8 * 3 * 4096 + 8 * 64 * 1024 * 3) * 4);
+    }
+
+    #[test]
+    fn an_absurd_image_size_is_far_beyond_any_machine() {
+        // 32 images of 100,000² pixels: over 100 TiB in the first layer alone.
+        assert!(batch_lower_bound("simple_cnn", 32, 100_000) > 100 << 40);
+    }
+
+    #[test]
+    fn available_memory_is_read_on_linux() {
+        let a = available().expect("/proc/meminfo");
+        assert!(a > 1 << 20, "{a}");
+    }
+}
