@@ -90,6 +90,33 @@ pub enum Severity {
     Warning,
 }
 
+/// The most errors one manifest reports: after them checking stops, so that
+/// a manifest of 100,000 broken lines costs no more to check and to show
+/// than one of 100.
+pub const MAX_ERRORS: usize = 100;
+
+/// Keeps the diagnostics up to the [`MAX_ERRORS`]th error, and says so
+/// when it drops any.
+pub fn cap(diags: &mut Vec<Diagnostic>) {
+    let mut errors = 0;
+    let Some(cut) = diags.iter().position(|d| {
+        errors += d.is_error() as usize;
+        errors > MAX_ERRORS
+    }) else {
+        return;
+    };
+    diags.truncate(cut);
+    diags.push(too_many_errors());
+}
+
+/// The note that ends a capped list of diagnostics.
+pub fn too_many_errors() -> Diagnostic {
+    Diagnostic::error(
+        "too-many-errors",
+        format!("stopped after {MAX_ERRORS} errors; fix these and check again"),
+    )
+}
+
 /// A message about a place in a source.
 #[derive(Clone, Debug)]
 pub struct Diagnostic {

@@ -72,14 +72,15 @@ pub struct Instance {
     pub op: &'static str,
     /// Every parameter of the op, defaults filled in.
     pub params: Params,
-    pub outputs: Vec<String>,
+    /// Shared by the instances of a stage that declare the same ones.
+    pub outputs: std::sync::Arc<[String]>,
     /// Instances whose outputs this one reads, ascending.
     pub deps: Vec<usize>,
     pub resources: Resources,
     /// The `[params]` this instance's stage refers to, with their values:
     /// explanations name `params.lr` rather than only the op parameter it
     /// was interpolated into.
-    pub uses: BTreeMap<String, Value>,
+    pub uses: std::sync::Arc<BTreeMap<String, Value>>,
 }
 
 impl Instance {
@@ -166,6 +167,7 @@ pub fn check(raw: &RawManifest) -> (Option<Pipeline>, Vec<Diagnostic>) {
         stopped: false,
         errors: 0,
         failed_inputs: HashSet::new(),
+        instance_bytes: 0,
     };
     let p = cx.run();
     let failed = cx.diags.iter().any(Diagnostic::is_error);
@@ -190,12 +192,14 @@ struct Checker<'a> {
     by_matrix: Vec<MatrixIndex>,
     /// Checked stages by name: their index in `Pipeline::stages`.
     stage_index: HashMap<String, usize>,
-    /// Set after [`MAX_ERRORS`] errors or a value over its limit: nothing
+    /// Set after [`crate::diag::MAX_ERRORS`] errors or a value over its limit: nothing
     /// more is checked.
     stopped: bool,
     errors: usize,
     /// Inputs with errors: stages reading them are not checked further.
     failed_inputs: HashSet<String>,
+    /// What every instance's parameters weigh so far ([`Value::weight`]).
+    instance_bytes: usize,
 }
 
 /// A stage's matrix: keys in the order written, each with its values.
@@ -233,13 +237,12 @@ fn matrix_value_key(v: &Value) -> String {
     }
 }
 
-/// The most errors one manifest reports: after them the checker stops, so
-/// that a manifest of 20,000 broken stages costs no more than one of 100.
-const MAX_ERRORS: usize = 100;
 /// The largest value one expression may make.
 const MAX_VALUE_BYTES: usize = 16 << 20;
 /// The most all `[params]` together may hold once evaluated.
 const MAX_PARAMS_BYTES: usize = 64 << 20;
+/// The most every instance's parameters together may hold.
+const MAX_INSTANCES_BYTES: usize = 256 << 20;
 
 impl Checker<'_> {
     fn push(&mut self, d: Diagnostic) {
@@ -250,11 +253,8 @@ impl Checker<'_> {
         if self.seen.insert((d.message.clone(), d.span)) {
             self.errors += d.is_error() as usize;
             self.diags.push(d);
-            if self.errors >= MAX_ERRORS {
-                self.diags.push(Diagnostic::error(
-                    "too-many-errors",
-                    format!("stopped after {MAX_ERRORS} errors; fix these and check again"),
-                ));
+            if self.errors >= crate::diag::MAX_ERRORS {
+                self.diags.push(crate::diag::too_many_errors());
                 self.stopped = true;
             }
         }
@@ -660,10 +660,15 @@ impl Checker<'_> {
             matrix_keys: st.matrix.iter().map(|(k, _)| k.name.clone()).collect(),
             instances: Vec::new(),
         };
-        let uses: BTreeMap<String, Value> = param_refs(st)
-            .into_iter()
-            .filter_map(|n| p.params.get(&n).map(|v| (n, v.clone())))
-            .collect();
+        // One copy for all the stage's instances, which may be a million.
+        let uses = std::sync::Arc::new(
+            param_refs(st)
+                .into_iter()
+                .filter_map(|n| p.params.get(&n).map(|v| (n, v.clone())))
+                .collect::<BTreeMap<String, Value>>(),
+        );
+        // Instances declare the same outputs, as a rule: kept once.
+        let mut last_outputs: Option<std::sync::Arc<[String]>> = None;
         p.instances.reserve(matrix.len);
         stage.instances.reserve_exact(matrix.len);
         for ci in 0..matrix.len {
@@ -716,6 +721,22 @@ impl Checker<'_> {
                 }
                 match self.typed(spec.kind, val, span, spec.name) {
                     Some(v) => {
+                        self.instance_bytes = self.instance_bytes.saturating_add(v.weight());
+                        if self.instance_bytes > MAX_INSTANCES_BYTES {
+                            self.push(
+                                Diagnostic::error(
+                                    "too-large",
+                                    format!(
+                                        "the stages' parameters evaluate to more than {} MiB",
+                                        MAX_INSTANCES_BYTES >> 20
+                                    ),
+                                )
+                                .at(span, "the parameters up to here reach the limit")
+                                .help("a large param interpolated into many stages or instances is copied into each"),
+                            );
+                            self.stopped = true;
+                            return;
+                        }
                         params_out.insert(spec.name, v);
                         spans.push((spec.name, span));
                     }
@@ -734,7 +755,14 @@ impl Checker<'_> {
                 inst_ok = false;
             }
             let outputs = match op.outputs(&params_out) {
-                Ok(o) => o,
+                Ok(o) => match &last_outputs {
+                    Some(l) if **l == *o => l.clone(),
+                    _ => {
+                        let o: std::sync::Arc<[String]> = o.into();
+                        last_outputs = Some(o.clone());
+                        o
+                    }
+                },
                 Err(e) => {
                     let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
                     self.push(

@@ -74,6 +74,7 @@ pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<(ir::Pi
 pub fn check_str(path: &Path, text: &str, overrides: &[String]) -> (Option<ir::Pipeline>, Report) {
     let mut sources = SourceMap::default();
     let (raw, mut diags) = manifest::parse(path, text, &mut sources);
+    diag::cap(&mut diags);
     let mut pipeline = None;
     if let Some(mut raw) = raw {
         for o in overrides {

@@ -62,36 +62,9 @@ impl Ws {
     }
 
     /// Every file and directory of the workspace outside `out/` and
-    /// `cache/`, with what a change to it would show: bytes, mode, inode
-    /// and link count.
+    /// `cache/`, with what a change to it would show ([`snapshot_tree`]).
     fn snapshot(&self) -> Vec<(String, Vec<u8>, u32, u64, u64)> {
-        let mut all = Vec::new();
-        let mut stack = vec![self.dir.path().to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let rel = p
-                    .strip_prefix(self.dir.path())
-                    .unwrap()
-                    .display()
-                    .to_string();
-                if rel == "out" || rel == "cache" {
-                    continue;
-                }
-                let m = std::fs::symlink_metadata(&p).unwrap();
-                let bytes = if m.is_file() {
-                    std::fs::read(&p).unwrap()
-                } else {
-                    Vec::new()
-                };
-                if m.is_dir() {
-                    stack.push(p.clone());
-                }
-                all.push((rel, bytes, m.mode(), m.ino(), m.nlink()));
-            }
-        }
-        all.sort();
-        all
+        snapshot_tree(self.dir.path(), self.dir.path())
     }
 }
 
@@ -503,6 +476,34 @@ fn params_that_grow_without_bound_are_an_error_not_a_hang() {
     assert!(rss < 1 << 30, "{} MiB", rss >> 20);
     // One error, not one per param built on the failed one.
     assert_eq!(err.matches("× ").count(), 1, "{err}");
+    // An 8 MiB param (within limits) copied into 70 stages' commands: 560 MiB.
+    let mut m = format!(
+        "[pipeline]\nname = \"copies\"\n[params]\nb0 = \"{}\"\n",
+        "x".repeat(1024)
+    );
+    for i in 1..=13 {
+        m.push_str(&format!(
+            "b{i} = \"${{params.b{0} + params.b{0}}}\"\n",
+            i - 1
+        ));
+    }
+    for i in 0..70 {
+        m.push_str(&format!(
+            "[stages.s{i}]\nop = \"exec\"\ncmd = \"echo ${{params.b13}} > $PODIUM_OUT/o\"\nouts = [\"o\"]\n"
+        ));
+    }
+    std::fs::write(dir.path().join("p.toml"), m).unwrap();
+    let (code, err, rss) = measured(
+        dir.path(),
+        &["check", "p.toml"],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("the stages' parameters evaluate to more than 256 MiB"),
+        "{err}"
+    );
+    assert!(rss < 1 << 30, "{} MiB", rss >> 20);
 }
 
 /// A manifest path that never gives up its text: `check` and `plan` wait
@@ -724,45 +725,33 @@ fn train_refuses_an_image_size_no_batch_could_fit_naming_the_parameter() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = ws.podium(&[
-        "op",
-        "train",
-        "--set",
-        "image_size=60000",
-        "--set",
-        "batch_size=64",
-        "--set",
-        "epochs=1",
-        "--set",
-        "images=d/train_images",
-        "--set",
-        "labels=d/train.csv",
-        "-o",
-        "m",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let train = |sets: &[&str]| {
+        let mut args = vec!["op", "train", "--set", "images=d/train_images"];
+        args.extend([
+            "--set",
+            "labels=d/train.csv",
+            "--set",
+            "epochs=1",
+            "-o",
+            "m",
+        ]);
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = ws.podium(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!ws.path("m").exists());
+        err
+    };
+    let err = train(&["image_size=60000", "batch_size=64"]);
     assert!(
         err.contains("image_size = 60000 with batch_size = 64 needs at least"),
         "{err}"
     );
     assert!(err.contains("lower image_size or batch_size"), "{err}");
-    assert!(!ws.path("m").exists());
     // Beyond any machine's images: refused by check, at the line.
-    let out = ws.podium(&[
-        "op",
-        "train",
-        "--set",
-        "image_size=100000",
-        "--set",
-        "images=d/train_images",
-        "--set",
-        "labels=d/train.csv",
-        "-o",
-        "m",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = train(&["image_size=100000"]);
     assert!(err.contains("must be at most 65536"), "{err}");
 }
 

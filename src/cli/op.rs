@@ -200,7 +200,7 @@ pub fn op(
     if let Err(e) = result {
         // Name an output where it was to go, not in the work directory.
         let mut message = e.to_string();
-        let shown = match (output, inst.outputs.as_slice()) {
+        let shown = match (output, &inst.outputs[..]) {
             (Some(o), [_]) => Some((out_dir.join(&inst.outputs[0]), o.to_path_buf())),
             (Some(o), _) => Some((out_dir.clone(), o.to_path_buf())),
             (None, _) => None,

@@ -188,7 +188,7 @@ impl<'a> Runner<'a> {
                 );
                 rec.params = plan::display_params(inst);
                 rec.inputs = k.inputs.clone();
-                for o in &inst.outputs {
+                for o in inst.outputs.iter() {
                     let out = self.store.put_output(&scratch.out.join(o))?;
                     if o.ends_with("metrics.json") {
                         rec.metrics = read_metrics(self.store, &out);

@@ -40,12 +40,20 @@ impl<'a> EVal<'a> {
     }
 }
 
-/// `v[key]` of a borrowed or owned table, without copying the rest of it.
-fn member<'a>(v: Cow<'a, Value>, key: &str) -> Option<Cow<'a, Value>> {
-    match v {
-        Cow::Borrowed(Value::Table(t)) => t.get(key).map(Cow::Borrowed),
-        Cow::Owned(Value::Table(mut t)) => t.remove(key).map(Cow::Owned),
-        _ => None,
+/// `table[key]` of a borrowed or owned table, without copying the rest of
+/// it; `missing` makes the error when the key is not there.
+fn entry<'a>(
+    table: Cow<'a, Value>,
+    key: &str,
+    missing: impl FnOnce(&BTreeMap<String, Value>) -> Diagnostic,
+) -> Result<EVal<'a>, Diagnostic> {
+    match table {
+        Cow::Borrowed(Value::Table(t)) => t.get(key).map(EVal::borrowed).ok_or_else(|| missing(t)),
+        Cow::Owned(Value::Table(mut t)) => match t.remove(key) {
+            Some(v) => Ok(EVal::owned(v)),
+            None => Err(missing(&t)),
+        },
+        _ => unreachable!("callers pass tables"),
     }
 }
 
@@ -126,23 +134,14 @@ fn eval_inner<'a>(e: &Expr, env: &'a dyn Env) -> Result<EVal<'a>, Diagnostic> {
             return match eval_inner(base, env)? {
                 EVal::Stages => Ok(EVal::Stage(env.stage(name, e.span)?)),
                 EVal::Stage(sel) => Ok(EVal::owned(env.output(&sel, name, e.span)?)),
-                EVal::V(v) if matches!(*v, Value::Table(_)) => {
-                    let Value::Table(t) = &*v else { unreachable!() };
-                    let help = match t.contains_key(name) {
-                        true => String::new(),
-                        false => crate::diag::did_you_mean(name, t.keys().map(String::as_str))
-                            .unwrap_or_else(|| format!("fields: {}", keys(t))),
-                    };
-                    match member(v, name) {
-                        Some(v) => Ok(EVal::V(v)),
-                        None => Err(Diagnostic::error(
-                            "unknown-reference",
-                            format!("no field `{name}`"),
-                        )
+                EVal::V(v) if matches!(*v, Value::Table(_)) => entry(v, name, |t| {
+                    Diagnostic::error("unknown-reference", format!("no field `{name}`"))
                         .at(e.span, "not found")
-                        .help(help)),
-                    }
-                }
+                        .help(
+                            crate::diag::did_you_mean(name, t.keys().map(String::as_str))
+                                .unwrap_or_else(|| format!("fields: {}", keys(t))),
+                        )
+                }),
                 EVal::V(v) => Err(err(
                     e.span,
                     format!("{} has no fields", crate::value::a(v.type_name())),
@@ -176,22 +175,11 @@ fn eval_inner<'a>(e: &Expr, env: &'a dyn Env) -> Result<EVal<'a>, Diagnostic> {
                         }))
                     }
                 }
-                (EVal::V(b), Value::Str(k)) if matches!(*b, Value::Table(_)) => {
-                    let Value::Table(t) = &*b else { unreachable!() };
-                    let help = match t.contains_key(&k) {
-                        true => String::new(),
-                        false => format!("keys: {}", keys(t)),
-                    };
-                    match member(b, &k) {
-                        Some(v) => Ok(EVal::V(v)),
-                        None => Err(Diagnostic::error(
-                            "unknown-reference",
-                            format!("no key `{k}`"),
-                        )
+                (EVal::V(b), Value::Str(k)) if matches!(*b, Value::Table(_)) => entry(b, &k, |t| {
+                    Diagnostic::error("unknown-reference", format!("no key `{k}`"))
                         .at(idx.span, "not in the table")
-                        .help(help)),
-                    }
-                }
+                        .help(format!("keys: {}", keys(t)))
+                }),
                 (b, i) => Err(err(
                     e.span,
                     format!("cannot index {} with a {}", eval_name(&b), i.type_name()),

@@ -1325,22 +1325,21 @@ mod tests {
     }
 
     /// Each path runs only where the CPU has it, and the portable one
-    /// everywhere: the direct kernel plans for none below AVX2.
+    /// everywhere: the direct kernel and the implicit gemm plan for none
+    /// below AVX2.
     #[test]
     fn a_path_the_cpu_lacks_is_never_planned() {
         use super::super::isa::Isa;
-        let g = Geometry::new(
-            [1, 8, 16, 16],
-            [8, 8, 3, 3],
-            ConvParams {
-                padding: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let p = ConvParams {
+            padding: 1,
+            ..Default::default()
+        };
+        let g = Geometry::new([1, 8, 16, 16], [8, 8, 3, 3], p).unwrap();
+        let small = Geometry::new([2, 32, 4, 4], [32, 32, 3, 3], p).unwrap();
         for isa in Isa::ALL {
-            let planned = direct::plan_for(&g, isa).is_some();
-            assert_eq!(planned, isa >= Isa::Avx2 && isa.available(), "{isa:?}");
+            let can = isa >= Isa::Avx2 && isa.available();
+            assert_eq!(direct::plan_for(&g, isa).is_some(), can, "{isa:?}");
+            assert_eq!(implicit::plan_for(&small, isa).is_some(), can, "{isa:?}");
         }
     }
 
@@ -1369,17 +1368,26 @@ mod tests {
             (1, 16, 80, (4, 4), (3, 3), 1, 1, 1),
             (2, 128, 1040, (5, 4), (1, 1), 1, 0, 1),
         ];
-        let forward = |x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]| {
-            implicit::plan(g)
-                .map(|l| implicit::forward(x, w, g, &l, y))
-                .is_some()
-        };
-        let backward = |dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]| {
-            let f = implicit::plan_backward_data(g);
-            f.map(|f| implicit::backward_data(dy, w, g, &f, dx))
-                .is_some()
-        };
-        matches_im2col("implicit", &cases, 500, &forward, &backward);
+        // Every tile kind this CPU runs: AVX2 (one block of 16 channels),
+        // AVX-512 (two blocks at once, and one for an odd last block).
+        use super::super::isa::Isa;
+        for isa in [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+        {
+            let forward = |x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]| {
+                implicit::plan_for(g, isa)
+                    .map(|l| implicit::forward(x, w, g, &l, y))
+                    .is_some()
+            };
+            let backward = |dy: &[f32], w: &[f32], g: &Geometry, dx: &mut [f32]| {
+                let f = implicit::plan_backward_data_for(g, isa);
+                f.map(|f| implicit::backward_data(dy, w, g, &f, dx))
+                    .is_some()
+            };
+            let name = format!("implicit {}", isa.name());
+            matches_im2col(&name, &cases, 500, &forward, &backward);
+        }
     }
 
     #[test]

@@ -29,8 +29,8 @@
 
 use rayon::prelude::*;
 
-use super::avx2_fma;
 use super::conv::{Geometry, transpose};
+use super::isa::{Isa, isa};
 
 /// Output pixels in one micro-kernel tile.
 const MR: usize = 6;
@@ -50,6 +50,9 @@ pub(super) struct Plan {
     tiles: Vec<Tiles>,
     /// Input channels summed per pass over a chunk's tiles.
     cc: usize,
+    /// The tiles' instruction set: with AVX-512 a tile covers two blocks
+    /// of output channels (6 pixels × 32 channels in 12 registers).
+    isa: Isa,
 }
 
 /// The tiles of a chunk of samples.
@@ -89,6 +92,12 @@ const POINTWISE_WEIGHTS: usize = 1 << 17;
 /// most a quarter of the last block of 16 output channels unused, and
 /// offsets that fit `u32`s.
 pub(super) fn plan(g: &Geometry) -> Option<Plan> {
+    plan_for(g, isa())
+}
+
+/// [`plan`] for the tiles of `isa` (AVX2, or AVX-512), where this CPU
+/// runs them.
+pub(super) fn plan_for(g: &Geometry, isa: Isa) -> Option<Plan> {
     let taps = g.kh * g.kw;
     if g.p.groups != 1 || g.n == 0 || g.ohw() == 0 || g.ohw() > MAX_PIXELS {
         return None;
@@ -106,7 +115,7 @@ pub(super) fn plan(g: &Geometry) -> Option<Plan> {
     if g.n.checked_mul(plane)? > u32::MAX as usize || taps * g.cin * NR > u32::MAX as usize {
         return None;
     }
-    if !avx2_fma() {
+    if isa < Isa::Avx2 || !isa.available() {
         return None;
     }
     // A pass sums about `KC` rows of K: every tap, `cc` input channels.
@@ -136,6 +145,7 @@ pub(super) fn plan(g: &Geometry) -> Option<Plan> {
         chunks,
         tiles,
         cc,
+        isa,
     })
 }
 
@@ -157,8 +167,13 @@ const L2: usize = 192 << 10;
 /// The input gradient of a stride-1 `g` as the forward convolution this
 /// kernel runs, and its plan.
 pub(super) fn plan_backward_data(g: &Geometry) -> Option<(Geometry, Plan)> {
+    plan_backward_data_for(g, isa())
+}
+
+/// [`plan_backward_data`] for the tiles of `isa`.
+pub(super) fn plan_backward_data_for(g: &Geometry, isa: Isa) -> Option<(Geometry, Plan)> {
     let f = super::direct::flipped(g)?;
-    Some((f, plan(&f)?))
+    Some((f, plan_for(&f, isa)?))
 }
 
 impl Tiles {
@@ -344,9 +359,21 @@ fn run(x: &[f32], a: &[f32], g: &Geometry, pl: &Plan, y: &mut [f32]) {
                 let cs = (c0, pl.cc.min(g.cin - c0));
                 for t0 in (0..tiles.rows.len()).step_by(GROUP) {
                     let group = t0..tiles.rows.len().min(t0 + GROUP);
-                    for (b, out) in scratch.chunks_exact_mut(rows * NR).enumerate() {
-                        let block = &a[(co0 / NR + b) * k * NR..][..k * NR];
-                        run_tiles((tiles, group.clone()), xs, block, (g.cin, taps, cs), out);
+                    let block = |b: usize| &a[(co0 / NR + b) * k * NR..][..k * NR];
+                    let (mut b, mut rest) = (0, &mut scratch[..]);
+                    while b < nblk {
+                        let tiles = (tiles, group.clone());
+                        if pl.isa == Isa::Avx512 && b + 1 < nblk {
+                            let (two, tail) = rest.split_at_mut(2 * rows * NR);
+                            let (o0, o1) = two.split_at_mut(rows * NR);
+                            let blocks = [block(b), block(b + 1)];
+                            run_tiles(tiles, xs, blocks, (g.cin, taps, cs), [o0, o1]);
+                            (b, rest) = (b + 2, tail);
+                        } else {
+                            let (one, tail) = rest.split_at_mut(rows * NR);
+                            run_tiles(tiles, xs, [block(b)], (g.cin, taps, cs), [one]);
+                            (b, rest) = (b + 1, tail);
+                        }
                     }
                 }
             }
@@ -369,17 +396,20 @@ fn run(x: &[f32], a: &[f32], g: &Geometry, pl: &Plan, y: &mut [f32]) {
         });
 }
 
-/// The tiles `group` of a chunk for one block of output channels and input
-/// channels `c0 .. c0 + cn` of `cin`, into `scratch` (`[row][16]`; added to
-/// what it holds past the first pass).
-fn run_tiles(
+/// The tiles `group` of a chunk for `B` blocks of output channels (one,
+/// or two with AVX-512) and input channels `c0 .. c0 + cn` of `cin`, each
+/// block into its `scratch` (`[row][16]`; added to what it holds past the
+/// first pass).
+fn run_tiles<const B: usize>(
     (t, group): (&Tiles, std::ops::Range<usize>),
     xs: &[f32],
-    block: &[f32],
+    blocks: [&[f32]; B],
     (cin, ntaps, (c0, cn)): (usize, usize, (usize, usize)),
-    scratch: &mut [f32],
+    mut scratch: [&mut [f32]; B],
 ) {
-    assert!(scratch.len() >= t.base.len() * NR && c0 + cn <= cin);
+    assert!(B == 1 || B == 2);
+    assert!(scratch.iter().all(|s| s.len() >= t.base.len() * NR) && c0 + cn <= cin);
+    assert!(blocks.iter().all(|b| b.len() == blocks[0].len()));
     for (rows, &[t0, t1]) in t.rows[group.clone()].iter().zip(&t.spans[group]) {
         let taps = &t.taps[t0 as usize..t1 as usize];
         let base = rows.map(|r| t.base[r as usize] as usize + c0);
@@ -387,28 +417,94 @@ fn run_tiles(
         // chunk's planes, its weights inside the block.
         debug_assert!(taps.iter().all(|&[i, wo]| {
             base.iter().all(|&b| b + i as usize + cn <= xs.len())
-                && wo as usize + ((c0 + cn - 1) * ntaps + 1) * NR <= block.len()
+                && wo as usize + ((c0 + cn - 1) * ntaps + 1) * NR <= blocks[0].len()
         }));
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `plan` checked AVX2 and FMA. Each base is a pixel's cell in
-        // the chunk's `[samples, hp, wp, cin]` planes (`Tiles::new`) and each
-        // tap offset reaches at most the last cell a pixel reads, so every
-        // read `xs[base + c0 + offset ..][..cn]` lies in `xs`; a tap's
-        // weights for channels `c0 .. c0 + cn`, `NR` floats every
-        // `ntaps · NR`, lie inside the packed block; every row written is
-        // below `base.len()`, inside `scratch` (asserted above).
+        // SAFETY: `plan_for` checked the CPU runs the tiles' instruction
+        // set (AVX2 and FMA; AVX-512F for two blocks). Each base is a
+        // pixel's cell in the chunk's `[samples, hp, wp, cin]` planes
+        // (`Tiles::new`) and each tap offset reaches at most the last cell
+        // a pixel reads, so every read `xs[base + c0 + offset ..][..cn]`
+        // lies in `xs`; a tap's weights for channels `c0 .. c0 + cn`, `NR`
+        // floats every `ntaps · NR`, lie inside each packed block (all of
+        // one length, asserted); every row written is below `base.len()`,
+        // inside each `scratch` (asserted above).
         unsafe {
-            avx::tile(
-                (xs.as_ptr(), base),
-                taps,
-                (cn, ntaps * NR),
-                block.as_ptr().add(c0 * ntaps * NR),
-                (scratch.as_mut_ptr(), *rows),
-                c0 > 0,
-            )
+            let w = blocks.map(|b| b.as_ptr().add(c0 * ntaps * NR));
+            let out = (scratch.each_mut().map(|s| s.as_mut_ptr()), *rows);
+            if B == 2 {
+                avx512::tile2(
+                    (xs.as_ptr(), base),
+                    taps,
+                    (cn, ntaps * NR),
+                    [w[0], w[B - 1]],
+                    ([out.0[0], out.0[B - 1]], out.1),
+                    c0 > 0,
+                )
+            } else {
+                avx::tile(
+                    (xs.as_ptr(), base),
+                    taps,
+                    (cn, ntaps * NR),
+                    w[0],
+                    (out.0[0], out.1),
+                    c0 > 0,
+                )
+            }
         };
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("plan() is None without AVX2: {}", (xs, base, taps).2.len());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// Two blocks of 16 output channels for the six pixels of a tile: the
+    /// AVX2 [`super::avx::tile`] once per block, in one pass over the
+    /// inputs (each broadcast feeds two 512-bit multiply-adds; 12
+    /// accumulators).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile2(
+        (x, base): (*const f32, [usize; MR]),
+        taps: &[[u32; 2]],
+        (cn, stride): (usize, usize),
+        w: [*const f32; 2],
+        (out, rows): ([*mut f32; 2], [u32; MR]),
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        unsafe {
+            let dst = rows.map(|r| out.map(|o| o.add(r as usize * NR)));
+            if accumulate {
+                for (row, d) in acc.iter_mut().zip(dst) {
+                    row[0] = _mm512_loadu_ps(d[0]);
+                    row[1] = _mm512_loadu_ps(d[1]);
+                }
+            }
+            for &[input, wo] in taps {
+                let p = base.map(|b| x.add(b + input as usize));
+                let (mut w0, mut w1) = (w[0].add(wo as usize), w[1].add(wo as usize));
+                for ci in 0..cn {
+                    let v0 = _mm512_loadu_ps(w0);
+                    let v1 = _mm512_loadu_ps(w1);
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let a = _mm512_set1_ps(*p[r].add(ci));
+                        row[0] = _mm512_fmadd_ps(a, v0, row[0]);
+                        row[1] = _mm512_fmadd_ps(a, v1, row[1]);
+                    }
+                    w0 = w0.add(stride);
+                    w1 = w1.add(stride);
+                }
+            }
+            for (row, d) in acc.iter().zip(dst) {
+                _mm512_storeu_ps(d[0], row[0]);
+                _mm512_storeu_ps(d[1], row[1]);
+            }
+        }
     }
 }
 
