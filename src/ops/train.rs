@@ -147,7 +147,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "image_size",
         kind: ParamKind::Int,
         default: Some("0"),
-        help: "Side the images are resized to; 0: the first image's width.",
+        help: "Side the images are resized to; 0: the first image's width. At most 65536; a size whose batch cannot fit in memory is refused before training starts.",
     },
     ParamSpec {
         name: "optimizer",

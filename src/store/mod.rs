@@ -894,6 +894,21 @@ pub struct GcReport {
 mod tests {
     use super::*;
 
+    /// The note a failure gets on a full filesystem: `/proc` reports no
+    /// free blocks at all; a fresh temporary directory has room.
+    #[test]
+    fn a_failure_on_a_full_filesystem_says_disk_full_with_the_path() {
+        let roomy = tempfile::tempdir().unwrap();
+        let proc = Path::new("/proc");
+        assert_eq!(disk_full(&[roomy.path()]), None);
+        assert_eq!(
+            disk_full(&[roomy.path(), proc]).as_deref(),
+            Some("disk full: /proc has 0 bytes free")
+        );
+        // A path that does not exist (yet) is skipped, not an error.
+        assert_eq!(disk_full(&[&roomy.path().join("not-yet")]), None);
+    }
+
     #[test]
     fn put_file_is_content_addressed_and_read_only() {
         let d = tempfile::tempdir().unwrap();
