@@ -894,6 +894,20 @@ pub struct GcReport {
 mod tests {
     use super::*;
 
+    /// A copy into `out/` that fails part way (here a read error: the
+    /// "object" is `/proc/self/mem`, which cannot be hard-linked across
+    /// filesystems and fails at its first read) leaves nothing behind.
+    #[test]
+    fn a_copy_into_out_that_fails_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("cache")).unwrap();
+        let out = d.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        assert!(s.link(Path::new("/proc/self/mem"), &out.join("big.txt")).is_err());
+        let left: Vec<_> = fs::read_dir(&out).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     /// The note a failure gets on a full filesystem: `/proc` reports no
     /// free blocks at all; a fresh temporary directory has room.
     #[test]
