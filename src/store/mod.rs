@@ -903,8 +903,15 @@ mod tests {
         let s = Store::open(&d.path().join("cache")).unwrap();
         let out = d.path().join("out");
         fs::create_dir_all(&out).unwrap();
-        assert!(s.link(Path::new("/proc/self/mem"), &out.join("big.txt")).is_err());
-        let left: Vec<_> = fs::read_dir(&out).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(
+            s.link(Path::new("/proc/self/mem"), &out.join("big.txt"))
+                .is_err()
+        );
+        let left: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         assert!(left.is_empty(), "{left:?}");
     }
 
