@@ -412,10 +412,20 @@ fn measured(dir: &Path, args: &[&str], limit: std::time::Duration) -> (Option<i3
     (code, reader.join().unwrap(), usage.ru_maxrss as u64 * 1024)
 }
 
+/// `podium check` of `manifest` (written to `name` in `dir`): its exit code
+/// and stderr, once it is known to have ended within a minute and under
+/// 1 GiB of memory.
+fn check_bounded(dir: &Path, name: &str, manifest: &str) -> (Option<i32>, String) {
+    std::fs::write(dir.join(name), manifest).unwrap();
+    let minute = std::time::Duration::from_secs(60);
+    let (code, err, rss) = measured(dir, &["check", name], minute);
+    assert!(rss < 1 << 30, "{name}: {} MiB", rss >> 20);
+    (code, err)
+}
+
 #[test]
 fn check_of_a_huge_manifest_ends_and_stays_under_a_gigabyte() {
     let dir = tempfile::tempdir().unwrap();
-    let minute = std::time::Duration::from_secs(60);
     // 200,000 params, each built on the one above it.
     let mut m = String::from("[pipeline]\nname = \"big\"\n[params]\np0 = 0\n");
     for i in 1..200_000 {
@@ -429,26 +439,19 @@ fn check_of_a_huge_manifest_ends_and_stays_under_a_gigabyte() {
             i - 1
         ));
     }
-    std::fs::write(dir.path().join("big.toml"), &m).unwrap();
-    let (code, err, rss) = measured(dir.path(), &["check", "big.toml"], minute);
+    let (code, err) = check_bounded(dir.path(), "big.toml", &m);
     assert_eq!(code, Some(0), "{err}");
-    assert!(rss < 1 << 30, "{} MiB", rss >> 20);
     // The documented largest matrix: 1,000 × 1,000 instances.
     let values = (0..1000)
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    std::fs::write(
-        dir.path().join("matrix.toml"),
-        format!(
-            "[pipeline]\nname = \"m\"\n[stages.m]\nop = \"exec\"\nmatrix = {{ a = [{values}], b = [{values}] }}\n\
-             cmd = \"echo ${{a}} ${{b}} > $PODIUM_OUT/o\"\nouts = [\"o\"]\n"
-        ),
-    )
-    .unwrap();
-    let (code, err, rss) = measured(dir.path(), &["check", "matrix.toml"], minute);
+    let matrix = format!(
+        "[pipeline]\nname = \"m\"\n[stages.m]\nop = \"exec\"\nmatrix = {{ a = [{values}], b = [{values}] }}\n\
+         cmd = \"echo ${{a}} ${{b}} > $PODIUM_OUT/o\"\nouts = [\"o\"]\n"
+    );
+    let (code, err) = check_bounded(dir.path(), "matrix.toml", &matrix);
     assert_eq!(code, Some(0), "{err}");
-    assert!(rss < 1 << 30, "{} MiB", rss >> 20);
 }
 
 #[test]
@@ -462,18 +465,12 @@ fn params_that_grow_without_bound_are_an_error_not_a_hang() {
             i - 1
         ));
     }
-    std::fs::write(dir.path().join("p.toml"), m).unwrap();
-    let (code, err, rss) = measured(
-        dir.path(),
-        &["check", "p.toml"],
-        std::time::Duration::from_secs(60),
-    );
+    let (code, err) = check_bounded(dir.path(), "bomb.toml", &m);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("larger than 16 MiB") || err.contains("more than 64 MiB"),
         "{err}"
     );
-    assert!(rss < 1 << 30, "{} MiB", rss >> 20);
     // One error, not one per param built on the failed one.
     assert_eq!(err.matches("× ").count(), 1, "{err}");
     // An 8 MiB param (within limits) copied into 70 stages' commands: 560 MiB.
@@ -492,18 +489,12 @@ fn params_that_grow_without_bound_are_an_error_not_a_hang() {
             "[stages.s{i}]\nop = \"exec\"\ncmd = \"echo ${{params.b13}} > $PODIUM_OUT/o\"\nouts = [\"o\"]\n"
         ));
     }
-    std::fs::write(dir.path().join("p.toml"), m).unwrap();
-    let (code, err, rss) = measured(
-        dir.path(),
-        &["check", "p.toml"],
-        std::time::Duration::from_secs(60),
-    );
+    let (code, err) = check_bounded(dir.path(), "copies.toml", &m);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("the stages' parameters evaluate to more than 256 MiB"),
         "{err}"
     );
-    assert!(rss < 1 << 30, "{} MiB", rss >> 20);
 }
 
 /// A manifest path that never gives up its text: `check` and `plan` wait
