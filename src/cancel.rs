@@ -142,15 +142,15 @@ pub fn reap(dir: &std::path::Path) -> usize {
             .ok()
             .and_then(|s| s.trim().parse().ok());
         let _ = std::fs::remove_file(&path);
-        let Some(pid) = pid.filter(|&p| p > 1) else {
+        // A record without its start time (a podium killed while writing
+        // it) cannot say whose group this is: left alone.
+        let (Some(pid), Some(then)) = (pid.filter(|&p| p > 1), recorded) else {
             continue;
         };
         // The group's leader is either the recorded process or gone (Linux
         // gives no new process a pid still in use as a group id); a live
         // process of another start time means the group ended long ago.
-        if let (Some(now), Some(then)) = (start_time(pid), recorded)
-            && now != then
-        {
+        if start_time(pid).is_some_and(|now| now != then) {
             continue;
         }
         // SAFETY: kill(2) on a process group; signal 0 only checks it exists.
@@ -173,4 +173,42 @@ pub fn reap(dir: &std::path::Path) -> usize {
         stopped += 1;
     }
     stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// `reap` stops a recorded group only when its leader is the recorded
+    /// process (or gone): a record whose start time is wrong, or missing,
+    /// never costs an unrelated process its life.
+    #[test]
+    fn reap_stops_only_the_group_it_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let started = start_time(pid).expect("a live process has a start time");
+        let record = |text: &str| std::fs::write(dir.path().join(pid.to_string()), text).unwrap();
+        record(&(started + 1).to_string());
+        assert_eq!(reap(dir.path()), 0, "another process's start time");
+        record("");
+        assert_eq!(reap(dir.path()), 0, "no start time");
+        assert!(child.try_wait().unwrap().is_none(), "left alone");
+        // Waited for as it dies (as init waits for an orphan), so that no
+        // zombie keeps the group alive.
+        let waiter = std::thread::spawn(move || child.wait().unwrap());
+        record(&started.to_string());
+        assert_eq!(reap(dir.path()), 1);
+        assert!(!waiter.join().unwrap().success(), "stopped by a signal");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "records removed"
+        );
+    }
 }
