@@ -76,15 +76,27 @@ fn list_files_stat(dir: &Path, glob: Option<&str>) -> io::Result<Listed> {
 
 type Listed = Vec<(String, PathBuf, Stat)>;
 
-/// An error about `path` that names it (the caller names only the input).
-fn naming(path: &Path, e: io::Error) -> io::Error {
-    let what = if e.raw_os_error() == Some(libc::ELOOP) {
-        "is a symbolic link loop".to_string()
+/// What a failure to follow a symbolic link (`stat` of a path that is
+/// one) says of the link: a loop, or a target that does not exist; `None`
+/// for any other failure.
+pub(crate) fn link_trouble(e: &io::Error) -> Option<&'static str> {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        Some("is a symbolic link loop")
     } else if e.kind() == io::ErrorKind::NotFound {
-        "is a dangling symbolic link".to_string()
+        Some("is a dangling symbolic link")
     } else {
-        e.to_string()
-    };
+        None
+    }
+}
+
+/// An error about `path` that names it (the caller names only the input),
+/// and says what is wrong with it where it is a symbolic link.
+fn naming(path: &Path, e: io::Error) -> io::Error {
+    let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let what = link
+        .then(|| link_trouble(&e))
+        .flatten()
+        .map_or_else(|| e.to_string(), str::to_string);
     io::Error::new(e.kind(), format!("`{}` {what}", path.display()))
 }
 

@@ -323,7 +323,7 @@ impl Checker<'_> {
                 break;
             }
             // A param built on one that failed fails quietly: its error was said.
-            if param_refs_of([v]).iter().any(|r| failed.contains(r)) {
+            if !failed.is_empty() && param_refs_of([v]).iter().any(|r| failed.contains(r)) {
                 failed.insert(k.name.clone());
                 continue;
             }
@@ -551,9 +551,10 @@ impl Checker<'_> {
         if stage_refs(st)
             .iter()
             .any(|(name, _)| self.failed.contains(name))
-            || root_refs(st, "inputs")
-                .iter()
-                .any(|name| self.failed_inputs.contains(name))
+            || (!self.failed_inputs.is_empty()
+                && root_refs(st, "inputs")
+                    .iter()
+                    .any(|name| self.failed_inputs.contains(name)))
         {
             self.failed.insert(st.name.name.clone());
             return;

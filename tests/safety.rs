@@ -39,9 +39,14 @@ impl Ws {
     }
 
     fn podium(&self, args: &[&str]) -> Output {
+        self.podium_in("", args)
+    }
+
+    /// `podium ARGS` run in the workspace's directory `rel`.
+    fn podium_in(&self, rel: &str, args: &[&str]) -> Output {
         Command::cargo_bin("podium")
             .unwrap()
-            .current_dir(self.dir.path())
+            .current_dir(self.path(rel))
             .args(args)
             .env_remove("PODIUM_STORE")
             .env_remove("PODIUM_OUT_DIR")
@@ -66,6 +71,15 @@ impl Ws {
     fn snapshot(&self) -> Vec<(String, Vec<u8>, u32, u64, u64)> {
         snapshot_tree(self.dir.path(), self.dir.path())
     }
+}
+
+/// `podium op synth` of a tiny data set (five outputs) into `-o out`.
+fn small_synth(out: &str) -> Vec<&str> {
+    let set = ["--set", "n_train=4", "--set", "n_test=2", "--set", "size=8"];
+    let mut args = vec!["op", "synth"];
+    args.extend(set);
+    args.extend(["-o", out]);
+    args
 }
 
 fn stage(cmd: &str, outs: &str) -> String {
@@ -190,26 +204,8 @@ fn op_output_into_a_non_empty_directory_adds_files_and_deletes_nothing() {
     std::fs::create_dir_all(d.join("keepdir")).unwrap();
     std::fs::write(d.join("important.txt"), "keep me").unwrap();
     std::fs::write(d.join("keepdir/inner.txt"), "me too").unwrap();
-    let synth = |o: &str| {
-        Command::cargo_bin("podium")
-            .unwrap()
-            .current_dir(&d)
-            .args([
-                "op",
-                "synth",
-                "--set",
-                "n_train=4",
-                "--set",
-                "n_test=2",
-                "--set",
-                "size=8",
-                "-o",
-                o,
-            ])
-            .output()
-            .unwrap()
-    };
-    let out = synth(".");
+    let synth = || ws.podium_in("work", &small_synth("."));
+    let out = synth();
     assert!(
         out.status.success(),
         "{}",
@@ -226,7 +222,7 @@ fn op_output_into_a_non_empty_directory_adds_files_and_deletes_nothing() {
     assert!(d.join("train.csv").is_file() && d.join("train_images").is_dir());
     // Again: its own files are there now, and podium op replaces nothing.
     let before = std::fs::read(d.join("train.csv")).unwrap();
-    let out = synth(".");
+    let out = synth();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -249,18 +245,7 @@ fn op_output_into_a_non_empty_directory_adds_files_and_deletes_nothing() {
 #[test]
 fn op_with_several_outputs_refuses_an_output_file_name_instead_of_making_a_directory() {
     let ws = Ws::new("");
-    let out = ws.podium(&[
-        "op",
-        "synth",
-        "--set",
-        "n_train=4",
-        "--set",
-        "n_test=2",
-        "--set",
-        "size=8",
-        "-o",
-        "train.csv",
-    ]);
+    let out = ws.podium(&small_synth("train.csv"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("several outputs"), "{err}");

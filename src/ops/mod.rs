@@ -45,10 +45,6 @@ impl Params {
         self.find(name).ok().map(|i| &self.0[i].1)
     }
 
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.find(name).is_ok()
-    }
-
     /// Sets `name`, returning the value it replaces.
     pub fn insert(&mut self, name: &'static str, value: Value) -> Option<Value> {
         match self.find(name) {
@@ -58,10 +54,6 @@ impl Params {
                 None
             }
         }
-    }
-
-    pub fn remove(&mut self, name: &str) -> Option<Value> {
-        self.find(name).ok().map(|i| self.0.remove(i).1)
     }
 
     pub fn len(&self) -> usize {
@@ -77,16 +69,8 @@ impl Params {
         self.0.iter().map(|(k, v)| (*k, v))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.0.iter().map(|(k, _)| *k)
-    }
-
     pub fn values(&self) -> impl Iterator<Item = &Value> {
         self.0.iter().map(|(_, v)| v)
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value> {
-        self.0.iter_mut().map(|(_, v)| v)
     }
 
     /// Gives back spare capacity (a stage's instances keep theirs for good).

@@ -739,13 +739,8 @@ fn resolve(path: &Path, output: &str, linked: bool) -> Result<(fs::Metadata, boo
             .map(|t| t.display().to_string())
             .unwrap_or_default();
         let followed = fs::metadata(path).map_err(|e| {
-            let why = if e.raw_os_error() == Some(libc::ELOOP) {
-                "is a symbolic link loop".to_string()
-            } else if e.kind() == io::ErrorKind::NotFound {
-                "is a dangling symbolic link".to_string()
-            } else {
-                format!("cannot be followed: {e}")
-            };
+            let why = hash::link_trouble(&e)
+                .map_or_else(|| format!("cannot be followed: {e}"), str::to_string);
             Error::Output {
                 output: output.to_string(),
                 message: format!("`{}` (→ `{target}`) {why}", path.display()),
