@@ -344,10 +344,30 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro_winkler(name, c), c))
-        .filter(|(s, _)| *s > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+    suggest(name, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The candidate a misspelt name most likely meant: a close spelling
+/// (`stratifed` → `stratified`), or the initials of a long name
+/// (`learning_rate` → `lr`).
+pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let initials = |s: &str| -> String {
+        s.split(['_', '-'])
+            .filter_map(|w| w.chars().next())
+            .collect()
+    };
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = if name.contains(['_', '-']) && initials(name) == c
+            || c.contains(['_', '-']) && initials(c) == name
+        {
+            1.0
+        } else {
+            strsim::jaro_winkler(name, c)
+        };
+        if score > 0.8 && best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| c)
 }

@@ -10,7 +10,7 @@ use petgraph::graphmap::DiGraphMap;
 use crate::diag::{Diagnostic, Span, did_you_mean};
 use crate::expr::{EVal, Env, Expr, ExprKind, StageSel, Template, eval_template};
 use crate::manifest::{RawKind, RawManifest, RawStage, RawValue, STAGE_KEYS};
-use crate::ops::{self, Op, ParamKind, Params};
+use crate::ops::{self, AnyOp, ParamKind, Params};
 use crate::value::{PathRef, Value};
 
 /// A checked pipeline.
@@ -84,7 +84,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn op(&self) -> &'static dyn Op {
+    pub fn op(&self) -> &'static dyn AnyOp {
         ops::get(self.op).expect("checked op exists")
     }
 
@@ -626,8 +626,17 @@ impl Checker<'_> {
                     )
                     .at(k.span, "unknown parameter")
                     .help(
-                        did_you_mean(&k.name, known.iter().copied())
-                            .unwrap_or_else(|| format!("parameters: {}", known.join(", "))),
+                        did_you_mean(&k.name, known.iter().copied()).unwrap_or_else(|| {
+                            if known.len() <= 12 {
+                                format!("parameters: {}", known.join(", "))
+                            } else {
+                                format!(
+                                    "`podium op {op_name} --list` lists its {} parameters (besides {})",
+                                    specs.len(),
+                                    STAGE_KEYS.join(", ")
+                                )
+                            }
+                        }),
                     ),
                 );
             }
@@ -701,7 +710,7 @@ impl Checker<'_> {
                         }
                     },
                     None => (
-                        ops::default_value(spec).expect("required params checked above"),
+                        spec.default_value().expect("required params checked above"),
                         st.name.span,
                     ),
                 };
@@ -747,15 +756,7 @@ impl Checker<'_> {
             if !inst_ok {
                 continue;
             }
-            for e in op.validate(&params_out) {
-                let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
-                self.push(
-                    Diagnostic::error("invalid-param", e.message)
-                        .at(span, format!("in `{}`", e.param)),
-                );
-                inst_ok = false;
-            }
-            let outputs = match op.outputs(&params_out) {
+            let outputs = match op.check(&params_out) {
                 Ok(o) => match &last_outputs {
                     Some(l) if **l == *o => l.clone(),
                     _ => {
@@ -764,12 +765,14 @@ impl Checker<'_> {
                         o
                     }
                 },
-                Err(e) => {
-                    let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
-                    self.push(
-                        Diagnostic::error("invalid-param", e.message)
-                            .at(span, format!("in `{}`", e.param)),
-                    );
+                Err(errs) => {
+                    for e in errs {
+                        let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
+                        self.push(
+                            Diagnostic::error("invalid-param", e.message)
+                                .at(span, format!("in `{}`", e.param)),
+                        );
+                    }
                     continue;
                 }
             };
@@ -1035,24 +1038,35 @@ impl Checker<'_> {
     /// Checks a value against a parameter kind; turns string paths into
     /// workspace paths (which must exist).
     fn typed(&mut self, kind: ParamKind, v: Value, span: Span, name: &str) -> Option<Value> {
-        if !ops::kind_accepts(kind, &v) {
-            let help = match kind {
-                ParamKind::Enum(vs) => format!("one of: {}", vs.join(", ")),
-                k => format!("expected a {}", k.describe()),
+        if !kind.accepts(&v) {
+            let message = match kind {
+                ParamKind::Enum(vs) => {
+                    format!(
+                        "parameter `{name}` must be one of {}, not {v}",
+                        vs.join(", ")
+                    )
+                }
+                k => format!(
+                    "parameter `{name}` must be {}, not {v}",
+                    crate::value::a(&k.describe())
+                ),
             };
-            self.push(
-                Diagnostic::error(
-                    "wrong-type",
-                    format!("parameter `{name}` must be a {}, not {v}", kind.describe()),
-                )
-                .at(span, format!("this is {}", crate::value::a(v.type_name())))
-                .help(help),
-            );
+            let help = match (kind, &v) {
+                (ParamKind::Enum(vs), Value::Str(s)) => did_you_mean(s, vs.iter().copied()),
+                (ParamKind::Enum(_), _) => None,
+                (k, _) => Some(format!("expected {}", crate::value::a(&k.describe()))),
+            };
+            let mut d = Diagnostic::error("wrong-type", message)
+                .at(span, format!("this is {}", crate::value::a(v.type_name())));
+            if let Some(h) = help {
+                d = d.help(h);
+            }
+            self.push(d);
             return None;
         }
         match kind {
             ParamKind::Path => self.path(v, span),
-            ParamKind::Paths => match v {
+            ParamKind::Paths | ParamKind::PathList => match v {
                 Value::List(items) => {
                     let mut out = Vec::new();
                     for it in items {

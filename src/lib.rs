@@ -40,7 +40,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod nn;
 pub mod ops;
+pub mod params;
 pub mod plan;
+pub mod progress;
 pub mod store;
 pub mod value;
 

@@ -8,6 +8,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostic, SourceMap, Span, SrcId, did_you_mean};
 use crate::expr::{SpanMap, Template, parse_template};
+use crate::value::Value;
 
 /// A value as written, with its span.
 #[derive(Clone, Debug)]
@@ -187,6 +188,39 @@ fn unknown_key(key: &Name, place: &str, known: &[&str]) -> Diagnostic {
     )
 }
 
+/// A TOML integer (any radix, `_` separators), or `None` beyond 64 bits.
+fn toml_int(i: &toml::de::DeInteger) -> Option<i64> {
+    i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+}
+
+/// A TOML float, `inf` and `nan` included.
+fn toml_float(f: &toml::de::DeFloat) -> f64 {
+    match f.as_str().replace('_', "").as_str() {
+        "inf" | "+inf" => f64::INFINITY,
+        "-inf" => f64::NEG_INFINITY,
+        "nan" | "+nan" | "-nan" => f64::NAN,
+        s => s.parse().unwrap_or(f64::NAN),
+    }
+}
+
+/// A TOML value with no `${...}` in it (an op's default) as a [`Value`]:
+/// strings are taken literally; datetimes as their text.
+pub fn plain_value(v: &DeValue) -> Value {
+    match v {
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Integer(i) => Value::Int(toml_int(i).unwrap_or(0)),
+        DeValue::Float(f) => Value::Float(toml_float(f)),
+        DeValue::String(s) => Value::Str(s.to_string()),
+        DeValue::Array(a) => Value::List(a.iter().map(|x| plain_value(x.get_ref())).collect()),
+        DeValue::Table(t) => Value::Table(
+            t.iter()
+                .map(|(k, v)| (k.get_ref().to_string(), plain_value(v.get_ref())))
+                .collect(),
+        ),
+        DeValue::Datetime(d) => Value::Str(d.to_string()),
+    }
+}
+
 fn type_error(cx: &Cx, v: &toml::Spanned<DeValue>, what: &str, want: &str) -> Diagnostic {
     Diagnostic::error("wrong-type", format!("`{what}` must be {want}")).at(
         cx.span(v),
@@ -266,29 +300,17 @@ impl Cx<'_> {
         let span = self.span(v);
         let kind = match v.get_ref() {
             DeValue::Boolean(b) => RawKind::Bool(*b),
-            DeValue::Integer(i) => {
-                let digits = i.as_str().replace('_', "");
-                match i64::from_str_radix(&digits, i.radix()) {
-                    Ok(n) => RawKind::Int(n),
-                    Err(_) => {
-                        diags.push(
-                            Diagnostic::error("wrong-type", "integer out of range")
-                                .at(span, "does not fit in 64 bits"),
-                        );
-                        return None;
-                    }
+            DeValue::Integer(i) => match toml_int(i) {
+                Some(n) => RawKind::Int(n),
+                None => {
+                    diags.push(
+                        Diagnostic::error("wrong-type", "integer out of range")
+                            .at(span, "does not fit in 64 bits"),
+                    );
+                    return None;
                 }
-            }
-            DeValue::Float(f) => {
-                let s = f.as_str().replace('_', "");
-                let x = match s.as_str() {
-                    "inf" | "+inf" => f64::INFINITY,
-                    "-inf" => f64::NEG_INFINITY,
-                    "nan" | "+nan" | "-nan" => f64::NAN,
-                    s => s.parse().unwrap_or(f64::NAN),
-                };
-                RawKind::Float(x)
-            }
+            },
+            DeValue::Float(f) => RawKind::Float(toml_float(f)),
             DeValue::String(s) => {
                 let source_text = self.text.get(span.start..span.end).unwrap_or("");
                 let map = SpanMap::for_string(span, source_text, s);

@@ -70,6 +70,7 @@ fn input(dev: &Device) -> Tensor {
 
 fn model(arch: &str, dev: &Device) -> (Model, VarStore) {
     let vars = VarStore::new(dev, 0);
+    let arch = podium::nn::models::Arch::parse(arch).expect("an arch podium builds");
     let m = Model::new(arch, Task::Classify, 3, vars.clone()).unwrap();
     fill(&vars);
     (m, vars)

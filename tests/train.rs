@@ -627,13 +627,10 @@ fn run_reporting(
     kind: &str,
     set: &[(&str, podium::value::Value)],
 ) -> Vec<podium::ops::Step> {
-    use podium::ops::{OpContext, Params, Step, default_value};
+    use podium::ops::{OpContext, Params, Step};
     let op = podium::ops::get(kind).unwrap();
-    let mut params: Params = op
-        .params()
-        .iter()
-        .filter_map(|s| Some((s.name, default_value(s)?)))
-        .collect();
+    // Parameters not set take their defaults.
+    let mut params = Params::new();
     for (k, v) in set {
         let spec = op.params().iter().find(|s| s.name == *k).unwrap();
         params.insert(spec.name, v.clone());

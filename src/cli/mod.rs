@@ -33,9 +33,24 @@ struct ManifestArgs {
     /// The manifest. Default: podium.toml, or the only manifest in pipelines/.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
-    /// Override a value: params.NAME=VALUE, stages.STAGE.PARAM=VALUE, inputs.NAME.path=PATH (VALUE is TOML; a bare word is a string).
+    #[command(flatten)]
+    set: SetArgs,
+}
+
+/// `--set`, for every command that takes it.
+#[derive(clap::Args, Debug, Clone)]
+struct SetArgs {
+    /// Override a value: params.NAME=VALUE, stages.STAGE.PARAM=VALUE, inputs.NAME.path=PATH;
+    /// for `op`, PARAM=VALUE. VALUE is TOML; a bare word is a string.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ListFormat {
+    Text,
+    /// The parameter tables of docs/ops.md.
+    Markdown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,9 +71,8 @@ enum Command {
     Check {
         /// Manifests to check. Default: every pipelines/*.toml (or podium.toml).
         manifests: Vec<PathBuf>,
-        /// Override a value (see `run --set`).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
+        #[command(flatten)]
+        set: SetArgs,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -130,15 +144,17 @@ enum Command {
         kind: Option<String>,
         /// Inputs, given to the op's input parameter.
         inputs: Vec<PathBuf>,
-        /// A parameter, named as in a manifest stage.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
+        #[command(flatten)]
+        set: SetArgs,
         /// Where to write the output (a file for a one-output op, else a directory).
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
-        /// List the ops with their parameters.
+        /// List the ops (or the one named) with their parameters.
         #[arg(long)]
         list: bool,
+        /// How `--list` prints.
+        #[arg(long, value_enum, default_value = "text", requires = "list")]
+        format: ListFormat,
         /// Threads the op may use.
         #[arg(short = 'j', long = "threads", default_value_t = default_jobs())]
         threads: usize,
@@ -167,7 +183,7 @@ pub fn main() -> i32 {
             manifests,
             set,
             format,
-        } => check::check(manifests, set, *format),
+        } => check::check(manifests, &set.set, *format),
         Command::Plan {
             manifest,
             targets,
@@ -204,13 +220,14 @@ pub fn main() -> i32 {
             set,
             output,
             list,
+            format,
             threads,
         } => op::op(
             kind.as_deref(),
             inputs,
-            set,
+            &set.set,
             output.as_deref(),
-            *list,
+            list.then_some(*format),
             *threads,
         ),
     };
@@ -316,7 +333,7 @@ impl ManifestArgs {
 
     fn load(&self) -> anyhow::Result<podium::ir::Pipeline> {
         let path = self.path()?;
-        let (p, warnings) = podium::load(&path, &self.set)?;
+        let (p, warnings) = podium::load(&path, &self.set.set)?;
         if !warnings.diagnostics.is_empty() {
             eprint!("{}", warnings.render(use_color()));
         }

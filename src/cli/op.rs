@@ -13,11 +13,19 @@ pub fn op(
     inputs: &[PathBuf],
     set: &[String],
     output: Option<&Path>,
-    list: bool,
+    list: Option<super::ListFormat>,
     threads: usize,
 ) -> anyhow::Result<i32> {
-    if list || kind.is_none() {
-        for o in ops::all() {
+    if list.is_some() || kind.is_none() {
+        let ops: Vec<_> = match kind {
+            Some(k) => vec![known(k)?],
+            None => ops::all().to_vec(),
+        };
+        if list == Some(super::ListFormat::Markdown) {
+            print!("{}", ops::markdown(&ops));
+            return Ok(0);
+        }
+        for o in ops {
             println!("{:<10} {}", o.name(), o.summary());
             for p in o.params() {
                 let default = p
@@ -25,15 +33,15 @@ pub fn op(
                     .map(|d| format!(" (default {d})"))
                     .unwrap_or_else(|| " (required)".into());
                 println!("    {:<12} {}{default}", p.name, p.kind.describe());
+                if kind.is_some() {
+                    println!("        {}", p.help);
+                }
             }
         }
         return Ok(0);
     }
     let kind = kind.unwrap();
-    let Some(op) = ops::get(kind) else {
-        let names: Vec<&str> = ops::all().iter().map(|o| o.name()).collect();
-        anyhow::bail!("unknown op `{kind}`; ops: {}", names.join(", "));
-    };
+    let op = known(kind)?;
     for i in inputs {
         if !i.exists() {
             anyhow::bail!("{}: no such file or directory", i.display());
@@ -73,9 +81,9 @@ pub fn op(
             .collect();
         let names = op.inputs();
         let takes_list = |n: &str| {
-            op.params()
-                .iter()
-                .any(|p| p.name == n && p.kind == ops::ParamKind::Paths)
+            op.params().iter().any(|p| {
+                p.name == n && matches!(p.kind, ops::ParamKind::Paths | ops::ParamKind::PathList)
+            })
         };
         match names {
             [] => anyhow::bail!("op `{kind}` takes no inputs; give its parameters with --set"),
@@ -331,4 +339,15 @@ fn copy_tree(src: &Path, dest: &Path) -> anyhow::Result<()> {
         std::fs::copy(src, dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
     }
     Ok(())
+}
+
+/// The op named `kind`, or an error listing them.
+fn known(kind: &str) -> anyhow::Result<&'static dyn ops::AnyOp> {
+    ops::get(kind).ok_or_else(|| {
+        let names: Vec<&str> = ops::all().iter().map(|o| o.name()).collect();
+        let hint = podium::params::suggest(kind, names.iter().copied())
+            .map(|c| format!("did you mean `{c}`? "))
+            .unwrap_or_default();
+        anyhow::anyhow!("unknown op `{kind}`; {hint}ops: {}", names.join(", "))
+    })
 }

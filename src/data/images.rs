@@ -53,28 +53,18 @@ pub fn open(path: &Path) -> Result<DynamicImage, DataError> {
         .map_err(|e| DataError::new(path, format!("cannot decode the image: {e}")))
 }
 
-/// Output format of written images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// As the input file.
-    Same,
-    Png,
-    Jpeg,
-    Tiff,
+crate::choice! {
+    /// Output format of written images.
+    pub enum Format {
+        Png = "png",
+        Jpeg = "jpeg",
+        Tiff = "tiff",
+        /// As the input file.
+        Same = "same",
+    }
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] = &["png", "jpeg", "tiff", "same"];
-
-    pub fn parse(s: &str) -> Format {
-        match s {
-            "jpeg" | "jpg" => Format::Jpeg,
-            "tiff" | "tif" => Format::Tiff,
-            "same" => Format::Same,
-            _ => Format::Png,
-        }
-    }
-
     /// The file name an image written in this format gets.
     pub fn rename(self, rel: &Path) -> PathBuf {
         match self {

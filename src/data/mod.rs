@@ -45,12 +45,6 @@ impl DataError {
     }
 }
 
-impl From<DataError> for crate::ops::OpError {
-    fn from(e: DataError) -> Self {
-        crate::ops::OpError::Failed(e.to_string())
-    }
-}
-
 /// A file's bytes, read (or, when large, memory-mapped: no copy of a big
 /// input), naming the file in errors; an empty file is an error.
 pub fn read_nonempty(path: &Path) -> Result<Bytes, DataError> {

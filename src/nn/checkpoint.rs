@@ -7,8 +7,79 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
+use super::models::{Arch, Task};
+use super::predict::Activation;
 use crate::data::{DataError, write_atomic};
+
+/// The version of [`Meta`] this podium writes and reads. Bump it when a
+/// field changes meaning or is added without a default.
+pub const FORMAT: u32 = 1;
+
+/// What a `train` checkpoint says of its model and of how far training
+/// went: the header `__metadata__.podium`, as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// [`FORMAT`] when written.
+    pub format: u32,
+    /// The podium version that wrote it.
+    pub podium: String,
+    pub arch: Arch,
+    pub task: Task,
+    /// Class names in head order (for regress, none).
+    pub classes: Vec<String>,
+    /// The label column's name.
+    pub value_column: String,
+    /// The side images are resized to.
+    pub image_size: u32,
+    /// Per-channel normalization of inputs.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// How logits become predictions.
+    pub activation: Activation,
+    /// Epochs done when written.
+    pub epoch: usize,
+    /// Optimizer steps done when written.
+    pub steps: u64,
+    /// Validation metrics of that epoch (`null`: not a number).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, Option<f64>>,
+}
+
+impl Meta {
+    /// The header of a checkpoint `load` read from `path`: an error naming
+    /// the file for one podium did not write, or of another format.
+    pub fn read(path: &Path, header: serde_json::Value) -> Result<Meta, DataError> {
+        if header.is_null() {
+            return Err(DataError::new(
+                path,
+                "not a podium checkpoint: it has no podium header (weights from elsewhere go in `pretrained`)",
+            ));
+        }
+        let format = header.get("format").and_then(serde_json::Value::as_u64);
+        if format != Some(u64::from(FORMAT)) {
+            let by = header
+                .get("podium")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("unknown");
+            let format = format.map_or("with no number".to_string(), |f| f.to_string());
+            return Err(DataError::new(
+                path,
+                format!(
+                    "checkpoint format {format} (written by podium {by}); podium {} reads format {FORMAT}: train it again, or use the podium that wrote it",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+        serde_json::from_value(header)
+            .map_err(|e| DataError::new(path, format!("not a podium checkpoint: {e}")))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a checkpoint header serializes")
+    }
+}
 
 /// Writes `tensors` and `meta` to `path` (temporary file, then rename).
 pub fn save(
@@ -38,6 +109,15 @@ pub fn load(
     };
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(&e))?;
     Ok((tensors.into_iter().collect(), meta))
+}
+
+/// A `train` checkpoint: its tensors and its typed header.
+pub fn load_trained(
+    path: &Path,
+    device: &Device,
+) -> Result<(BTreeMap<String, Tensor>, Meta), DataError> {
+    let (tensors, header) = load(path, device)?;
+    Ok((tensors, Meta::read(path, header)?))
 }
 
 /// The tensors under `prefix.`, with the prefix taken off.
@@ -83,6 +163,62 @@ mod tests {
         assert_eq!(w, [[1., 2.], [3., 4.]]);
         assert_eq!(model_tensors(&back).len(), 1);
         assert_eq!(section(&back, "optim").len(), 1);
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            format: FORMAT,
+            podium: "0.1.0".into(),
+            arch: Arch::SimpleCnn,
+            task: Task::Classify,
+            classes: vec!["a".into(), "b".into()],
+            value_column: "label".into(),
+            image_size: 32,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+            activation: Activation::Softmax,
+            epoch: 3,
+            steps: 30,
+            metrics: [
+                ("accuracy".to_string(), Some(0.5)),
+                ("qwk".to_string(), None),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn a_typed_header_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.safetensors");
+        let t: BTreeMap<String, Tensor> =
+            [("w".to_string(), Tensor::new(&[1f32], &Device::Cpu).unwrap())].into();
+        save(&p, &t, &meta().to_json()).unwrap();
+        let (_, m) = load_trained(&p, &Device::Cpu).unwrap();
+        assert_eq!(m, meta());
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_format_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.safetensors");
+        let t: BTreeMap<String, Tensor> =
+            [("w".to_string(), Tensor::new(&[1f32], &Device::Cpu).unwrap())].into();
+        let mut m = meta().to_json();
+        m["format"] = serde_json::json!(FORMAT + 1);
+        m["podium"] = serde_json::json!("9.9.9");
+        save(&p, &t, &m).unwrap();
+        let e = load_trained(&p, &Device::Cpu).unwrap_err().to_string();
+        assert!(
+            e.contains("old.safetensors")
+                && e.contains(&format!("checkpoint format {}", FORMAT + 1))
+                && e.contains("written by podium 9.9.9"),
+            "{e}"
+        );
+        // A safetensors file podium did not write (no header) names itself.
+        save(&p, &t, &serde_json::Value::Null).unwrap();
+        let e = load_trained(&p, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("not a podium checkpoint"), "{e}");
     }
 
     #[test]

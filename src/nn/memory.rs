@@ -2,21 +2,22 @@
 //! allocated, so that `image_size = 100000` is refused with a message
 //! naming the parameter rather than aborting on a failed allocation.
 
+use super::models::Arch;
+
 /// A lower bound on the bytes one training step of `arch` holds at once:
 /// the f32 input batch and the first layer's outputs (convolution, batch
 /// norm and activation, all kept for the backward pass). Real use is
 /// several times this, so a configuration over it can never fit; one under
 /// it may still not, which the allocator then reports.
-pub fn batch_lower_bound(arch: &str, batch: usize, image_size: u32) -> u128 {
+pub fn batch_lower_bound(arch: Arch, batch: usize, image_size: u32) -> u128 {
     let px = image_size as u128 * image_size as u128;
     let b = batch as u128;
     let input = b * 3 * px * 4;
     // Channels and stride of the first convolution.
     let (channels, stride) = match arch {
-        "simple_cnn" => (32, 1),
-        "resnet18" | "resnet34" => (64, 2),
-        "efficientnet_b0" => (32, 2),
-        _ => (0, 1),
+        Arch::SimpleCnn => (32, 1),
+        Arch::Resnet18 | Arch::Resnet34 => (64, 2),
+        Arch::EfficientnetB0 => (32, 2),
     };
     let first = b * channels * (px / (stride * stride)) * 4 * 3;
     input + first
@@ -68,9 +69,9 @@ mod tests {
 
     #[test]
     fn the_bound_grows_with_the_square_of_the_image_size_and_with_the_batch() {
-        let a = batch_lower_bound("resnet18", 8, 64);
-        assert_eq!(batch_lower_bound("resnet18", 8, 128), 4 * a);
-        assert_eq!(batch_lower_bound("resnet18", 16, 64), 2 * a);
+        let a = batch_lower_bound(Arch::Resnet18, 8, 64);
+        assert_eq!(batch_lower_bound(Arch::Resnet18, 8, 128), 4 * a);
+        assert_eq!(batch_lower_bound(Arch::Resnet18, 16, 64), 2 * a);
         // 8 × 3 × 64² floats of input, 8 × 64 × 32² × 3 of the stem.
         assert_eq!(a, (8 * 3 * 4096 + 8 * 64 * 1024 * 3) * 4);
     }
@@ -78,7 +79,7 @@ mod tests {
     #[test]
     fn an_absurd_image_size_is_far_beyond_any_machine() {
         // 32 images of 100,000² pixels: over 100 TiB in the first layer alone.
-        assert!(batch_lower_bound("simple_cnn", 32, 100_000) > 100 << 40);
+        assert!(batch_lower_bound(Arch::SimpleCnn, 32, 100_000) > 100 << 40);
     }
 
     #[test]

@@ -12,23 +12,15 @@ use rayon::prelude::*;
 
 use super::vars::{Entry, Role};
 
-pub const NAMES: &[&str] = &["sgd", "adam", "adamw"];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Sgd,
-    Adam,
-    AdamW,
-}
-
-impl Kind {
-    pub fn parse(s: &str) -> Option<Kind> {
-        Some(match s {
-            "sgd" => Kind::Sgd,
-            "adam" => Kind::Adam,
-            "adamw" => Kind::AdamW,
-            _ => return None,
-        })
+crate::choice! {
+    /// An optimizer.
+    pub enum Kind {
+        /// SGD with momentum; weight decay added to the gradient.
+        Sgd = "sgd",
+        /// Adam; weight decay added to the gradient.
+        Adam = "adam",
+        /// Adam with decoupled weight decay.
+        AdamW = "adamw",
     }
 }
 

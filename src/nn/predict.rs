@@ -11,31 +11,16 @@ use super::loader::Images;
 use super::models::{Model, Task};
 use crate::data::table::{Table, fmt_f64};
 
-/// How logits become predictions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    Softmax,
-    Sigmoid,
-    Identity,
+crate::choice! {
+    /// How logits become predictions.
+    pub enum Activation {
+        Softmax = "softmax",
+        Sigmoid = "sigmoid",
+        Identity = "identity",
+    }
 }
 
 impl Activation {
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Softmax => "softmax",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Identity => "identity",
-        }
-    }
-
-    pub fn parse(s: &str) -> Activation {
-        match s {
-            "softmax" => Activation::Softmax,
-            "sigmoid" => Activation::Sigmoid,
-            _ => Activation::Identity,
-        }
-    }
-
     pub fn apply(self, logits: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Softmax => candle_nn::ops::softmax(logits, D::Minus1),

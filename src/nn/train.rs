@@ -25,18 +25,18 @@ use super::checkpoint;
 use super::dataset::Samples;
 use super::loader::{Images, mix};
 use super::loss::{Loss, Targets};
-use super::models::{Model, Task, under};
+use super::models::{Arch, Model, Task, under};
 use super::optim::{Kind as OptKind, Optimizer, clip_grad_norm};
 use super::predict::{Activation, Predictions, infer, to_xywh};
-use super::schedule::Schedule;
+use super::schedule::{Progress, Schedule};
 use super::vars::{Role, VarStore};
 use crate::metrics::classify::{self as m, Label};
-use crate::ops::Step;
+use crate::progress::Step;
 
 /// Everything that decides how a model trains.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub arch: String,
+    pub arch: Arch,
     pub task: Task,
     pub epochs: usize,
     pub batch_size: usize,
@@ -97,11 +97,13 @@ pub struct Epoch {
 struct State {
     epochs_done: usize,
     steps: u64,
-    schedule: Schedule,
+    /// The schedule's running state (its configuration is in [`Config`]).
+    schedule: Progress,
     history: Vec<Epoch>,
     best_epoch: Option<usize>,
     best_value: Option<f64>,
-    bad_epochs: usize,
+    /// Epochs since the monitored value last improved (early stopping).
+    epochs_since_best: usize,
     stopped_early: bool,
 }
 
@@ -329,7 +331,6 @@ fn trainable(model: &Model, cfg: &Config, epoch: usize) -> Vec<(String, super::v
 }
 
 /// The checkpoint header.
-#[allow(clippy::too_many_arguments)]
 pub fn meta(
     cfg: &Config,
     data: &Data,
@@ -337,22 +338,25 @@ pub fn meta(
     epoch: usize,
     steps: u64,
     metrics: &BTreeMap<String, f64>,
-) -> serde_json::Value {
-    serde_json::json!({
-        "format": 1,
-        "podium": env!("CARGO_PKG_VERSION"),
-        "arch": cfg.arch,
-        "task": cfg.task.name(),
-        "classes": data.classes,
-        "value_column": data.value_column,
-        "image_size": cfg.image_size,
-        "mean": cfg.mean,
-        "std": cfg.std,
-        "activation": act.name(),
-        "epoch": epoch,
-        "steps": steps,
-        "metrics": metrics,
-    })
+) -> checkpoint::Meta {
+    checkpoint::Meta {
+        format: checkpoint::FORMAT,
+        podium: env!("CARGO_PKG_VERSION").to_string(),
+        arch: cfg.arch,
+        task: cfg.task,
+        classes: data.classes.clone(),
+        value_column: data.value_column.clone(),
+        image_size: cfg.image_size,
+        mean: cfg.mean,
+        std: cfg.std,
+        activation: act,
+        epoch,
+        steps,
+        metrics: metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), v.is_finite().then_some(*v)))
+            .collect(),
+    }
 }
 
 /// Trains, writing `best` and `last` checkpoints; resumes from the state
@@ -366,7 +370,7 @@ pub fn fit(
     device: &Device,
     pool: &rayon::ThreadPool,
     cancelled: &(dyn Fn() -> bool + Sync),
-    progress: &crate::ops::Report,
+    progress: &crate::progress::Report,
     log: &mut dyn FnMut(String),
 ) -> Result<Summary, NnError> {
     let task = cfg.task;
@@ -376,18 +380,18 @@ pub fn fit(
         data.classes.len()
     };
     let vars = VarStore::new(device, cfg.seed);
-    let model = Model::new(&cfg.arch, task, heads, vars.clone())?;
+    let model = Model::new(cfg.arch, task, heads, vars.clone())?;
     let act = activation(task, &cfg.loss);
     let mut opt = Optimizer::new(cfg.optimizer, cfg.momentum, cfg.weight_decay);
     let mut ema: Option<BTreeMap<String, Tensor>> = None;
     let mut st = State {
         epochs_done: 0,
         steps: 0,
-        schedule: cfg.schedule.clone(),
+        schedule: Progress::default(),
         history: Vec::new(),
         best_epoch: None,
         best_value: None,
-        bad_epochs: 0,
+        epochs_since_best: 0,
         stopped_early: false,
     };
     let mut oof = Predictions::default();
@@ -517,7 +521,7 @@ pub fn fit(
         let mut seen = 0usize;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut micro = 0usize;
-        let mut lr = st.schedule.lr(epoch, 0.0);
+        let mut lr = cfg.schedule.lr(&st.schedule, epoch, 0.0);
         let aug_seed = mix(cfg.seed ^ 0xA5A5, epoch as u64);
         let mut batch_no = 0usize;
         let accumulate = cfg.accumulate.max(1);
@@ -572,9 +576,11 @@ pub fn fit(
                         }
                     ),
                 });
-                lr = st
-                    .schedule
-                    .lr(epoch, batch_no as f64 / batches_per_epoch as f64);
+                lr = cfg.schedule.lr(
+                    &st.schedule,
+                    epoch,
+                    batch_no as f64 / batches_per_epoch as f64,
+                );
                 batch_no += 1;
                 let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
                 let t = targets(task, &all, &b.idx, &b.boxes, device)?;
@@ -666,11 +672,10 @@ pub fn fit(
             (Some(_), None) => true,
             (None, _) => !has_val,
         };
-        st.schedule.end_epoch(monitored.map(
-            |v| {
-                if lower_is_better(&cfg.monitor) { -v } else { v }
-            },
-        ));
+        cfg.schedule.end_epoch(
+            &mut st.schedule,
+            monitored.map(|v| if lower_is_better(&cfg.monitor) { -v } else { v }),
+        );
         let row = Epoch {
             epoch: epoch + 1,
             lr,
@@ -700,7 +705,7 @@ pub fn fit(
         if improved {
             st.best_epoch = Some(epoch + 1);
             st.best_value = monitored;
-            st.bad_epochs = 0;
+            st.epochs_since_best = 0;
             let weights = match &ema {
                 Some(e) => e.clone(),
                 None => vars.snapshot()?,
@@ -708,17 +713,17 @@ pub fn fit(
             checkpoint::save(
                 &paths.best_work(),
                 &weights,
-                &meta(cfg, data, act, epoch + 1, st.steps, &metrics),
+                &meta(cfg, data, act, epoch + 1, st.steps, &metrics).to_json(),
             )?;
             if let Some(p) = preds {
                 oof = p;
             }
         } else {
-            st.bad_epochs += 1;
-            if cfg.early_stopping > 0 && st.bad_epochs >= cfg.early_stopping {
+            st.epochs_since_best += 1;
+            if cfg.early_stopping > 0 && st.epochs_since_best >= cfg.early_stopping {
                 log(format!(
                     "early stop: {} epochs without a better {}",
-                    st.bad_epochs, cfg.monitor
+                    st.epochs_since_best, cfg.monitor
                 ));
                 st.stopped_early = true;
             }
@@ -744,7 +749,7 @@ pub fn fit(
     checkpoint::save(
         &paths.last,
         &last,
-        &meta(cfg, data, act, st.epochs_done, st.steps, &last_metrics),
+        &meta(cfg, data, act, st.epochs_done, st.steps, &last_metrics).to_json(),
     )?;
     if paths.best_work() != paths.best {
         std::fs::copy(paths.best_work(), &paths.best)

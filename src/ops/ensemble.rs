@@ -9,72 +9,62 @@
 //! weights = [2, 1, 1]
 //! ```
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::DataError;
 use crate::data::table::{Table, fmt_f64};
 use crate::metrics::classify::average_ranks;
 
 pub struct Ensemble;
 
-pub const METHODS: &[&str] = &["mean", "max", "geometric", "rank", "concat"];
+crate::choice! {
+    /// How the tables' values are combined.
+    pub enum Method {
+        Mean = "mean",
+        Max = "max",
+        Geometric = "geometric",
+        Rank = "rank",
+        Concat = "concat",
+    }
+}
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "preds",
-        kind: ParamKind::Paths,
-        default: None,
-        help: "Prediction tables with the same ids and value columns (any row order).",
-    },
-    ParamSpec {
-        name: "method",
-        kind: ParamKind::Enum(METHODS),
-        default: Some("\"mean\""),
-        help: "mean (weighted by `weights`), max, geometric (weighted geometric mean; values must be positive), rank (weighted mean of each column's ranks scaled to (0, 1]), concat (the tables' rows one after another: out-of-fold tables, each id in one).",
-    },
-    ParamSpec {
-        name: "weights",
-        kind: ParamKind::FloatList,
-        default: Some("[]"),
-        help: "One weight per table; empty means all equal. Not used by max.",
-    },
-];
+crate::params! {
+    /// The parameters of `ensemble`.
+    pub struct Args {
+        /// the prediction tables
+        preds: Vec<PathBuf>,
+        /// how values are combined, above
+        method: Method = "mean",
+        /// one non-negative weight per table; empty means all equal
+        weights: Vec<f64> = [],
+    }
+}
 
 impl Op for Ensemble {
-    fn name(&self) -> &'static str {
-        "ensemble"
+    type Params = Args;
+    const NAME: &'static str = "ensemble";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Combine prediction tables: mean, weighted mean, max, geometric mean, rank average.";
+    const INPUTS: &'static [&'static str] = &["preds"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["pred.csv".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
+        super::check_weights(&a.weights, a.preds.len(), "preds", "tables")
     }
 
-    fn summary(&self) -> &'static str {
-        "Combine prediction tables: mean, weighted mean, max, geometric mean, rank average."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["preds"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["pred.csv".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        super::check_weights(params, "preds", "tables")
-    }
-
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let paths = cx.paths("preds");
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let paths = a.preds;
         let tables = paths
             .iter()
             .map(|p| Table::read(p))
             .collect::<Result<Vec<_>, _>>()?;
-        if cx.str("method") == "concat" {
+        let method = a.method;
+        if method == Method::Concat {
             let t = concat(&tables)?;
             cx.log(format_args!(
                 "concat of {} tables, {} rows",
@@ -85,14 +75,12 @@ impl Op for Ensemble {
             return Ok(());
         }
         let aligned = align(&tables)?;
-        let w = cx.floats("weights");
-        let w = if w.is_empty() {
+        let w = if a.weights.is_empty() {
             vec![1.0; tables.len()]
         } else {
-            w
+            a.weights
         };
-        let method = cx.str("method").to_string();
-        if method == "geometric"
+        if method == Method::Geometric
             && let Some((t, i)) = aligned
                 .iter()
                 .enumerate()
@@ -112,7 +100,7 @@ impl Op for Ensemble {
                 )
                 .into());
         }
-        let out = combine(&aligned, &w, &method, tables[0].value_columns().len());
+        let out = combine(&aligned, &w, method, tables[0].value_columns().len());
         let first = &tables[0];
         let mut t = Table {
             path: Default::default(),
@@ -250,21 +238,21 @@ pub fn align(tables: &[Table]) -> Result<Vec<Vec<f64>>, DataError> {
 }
 
 /// Combines aligned matrices (`cols` columns each).
-pub fn combine(m: &[Vec<f64>], w: &[f64], method: &str, cols: usize) -> Vec<f64> {
+pub fn combine(m: &[Vec<f64>], w: &[f64], method: Method, cols: usize) -> Vec<f64> {
     let len = m[0].len();
     let wsum: f64 = w.iter().sum();
     match method {
-        "max" => (0..len)
+        Method::Max => (0..len)
             .map(|i| m.iter().map(|t| t[i]).fold(f64::NEG_INFINITY, f64::max))
             .collect(),
-        "geometric" => (0..len)
+        Method::Geometric => (0..len)
             .map(|i| (m.iter().zip(w).map(|(t, w)| w * t[i].ln()).sum::<f64>() / wsum).exp())
             .collect(),
-        "rank" => {
+        Method::Rank => {
             let ranked: Vec<Vec<f64>> = m.iter().map(|t| ranks(t, cols)).collect();
             weighted_mean(&ranked, w, wsum, len)
         }
-        _ => weighted_mean(m, w, wsum, len),
+        Method::Mean | Method::Concat => weighted_mean(m, w, wsum, len),
     }
 }
 
@@ -335,7 +323,7 @@ mod tests {
     proptest! {
         #[test]
         fn every_method_stays_within_the_inputs((m, w, cols) in matrices()) {
-            for method in ["mean", "max", "geometric"] {
+            for method in [Method::Mean, Method::Max, Method::Geometric] {
                 let out = combine(&m, &w, method, cols);
                 for (i, v) in out.iter().enumerate() {
                     let lo = m.iter().map(|t| t[i]).fold(f64::INFINITY, f64::min);
@@ -348,13 +336,13 @@ mod tests {
         #[test]
         fn copies_of_one_table_give_it_back((m, w, cols) in matrices()) {
             let copies = vec![m[0].clone(); m.len()];
-            for method in ["mean", "max", "geometric"] {
+            for method in [Method::Mean, Method::Max, Method::Geometric] {
                 for (a, b) in combine(&copies, &w, method, cols).iter().zip(&m[0]) {
                     prop_assert!((a - b).abs() < 1e-12);
                 }
             }
             // Rank keeps each column's order.
-            let r = combine(&copies, &w, "rank", cols);
+            let r = combine(&copies, &w, Method::Rank, cols);
             let rows = m[0].len() / cols;
             for c in 0..cols {
                 for i in 0..rows {
@@ -371,8 +359,8 @@ mod tests {
     #[test]
     fn weights_tilt_the_mean() {
         let m = vec![vec![0.0, 1.0], vec![1.0, 1.0]];
-        assert_eq!(combine(&m, &[3.0, 1.0], "mean", 1), [0.25, 1.0]);
-        assert_eq!(combine(&m, &[1.0, 1.0], "max", 2), [1.0, 1.0]);
+        assert_eq!(combine(&m, &[3.0, 1.0], Method::Mean, 1), [0.25, 1.0]);
+        assert_eq!(combine(&m, &[1.0, 1.0], Method::Max, 2), [1.0, 1.0]);
         assert_eq!(ranks(&[0.3, 0.1, 0.3, 0.9], 1), [0.625, 0.25, 0.625, 1.0]);
     }
 }

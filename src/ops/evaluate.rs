@@ -11,106 +11,72 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use super::{Op, OpContext, OpError, ParamError, Strs};
 use crate::data::DataError;
 use crate::data::boxes::{read_coco, read_dets};
 use crate::data::metrics::{Metrics, write};
 use crate::data::table::Table;
 use crate::metrics::{NAMES, classify as m, coco};
-use crate::value::Value;
 
 pub struct Evaluate;
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "truth",
-        kind: ParamKind::Path,
-        default: None,
-        help: "The truth: a table (id and a value column), or a COCO ground-truth file for coco_map and coco_map50.",
-    },
-    ParamSpec {
-        name: "pred",
-        kind: ParamKind::Path,
-        default: None,
-        help: "The prediction: a table with the same ids and value column, or a boxes file for coco_map and coco_map50.",
-    },
-    ParamSpec {
-        name: "metric",
-        kind: ParamKind::Strs,
-        default: Some("\"accuracy\""),
-        help: "One metric or a list: accuracy, qwk, f1_macro, log_loss, auc, coco_map, coco_map50, box_iou, dice.",
-    },
-    ParamSpec {
-        name: "column",
-        kind: ParamKind::Str,
-        default: Some("\"\""),
-        help: "The value column compared; empty: the one value column both tables have.",
-    },
-];
+crate::params! {
+    /// The parameters of `evaluate`.
+    pub struct Args {
+        /// the truth: a table, or a COCO ground-truth file for the coco metrics
+        truth: PathBuf,
+        /// the prediction: a table with the same ids, or a boxes file for the coco metrics
+        pred: PathBuf,
+        /// one metric or a list (coco metrics and table metrics in separate stages)
+        metric: Strs = "accuracy",
+        /// the value column compared; empty: the one both tables have
+        column: String = "",
+    }
+}
 
 impl Op for Evaluate {
-    fn name(&self) -> &'static str {
-        "evaluate"
+    type Params = Args;
+    const NAME: &'static str = "evaluate";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Score a prediction against the truth (as scikit-learn / pycocotools) into metrics.json.";
+    const INPUTS: &'static [&'static str] = &["truth", "pred"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["metrics.json".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Score a prediction against the truth (as scikit-learn / pycocotools) into metrics.json."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["truth", "pred"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["metrics.json".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        let names: Vec<&str> = match params.get("metric") {
-            Some(Value::Str(s)) => vec![s.as_str()],
-            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
+        let names = &a.metric.0;
         let mut errs = Vec::new();
         if names.is_empty() {
             errs.push(ParamError::new("metric", "name at least one metric"));
         }
         for n in names {
-            if !NAMES.contains(&n) {
+            if !NAMES.contains(&n.as_str()) {
+                let hint = crate::params::suggest(n, NAMES.iter().copied())
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default();
                 errs.push(ParamError::new(
                     "metric",
-                    format!("unknown metric `{n}`; metrics: {}", NAMES.join(", ")),
+                    format!("unknown metric `{n}`{hint}; metrics: {}", NAMES.join(", ")),
                 ));
             }
         }
-        let is_coco = |n: &&str| n.starts_with("coco_");
-        if let Some(Value::List(l)) = params.get("metric") {
-            let names: Vec<&str> = l.iter().filter_map(Value::as_str).collect();
-            if names.iter().any(is_coco) && !names.iter().all(is_coco) {
-                errs.push(ParamError::new(
-                    "metric",
-                    "coco metrics read COCO files, the others tables: evaluate them in separate stages",
-                ));
-            }
+        let is_coco = |n: &String| n.starts_with("coco_");
+        if names.iter().any(is_coco) && !names.iter().all(is_coco) {
+            errs.push(ParamError::new(
+                "metric",
+                "coco metrics read COCO files, the others tables: evaluate them in separate stages",
+            ));
         }
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let truth = cx.path("truth").unwrap_or_default();
-        let pred = cx.path("pred").unwrap_or_default();
-        let names = cx.strs("metric");
-        let column = cx.str("column").to_string();
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let (truth, pred, names, column) = (a.truth, a.pred, a.metric.0, a.column);
         let mut out = Metrics::new();
         if names.iter().all(|n| n.starts_with("coco_")) {
             let gt = read_coco(&truth)?;

@@ -14,72 +14,50 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Component, Path};
 use std::process::{Command, Stdio};
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
-use crate::value::Value;
+use std::collections::BTreeMap;
+
+use super::{NamedPaths, Op, OpContext, OpError, ParamError};
 
 pub struct Exec;
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "cmd",
-        kind: ParamKind::Str,
-        default: None,
-        help: "Shell command, run with `sh -c` in the manifest's directory. $PODIUM_OUT is a fresh directory for the outputs.",
-    },
-    ParamSpec {
-        name: "deps",
-        kind: ParamKind::Paths,
-        default: Some("[]"),
-        help: "Files or directories the command reads: references or paths relative to the manifest. Their content is part of the key. A list sets PODIUM_DEP_0, PODIUM_DEP_1, ... and PODIUM_DEPS (newline-separated); a table sets PODIUM_DEP_<NAME>.",
-    },
-    ParamSpec {
-        name: "outs",
-        kind: ParamKind::StrList,
-        default: Some("[]"),
-        help: "Files or directories the command writes, relative to $PODIUM_OUT. Each becomes an output named by its path (or by its stem, when unambiguous).",
-    },
-    ParamSpec {
-        name: "env",
-        kind: ParamKind::Any,
-        default: Some("{}"),
-        help: "Extra environment variables, a table of strings.",
-    },
-];
+crate::params! {
+    /// The parameters of `exec`.
+    pub struct Args {
+        /// shell command, run with `/bin/sh -c` in the manifest's directory. `$PODIUM_OUT` is a
+        /// fresh directory for the outputs; `$PODIUM_THREADS` and `$OMP_NUM_THREADS` are the
+        /// instance's `resources.threads`; `$CUDA_VISIBLE_DEVICES` lists its GPUs when it asked
+        /// for any
+        cmd: String,
+        /// files or directories the command reads: references or paths relative to the
+        /// manifest (which must exist). Their content is part of the key. A list sets
+        /// `PODIUM_DEP_0`, `PODIUM_DEP_1`, … and `PODIUM_DEPS` (newline-separated); a table
+        /// sets `PODIUM_DEP_<NAME>`
+        deps: NamedPaths = [],
+        /// files or directories the command writes, relative to `$PODIUM_OUT`. Absolute paths
+        /// and `..` are rejected by `check`. Each is an output named by its path, or by its
+        /// stem when unambiguous (`model.pt` → `${stages.S.model}`)
+        outs: Vec<String> = [],
+        /// extra environment variables (numbers and booleans are written out)
+        env: BTreeMap<String, String> = {},
+    }
+}
 
 impl Op for Exec {
-    fn name(&self) -> &'static str {
-        "exec"
+    type Params = Args;
+    const NAME: &'static str = "exec";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Run a shell command and collect the files it declares in `outs`.";
+    const INPUTS: &'static [&'static str] = &["deps"];
+
+    fn outputs(&self, a: &Args) -> Vec<String> {
+        a.outs.iter().map(|o| normalize_out(o)).collect()
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Run a shell command and collect the files it declares in `outs`."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["deps"]
-    }
-
-    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
-        let outs = params.get("outs").and_then(Value::as_list).unwrap_or(&[]);
-        Ok(outs
-            .iter()
-            .filter_map(|v| v.as_str().map(normalize_out))
-            .collect())
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        let outs = params.get("outs").and_then(Value::as_list).unwrap_or(&[]);
         let mut seen = std::collections::BTreeSet::new();
-        for o in outs.iter().filter_map(Value::as_str) {
+        for o in &a.outs {
             if let Err(msg) = check_out(o) {
                 errs.push(ParamError::new("outs", format!("output `{o}` {msg}")));
             } else if !seen.insert(normalize_out(o)) {
@@ -89,49 +67,17 @@ impl Op for Exec {
                 ));
             }
         }
-        match params.get("env") {
-            Some(Value::Table(t)) => {
-                for (k, v) in t {
-                    if !matches!(
-                        v,
-                        Value::Str(_)
-                            | Value::Interp(_)
-                            | Value::Int(_)
-                            | Value::Float(_)
-                            | Value::Bool(_)
-                            | Value::Path(_)
-                    ) {
-                        errs.push(ParamError::new(
-                            "env",
-                            format!(
-                                "env `{k}` must be a string, not {}",
-                                crate::value::a(v.type_name())
-                            ),
-                        ));
-                    }
-                }
-            }
-            Some(v) => errs.push(ParamError::new(
-                "env",
-                format!(
-                    "`env` must be a table, not {}",
-                    crate::value::a(v.type_name())
-                ),
-            )),
-            None => {}
-        }
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let cmd = cx.str("cmd").to_string();
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         // The POSIX shell by its path, as make and ninja run it: looking
         // `sh` up along PATH tried each directory in turn, one failed
         // exec each, while the spawning thread waited.
         let mut command = Command::new("/bin/sh");
         command
             .arg("-c")
-            .arg(&cmd)
+            .arg(&a.cmd)
             .current_dir(cx.work_dir)
             .env("PODIUM_OUT", cx.out_dir)
             .env("PODIUM_THREADS", cx.threads.to_string())
@@ -154,35 +100,25 @@ impl Op for Exec {
                 Ok(())
             });
         }
-        match cx.params.get("deps") {
-            Some(Value::List(items)) => {
-                let paths: Vec<String> = items.iter().map(plain).collect();
+        match &a.deps {
+            NamedPaths::List(paths) => {
                 for (i, p) in paths.iter().enumerate() {
                     command.env(format!("PODIUM_DEP_{i}"), p);
                 }
-                command.env("PODIUM_DEPS", paths.join("\n"));
+                let all: Vec<_> = paths.iter().map(|p| p.as_os_str()).collect();
+                command.env("PODIUM_DEPS", all.join(std::ffi::OsStr::new("\n")));
             }
-            Some(Value::Table(t)) => {
-                for (k, v) in t {
-                    command.env(format!("PODIUM_DEP_{}", env_name(k)), plain(v));
+            NamedPaths::Table(t) => {
+                for (k, p) in t {
+                    command.env(format!("PODIUM_DEP_{}", env_name(k)), p);
                 }
             }
-            Some(v @ Value::Str(_)) => {
-                command
-                    .env("PODIUM_DEP_0", plain(v))
-                    .env("PODIUM_DEPS", plain(v));
-            }
-            _ => {}
         }
         if !cx.gpus.is_empty() {
             let ids: Vec<String> = cx.gpus.iter().map(|g| g.to_string()).collect();
             command.env("CUDA_VISIBLE_DEVICES", ids.join(","));
         }
-        if let Some(Value::Table(t)) = cx.params.get("env") {
-            for (k, v) in t {
-                command.env(k, plain(v));
-            }
-        }
+        command.envs(&a.env);
         let log_out = cx
             .log
             .try_clone()
@@ -211,7 +147,7 @@ impl Op for Exec {
             }));
         }
         let mut missing = Vec::new();
-        for o in self.outputs(cx.params).unwrap_or_default() {
+        for o in self.outputs(&a) {
             // A link that leads nowhere is there: storing it names the problem.
             if std::fs::symlink_metadata(cx.out_dir.join(&o)).is_err() {
                 missing.push(o);
@@ -228,13 +164,6 @@ impl Op for Exec {
             )));
         }
         Ok(())
-    }
-}
-
-fn plain(v: &Value) -> String {
-    match v {
-        Value::Str(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -282,6 +211,9 @@ fn check_out(o: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::{AnyOp, Params};
+    use crate::value::Value;
+
     fn params(outs: &[&str]) -> Params {
         let mut p = Params::new();
         p.insert("cmd", Value::Str("true".into()));
@@ -294,13 +226,15 @@ mod tests {
 
     #[test]
     fn outs_outside_the_output_directory_are_rejected() {
-        let errs = Exec.validate(&params(&[
-            "/etc/passwd",
-            "../x",
-            "a/../../b",
-            ".",
-            "ok.csv",
-        ]));
+        let errs = Exec
+            .check(&params(&[
+                "/etc/passwd",
+                "../x",
+                "a/../../b",
+                ".",
+                "ok.csv",
+            ]))
+            .unwrap_err();
         let msgs: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(msgs.len(), 4, "{msgs:?}");
         assert!(msgs[0].contains("absolute"));
@@ -311,7 +245,7 @@ mod tests {
 
     #[test]
     fn duplicate_outs_are_rejected() {
-        let errs = Exec.validate(&params(&["a.csv", "./a.csv"]));
+        let errs = Exec.check(&params(&["a.csv", "./a.csv"])).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("twice"));
     }
@@ -339,7 +273,7 @@ mod tests {
             resume_dir: None,
             progress: &crate::ops::no_report,
         };
-        let err = Exec.run(&mut cx).unwrap_err().to_string();
+        let err = AnyOp::run(&Exec, &mut cx).unwrap_err().to_string();
         assert!(err.contains("`b.txt`"), "{err}");
         assert_eq!(std::fs::read_to_string(out.join("a.txt")).unwrap(), "hi\n");
         assert_eq!(
@@ -367,7 +301,7 @@ mod tests {
             progress: &crate::ops::no_report,
         };
         assert_eq!(
-            Exec.run(&mut cx).unwrap_err().to_string(),
+            AnyOp::run(&Exec, &mut cx).unwrap_err().to_string(),
             "command exited with status 3"
         );
     }

@@ -23,117 +23,80 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError, ParamError, Strs};
 use crate::data::DataError;
 use crate::data::table::Table;
-use crate::value::Value;
 
 pub struct Folds;
 
-pub const KINDS: &[&str] = &[
-    "kfold",
-    "stratified",
-    "group",
-    "stratified_group",
-    "multilabel",
-];
+crate::choice! {
+    /// How rows are split into folds.
+    pub enum Kind {
+        Kfold = "kfold",
+        Stratified = "stratified",
+        Group = "group",
+        StratifiedGroup = "stratified_group",
+        Multilabel = "multilabel",
+    }
+}
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "labels",
-        kind: ParamKind::Path,
-        default: None,
-        help: "The labels table (CSV, first column the id).",
-    },
-    ParamSpec {
-        name: "k",
-        kind: ParamKind::Int,
-        default: Some("5"),
-        help: "Number of folds.",
-    },
-    ParamSpec {
-        name: "seed",
-        kind: ParamKind::Int,
-        default: Some("42"),
-        help: "Seed of the shuffle; the same seed gives the same folds.",
-    },
-    ParamSpec {
-        name: "kind",
-        kind: ParamKind::Enum(KINDS),
-        default: Some("\"kfold\""),
-        help: "kfold, stratified (by a class column), group (by a group column), stratified_group, or multilabel.",
-    },
-    ParamSpec {
-        name: "by",
-        kind: ParamKind::Strs,
-        default: Some("\"\""),
-        help: "The label column. For multilabel: one column of space-separated label lists (HPA's `Target`), or a list of 0/1 columns.",
-    },
-    ParamSpec {
-        name: "group",
-        kind: ParamKind::Str,
-        default: Some("\"\""),
-        help: "The group column (patient, study, ...): rows of one group share a fold.",
-    },
-];
+crate::params! {
+    /// The parameters of `folds`.
+    pub struct Args {
+        /// the labels table (CSV, first column the id)
+        labels: PathBuf,
+        /// number of folds, at least 2
+        k: usize = 5,
+        /// seed of the shuffles
+        seed: i64 = 42,
+        /// how rows are split, above
+        kind: Kind = "kfold",
+        /// the label column; for `multilabel` one column of space-separated label lists (HPA's
+        /// `Target`) or a list of 0/1 columns
+        by: Strs = "",
+        /// the group column (patient, study …), for `group` and `stratified_group`
+        group: String = "",
+    }
+}
 
 impl Op for Folds {
-    fn name(&self) -> &'static str {
-        "folds"
+    type Params = Args;
+    const NAME: &'static str = "folds";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Split a labels table into k folds: kfold, stratified, group, stratified_group, multilabel.";
+    const INPUTS: &'static [&'static str] = &["labels"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["folds.csv".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Split a labels table into k folds: kfold, stratified, group, stratified_group, multilabel."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["labels"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["folds.csv".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        let kind = params
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("kfold");
-        if params
-            .get("k")
-            .and_then(Value::as_int)
-            .is_some_and(|k| k < 2)
-        {
+        let kind = a.kind;
+        if a.k < 2 {
             errs.push(ParamError::new("k", "k must be at least 2"));
         }
-        let by = match params.get("by") {
-            Some(Value::Str(s)) => usize::from(!s.is_empty()),
-            Some(Value::List(l)) => l.len(),
-            _ => 0,
-        };
-        if by == 0 && matches!(kind, "stratified" | "stratified_group" | "multilabel") {
+        let by = a.by.0.len();
+        if by == 0
+            && matches!(
+                kind,
+                Kind::Stratified | Kind::StratifiedGroup | Kind::Multilabel
+            )
+        {
             errs.push(ParamError::new(
                 "by",
                 format!("kind = \"{kind}\" needs `by`, the label column"),
             ));
         }
-        if by > 1 && kind != "multilabel" {
+        if by > 1 && kind != Kind::Multilabel {
             errs.push(ParamError::new(
                 "by",
                 format!("kind = \"{kind}\" takes one label column"),
             ));
         }
-        let group = params.get("group").and_then(Value::as_str).unwrap_or("");
-        if group.is_empty() && matches!(kind, "group" | "stratified_group") {
+        if a.group.is_empty() && matches!(kind, Kind::Group | Kind::StratifiedGroup) {
             errs.push(ParamError::new(
                 "group",
                 format!("kind = \"{kind}\" needs `group`, the group column"),
@@ -142,20 +105,17 @@ impl Op for Folds {
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let path = cx.path("labels").unwrap_or_default();
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let path = a.labels;
         let t = Table::read(&path)?;
         t.index()?;
-        let k = cx.int("k") as usize;
-        let seed = cx.int("seed") as u64;
-        let by = cx.strs("by");
-        let kind = cx.str("kind").to_string();
+        let (k, seed, by, kind) = (a.k, a.seed as u64, a.by.0, a.kind);
         let too_few =
             |n: usize, what: &str| DataError::new(&path, format!("{k} folds, but only {n} {what}"));
         if t.len() < k {
             return Err(too_few(t.len(), "rows").into());
         }
-        let group_col = cx.str("group").to_string();
+        let group_col = a.group;
         let groups = || -> Result<Vec<usize>, DataError> {
             let c = t.col(&group_col)?;
             let g = codes(t.strs(c));
@@ -166,12 +126,12 @@ impl Op for Folds {
             Ok(g)
         };
         let class_col = || -> Result<Vec<usize>, DataError> { Ok(codes(t.strs(t.col(&by[0])?))) };
-        let folds = match kind.as_str() {
-            "stratified" => stratified(&class_col()?, k, seed),
-            "group" => group(&groups()?, k, seed),
-            "stratified_group" => stratified_group(&class_col()?, &groups()?, k, seed),
-            "multilabel" => multilabel(&label_sets(&t, &by)?, k, seed),
-            _ => kfold(t.len(), k, seed),
+        let folds = match kind {
+            Kind::Stratified => stratified(&class_col()?, k, seed),
+            Kind::Group => group(&groups()?, k, seed),
+            Kind::StratifiedGroup => stratified_group(&class_col()?, &groups()?, k, seed),
+            Kind::Multilabel => multilabel(&label_sets(&t, &by)?, k, seed),
+            Kind::Kfold => kfold(t.len(), k, seed),
         };
         let mut sizes = vec![0usize; k];
         for &f in &folds {

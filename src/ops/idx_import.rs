@@ -24,38 +24,27 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError};
 use crate::data::DataError;
 use crate::data::table::Table;
 
 pub struct IdxImport;
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "images",
-        kind: ParamKind::Path,
-        default: None,
-        help: "An IDX file of 8-bit images (magic 0x00000803), gzipped or not.",
-    },
-    ParamSpec {
-        name: "labels",
-        kind: ParamKind::Path,
-        default: None,
-        help: "The IDX file of their 8-bit labels (magic 0x00000801), as many as images.",
-    },
-    ParamSpec {
-        name: "prefix",
-        kind: ParamKind::Str,
-        default: Some("\"img\""),
-        help: "Ids are `<prefix>_<index>`, the index zero-padded to five digits.",
-    },
-    ParamSpec {
-        name: "limit",
-        kind: ParamKind::Int,
-        default: Some("0"),
-        help: "Import only the first this-many images; 0: all.",
-    },
-];
+crate::params! {
+    /// The parameters of `idx_import`.
+    pub struct Args {
+        /// an IDX file of 8-bit images (magic `0x00000803`), gzipped or not
+        images: PathBuf,
+        /// the IDX file of their 8-bit labels (`0x00000801`), as many as images
+        labels: PathBuf,
+        /// ids are `<prefix>_<index>`, the index zero-padded to five digits
+        prefix: String = "img",
+        /// import only the first this-many images; 0: all
+        limit: usize = 0,
+    }
+}
 
 /// The bytes of a file, gunzipped when it starts with gzip's magic.
 fn read(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -104,33 +93,19 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, usize), DataE
 }
 
 impl Op for IdxImport {
-    fn name(&self) -> &'static str {
-        "idx_import"
+    type Params = Args;
+    const NAME: &'static str = "idx_import";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Convert IDX images and labels (MNIST, Fashion-MNIST) into PNGs and a labels table.";
+    const INPUTS: &'static [&'static str] = &["images", "labels"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["images".into(), "labels.csv".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Convert IDX images and labels (MNIST, Fashion-MNIST) into PNGs and a labels table."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["images", "labels"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["images".into(), "labels.csv".into()])
-    }
-
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let ip = cx.path("images").unwrap_or_default();
-        let lp = cx.path("labels").unwrap_or_default();
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let (ip, lp) = (a.images, a.labels);
         let ib = read(&ip)?;
         let lb = read(&lp)?;
         let (idims, ih) = parse_idx(&ip, &ib)?;
@@ -156,14 +131,14 @@ impl Op for IdxImport {
             )
             .into());
         }
-        let limit = cx.int("limit");
+        let limit = a.limit;
         let n = if limit > 0 {
-            idims[0].min(limit as usize)
+            idims[0].min(limit)
         } else {
             idims[0]
         };
         let (h, w) = (idims[1], idims[2]);
-        let prefix = cx.str("prefix").to_string();
+        let prefix = a.prefix;
         let dir = cx.out_dir.join("images");
         std::fs::create_dir_all(&dir).map_err(|e| OpError::io(&dir, e))?;
         let id = |i: usize| format!("{prefix}_{i:05}");

@@ -10,99 +10,70 @@
 //! weights = [2, 1]
 //! ```
 
+use std::path::{Path, PathBuf};
+
 use super::wbf::{check_weights, iou, order_desc};
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::boxes::{NBox, map_images, write_dets};
 
 pub struct Nms;
 
-pub(crate) const BOXES: ParamSpec = ParamSpec {
-    name: "boxes",
-    kind: ParamKind::Paths,
-    default: None,
-    help: "Detections: one COCO results JSON file per model.",
-};
-
-pub(crate) const IMAGES: ParamSpec = ParamSpec {
-    name: "images",
-    kind: ParamKind::Path,
-    default: Some("\"\""),
-    help: "A COCO file giving each image's width and height, for boxes in pixels (normalized for the suppression, written back in pixels). Without it boxes must already be normalized to [0, 1].",
-};
-
-pub(crate) const WEIGHTS: ParamSpec = ParamSpec {
-    name: "weights",
-    kind: ParamKind::FloatList,
-    default: Some("[]"),
-    help: "One weight per model; each model's scores are multiplied by its weight over the sum of weights. Empty: scores as they are.",
-};
-
-const PARAMS: &[ParamSpec] = &[
-    BOXES,
-    IMAGES,
-    ParamSpec {
-        name: "iou_thr",
-        kind: ParamKind::Float,
-        default: Some("0.5"),
-        help: "A box whose IoU with a kept, higher-scoring box of its category is above this is dropped.",
-    },
-    WEIGHTS,
-];
+crate::params! {
+    /// The parameters of `nms`.
+    pub struct Args {
+        /// one COCO results file per model
+        boxes: Vec<PathBuf>,
+        /// COCO file with each image's width and height, for boxes in pixels
+        images: Option<PathBuf> = "",
+        /// overlap above which the lower box is dropped
+        iou_thr: f64 = 0.5,
+        /// one weight per model: each model's scores are multiplied by weight / sum of
+        /// weights; empty leaves scores as they are
+        weights: Vec<f64> = [],
+    }
+}
 
 impl Op for Nms {
-    fn name(&self) -> &'static str {
-        "nms"
+    type Params = Args;
+    const NAME: &'static str = "nms";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Non-maximum suppression over several models' detections (as ensemble-boxes).";
+    const INPUTS: &'static [&'static str] = &["boxes"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["boxes.json".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
+        check_weights(&a.weights, a.boxes.len())
     }
 
-    fn summary(&self) -> &'static str {
-        "Non-maximum suppression over several models' detections (as ensemble-boxes)."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["boxes"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["boxes.json".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        check_weights(params)
-    }
-
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        run_suppression(cx, Method::Hard, "nms")
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let p = SuppressParams {
+            method: Method::Hard,
+            iou_thr: a.iou_thr,
+            // Soft-NMS only: plain NMS does not read them.
+            sigma: 0.0,
+            thresh: 0.0,
+            weights: a.weights,
+            decayed_scores: false,
+        };
+        run_suppression(cx, &a.boxes, a.images.as_deref(), &p, "nms")
     }
 }
 
 /// Shared by `nms` and `soft_nms`.
 pub(crate) fn run_suppression(
     cx: &mut OpContext,
-    method: Method,
+    inputs: &[PathBuf],
+    images: Option<&Path>,
+    p: &SuppressParams,
     what: &str,
 ) -> Result<(), OpError> {
-    let inputs = cx.paths("boxes");
-    let p = SuppressParams {
-        method,
-        iou_thr: cx.f64("iou_thr"),
-        // Soft-NMS only (`nms` has neither; plain NMS does not read them).
-        sigma: cx.f64("sigma"),
-        thresh: cx.f64("thresh"),
-        weights: cx.floats("weights"),
-        decayed_scores: cx.str("scores") == "decayed",
-    };
-    let images = cx.path("images");
     let dets = cx
         .pool()?
-        .install(|| map_images(&inputs, images.as_deref(), |models| suppress(models, &p)))?;
+        .install(|| map_images(inputs, images, |models| suppress(models, p)))?;
     cx.log(format_args!(
         "{what}: kept {} boxes from {} models",
         dets.len(),

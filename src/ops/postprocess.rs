@@ -17,169 +17,106 @@
 
 use std::collections::BTreeSet;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::table::Table;
 use crate::data::{DataError, write_atomic};
-use crate::value::Value;
 
 pub struct Postprocess;
 
-pub const METHODS: &[&str] = &["argmax", "threshold", "grades", "topk"];
+crate::choice! {
+    /// How scores become labels.
+    pub enum Method {
+        Argmax = "argmax",
+        Threshold = "threshold",
+        Grades = "grades",
+        Topk = "topk",
+    }
+}
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "pred",
-        kind: ParamKind::Path,
-        default: None,
-        help: "Scores: one column per class (named by the class), or one value column for grades.",
-    },
-    ParamSpec {
-        name: "method",
-        kind: ParamKind::Enum(METHODS),
-        default: Some("\"argmax\""),
-        help: "argmax (one label), threshold (every class scoring at least its threshold), grades (a value cut into grades 0..), topk (the k best classes).",
-    },
-    ParamSpec {
-        name: "thresholds",
-        kind: ParamKind::FloatList,
-        default: Some("[]"),
-        help: "threshold: one per class, or one for all (default 0.5). grades: the ascending cut points (default 0.5, 1.5, ...). Unused when fitted.",
-    },
-    ParamSpec {
-        name: "fit_pred",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "Out-of-fold scores (same columns as `pred`) to fit the thresholds or cut points on.",
-    },
-    ParamSpec {
-        name: "fit_truth",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "The labels of the `fit_pred` rows (a table; its one value column, labels or space-separated label lists).",
-    },
-    ParamSpec {
-        name: "grades",
-        kind: ParamKind::Int,
-        default: Some("5"),
-        help: "grades: how many grades (APTOS: 5).",
-    },
-    ParamSpec {
-        name: "k",
-        kind: ParamKind::Int,
-        default: Some("1"),
-        help: "topk: labels per row.",
-    },
-    ParamSpec {
-        name: "at_least_one",
-        kind: ParamKind::Bool,
-        default: Some("false"),
-        help: "threshold: a row with no class over its threshold gets its best class.",
-    },
-    ParamSpec {
-        name: "column",
-        kind: ParamKind::Str,
-        default: Some("\"label\""),
-        help: "Name of the output label column.",
-    },
-    ParamSpec {
-        name: "embeddings",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "Nearest-neighbour override: embeddings of the `pred` rows (a table of numbers, same ids).",
-    },
-    ParamSpec {
-        name: "train_embeddings",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "Nearest-neighbour override: embeddings of the training rows.",
-    },
-    ParamSpec {
-        name: "train_labels",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "Nearest-neighbour override: the training rows' labels.",
-    },
-    ParamSpec {
-        name: "nn_distance",
-        kind: ParamKind::Float,
-        default: Some("0.1"),
-        help: "Nearest-neighbour override: a row takes its nearest training row's labels when their cosine distance (1 - cosine similarity) is at most this.",
-    },
-];
+crate::params! {
+    /// The parameters of `postprocess`.
+    pub struct Args {
+        /// scores: one column per class, or one value column for `grades`
+        pred: PathBuf,
+        /// above
+        method: Method = "argmax",
+        /// fixed thresholds (threshold) or cut points (grades)
+        thresholds: Vec<f64> = [],
+        /// out-of-fold scores to fit on
+        fit_pred: Option<PathBuf> = "",
+        /// their labels (one value column)
+        fit_truth: Option<PathBuf> = "",
+        /// number of grades
+        grades: i64 = 5,
+        /// labels per row for `topk`
+        k: i64 = 1,
+        /// a row with no label gets its best class
+        at_least_one: bool = false,
+        /// name of the output column
+        column: String = "label",
+        /// embeddings of the `pred` rows
+        embeddings: Option<PathBuf> = "",
+        /// embeddings of the training rows
+        train_embeddings: Option<PathBuf> = "",
+        /// the training rows' labels
+        train_labels: Option<PathBuf> = "",
+        /// largest cosine distance that overrides
+        nn_distance: f64 = 0.1,
+    }
+}
 
 impl Op for Postprocess {
-    fn name(&self) -> &'static str {
-        "postprocess"
+    type Params = Args;
+    const NAME: &'static str = "postprocess";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Scores to labels: argmax, fitted F1 thresholds, kappa-fitted grades, top-k, at least one, nearest-neighbour override.";
+    const INPUTS: &'static [&'static str] = &["pred"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["labels.csv".into(), "fitted.json".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Scores to labels: argmax, fitted F1 thresholds, kappa-fitted grades, top-k, at least one, nearest-neighbour override."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["pred"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["labels.csv".into(), "fitted.json".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        let given = |n: &str| super::is_given(params, n);
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        if given("fit_pred") != given("fit_truth") {
+        if a.fit_pred.is_some() != a.fit_truth.is_some() {
             errs.push(ParamError::new(
                 "fit_pred",
                 "fitting needs both `fit_pred` and `fit_truth`",
             ));
         }
-        let nn = ["embeddings", "train_embeddings", "train_labels"];
-        if nn.iter().any(|n| given(n)) && !nn.iter().all(|n| given(n)) {
+        let nn = [&a.embeddings, &a.train_embeddings, &a.train_labels];
+        if nn.iter().any(|n| n.is_some()) && !nn.iter().all(|n| n.is_some()) {
             errs.push(ParamError::new(
                 "embeddings",
                 "the nearest-neighbour override needs `embeddings`, `train_embeddings` and `train_labels`",
             ));
         }
-        if params
-            .get("k")
-            .and_then(Value::as_int)
-            .is_some_and(|k| k < 1)
-        {
+        if a.k < 1 {
             errs.push(ParamError::new("k", "k must be at least 1"));
         }
-        if params
-            .get("grades")
-            .and_then(Value::as_int)
-            .is_some_and(|k| k < 2)
-        {
+        if a.grades < 2 {
             errs.push(ParamError::new("grades", "grades must be at least 2"));
         }
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let pred = Table::read(&cx.path("pred").unwrap_or_default())?;
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let pred = Table::read(&a.pred)?;
         pred.index()?;
         let scores = pred.all_floats()?;
         let classes = pred.value_columns().to_vec();
         let nc = classes.len();
-        let method = cx.str("method").to_string();
-        let fixed = cx.floats("thresholds");
-        let fit = match (cx.path("fit_pred"), cx.path("fit_truth")) {
-            (Some(p), Some(t)) => Some((Table::read(&p)?, Table::read(&t)?)),
+        let method = a.method;
+        let fixed = a.thresholds;
+        let fit = match (&a.fit_pred, &a.fit_truth) {
+            (Some(p), Some(t)) => Some((Table::read(p)?, Table::read(t)?)),
             _ => None,
         };
         let mut fitted = serde_json::Map::new();
-        let labels: Vec<Vec<String>> = match method.as_str() {
-            "grades" => {
+        let labels: Vec<Vec<String>> = match method {
+            Method::Grades => {
                 if nc != 1 {
                     return Err(DataError::at(
                         &pred.path,
@@ -188,7 +125,7 @@ impl Op for Postprocess {
                     )
                     .into());
                 }
-                let k = cx.int("grades") as usize;
+                let k = a.grades as usize;
                 let cuts = match &fit {
                     Some((fp, ft)) => {
                         let (v, truth) = fit_rows(fp, ft, &classes)?;
@@ -218,7 +155,7 @@ impl Op for Postprocess {
                     .map(|&v| vec![grade(v, &cuts).to_string()])
                     .collect()
             }
-            "threshold" => {
+            Method::Threshold => {
                 let thr: Vec<f64> = match &fit {
                     Some((fp, ft)) => {
                         let (s, truth) = fit_rows(fp, ft, &classes)?;
@@ -236,7 +173,7 @@ impl Op for Postprocess {
                         )));
                     }
                 };
-                let at_least_one = cx.bool("at_least_one");
+                let at_least_one = a.at_least_one;
                 scores
                     .chunks(nc)
                     .map(|row| {
@@ -251,8 +188,8 @@ impl Op for Postprocess {
                     })
                     .collect()
             }
-            "topk" => {
-                let k = (cx.int("k") as usize).min(nc);
+            Method::Topk => {
+                let k = (a.k as usize).min(nc);
                 scores
                     .chunks(nc)
                     .map(|row| {
@@ -262,22 +199,19 @@ impl Op for Postprocess {
                     })
                     .collect()
             }
-            _ => scores
+            Method::Argmax => scores
                 .chunks(nc)
                 .map(|row| vec![classes[argmax(row)].clone()])
                 .collect(),
         };
         let mut labels = labels;
-        if let (Some(e), Some(te), Some(tl)) = (
-            cx.path("embeddings"),
-            cx.path("train_embeddings"),
-            cx.path("train_labels"),
-        ) {
-            let n = nn_override(&pred, &mut labels, (&e, &te, &tl), cx.f64("nn_distance"))?;
+        if let (Some(e), Some(te), Some(tl)) = (&a.embeddings, &a.train_embeddings, &a.train_labels)
+        {
+            let n = nn_override(&pred, &mut labels, (e, te, tl), a.nn_distance)?;
             fitted.insert("nn_overrides".into(), serde_json::json!(n));
             cx.log(format_args!("nearest-neighbour override: {n} rows"));
         }
-        let mut out = Table::new(&[cx.str("column")]);
+        let mut out = Table::new(&[a.column.as_str()]);
         for (id, l) in pred.ids.iter().zip(labels) {
             out.push(id.clone(), vec![l.join(" ")]);
         }

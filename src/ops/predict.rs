@@ -21,62 +21,48 @@
 use std::time::Instant;
 
 use super::train::nn_error;
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError, ParamError, Strs};
 use crate::data::{DataError, images, write_atomic};
 use crate::nn::aug::{Dihedral, TTA_NAMES};
 use crate::nn::checkpoint;
 use crate::nn::loader::Images;
 use crate::nn::models::{Model, Task};
-use crate::nn::predict::{Activation, embeddings_table, infer, table};
+use crate::nn::predict::{embeddings_table, infer, table};
 use crate::nn::vars::VarStore;
-use crate::value::Value;
 
 pub struct Predict;
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "checkpoint",
-        kind: ParamKind::Path,
-        default: None,
-        help: "A `train` checkpoint (best.safetensors or last.safetensors); a checkpoint with EMA weights predicts with them.",
-    },
-    ParamSpec {
-        name: "images",
-        kind: ParamKind::Path,
-        default: None,
-        help: "Directory of images; ids are the file names without extension.",
-    },
-    ParamSpec {
-        name: "tta",
-        kind: ParamKind::Strs,
-        default: Some("\"default\""),
-        help: "TTA variants, any of default, flipud, fliplr, transpose, flipud_lr, flipud_transpose, fliplr_transpose, flipud_lr_transpose; or \"all\" for the eight.",
-    },
-    ParamSpec {
-        name: "merge",
-        kind: ParamKind::Enum(&["mean", "max"]),
-        default: Some("\"mean\""),
-        help: "How the variants' probabilities merge (boxes are always averaged).",
-    },
-    ParamSpec {
-        name: "embed",
-        kind: ParamKind::Bool,
-        default: Some("false"),
-        help: "Also write embeddings.csv: the penultimate layer's features per image.",
-    },
-    ParamSpec {
-        name: "batch_size",
-        kind: ParamKind::Int,
-        default: Some("64"),
-        help: "Images per batch.",
-    },
-    ParamSpec {
-        name: "device",
-        kind: ParamKind::Str,
-        default: Some("\"auto\""),
-        help: "auto, cpu, cuda or cuda:N.",
-    },
-];
+crate::choice! {
+    /// How TTA variants' probabilities merge.
+    pub enum Merge {
+        Mean = "mean",
+        Max = "max",
+    }
+}
+
+crate::params! {
+    /// The parameters of `predict`.
+    pub struct Args {
+        /// A `train` checkpoint (best.safetensors or last.safetensors); a checkpoint with EMA
+        /// weights predicts with them.
+        checkpoint: PathBuf,
+        /// Directory of images; ids are the file names without extension.
+        images: PathBuf,
+        /// TTA variants, any of default, flipud, fliplr, transpose, flipud_lr,
+        /// flipud_transpose, fliplr_transpose, flipud_lr_transpose; or "all" for the eight.
+        tta: Strs = "default",
+        /// How the variants' probabilities merge (boxes are always averaged).
+        merge: Merge = "mean",
+        /// Also write embeddings.csv: the penultimate layer's features per image.
+        embed: bool = false,
+        /// Images per batch.
+        batch_size: usize = 64,
+        /// auto, cpu, cuda or cuda:N.
+        device: String = "auto",
+    }
+}
 
 /// The TTA variants `tta` names.
 fn variants(names: &[String]) -> Result<Vec<Dihedral>, String> {
@@ -97,91 +83,47 @@ fn variants(names: &[String]) -> Result<Vec<Dihedral>, String> {
 }
 
 impl Op for Predict {
-    fn name(&self) -> &'static str {
-        "predict"
-    }
+    type Params = Args;
+    const NAME: &'static str = "predict";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Predict with a trained checkpoint over an image set, with test-time augmentation.";
+    const INPUTS: &'static [&'static str] = &["checkpoint", "images"];
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Predict with a trained checkpoint over an image set, with test-time augmentation."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["checkpoint", "images"]
-    }
-
-    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
+    fn outputs(&self, a: &Args) -> Vec<String> {
         let mut v = vec!["pred.csv".to_string(), "metrics.json".to_string()];
-        if params.get("embed").and_then(Value::as_bool) == Some(true) {
+        if a.embed {
             v.push("embeddings.csv".into());
         }
-        Ok(v)
+        v
     }
 
-    fn validate(&self, p: &Params) -> Vec<ParamError> {
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        let names: Vec<String> = match p.get("tta") {
-            Some(Value::Str(s)) => vec![s.clone()],
-            Some(Value::List(l)) => l
-                .iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect(),
-            _ => Vec::new(),
-        };
-        if let Err(e) = variants(&names) {
+        if let Err(e) = variants(&a.tta.0) {
             errs.push(ParamError::new("tta", e));
         }
-        if p.get("batch_size")
-            .and_then(Value::as_int)
-            .is_some_and(|v| v < 1)
-        {
+        if a.batch_size < 1 {
             errs.push(ParamError::new("batch_size", "must be at least 1"));
         }
-        errs.extend(super::check_device(p));
+        errs.extend(super::check_device(&a.device));
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let ckpt = cx.path("checkpoint").unwrap_or_default();
-        let device = crate::nn::device(cx.str("device"), cx.gpus).map_err(OpError::Failed)?;
-        let (tensors, meta) = checkpoint::load(&ckpt, &device)?;
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let ckpt = a.checkpoint;
+        let device = crate::nn::device(&a.device, cx.gpus).map_err(OpError::Failed)?;
+        let (tensors, meta) = checkpoint::load_trained(&ckpt, &device)?;
         let bad = |what: &str| DataError::new(&ckpt, format!("not a podium checkpoint: {what}"));
-        let task = meta["task"]
-            .as_str()
-            .and_then(Task::parse)
-            .ok_or_else(|| bad("no task"))?;
-        let arch = meta["arch"].as_str().ok_or_else(|| bad("no arch"))?;
-        let classes: Vec<String> = meta["classes"]
-            .as_array()
-            .ok_or_else(|| bad("no classes"))?
-            .iter()
-            .filter_map(|c| c.as_str().map(String::from))
-            .collect();
-        let value_column = meta["value_column"].as_str().unwrap_or("value").to_string();
-        let size = meta["image_size"]
-            .as_u64()
-            .ok_or_else(|| bad("no image_size"))? as u32;
-        let three = |k: &str| -> Result<[f32; 3], DataError> {
-            let v: Vec<f32> = meta[k]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_f64().map(|f| f as f32))
-                        .collect()
-                })
-                .unwrap_or_default();
-            <[f32; 3]>::try_from(v).map_err(|_| bad(&format!("no {k}")))
-        };
-        let (mean, std) = (three("mean")?, three("std")?);
-        let act = Activation::parse(meta["activation"].as_str().unwrap_or(""));
+        let (task, arch, size, mean, std, act) = (
+            meta.task,
+            meta.arch,
+            meta.image_size,
+            meta.mean,
+            meta.std,
+            meta.activation,
+        );
+        let (classes, value_column) = (meta.classes, meta.value_column);
         let heads = if task == Task::Regress {
             1
         } else {
@@ -214,7 +156,7 @@ impl Op for Predict {
             .into());
         }
 
-        let dir = cx.path("images").unwrap_or_default();
+        let dir = a.images;
         let files = images::list(&dir)?;
         if files.is_empty() {
             return Err(
@@ -227,7 +169,7 @@ impl Op for Predict {
             .collect();
         let paths: Vec<_> = files.iter().map(|r| dir.join(r)).collect();
         let imgs = Images::new(paths.clone(), size, mean, std)?;
-        let tta = variants(&cx.strs("tta")).map_err(OpError::Failed)?;
+        let tta = variants(&a.tta.0).map_err(OpError::Failed)?;
         let pool = cx.pool()?;
         let idx: Vec<usize> = (0..ids.len()).collect();
         let total = (idx.len() * tta.len()) as u64;
@@ -237,10 +179,10 @@ impl Op for Predict {
             &imgs,
             &idx,
             &tta,
-            cx.str("merge") == "max",
+            a.merge == Merge::Max,
             act,
-            cx.bool("embed"),
-            cx.int("batch_size").max(1) as usize,
+            a.embed,
+            a.batch_size,
             &device,
             &pool,
             &mut |done| {
@@ -265,7 +207,7 @@ impl Op for Predict {
         }
         table(task, &classes, &value_column, &ids, &p, &sizes)
             .write(&cx.out_dir.join("pred.csv"))?;
-        if cx.bool("embed") {
+        if a.embed {
             embeddings_table(&ids, &p).write(&cx.out_dir.join("embeddings.csv"))?;
         }
         let metrics = serde_json::json!({

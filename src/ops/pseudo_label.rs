@@ -19,85 +19,59 @@
 
 use std::collections::BTreeMap;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::DataError;
 use crate::data::boxes::{Coco, CocoAnn, CocoCategory, ImageId, read_coco, read_dets, write_coco};
 use crate::data::table::{Table, fmt_f64};
-use crate::value::Value;
 
 pub struct PseudoLabel;
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "pred",
-        kind: ParamKind::Path,
-        default: None,
-        help: "Predictions on the unlabelled images: a table of class probabilities (hard, soft) or a boxes file (boxes).",
-    },
-    ParamSpec {
-        name: "mode",
-        kind: ParamKind::Enum(&["hard", "soft", "boxes"]),
-        default: Some("\"hard\""),
-        help: "hard (argmax over a confidence threshold), soft (probabilities kept), boxes (boxes over a score threshold).",
-    },
-    ParamSpec {
-        name: "threshold",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Rows (boxes) whose best probability (score) is below this are left out.",
-    },
-    ParamSpec {
-        name: "weight",
-        kind: ParamKind::Bool,
-        default: Some("false"),
-        help: "hard: add a `weight` column, the row's best probability, for per-sample loss weights.",
-    },
-    ParamSpec {
-        name: "column",
-        kind: ParamKind::Str,
-        default: Some("\"label\""),
-        help: "hard: name of the label column.",
-    },
-    ParamSpec {
-        name: "images",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "boxes: a COCO file listing the images (ids, sizes, file names) the boxes are on; required for boxes.",
-    },
-];
+crate::choice! {
+    /// What the pseudo-labels are.
+    pub enum Mode {
+        Hard = "hard",
+        Soft = "soft",
+        Boxes = "boxes",
+    }
+}
+
+crate::params! {
+    /// The parameters of `pseudo_label`.
+    pub struct Args {
+        /// class probabilities (table) or boxes
+        pred: PathBuf,
+        /// above
+        mode: Mode = "hard",
+        /// confidence (score) below which rows (boxes) are left out
+        threshold: f64 = 0.0,
+        /// hard: add a `weight` column
+        weight: bool = false,
+        /// hard: name of the label column
+        column: String = "label",
+        /// boxes: COCO file listing the images
+        images: Option<PathBuf> = "",
+    }
+}
 
 impl Op for PseudoLabel {
-    fn name(&self) -> &'static str {
-        "pseudo_label"
+    type Params = Args;
+    const NAME: &'static str = "pseudo_label";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Predictions on unlabelled images to extra training labels: hard, soft, or boxes.";
+    const INPUTS: &'static [&'static str] = &["pred"];
+
+    fn outputs(&self, a: &Args) -> Vec<String> {
+        match a.mode {
+            Mode::Boxes => vec!["labels.csv".into(), "pseudo_coco.json".into()],
+            Mode::Hard | Mode::Soft => vec!["labels.csv".into()],
+        }
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Predictions on unlabelled images to extra training labels: hard, soft, or boxes."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["pred"]
-    }
-
-    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(match params.get("mode").and_then(Value::as_str) {
-            Some("boxes") => vec!["labels.csv".into(), "pseudo_coco.json".into()],
-            _ => vec!["labels.csv".into()],
-        })
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        let boxes = params.get("mode").and_then(Value::as_str) == Some("boxes");
-        let images = super::is_given(params, "images");
-        if boxes && !images {
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
+        if a.mode == Mode::Boxes && a.images.is_none() {
             return vec![ParamError::new(
                 "images",
                 "mode = \"boxes\" needs `images`, a COCO file listing the images",
@@ -106,15 +80,14 @@ impl Op for PseudoLabel {
         Vec::new()
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let pred_path = cx.path("pred").unwrap_or_default();
-        let thr = cx.f64("threshold");
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let pred_path = a.pred;
+        let thr = a.threshold;
         let out = cx.out_dir.join("labels.csv");
-        let mode = cx.str("mode").to_string();
-        match mode.as_str() {
-            "boxes" => {
+        match a.mode {
+            Mode::Boxes => {
                 let dets = read_dets(&pred_path)?;
-                let images = read_coco(&cx.path("images").unwrap_or_default())?;
+                let images = read_coco(a.images.as_deref().unwrap_or("".as_ref()))?;
                 let known: std::collections::HashSet<&ImageId> =
                     images.images.iter().map(|i| &i.id).collect();
                 if let Some(d) = dets.iter().find(|d| !known.contains(&d.image_id)) {
@@ -174,12 +147,12 @@ impl Op for PseudoLabel {
                 t.write(&out)?;
                 write_coco(&cx.out_dir.join("pseudo_coco.json"), &coco)?;
             }
-            mode => {
+            mode @ (Mode::Hard | Mode::Soft) => {
                 let pred = Table::read(&pred_path)?;
                 pred.index()?;
                 let scores = pred.all_floats()?;
                 let nc = pred.value_columns().len();
-                let soft = mode == "soft";
+                let soft = mode == Mode::Soft;
                 let mut t = if soft {
                     Table::new(
                         &pred
@@ -188,10 +161,10 @@ impl Op for PseudoLabel {
                             .map(String::as_str)
                             .collect::<Vec<_>>(),
                     )
-                } else if cx.bool("weight") {
-                    Table::new(&[cx.str("column"), "weight"])
+                } else if a.weight {
+                    Table::new(&[a.column.as_str(), "weight"])
                 } else {
-                    Table::new(&[cx.str("column")])
+                    Table::new(&[a.column.as_str()])
                 };
                 for (r, row) in scores.chunks(nc).enumerate() {
                     let best = super::postprocess::argmax(row);
@@ -200,7 +173,7 @@ impl Op for PseudoLabel {
                     }
                     let cells = if soft {
                         pred.rows[r].clone()
-                    } else if cx.bool("weight") {
+                    } else if a.weight {
                         vec![pred.value_columns()[best].clone(), fmt_f64(row[best])]
                     } else {
                         vec![pred.value_columns()[best].clone()]

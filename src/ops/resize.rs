@@ -20,130 +20,104 @@ use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::DynamicImage;
 use rayon::prelude::*;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::DataError;
 use crate::data::boxes::{Coco, read_coco, write_coco};
 use crate::data::images::{self, Format};
 use crate::data::table::Table;
-use crate::value::Value;
 
 pub struct Resize;
 
-pub const MODES: &[&str] = &["stretch", "longest_side_pad", "shortest_side_crop"];
-pub const FILTERS: &[&str] = &["nearest", "box", "bilinear", "bicubic", "lanczos3"];
+crate::choice! {
+    /// How an image becomes a square.
+    pub enum Mode {
+        /// Ignore the aspect.
+        Stretch = "stretch",
+        /// Keep the aspect, pad to a square, centred.
+        LongestSidePad = "longest_side_pad",
+        /// Keep the aspect, crop the centre square.
+        ShortestSideCrop = "shortest_side_crop",
+    }
+}
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "images",
-        kind: ParamKind::Path,
-        default: None,
-        help: "A directory of PNG, JPEG or TIFF images (8- or 16-bit), searched recursively.",
-    },
-    ParamSpec {
-        name: "sizes",
-        kind: ParamKind::FloatList,
-        default: Some("[512]"),
-        help: "Side lengths of the square outputs, one output directory `images_<size>` each.",
-    },
-    ParamSpec {
-        name: "mode",
-        kind: ParamKind::Enum(MODES),
-        default: Some("\"stretch\""),
-        help: "stretch (ignore the aspect), longest_side_pad (keep the aspect, pad to a square, centred), shortest_side_crop (keep the aspect, crop the centre square).",
-    },
-    ParamSpec {
-        name: "filter",
-        kind: ParamKind::Enum(FILTERS),
-        default: Some("\"bicubic\""),
-        help: "Resampling filter (convolution over the whole source footprint, as Pillow).",
-    },
-    ParamSpec {
-        name: "format",
-        kind: ParamKind::Enum(Format::NAMES),
-        default: Some("\"png\""),
-        help: "Output format: png (fast compression), jpeg, tiff, or same as each input.",
-    },
-    ParamSpec {
-        name: "quality",
-        kind: ParamKind::Int,
-        default: Some("95"),
-        help: "JPEG quality, 1 to 100.",
-    },
-    ParamSpec {
-        name: "pad_value",
-        kind: ParamKind::Int,
-        default: Some("0"),
-        help: "Grey level of the padding of longest_side_pad (in the image's bit depth).",
-    },
-    ParamSpec {
-        name: "boxes",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "A COCO file whose images' `file_name` are paths under `images`: its boxes, widths and heights are transformed along, into `coco_<size>.json`.",
-    },
-    ParamSpec {
-        name: "on_error",
-        kind: ParamKind::Enum(&["fail", "skip"]),
-        default: Some("\"fail\""),
-        help: "A corrupt image fails the stage naming the file (fail), or is left out and listed in `skipped.csv` (skip).",
-    },
-];
+crate::choice! {
+    /// A resampling filter.
+    pub enum Filter {
+        Nearest = "nearest",
+        Box = "box",
+        Bilinear = "bilinear",
+        Bicubic = "bicubic",
+        Lanczos3 = "lanczos3",
+    }
+}
+
+crate::choice! {
+    /// What an image that cannot be read does.
+    pub enum OnError {
+        Fail = "fail",
+        Skip = "skip",
+    }
+}
+
+crate::params! {
+    /// The parameters of `resize`.
+    pub struct Args {
+        /// the image set
+        images: PathBuf,
+        /// output side lengths in pixels
+        sizes: Vec<f64> = [512],
+        /// above
+        mode: Mode = "stretch",
+        /// resampling filter (convolution over the source footprint, as Pillow's)
+        filter: Filter = "bicubic",
+        /// output format (PNG with fast compression)
+        format: Format = "png",
+        /// JPEG quality, 1 to 100
+        quality: i64 = 95,
+        /// grey level of the padding
+        pad_value: u16 = 0,
+        /// COCO file transformed along
+        boxes: Option<PathBuf> = "",
+        /// what a corrupt image does
+        on_error: OnError = "fail",
+    }
+}
 
 impl Op for Resize {
-    fn name(&self) -> &'static str {
-        "resize"
-    }
+    type Params = Args;
+    const NAME: &'static str = "resize";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Resize an image set to one or several sizes (stretch, pad, crop), boxes transformed along.";
+    const INPUTS: &'static [&'static str] = &["images"];
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Resize an image set to one or several sizes (stretch, pad, crop), boxes transformed along."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["images"]
-    }
-
-    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
-        let sizes = sizes(params)?;
-        let boxes = super::is_given(params, "boxes");
+    fn outputs(&self, a: &Args) -> Vec<String> {
         let mut out = Vec::new();
-        for s in sizes {
+        for s in sizes(&a.sizes).unwrap_or_default() {
             out.push(format!("images_{s}"));
-            if boxes {
+            if a.boxes.is_some() {
                 out.push(format!("coco_{s}.json"));
             }
         }
-        if params.get("on_error").and_then(Value::as_str) == Some("skip") {
+        if a.on_error == OnError::Skip {
             out.push("skipped.csv".into());
         }
-        Ok(out)
+        out
     }
 
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        if let Err(e) = sizes(params) {
+        if let Err(e) = sizes(&a.sizes) {
             errs.push(e);
         }
-        if params
-            .get("quality")
-            .and_then(Value::as_int)
-            .is_some_and(|q| !(1..=100).contains(&q))
-        {
+        if !(1..=100).contains(&a.quality) {
             errs.push(ParamError::new("quality", "quality must be from 1 to 100"));
         }
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let dir = cx.path("images").unwrap_or_default();
-        let sizes = sizes(cx.params).map_err(|e| OpError::Failed(e.message))?;
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let dir = a.images;
+        let sizes = sizes(&a.sizes).map_err(|e| OpError::Failed(e.message))?;
         let files = images::list(&dir)?;
         if files.is_empty() {
             return Err(
@@ -154,13 +128,13 @@ impl Op for Resize {
             dir: &dir,
             out: cx.out_dir,
             sizes: &sizes,
-            mode: cx.str("mode").to_string(),
-            alg: algorithm(cx.str("filter")),
-            format: Format::parse(cx.str("format")),
-            quality: cx.int("quality").clamp(1, 100) as u8,
-            pad: cx.int("pad_value").max(0) as u16,
+            mode: a.mode,
+            alg: algorithm(a.filter),
+            format: a.format,
+            quality: a.quality as u8,
+            pad: a.pad_value,
         };
-        let skip = cx.str("on_error") == "skip";
+        let skip = a.on_error == OnError::Skip;
         let cancel = cx.cancel;
         let done = std::sync::atomic::AtomicU64::new(0);
         let total = files.len() as u64;
@@ -199,7 +173,7 @@ impl Op for Resize {
             sizes,
             skipped.len()
         ));
-        if let Some(boxes) = cx.path("boxes") {
+        if let Some(boxes) = a.boxes {
             let coco = read_coco(&boxes)?;
             for (k, &s) in sizes.iter().enumerate() {
                 let t = transform_coco(&coco, &geometry, k, job.format);
@@ -213,15 +187,14 @@ impl Op for Resize {
     }
 }
 
-fn sizes(params: &Params) -> Result<Vec<u32>, ParamError> {
-    let list = params.get("sizes").and_then(Value::as_list).unwrap_or(&[]);
+fn sizes(list: &[f64]) -> Result<Vec<u32>, ParamError> {
     if list.is_empty() {
         return Err(ParamError::new("sizes", "give at least one size"));
     }
     list.iter()
-        .map(|v| match v.as_f64() {
-            Some(x) if (1.0..=65535.0).contains(&x) && x.fract() == 0.0 => Ok(x as u32),
-            _ => Err(ParamError::new(
+        .map(|&x| match x {
+            x if (1.0..=65535.0).contains(&x) && x.fract() == 0.0 => Ok(x as u32),
+            v => Err(ParamError::new(
                 "sizes",
                 format!("{v} is not a whole number of pixels from 1 to 65535"),
             )),
@@ -229,13 +202,13 @@ fn sizes(params: &Params) -> Result<Vec<u32>, ParamError> {
         .collect()
 }
 
-fn algorithm(name: &str) -> ResizeAlg {
-    match name {
-        "nearest" => ResizeAlg::Nearest,
-        "box" => ResizeAlg::Convolution(FilterType::Box),
-        "bilinear" => ResizeAlg::Convolution(FilterType::Bilinear),
-        "lanczos3" => ResizeAlg::Convolution(FilterType::Lanczos3),
-        _ => ResizeAlg::Convolution(FilterType::CatmullRom),
+fn algorithm(filter: Filter) -> ResizeAlg {
+    match filter {
+        Filter::Nearest => ResizeAlg::Nearest,
+        Filter::Box => ResizeAlg::Convolution(FilterType::Box),
+        Filter::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+        Filter::Lanczos3 => ResizeAlg::Convolution(FilterType::Lanczos3),
+        Filter::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
     }
 }
 
@@ -263,10 +236,10 @@ impl Geometry {
 
 /// The geometry of each mode, for a `w` × `h` source; also the source crop
 /// and the resized (unpadded) size.
-pub fn plan(mode: &str, w: u32, h: u32, size: u32) -> (Geometry, (f64, f64, f64, f64), (u32, u32)) {
+pub fn plan(mode: Mode, w: u32, h: u32, size: u32) -> (Geometry, (f64, f64, f64, f64), (u32, u32)) {
     let (wf, hf, s) = (w as f64, h as f64, size as f64);
     match mode {
-        "longest_side_pad" => {
+        Mode::LongestSidePad => {
             let k = s / wf.max(hf);
             let nw = ((wf * k).round() as u32).clamp(1, size);
             let nh = ((hf * k).round() as u32).clamp(1, size);
@@ -278,7 +251,7 @@ pub fn plan(mode: &str, w: u32, h: u32, size: u32) -> (Geometry, (f64, f64, f64,
             };
             (g, (0.0, 0.0, wf, hf), (nw, nh))
         }
-        "shortest_side_crop" => {
+        Mode::ShortestSideCrop => {
             let m = wf.min(hf);
             let (left, top) = ((wf - m) / 2.0, (hf - m) / 2.0);
             let k = s / m;
@@ -289,7 +262,7 @@ pub fn plan(mode: &str, w: u32, h: u32, size: u32) -> (Geometry, (f64, f64, f64,
             };
             (g, (left, top, m, m), (size, size))
         }
-        _ => {
+        Mode::Stretch => {
             let g = Geometry {
                 size,
                 scale: (s / wf, s / hf),
@@ -304,7 +277,7 @@ struct Job<'a> {
     dir: &'a Path,
     out: &'a Path,
     sizes: &'a [u32],
-    mode: String,
+    mode: Mode,
     alg: ResizeAlg,
     format: Format,
     quality: u8,
@@ -317,7 +290,7 @@ impl Job<'_> {
         let src = images::open(&src_path)?;
         let mut out = Vec::with_capacity(self.sizes.len());
         for &size in self.sizes {
-            let (g, crop, (nw, nh)) = plan(&self.mode, src.width(), src.height(), size);
+            let (g, crop, (nw, nh)) = plan(self.mode, src.width(), src.height(), size);
             let mut dst = DynamicImage::new(nw, nh, src.color());
             let opts = ResizeOptions::new()
                 .resize_alg(self.alg)
@@ -407,7 +380,7 @@ mod tests {
 
     #[test]
     fn longest_side_pad_keeps_the_aspect_and_centres() {
-        let (g, _, (nw, nh)) = plan("longest_side_pad", 200, 100, 100);
+        let (g, _, (nw, nh)) = plan(Mode::LongestSidePad, 200, 100, 100);
         assert_eq!((nw, nh), (100, 50));
         assert_eq!(g.shift, (0.0, 25.0));
         assert_eq!(
@@ -418,7 +391,7 @@ mod tests {
 
     #[test]
     fn shortest_side_crop_drops_boxes_outside_the_crop() {
-        let (g, crop, _) = plan("shortest_side_crop", 200, 100, 50);
+        let (g, crop, _) = plan(Mode::ShortestSideCrop, 200, 100, 50);
         assert_eq!(crop, (50.0, 0.0, 100.0, 100.0));
         assert_eq!(g.map_box([0.0, 0.0, 40.0, 40.0]), None);
         assert_eq!(

@@ -13,83 +13,80 @@
 //! Like ensemble-boxes, the kept boxes carry their original scores;
 //! `scores = "decayed"` writes the decayed ones instead.
 
-use super::nms::{BOXES, IMAGES, Method, WEIGHTS, run_suppression};
+use std::path::PathBuf;
+
+use super::nms::{Method, run_suppression};
 use super::wbf::check_weights;
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use super::{Op, OpContext, OpError, ParamError};
 
 pub struct SoftNms;
 
-const PARAMS: &[ParamSpec] = &[
-    BOXES,
-    IMAGES,
-    ParamSpec {
-        name: "method",
-        kind: ParamKind::Enum(&["gaussian", "linear"]),
-        default: Some("\"gaussian\""),
-        help: "Decay of an overlapping box's score: gaussian, exp(-iou²/sigma); linear, 1 - iou where iou is above iou_thr.",
-    },
-    ParamSpec {
-        name: "iou_thr",
-        kind: ParamKind::Float,
-        default: Some("0.5"),
-        help: "Linear method: overlaps above this are decayed.",
-    },
-    ParamSpec {
-        name: "sigma",
-        kind: ParamKind::Float,
-        default: Some("0.5"),
-        help: "Gaussian method: the width of the decay.",
-    },
-    ParamSpec {
-        name: "thresh",
-        kind: ParamKind::Float,
-        default: Some("0.001"),
-        help: "Boxes whose decayed score is not above this are dropped.",
-    },
-    ParamSpec {
-        name: "scores",
-        kind: ParamKind::Enum(&["original", "decayed"]),
-        default: Some("\"original\""),
-        help: "Scores written for the kept boxes: original (as ensemble-boxes) or decayed.",
-    },
-    WEIGHTS,
-];
+crate::choice! {
+    /// How an overlapping box's score decays.
+    pub enum Decay {
+        Gaussian = "gaussian",
+        Linear = "linear",
+    }
+}
+
+crate::choice! {
+    /// Which scores the kept boxes carry.
+    pub enum Scores {
+        Original = "original",
+        Decayed = "decayed",
+    }
+}
+
+crate::params! {
+    /// The parameters of `soft_nms`.
+    pub struct Args {
+        /// one COCO results file per model
+        boxes: Vec<PathBuf>,
+        /// COCO file with each image's width and height, for boxes in pixels
+        images: Option<PathBuf> = "",
+        /// decay: gaussian, exp(−iou²/sigma); linear, 1 − iou for overlaps above `iou_thr`
+        method: Decay = "gaussian",
+        /// linear method: overlaps above this are decayed
+        iou_thr: f64 = 0.5,
+        /// gaussian method: the width of the decay
+        sigma: f64 = 0.5,
+        /// boxes whose decayed score is not above this are dropped
+        thresh: f64 = 0.001,
+        /// scores written for the kept boxes
+        scores: Scores = "original",
+        /// one weight per model, as for `nms`
+        weights: Vec<f64> = [],
+    }
+}
 
 impl Op for SoftNms {
-    fn name(&self) -> &'static str {
-        "soft_nms"
+    type Params = Args;
+    const NAME: &'static str = "soft_nms";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Soft non-maximum suppression over several models' detections (as ensemble-boxes).";
+    const INPUTS: &'static [&'static str] = &["boxes"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["boxes.json".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
+        check_weights(&a.weights, a.boxes.len())
     }
 
-    fn summary(&self) -> &'static str {
-        "Soft non-maximum suppression over several models' detections (as ensemble-boxes)."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["boxes"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["boxes.json".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        check_weights(params)
-    }
-
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let method = if cx.str("method") == "linear" {
-            Method::Linear
-        } else {
-            Method::Gaussian
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let p = super::nms::SuppressParams {
+            method: match a.method {
+                Decay::Gaussian => Method::Gaussian,
+                Decay::Linear => Method::Linear,
+            },
+            iou_thr: a.iou_thr,
+            sigma: a.sigma,
+            thresh: a.thresh,
+            weights: a.weights,
+            decayed_scores: a.scores == Scores::Decayed,
         };
-        run_suppression(cx, method, "soft_nms")
+        run_suppression(cx, &a.boxes, a.images.as_deref(), &p, "soft_nms")
     }
 }

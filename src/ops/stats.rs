@@ -11,46 +11,35 @@
 
 use rayon::prelude::*;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError};
 use crate::data::images;
 use crate::data::{DataError, write_atomic};
 
 pub struct Stats;
 
-const PARAMS: &[ParamSpec] = &[ParamSpec {
-    name: "images",
-    kind: ParamKind::Path,
-    default: None,
-    help: "A directory of PNG, JPEG or TIFF images, searched recursively; all with the same channel count.",
-}];
+crate::params! {
+    /// The parameters of `stats`.
+    pub struct Args {
+        /// the image set; all images with the same channel count
+        images: PathBuf,
+    }
+}
 
 impl Op for Stats {
-    fn name(&self) -> &'static str {
-        "stats"
+    type Params = Args;
+    const NAME: &'static str = "stats";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Per-channel mean and std of an image set, for normalization.";
+    const INPUTS: &'static [&'static str] = &["images"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["stats.json".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Per-channel mean and std of an image set, for normalization."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["images"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["stats.json".into()])
-    }
-
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let dir = cx.path("images").unwrap_or_default();
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let dir = a.images;
         let files = images::list(&dir)?;
         if files.is_empty() {
             return Err(

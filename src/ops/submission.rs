@@ -17,90 +17,48 @@
 
 use std::collections::HashMap;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError};
 use crate::data::DataError;
 use crate::data::boxes::read_dets;
 use crate::data::images;
 use crate::data::table::Table;
-use crate::value::Value;
 
 pub struct Submission;
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "pred",
-        kind: ParamKind::Path,
-        default: None,
-        help: "The predictions: a table (labels, label lists, values, run-length masks), a boxes file (.json), or a directory of mask images named by id.",
-    },
-    ParamSpec {
-        name: "sample",
-        kind: ParamKind::Path,
-        default: None,
-        help: "The competition's sample submission: its header and id order are kept.",
-    },
-    ParamSpec {
-        name: "class_names",
-        kind: ParamKind::Any,
-        default: Some("{}"),
-        help: "Boxes: a table from category id to the class name written (`{ 0 = \"opacity\" }`); unnamed ids are written as numbers.",
-    },
-    ParamSpec {
-        name: "empty",
-        kind: ParamKind::Str,
-        default: Some("\"none 1 0 0 1 1\""),
-        help: "Boxes: the string for an image without boxes (SIIM's `none 1 0 0 1 1`).",
-    },
-    ParamSpec {
-        name: "id_suffix",
-        kind: ParamKind::Str,
-        default: Some("\"\""),
-        help: "Boxes: appended to each image id to make the submission id (SIIM: `_image`).",
-    },
-];
+crate::params! {
+    /// The parameters of `submission`.
+    pub struct Args {
+        /// a table, a boxes file, or a directory of mask images
+        pred: PathBuf,
+        /// the competition's sample submission
+        sample: PathBuf,
+        /// boxes: category id → class name (`{ 0 = "opacity" }`)
+        class_names: BTreeMap<String, String> = {},
+        /// boxes: the string for an image without boxes
+        empty: String = "none 1 0 0 1 1",
+        /// boxes: appended to image ids to make submission ids (`_image`)
+        id_suffix: String = "",
+    }
+}
 
 impl Op for Submission {
-    fn name(&self) -> &'static str {
-        "submission"
+    type Params = Args;
+    const NAME: &'static str = "submission";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Write the competition's CSV in the sample submission's columns and id order.";
+    const INPUTS: &'static [&'static str] = &["pred", "sample"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["submission.csv".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Write the competition's CSV in the sample submission's columns and id order."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["pred", "sample"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["submission.csv".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        match params.get("class_names") {
-            Some(Value::Table(t)) if t.values().all(|v| matches!(v, Value::Str(_))) => Vec::new(),
-            Some(Value::Table(_)) => vec![ParamError::new(
-                "class_names",
-                "class names must be strings",
-            )],
-            _ => vec![ParamError::new(
-                "class_names",
-                "class_names must be a table from category id to name",
-            )],
-        }
-    }
-
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let pred_path = cx.path("pred").unwrap_or_default();
-        let sample = Table::read(&cx.path("sample").unwrap_or_default())?;
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let pred_path = a.pred;
+        let sample = Table::read(&a.sample)?;
         sample.index()?;
         let mut out = sample.clone();
         let is_json = pred_path.extension().is_some_and(|e| e == "json");
@@ -140,14 +98,8 @@ impl Op for Submission {
                 )
                 .into());
             }
-            let names: HashMap<String, String> = match cx.params.get("class_names") {
-                Some(Value::Table(t)) => t
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect(),
-                _ => HashMap::new(),
-            };
-            let suffix = cx.str("id_suffix").to_string();
+            let names = a.class_names;
+            let suffix = a.id_suffix;
             let mut per_image: HashMap<String, Vec<String>> = HashMap::new();
             let mut dets = read_dets(&pred_path)?;
             dets.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -168,7 +120,7 @@ impl Op for Submission {
                     .or_default()
                     .push(s);
             }
-            let empty = cx.str("empty").to_string();
+            let empty = a.empty;
             let known: std::collections::HashSet<&str> =
                 sample.ids.iter().map(String::as_str).collect();
             if let Some(id) = per_image.keys().find(|k| !known.contains(k.as_str())) {

@@ -29,86 +29,52 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::boxes::{Coco, CocoAnn, CocoCategory, CocoImage, ImageId, write_coco};
 use crate::data::images;
 use crate::data::table::Table;
-use crate::value::Value;
 
 pub struct Synth;
 
-pub const TASKS: &[&str] = &[
-    "classify",
-    "multilabel",
-    "regress",
-    "box",
-    "detect",
-    "segment",
-];
+crate::choice! {
+    /// The kind of data set made.
+    pub enum Task {
+        Classify = "classify",
+        Multilabel = "multilabel",
+        Regress = "regress",
+        Box = "box",
+        Detect = "detect",
+        Segment = "segment",
+    }
+}
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "task",
-        kind: ParamKind::Enum(TASKS),
-        default: Some("\"classify\""),
-        help: "The kind of data set: classify, multilabel, regress, box, detect, segment.",
-    },
-    ParamSpec {
-        name: "n_train",
-        kind: ParamKind::Int,
-        default: Some("200"),
-        help: "Training images.",
-    },
-    ParamSpec {
-        name: "n_test",
-        kind: ParamKind::Int,
-        default: Some("100"),
-        help: "Test images (their labels go to test.csv, which a competition would hide).",
-    },
-    ParamSpec {
-        name: "size",
-        kind: ParamKind::Int,
-        default: Some("32"),
-        help: "Side of the square RGB images, in pixels.",
-    },
-    ParamSpec {
-        name: "classes",
-        kind: ParamKind::Int,
-        default: Some("3"),
-        help: "Number of classes (grades for regress), 2 to 8.",
-    },
-    ParamSpec {
-        name: "noise",
-        kind: ParamKind::Float,
-        default: Some("0.1"),
-        help: "Standard deviation of the background noise, in [0, 1] units.",
-    },
-    ParamSpec {
-        name: "seed",
-        kind: ParamKind::Int,
-        default: Some("0"),
-        help: "The same seed gives the same bytes.",
-    },
-];
+crate::params! {
+    /// The parameters of `synth`.
+    pub struct Args {
+        /// the kind of data set
+        task: Task = "classify",
+        /// training images
+        n_train: i64 = 200,
+        /// test images
+        n_test: i64 = 100,
+        /// side of the square images
+        size: i64 = 32,
+        /// classes (grades for regress), 2 to 8
+        classes: i64 = 3,
+        /// standard deviation of the background noise
+        noise: f64 = 0.1,
+        /// the seed
+        seed: i64 = 0,
+    }
+}
 
 impl Op for Synth {
-    fn name(&self) -> &'static str {
-        "synth"
-    }
+    type Params = Args;
+    const NAME: &'static str = "synth";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Generate a small competition-shaped data set (images, labels, sample submission) from a seed.";
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Generate a small competition-shaped data set (images, labels, sample submission) from a seed."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
+    fn outputs(&self, a: &Args) -> Vec<String> {
         let mut out: Vec<String> = [
             "train_images",
             "test_images",
@@ -118,25 +84,24 @@ impl Op for Synth {
         ]
         .map(String::from)
         .to_vec();
-        if params.get("task").and_then(Value::as_str) == Some("detect") {
+        if a.task == Task::Detect {
             out.extend(["train_coco.json".into(), "test_coco.json".into()]);
         }
-        Ok(out)
+        out
     }
 
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        let int = |n: &str| params.get(n).and_then(Value::as_int).unwrap_or(0);
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        if !(2..=8).contains(&int("classes")) {
+        if !(2..=8).contains(&a.classes) {
             errs.push(ParamError::new("classes", "classes must be from 2 to 8"));
         }
-        if !(8..=4096).contains(&int("size")) {
+        if !(8..=4096).contains(&a.size) {
             errs.push(ParamError::new(
                 "size",
                 "size must be from 8 to 4096 pixels",
             ));
         }
-        if int("n_train") < 1 || int("n_test") < 1 {
+        if a.n_train < 1 || a.n_test < 1 {
             errs.push(ParamError::new(
                 "n_train",
                 "n_train and n_test must be at least 1",
@@ -145,15 +110,15 @@ impl Op for Synth {
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let spec = Spec {
-            task: cx.str("task").to_string(),
-            size: cx.int("size") as u32,
-            classes: cx.int("classes") as u32,
-            noise: cx.f64("noise"),
-            seed: cx.int("seed") as u64,
+            task: a.task,
+            size: a.size as u32,
+            classes: a.classes as u32,
+            noise: a.noise,
+            seed: a.seed as u64,
         };
-        let (n_train, n_test) = (cx.int("n_train") as usize, cx.int("n_test") as usize);
+        let (n_train, n_test) = (a.n_train as usize, a.n_test as usize);
         let pool = cx.pool()?;
         for (split, n, offset) in [("train", n_train, 0u64), ("test", n_test, 1 << 40)] {
             cx.check_cancel()?;
@@ -208,7 +173,7 @@ impl Op for Synth {
 }
 
 struct Spec {
-    task: String,
+    task: Task,
     size: u32,
     classes: u32,
     noise: f64,
@@ -242,24 +207,24 @@ impl Spec {
         let mut mask = vec![false; (s * s) as usize];
         let mut objects = Vec::new();
         let mut grade = 0;
-        let classes: Vec<u32> = match self.task.as_str() {
-            "multilabel" => {
+        let classes: Vec<u32> = match self.task {
+            Task::Multilabel => {
                 let mut c: Vec<u32> = (0..self.classes).filter(|_| r.random_bool(0.4)).collect();
                 if c.is_empty() {
                     c.push(r.random_range(0..self.classes));
                 }
                 c
             }
-            "detect" | "segment" => (0..r.random_range(1..=4))
+            Task::Detect | Task::Segment => (0..r.random_range(1..=4))
                 .map(|_| r.random_range(0..self.classes))
                 .collect(),
-            "regress" => {
+            Task::Regress => {
                 grade = r.random_range(0..self.classes);
                 Vec::new()
             }
-            _ => vec![r.random_range(0..self.classes)],
+            Task::Classify | Task::Box => vec![r.random_range(0..self.classes)],
         };
-        if self.task == "regress" {
+        if self.task == Task::Regress {
             let level = 0.35 + 0.6 * grade as f64 / (self.classes - 1) as f64;
             let rad = s as f64 * 0.3;
             let (cx, cy) = (
@@ -301,38 +266,38 @@ impl Spec {
 
     fn labels(&self, split: &str, samples: &[Sample]) -> (Table, Option<Coco>) {
         let id = |i: usize| format!("{split}_{i:05}");
-        let cols: &[&str] = match self.task.as_str() {
-            "multilabel" => &["Target"],
-            "regress" => &["grade"],
-            "box" => &["label", "bbox"],
-            "detect" => &["count"],
-            "segment" => &["mask"],
-            _ => &["label"],
+        let cols: &[&str] = match self.task {
+            Task::Multilabel => &["Target"],
+            Task::Regress => &["grade"],
+            Task::Box => &["label", "bbox"],
+            Task::Detect => &["count"],
+            Task::Segment => &["mask"],
+            Task::Classify => &["label"],
         };
         let mut t = Table::new(cols);
         for (i, s) in samples.iter().enumerate() {
-            let row = match self.task.as_str() {
-                "multilabel" => {
+            let row = match self.task {
+                Task::Multilabel => {
                     let mut c: Vec<u32> = s.objects.iter().map(|o| o.0).collect();
                     c.sort_unstable();
                     c.dedup();
                     vec![c.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")]
                 }
-                "regress" => vec![s.grade.to_string()],
-                "box" => {
+                Task::Regress => vec![s.grade.to_string()],
+                Task::Box => {
                     let (c, b) = s.objects[0];
                     vec![
                         c.to_string(),
                         format!("{:.2} {:.2} {:.2} {:.2}", b[0], b[1], b[2], b[3]),
                     ]
                 }
-                "detect" => vec![s.objects.len().to_string()],
-                "segment" => vec![images::rle(&s.mask, self.size, self.size)],
-                _ => vec![s.objects[0].0.to_string()],
+                Task::Detect => vec![s.objects.len().to_string()],
+                Task::Segment => vec![images::rle(&s.mask, self.size, self.size)],
+                Task::Classify => vec![s.objects[0].0.to_string()],
             };
             t.push(id(i), row);
         }
-        let coco = (self.task == "detect").then(|| {
+        let coco = (self.task == Task::Detect).then(|| {
             let mut c = Coco {
                 categories: (0..self.classes)
                     .map(|k| CocoCategory {
@@ -420,7 +385,7 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_sample() {
         let spec = Spec {
-            task: "detect".into(),
+            task: Task::Detect,
             size: 16,
             classes: 3,
             noise: 0.1,

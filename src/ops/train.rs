@@ -26,15 +26,15 @@
 //! the same parameters and inputs.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params, is_given};
+use super::{Op, OpContext, OpError, Param, ParamError, ParamKind};
 use crate::data::DataError;
 use crate::data::table::{Table, fmt_f64};
 use crate::nn::aug::Aug;
 use crate::nn::dataset::{self, Samples};
 use crate::nn::loss::{Loss, parse_terms};
-use crate::nn::models::{ARCHS, TASKS, Task};
+use crate::nn::models::{Arch, Task};
 use crate::nn::predict::{table, to_xywh};
 use crate::nn::schedule::{self, Schedule};
 use crate::nn::train::{Config, Data, Epoch, Paths, Start, default_monitor, fit, metric_names};
@@ -43,334 +43,157 @@ use crate::value::Value;
 
 pub struct Train;
 
-const IMAGENET_MEAN: &str = "[0.485, 0.456, 0.406]";
-const IMAGENET_STD: &str = "[0.229, 0.224, 0.225]";
+/// Which rows validate: one fold of the folds table, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fold {
+    /// Train on every row; no validation.
+    All,
+    /// Validate on the rows of this fold, train on the others.
+    Index(u64),
+}
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "images",
-        kind: ParamKind::Path,
-        default: None,
-        help: "Directory of training images, named by id (a `resize` or `synth` output).",
-    },
-    ParamSpec {
-        name: "labels",
-        kind: ParamKind::Path,
-        default: None,
-        help: "Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for task box).",
-    },
-    ParamSpec {
-        name: "folds",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "Folds table `id,fold`; needed unless `fold = \"all\"`.",
-    },
-    ParamSpec {
-        name: "fold",
-        kind: ParamKind::Any,
-        default: Some("\"all\""),
-        help: "The validation fold (train on the others), or \"all\" (train on everything, no validation).",
-    },
-    ParamSpec {
-        name: "task",
-        kind: ParamKind::Enum(TASKS),
-        default: Some("\"classify\""),
-        help: "classify (one class per image), multilabel (label lists), regress (a number), box (one box and a class per image).",
-    },
-    ParamSpec {
-        name: "arch",
-        kind: ParamKind::Enum(ARCHS),
-        default: Some("\"simple_cnn\""),
-        help: "simple_cnn, resnet18, resnet34, efficientnet_b0.",
-    },
-    ParamSpec {
-        name: "label_column",
-        kind: ParamKind::Str,
-        default: Some("\"\""),
-        help: "The label column; empty: `label` (`Target` for multilabel), else the first value column.",
-    },
-    ParamSpec {
-        name: "classes",
-        kind: ParamKind::StrList,
-        default: Some("[]"),
-        help: "Class names in head order; empty: the labels found, sorted (numerically when numbers).",
-    },
-    ParamSpec {
-        name: "extra",
-        kind: ParamKind::Paths,
-        default: Some("[]"),
-        help: "Extra training tables (pseudo labels): hard labels, or one probability column per class (soft); a `weight` column weights rows.",
-    },
-    ParamSpec {
-        name: "extra_images",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "Directory of the extra tables' images; empty: `images`.",
-    },
-    ParamSpec {
-        name: "extra_weight",
-        kind: ParamKind::Float,
-        default: Some("1.0"),
-        help: "Weight of extra rows that have no `weight` column.",
-    },
-    ParamSpec {
-        name: "init",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "A checkpoint to start from (another stage's best or last); variables that do not fit are reported and left initialized.",
-    },
-    ParamSpec {
-        name: "init_optimizer",
-        kind: ParamKind::Bool,
-        default: Some("false"),
-        help: "Also take `init`'s optimizer state (a `last` checkpoint's), to go on training.",
-    },
-    ParamSpec {
-        name: "pretrained",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "A safetensors file with timm/PyTorch names: loads what matches, logs what did not.",
-    },
-    ParamSpec {
-        name: "epochs",
-        kind: ParamKind::Int,
-        default: Some("10"),
-        help: "Epochs to train.",
-    },
-    ParamSpec {
-        name: "batch_size",
-        kind: ParamKind::Int,
-        default: Some("32"),
-        help: "Images per batch.",
-    },
-    ParamSpec {
-        name: "image_size",
-        kind: ParamKind::Int,
-        default: Some("0"),
-        help: "Side the images are resized to; 0: the first image's width. At most 65536; a size whose batch cannot fit in memory is refused before training starts.",
-    },
-    ParamSpec {
-        name: "optimizer",
-        kind: ParamKind::Enum(optim::NAMES),
-        default: Some("\"adamw\""),
-        help: "sgd, adam or adamw (PyTorch's update rules).",
-    },
-    ParamSpec {
-        name: "lr",
-        kind: ParamKind::Float,
-        default: Some("0.001"),
-        help: "Peak learning rate.",
-    },
-    ParamSpec {
-        name: "momentum",
-        kind: ParamKind::Float,
-        default: Some("0.9"),
-        help: "SGD momentum.",
-    },
-    ParamSpec {
-        name: "weight_decay",
-        kind: ParamKind::Float,
-        default: Some("0.0001"),
-        help: "Weight decay on weights (not biases or norms): L2 for sgd and adam, decoupled for adamw.",
-    },
-    ParamSpec {
-        name: "schedule",
-        kind: ParamKind::Enum(schedule::NAMES),
-        default: Some("\"cosine\""),
-        help: "constant, step (× gamma every step_epochs), cosine (to min_lr), plateau (× gamma after patience epochs without a better monitored metric).",
-    },
-    ParamSpec {
-        name: "warmup_epochs",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Linear warm-up from 0, in epochs (fractions allowed), per batch.",
-    },
-    ParamSpec {
-        name: "min_lr",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Floor of cosine and plateau.",
-    },
-    ParamSpec {
-        name: "step_epochs",
-        kind: ParamKind::Int,
-        default: Some("10"),
-        help: "Epochs between step decays.",
-    },
-    ParamSpec {
-        name: "gamma",
-        kind: ParamKind::Float,
-        default: Some("0.1"),
-        help: "Decay factor of step and plateau.",
-    },
-    ParamSpec {
-        name: "patience",
-        kind: ParamKind::Int,
-        default: Some("2"),
-        help: "plateau: epochs without improvement before a decay.",
-    },
-    ParamSpec {
-        name: "loss",
-        kind: ParamKind::Any,
-        default: Some("\"auto\""),
-        help: "ce, bce, focal, mse, smooth_l1, or a table of weights (`{ bce = 1.0, smooth_l1 = 5.0 }`); auto: ce (classify), bce (multilabel), mse (regress), ce + smooth_l1 (box).",
-    },
-    ParamSpec {
-        name: "label_smoothing",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "ε of ce's label smoothing.",
-    },
-    ParamSpec {
-        name: "focal_gamma",
-        kind: ParamKind::Float,
-        default: Some("2.0"),
-        help: "γ of the focal loss.",
-    },
-    ParamSpec {
-        name: "accumulate",
-        kind: ParamKind::Int,
-        default: Some("1"),
-        help: "Batches whose gradients are summed per optimizer step.",
-    },
-    ParamSpec {
-        name: "clip_grad",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Clip the gradients' global L2 norm to this; 0: off.",
-    },
-    ParamSpec {
-        name: "ema",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Decay of an exponential moving average of the weights (0.999 is usual), used for validation and `best`; 0: off.",
-    },
-    ParamSpec {
-        name: "freeze_epochs",
-        kind: ParamKind::Int,
-        default: Some("0"),
-        help: "Train only the head for this many epochs first.",
-    },
-    ParamSpec {
-        name: "trainable_blocks",
-        kind: ParamKind::Int,
-        default: Some("-1"),
-        help: "After the frozen epochs, train the head and only the last this-many blocks; -1: all.",
-    },
-    ParamSpec {
-        name: "hflip",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Probability of a left-right flip.",
-    },
-    ParamSpec {
-        name: "vflip",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Probability of an up-down flip.",
-    },
-    ParamSpec {
-        name: "rot90",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Probability of a rotation by 90°, 180° or 270°.",
-    },
-    ParamSpec {
-        name: "transpose",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Probability of a transpose.",
-    },
-    ParamSpec {
-        name: "crop_scale",
-        kind: ParamKind::FloatList,
-        default: Some("[1.0, 1.0]"),
-        help: "Random resized crop: the range of the crop's area fraction (aspect 3/4 to 4/3); [1.0, 1.0]: off.",
-    },
-    ParamSpec {
-        name: "brightness",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Brightness jitter β: scale by a factor in [1 − β, 1 + β].",
-    },
-    ParamSpec {
-        name: "contrast",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Contrast jitter γ: blend with the grey mean by a factor in [1 − γ, 1 + γ].",
-    },
-    ParamSpec {
-        name: "early_stopping",
-        kind: ParamKind::Int,
-        default: Some("0"),
-        help: "Stop after this many epochs without a better monitored metric; 0: off.",
-    },
-    ParamSpec {
-        name: "monitor",
-        kind: ParamKind::Str,
-        default: Some("\"auto\""),
-        help: "The validation metric that picks the best epoch, named as in `evaluate`, or `loss`; auto: accuracy, f1_macro, qwk, box_iou by task.",
-    },
-    ParamSpec {
-        name: "threshold",
-        kind: ParamKind::Float,
-        default: Some("0.5"),
-        help: "multilabel: the probability from which a label counts, for validation metrics.",
-    },
-    ParamSpec {
-        name: "mean",
-        kind: ParamKind::FloatList,
-        default: Some(IMAGENET_MEAN),
-        help: "Per-channel mean subtracted (in [0, 1] units); ImageNet's by default.",
-    },
-    ParamSpec {
-        name: "std",
-        kind: ParamKind::FloatList,
-        default: Some(IMAGENET_STD),
-        help: "Per-channel standard deviation divided by.",
-    },
-    ParamSpec {
-        name: "stats",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "A `stats` output (stats.json); when given, its mean and std replace `mean` and `std`.",
-    },
-    ParamSpec {
-        name: "seed",
-        kind: ParamKind::Int,
-        default: Some("0"),
-        help: "Seeds initialization, shuffling and augmentation: on the CPU, the same seed gives the same weights.",
-    },
-    ParamSpec {
-        name: "device",
-        kind: ParamKind::Str,
-        default: Some("\"auto\""),
-        help: "auto, cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`).",
-    },
-];
+impl Param for Fold {
+    const KIND: ParamKind = ParamKind::Any;
+    fn from_value(v: &Value, _: &Path) -> Result<Self, String> {
+        match v {
+            Value::Int(i) if *i >= 0 => Ok(Fold::Index(*i as u64)),
+            Value::Str(s) if s == "all" => Ok(Fold::All),
+            _ => Err("a fold number (0, 1, …) or \"all\"".into()),
+        }
+    }
+}
+
+crate::params! {
+    /// The parameters of `train`.
+    pub struct Args {
+        /// Directory of training images, named by id (a `resize` or `synth` output).
+        images: PathBuf,
+        /// Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for
+        /// task box).
+        labels: PathBuf,
+        /// Folds table `id,fold`; needed unless `fold = "all"`.
+        folds: Option<PathBuf> = "",
+        /// The validation fold (train on the others), or "all" (train on everything, no
+        /// validation).
+        fold: Fold = "all",
+        /// classify (one class per image), multilabel (label lists), regress (a number), box
+        /// (one box and a class per image).
+        task: Task = "classify",
+        /// simple_cnn, resnet18, resnet34, efficientnet_b0.
+        arch: Arch = "simple_cnn",
+        /// The label column; empty: `label` (`Target` for multilabel), else the first value
+        /// column.
+        label_column: String = "",
+        /// Class names in head order; empty: the labels found, sorted (numerically when
+        /// numbers).
+        classes: Vec<String> = [],
+        /// Extra training tables (pseudo labels): hard labels, or one probability column per
+        /// class (soft); a `weight` column weights rows.
+        extra: Vec<PathBuf> = [],
+        /// Directory of the extra tables' images; empty: `images`.
+        extra_images: Option<PathBuf> = "",
+        /// Weight of extra rows that have no `weight` column.
+        extra_weight: f64 = 1.0,
+        /// A checkpoint to start from (another stage's best or last); variables that do not
+        /// fit are reported and left initialized.
+        init: Option<PathBuf> = "",
+        /// Also take `init`'s optimizer state (a `last` checkpoint's), to go on training.
+        init_optimizer: bool = false,
+        /// A safetensors file with timm/PyTorch names: loads what matches, logs what did not.
+        pretrained: Option<PathBuf> = "",
+        /// Epochs to train.
+        epochs: usize = 10,
+        /// Images per batch.
+        batch_size: usize = 32,
+        /// Side the images are resized to; 0: the first image's width. At most 65536; a size
+        /// whose batch cannot fit in memory is refused before training starts.
+        image_size: u32 = 0,
+        /// sgd, adam or adamw (PyTorch's update rules).
+        optimizer: optim::Kind = "adamw",
+        /// Peak learning rate.
+        lr: f64 = 0.001,
+        /// SGD momentum.
+        momentum: f64 = 0.9,
+        /// Weight decay on weights (not biases or norms): L2 for sgd and adam, decoupled for
+        /// adamw.
+        weight_decay: f64 = 0.0001,
+        /// constant, step (× gamma every step_epochs), cosine (to min_lr), plateau (× gamma
+        /// after patience epochs without a better monitored metric).
+        schedule: schedule::Kind = "cosine",
+        /// Linear warm-up from 0, in epochs (fractions allowed), per batch.
+        warmup_epochs: f64 = 0.0,
+        /// Floor of cosine and plateau.
+        min_lr: f64 = 0.0,
+        /// Epochs between step decays.
+        step_epochs: usize = 10,
+        /// Decay factor of step and plateau.
+        gamma: f64 = 0.1,
+        /// plateau: epochs without improvement before a decay.
+        patience: usize = 2,
+        /// ce, bce, focal, mse, smooth_l1, or a table of weights (`{ bce = 1.0, smooth_l1 =
+        /// 5.0 }`); auto: ce (classify), bce (multilabel), mse (regress), ce + smooth_l1 (box).
+        loss: Value = "auto",
+        /// ε of ce's label smoothing.
+        label_smoothing: f64 = 0.0,
+        /// γ of the focal loss.
+        focal_gamma: f64 = 2.0,
+        /// Batches whose gradients are summed per optimizer step.
+        accumulate: usize = 1,
+        /// Clip the gradients' global L2 norm to this; 0: off.
+        clip_grad: f64 = 0.0,
+        /// Decay of an exponential moving average of the weights (0.999 is usual), used for
+        /// validation and `best`; 0: off.
+        ema: f64 = 0.0,
+        /// Train only the head for this many epochs first.
+        freeze_epochs: usize = 0,
+        /// After the frozen epochs, train the head and only the last this-many blocks; -1: all.
+        trainable_blocks: i64 = -1,
+        /// Probability of a left-right flip.
+        hflip: f64 = 0.0,
+        /// Probability of an up-down flip.
+        vflip: f64 = 0.0,
+        /// Probability of a rotation by 90°, 180° or 270°.
+        rot90: f64 = 0.0,
+        /// Probability of a transpose.
+        transpose: f64 = 0.0,
+        /// Random resized crop: the range of the crop's area fraction (aspect 3/4 to 4/3);
+        /// [1.0, 1.0]: off.
+        crop_scale: Vec<f64> = [1.0, 1.0],
+        /// Brightness jitter β: scale by a factor in [1 − β, 1 + β].
+        brightness: f64 = 0.0,
+        /// Contrast jitter γ: blend with the grey mean by a factor in [1 − γ, 1 + γ].
+        contrast: f64 = 0.0,
+        /// Stop after this many epochs without a better monitored metric; 0: off.
+        early_stopping: usize = 0,
+        /// The validation metric that picks the best epoch, named as in `evaluate`, or `loss`;
+        /// auto: accuracy, f1_macro, qwk, box_iou by task.
+        monitor: String = "auto",
+        /// multilabel: the probability from which a label counts, for validation metrics.
+        threshold: f64 = 0.5,
+        /// Per-channel mean subtracted (in [0, 1] units); ImageNet's by default.
+        mean: Vec<f64> = [0.485, 0.456, 0.406],
+        /// Per-channel standard deviation divided by.
+        std: Vec<f64> = [0.229, 0.224, 0.225],
+        /// A `stats` output (stats.json); when given, its mean and std replace `mean` and
+        /// `std`.
+        stats: Option<PathBuf> = "",
+        /// Seeds initialization, shuffling and augmentation: on the CPU, the same seed gives
+        /// the same weights.
+        seed: i64 = 0,
+        /// auto, cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`).
+        device: String = "auto",
+    }
+}
 
 impl Op for Train {
-    fn name(&self) -> &'static str {
-        "train"
-    }
+    type Params = Args;
+    const NAME: &'static str = "train";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Train a classifier, multi-label classifier, regressor or box model on one fold (candle).";
+    const INPUTS: &'static [&'static str] = &["images", "labels", "folds"];
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn summary(&self) -> &'static str {
-        "Train a classifier, multi-label classifier, regressor or box model on one fold (candle)."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["images", "labels", "folds"]
-    }
-
-    fn outputs(&self, params: &Params) -> Result<Vec<String>, ParamError> {
+    fn outputs(&self, a: &Args) -> Vec<String> {
         let mut v: Vec<String> = [
             "best.safetensors",
             "last.safetensors",
@@ -381,110 +204,75 @@ impl Op for Train {
         ]
         .map(String::from)
         .to_vec();
-        if params.get("task").and_then(Value::as_str) == Some("box") {
+        if a.task == Task::Box {
             v.push("examples.png".into());
         }
-        Ok(v)
+        v
     }
 
-    fn validate(&self, p: &Params) -> Vec<ParamError> {
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        let task = p
-            .get("task")
-            .and_then(Value::as_str)
-            .and_then(Task::parse)
-            .unwrap_or(Task::Classify);
-        match p.get("fold") {
-            Some(Value::Int(i)) if *i >= 0 => {
-                if !is_given(p, "folds") {
-                    errs.push(ParamError::new(
-                        "folds",
-                        "a validation fold needs a folds table",
-                    ));
-                }
-            }
-            Some(Value::Str(s)) if s == "all" => {}
-            Some(Value::Interp(_)) | None => {}
-            Some(_) => errs.push(ParamError::new(
-                "fold",
-                "a fold number (0, 1, …) or \"all\"",
-            )),
+        let task = a.task;
+        if matches!(a.fold, Fold::Index(_)) && a.folds.is_none() {
+            errs.push(ParamError::new(
+                "folds",
+                "a validation fold needs a folds table",
+            ));
         }
-        if let Some(v) = p.get("loss")
-            && !matches!(v, Value::Interp(_))
-            && let Err(e) = parse_terms(v, task)
+        if !matches!(a.loss, Value::Interp(_))
+            && let Err(e) = parse_terms(&a.loss, task)
         {
             errs.push(ParamError::new("loss", e));
         }
-        for (name, min) in [
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("accumulate", 1),
-            ("step_epochs", 1),
+        for (name, v) in [
+            ("epochs", a.epochs),
+            ("batch_size", a.batch_size),
+            ("accumulate", a.accumulate),
+            ("step_epochs", a.step_epochs),
         ] {
-            if p.get(name).and_then(Value::as_int).is_some_and(|v| v < min) {
-                errs.push(ParamError::new(name, format!("must be at least {min}")));
+            if v < 1 {
+                errs.push(ParamError::new(name, "must be at least 1"));
             }
         }
-        for name in ["image_size", "freeze_epochs", "early_stopping", "patience"] {
-            if p.get(name).and_then(Value::as_int).is_some_and(|v| v < 0) {
-                errs.push(ParamError::new(name, "must not be negative"));
-            }
-        }
-        if p.get("image_size")
-            .and_then(Value::as_int)
-            .is_some_and(|v| v > MAX_IMAGE_SIZE)
-        {
+        if a.image_size > MAX_IMAGE_SIZE {
             errs.push(ParamError::new(
                 "image_size",
                 format!("must be at most {MAX_IMAGE_SIZE}"),
             ));
         }
-        if p.get("lr")
-            .and_then(Value::as_f64)
-            .is_some_and(|v| v.is_nan() || v <= 0.0)
-        {
+        if a.lr.is_nan() || a.lr <= 0.0 {
             errs.push(ParamError::new("lr", "must be above 0"));
         }
-        for name in ["hflip", "vflip", "rot90", "transpose"] {
-            if p.get(name)
-                .and_then(Value::as_f64)
-                .is_some_and(|v| !(0.0..=1.0).contains(&v))
-            {
+        for (name, v) in [
+            ("hflip", a.hflip),
+            ("vflip", a.vflip),
+            ("rot90", a.rot90),
+            ("transpose", a.transpose),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
                 errs.push(ParamError::new(name, "a probability, in [0, 1]"));
             }
         }
-        if p.get("ema")
-            .and_then(Value::as_f64)
-            .is_some_and(|v| !(0.0..1.0).contains(&v))
-        {
+        if !(0.0..1.0).contains(&a.ema) {
             errs.push(ParamError::new("ema", "a decay in [0, 1); 0 turns EMA off"));
         }
-        if let Some(l) = p.get("crop_scale").and_then(Value::as_list) {
-            let v: Vec<f64> = l.iter().filter_map(Value::as_f64).collect();
-            if v.len() != 2 || !(v[0] > 0.0 && v[0] <= v[1] && v[1] <= 1.0) {
-                errs.push(ParamError::new(
-                    "crop_scale",
-                    "two area fractions [lo, hi], 0 < lo ≤ hi ≤ 1",
-                ));
-            }
+        let v = &a.crop_scale;
+        if v.len() != 2 || !(v[0] > 0.0 && v[0] <= v[1] && v[1] <= 1.0) {
+            errs.push(ParamError::new(
+                "crop_scale",
+                "two area fractions [lo, hi], 0 < lo ≤ hi ≤ 1",
+            ));
         }
-        for name in ["mean", "std"] {
-            if let Some(l) = p.get(name).and_then(Value::as_list)
-                && (l.len() != 3
-                    || (name == "std" && l.iter().any(|x| x.as_f64().is_none_or(|v| v <= 0.0))))
-            {
+        for (name, l) in [("mean", &a.mean), ("std", &a.std)] {
+            if l.len() != 3 || (name == "std" && l.iter().any(|v| v.is_nan() || *v <= 0.0)) {
                 errs.push(ParamError::new(
                     name,
                     "three numbers, one per RGB channel (std above 0)",
                 ));
             }
         }
-        if let Some(m) = p.get("monitor").and_then(Value::as_str)
-            && m != "auto"
-            && m != "loss"
-            && !metric_names(task, 2).contains(&m)
-        {
+        let m = a.monitor.as_str();
+        if m != "auto" && m != "loss" && !metric_names(task, 2).contains(&m) {
             errs.push(ParamError::new(
                 "monitor",
                 format!(
@@ -494,17 +282,17 @@ impl Op for Train {
                 ),
             ));
         }
-        errs.extend(super::check_device(p));
+        errs.extend(super::check_device(&a.device));
         errs
     }
 
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let task = Task::parse(cx.str("task")).unwrap_or(Task::Classify);
-        let images_dir = cx.path("images").unwrap_or_default();
-        let labels = Table::read(&cx.path("labels").unwrap_or_default())?;
-        let label_col = dataset::label_column(&labels, cx.str("label_column"), task)?;
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
+        let task = a.task;
+        let images_dir = a.images.clone();
+        let labels = Table::read(&a.labels)?;
+        let label_col = dataset::label_column(&labels, &a.label_column, task)?;
         let label_name = labels.value_columns()[label_col].clone();
-        let classes: Vec<String> = match (task, cx.strs("classes")) {
+        let classes: Vec<String> = match (task, a.classes.clone()) {
             (Task::Regress, _) => vec![label_name.clone()],
             (_, c) if !c.is_empty() => c,
             _ => dataset::class_names(&labels, label_col, task),
@@ -516,10 +304,13 @@ impl Op for Train {
             )
             .into());
         }
-        let fold: Option<i64> = cx.params.get("fold").and_then(Value::as_int);
-        let val_ids: std::collections::HashSet<String> = match (fold, cx.path("folds")) {
+        let fold = match a.fold {
+            Fold::Index(f) => Some(f as i64),
+            Fold::All => None,
+        };
+        let val_ids: std::collections::HashSet<String> = match (fold, &a.folds) {
             (Some(f), Some(p)) => {
-                let ft = Table::read(&p)?;
+                let ft = Table::read(p)?;
                 let c = ft.col("fold")?;
                 let mut ids = std::collections::HashSet::new();
                 for (r, id) in ft.ids.iter().enumerate() {
@@ -528,14 +319,14 @@ impl Op for Train {
                     }
                 }
                 if ids.is_empty() {
-                    return Err(DataError::new(&p, format!("no row has fold {f}")).into());
+                    return Err(DataError::new(p, format!("no row has fold {f}")).into());
                 }
                 ids
             }
             _ => Default::default(),
         };
         let index = dataset::image_index(&images_dir)?;
-        let col_name = cx.str("label_column").to_string();
+        let col_name = a.label_column.clone();
         let read = |t: &Table, keep: &dyn Fn(&str) -> bool, index, dir: &Path, w| {
             dataset::read(t, task, &col_name, &classes, index, dir, w, keep)
         };
@@ -553,15 +344,12 @@ impl Op for Train {
             &images_dir,
             1.0,
         )?;
-        let extra = cx.paths("extra");
-        if !extra.is_empty() {
-            let dir = cx
-                .path("extra_images")
-                .unwrap_or_else(|| images_dir.clone());
+        if !a.extra.is_empty() {
+            let dir = a.extra_images.clone().unwrap_or_else(|| images_dir.clone());
             let eindex = dataset::image_index(&dir)?;
-            for p in extra {
-                let t = Table::read(&p)?;
-                let s: Samples = read(&t, &|_| true, &eindex, &dir, cx.f64("extra_weight") as f32)?;
+            for p in &a.extra {
+                let t = Table::read(p)?;
+                let s: Samples = read(&t, &|_| true, &eindex, &dir, a.extra_weight as f32)?;
                 cx.log(format!("{}: {} extra samples", p.display(), s.len()));
                 train.extend(s);
             }
@@ -573,14 +361,14 @@ impl Op for Train {
             )
             .into());
         }
-        let (mean, std) = normalization(cx)?;
-        let mut image_size = cx.int("image_size") as u32;
+        let (mean, std) = normalization(&a)?;
+        let mut image_size = a.image_size;
         if image_size == 0 {
             let img = crate::data::images::open(&train.paths[0])?;
             image_size = img.width();
         }
-        let batch_size = cx.int("batch_size").max(1) as usize;
-        let need = crate::nn::memory::batch_lower_bound(cx.str("arch"), batch_size, image_size);
+        let batch_size = a.batch_size;
+        let need = crate::nn::memory::batch_lower_bound(a.arch, batch_size, image_size);
         if let Some(have) = crate::nn::memory::available()
             && need > have as u128
         {
@@ -589,73 +377,62 @@ impl Op for Train {
                 "image_size = {image_size} with batch_size = {batch_size} needs at least {} \
                  for one batch of {}, and {} of memory is available: lower image_size or batch_size",
                 human(need),
-                cx.str("arch"),
+                a.arch,
                 human(have as u128)
             )));
         }
-        let terms = parse_terms(
-            cx.params.get("loss").unwrap_or(&Value::Str("auto".into())),
-            task,
-        )
-        .map_err(OpError::Failed)?;
-        let monitor = match cx.str("monitor") {
+        let terms = parse_terms(&a.loss, task).map_err(OpError::Failed)?;
+        let monitor = match a.monitor.as_str() {
             "auto" => default_monitor(task).to_string(),
             m => m.to_string(),
         };
-        let epochs = cx.int("epochs").max(1) as usize;
         let cfg = Config {
-            arch: cx.str("arch").to_string(),
+            arch: a.arch,
             task,
-            epochs,
+            epochs: a.epochs,
             batch_size,
             image_size,
-            optimizer: optim::Kind::parse(cx.str("optimizer")).unwrap_or(optim::Kind::AdamW),
-            momentum: cx.f64("momentum"),
-            weight_decay: cx.f64("weight_decay"),
+            optimizer: a.optimizer,
+            momentum: a.momentum,
+            weight_decay: a.weight_decay,
             schedule: Schedule {
-                kind: cx.str("schedule").to_string(),
-                base_lr: cx.f64("lr"),
-                min_lr: cx.f64("min_lr"),
-                epochs,
-                warmup_epochs: cx.f64("warmup_epochs"),
-                gamma: cx.f64("gamma"),
-                step_epochs: cx.int("step_epochs").max(1) as usize,
-                patience: cx.int("patience").max(0) as usize,
-                scale: 1.0,
-                best: None,
-                bad_epochs: 0,
+                kind: a.schedule,
+                base_lr: a.lr,
+                min_lr: a.min_lr,
+                epochs: a.epochs,
+                warmup_epochs: a.warmup_epochs,
+                gamma: a.gamma,
+                step_epochs: a.step_epochs,
+                patience: a.patience,
             },
             loss: Loss {
                 terms,
-                label_smoothing: cx.f64("label_smoothing"),
-                focal_gamma: cx.f64("focal_gamma"),
+                label_smoothing: a.label_smoothing,
+                focal_gamma: a.focal_gamma,
             },
-            accumulate: cx.int("accumulate").max(1) as usize,
-            clip_grad: cx.f64("clip_grad"),
-            ema: cx.f64("ema"),
-            freeze_epochs: cx.int("freeze_epochs").max(0) as usize,
-            trainable_blocks: cx.int("trainable_blocks"),
+            accumulate: a.accumulate,
+            clip_grad: a.clip_grad,
+            ema: a.ema,
+            freeze_epochs: a.freeze_epochs,
+            trainable_blocks: a.trainable_blocks,
             aug: Aug {
-                hflip: cx.f64("hflip"),
-                vflip: cx.f64("vflip"),
-                rot90: cx.f64("rot90"),
-                transpose: cx.f64("transpose"),
-                crop_scale: match cx.floats("crop_scale")[..] {
-                    [a, b] => [a, b],
-                    _ => [1.0, 1.0],
-                },
-                brightness: cx.f64("brightness"),
-                contrast: cx.f64("contrast"),
+                hflip: a.hflip,
+                vflip: a.vflip,
+                rot90: a.rot90,
+                transpose: a.transpose,
+                crop_scale: [a.crop_scale[0], a.crop_scale[1]],
+                brightness: a.brightness,
+                contrast: a.contrast,
             },
-            early_stopping: cx.int("early_stopping").max(0) as usize,
+            early_stopping: a.early_stopping,
             monitor,
-            threshold: cx.f64("threshold"),
-            seed: cx.int("seed") as u64,
+            threshold: a.threshold,
+            seed: a.seed as u64,
             mean,
             std,
         };
-        let device = crate::nn::device(cx.str("device"), cx.gpus).map_err(OpError::Failed)?;
-        let start = start_from(cx, &device)?;
+        let device = crate::nn::device(&a.device, cx.gpus).map_err(OpError::Failed)?;
+        let start = start_from(&a, &device)?;
         let data = Data {
             train,
             val,
@@ -772,7 +549,7 @@ pub(crate) fn nn_error(e: NnError) -> OpError {
     }
 }
 
-fn normalization(cx: &OpContext) -> Result<([f32; 3], [f32; 3]), OpError> {
+fn normalization(a: &Args) -> Result<([f32; 3], [f32; 3]), OpError> {
     let three = |v: Vec<f64>| -> [f32; 3] {
         let mut a = [0f32; 3];
         for (i, x) in v.into_iter().take(3).enumerate() {
@@ -780,10 +557,10 @@ fn normalization(cx: &OpContext) -> Result<([f32; 3], [f32; 3]), OpError> {
         }
         a
     };
-    if let Some(p) = cx.path("stats") {
-        let bytes = std::fs::read(&p).map_err(|e| OpError::io(&p, e))?;
+    if let Some(p) = &a.stats {
+        let bytes = std::fs::read(p).map_err(|e| OpError::io(p, e))?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| DataError::new(&p, format!("not JSON: {e}")))?;
+            .map_err(|e| DataError::new(p, format!("not JSON: {e}")))?;
         let get = |k: &str| -> Result<Vec<f64>, DataError> {
             let l: Vec<f64> = v[k]
                 .as_array()
@@ -793,33 +570,36 @@ fn normalization(cx: &OpContext) -> Result<([f32; 3], [f32; 3]), OpError> {
                 1 => Ok(vec![l[0]; 3]),
                 3 => Ok(l),
                 _ => Err(DataError::new(
-                    &p,
+                    p,
                     format!("`{k}` is not a list of 1 or 3 numbers"),
                 )),
             }
         };
         return Ok((three(get("mean")?), three(get("std")?)));
     }
-    Ok((three(cx.floats("mean")), three(cx.floats("std"))))
+    Ok((three(a.mean.clone()), three(a.std.clone())))
 }
 
-fn start_from(cx: &OpContext, device: &candle_core::Device) -> Result<Option<Start>, OpError> {
+fn start_from(a: &Args, device: &candle_core::Device) -> Result<Option<Start>, OpError> {
     let mut start: Option<Start> = None;
-    if let Some(p) = cx.path("pretrained") {
-        let (t, _) = checkpoint::load(&p, device)?;
+    if let Some(p) = &a.pretrained {
+        let (t, _) = checkpoint::load(p, device)?;
         start = Some(Start {
             tensors: checkpoint::model_tensors(&t),
             optim: None,
             what: p.display().to_string(),
         });
     }
-    if let Some(p) = cx.path("init") {
-        let (t, meta) = checkpoint::load(&p, device)?;
-        let optim = if cx.bool("init_optimizer") {
-            Some((
-                checkpoint::section(&t, "optim"),
-                meta["steps"].as_u64().unwrap_or(0),
-            ))
+    if let Some(p) = &a.init {
+        let (t, header) = checkpoint::load(p, device)?;
+        let optim = if a.init_optimizer {
+            // A file podium did not write has no steps: start counting at 0.
+            let steps = if header.is_null() {
+                0
+            } else {
+                checkpoint::Meta::read(p, header)?.steps
+            };
+            Some((checkpoint::section(&t, "optim"), steps))
         } else {
             None
         };
@@ -999,7 +779,7 @@ fn examples(
 
 /// The largest side `image_size` may ask for (an image's sides are 32-bit
 /// everywhere, and a batch at this size fills any machine already).
-const MAX_IMAGE_SIZE: i64 = 65_536;
+const MAX_IMAGE_SIZE: u32 = 65_536;
 
 pub(crate) fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), DataError> {
     crate::data::images::save(&image::DynamicImage::ImageRgb8(img.clone()), path, 90)

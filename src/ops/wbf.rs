@@ -13,106 +13,84 @@
 //! are clipped to [0, 1], swapped when reversed, zero-area boxes dropped, and
 //! a fused box's coordinates are accumulated in 32-bit floats.
 
-use super::{Op, OpContext, OpError, ParamError, ParamKind, ParamSpec, Params};
+use std::path::PathBuf;
+
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::boxes::{NBox, map_images, write_dets};
 
 pub struct Wbf;
 
-pub const CONF_TYPES: &[&str] = &["avg", "max", "box_and_model_avg", "absent_model_aware_avg"];
+crate::choice! {
+    /// How a fused box's score is made.
+    pub enum ConfType {
+        Avg = "avg",
+        Max = "max",
+        BoxAndModelAvg = "box_and_model_avg",
+        AbsentModelAwareAvg = "absent_model_aware_avg",
+    }
+}
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "boxes",
-        kind: ParamKind::Paths,
-        default: None,
-        help: "Detections to fuse: one COCO results JSON file per model.",
-    },
-    ParamSpec {
-        name: "images",
-        kind: ParamKind::Path,
-        default: Some("\"\""),
-        help: "A COCO file giving each image's width and height, for boxes in pixels: they are normalized to [0, 1] for the fusion and written back in pixels. Without it boxes must already be normalized.",
-    },
-    ParamSpec {
-        name: "iou_thr",
-        kind: ParamKind::Float,
-        default: Some("0.55"),
-        help: "A box joins a cluster when its IoU with the cluster's fused box is above this.",
-    },
-    ParamSpec {
-        name: "skip_box_thr",
-        kind: ParamKind::Float,
-        default: Some("0.0"),
-        help: "Boxes scoring below this are dropped before fusion.",
-    },
-    ParamSpec {
-        name: "conf_type",
-        kind: ParamKind::Enum(CONF_TYPES),
-        default: Some("\"avg\""),
-        help: "How a fused box's score is made: avg (mean score, scaled by the share of models present), max, box_and_model_avg, absent_model_aware_avg.",
-    },
-    ParamSpec {
-        name: "weights",
-        kind: ParamKind::FloatList,
-        default: Some("[]"),
-        help: "One weight per model; empty means all 1.",
-    },
-];
+crate::params! {
+    /// The parameters of `wbf`.
+    pub struct Args {
+        /// one COCO results file per model
+        boxes: Vec<PathBuf>,
+        /// COCO file with each image's width and height, for boxes in pixels
+        images: Option<PathBuf> = "",
+        /// a box joins a cluster when its IoU with the cluster's box is above this
+        iou_thr: f64 = 0.55,
+        /// boxes scoring below this are dropped first
+        skip_box_thr: f64 = 0.0,
+        /// a fused box's score: `avg`, the members' mean weighted score times min(models,
+        /// members) over the sum of weights; `max`, the best weighted score over the largest
+        /// weight; `box_and_model_avg` and `absent_model_aware_avg` as ensemble-boxes defines
+        /// them
+        conf_type: ConfType = "avg",
+        /// one non-negative weight per model, not all zero (scores are multiplied by it);
+        /// empty means all 1
+        weights: Vec<f64> = [],
+    }
+}
 
 impl Op for Wbf {
-    fn name(&self) -> &'static str {
-        "wbf"
+    type Params = Args;
+    const NAME: &'static str = "wbf";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Weighted boxes fusion of several models' detections (as ensemble-boxes).";
+    const INPUTS: &'static [&'static str] = &["boxes"];
+
+    fn outputs(&self, _: &Args) -> Vec<String> {
+        vec!["boxes.json".into()]
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
+        check_weights(&a.weights, a.boxes.len())
     }
 
-    fn summary(&self) -> &'static str {
-        "Weighted boxes fusion of several models' detections (as ensemble-boxes)."
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn inputs(&self) -> &'static [&'static str] {
-        &["boxes"]
-    }
-
-    fn outputs(&self, _: &Params) -> Result<Vec<String>, ParamError> {
-        Ok(vec!["boxes.json".into()])
-    }
-
-    fn validate(&self, params: &Params) -> Vec<ParamError> {
-        check_weights(params)
-    }
-
-    fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
-        let inputs = cx.paths("boxes");
+    fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let p = WbfParams {
-            iou_thr: cx.f64("iou_thr"),
-            skip_box_thr: cx.f64("skip_box_thr"),
-            conf_type: ConfType::parse(cx.str("conf_type")),
-            weights: weights_or_ones(&cx.floats("weights"), inputs.len()),
+            iou_thr: a.iou_thr,
+            skip_box_thr: a.skip_box_thr,
+            conf_type: a.conf_type,
+            weights: weights_or_ones(&a.weights, a.boxes.len()),
         };
-        let images = cx.path("images");
         let dets = cx
             .pool()?
-            .install(|| map_images(&inputs, images.as_deref(), |models| fuse(models, &p)))?;
+            .install(|| map_images(&a.boxes, a.images.as_deref(), |models| fuse(models, &p)))?;
         cx.log(format_args!(
             "{} fused boxes from {} models",
             dets.len(),
-            inputs.len()
+            a.boxes.len()
         ));
         write_dets(&cx.out_dir.join("boxes.json"), &dets)?;
         Ok(())
     }
 }
 
-/// `weights`, when given: one per model.
-pub fn check_weights(params: &Params) -> Vec<ParamError> {
-    super::check_weights(params, "boxes", "models")
+/// `weights`, when given: one per model of `boxes`.
+pub fn check_weights(weights: &[f64], models: usize) -> Vec<ParamError> {
+    super::check_weights(weights, models, "boxes", "models")
 }
 
 pub fn weights_or_ones(w: &[f64], n: usize) -> Vec<f64> {
@@ -120,25 +98,6 @@ pub fn weights_or_ones(w: &[f64], n: usize) -> Vec<f64> {
         vec![1.0; n]
     } else {
         w.to_vec()
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConfType {
-    Avg,
-    Max,
-    BoxAndModelAvg,
-    AbsentModelAwareAvg,
-}
-
-impl ConfType {
-    pub fn parse(s: &str) -> ConfType {
-        match s {
-            "max" => ConfType::Max,
-            "box_and_model_avg" => ConfType::BoxAndModelAvg,
-            "absent_model_aware_avg" => ConfType::AbsentModelAwareAvg,
-            _ => ConfType::Avg,
-        }
     }
 }
 

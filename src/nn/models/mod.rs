@@ -12,30 +12,33 @@ pub mod efficientnet;
 pub mod resnet;
 pub mod simple_cnn;
 
-pub const ARCHS: &[&str] = &["simple_cnn", "resnet18", "resnet34", "efficientnet_b0"];
-pub const TASKS: &[&str] = &["classify", "multilabel", "regress", "box"];
+crate::choice! {
+    /// A backbone.
+    pub enum Arch {
+        SimpleCnn = "simple_cnn",
+        Resnet18 = "resnet18",
+        Resnet34 = "resnet34",
+        EfficientnetB0 = "efficientnet_b0",
+    }
+}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Task {
-    Classify,
-    Multilabel,
-    Regress,
-    Box,
+crate::choice! {
+    /// What a model predicts per image.
+    pub enum Task {
+        /// One class.
+        Classify = "classify",
+        /// A set of classes.
+        Multilabel = "multilabel",
+        /// A number.
+        Regress = "regress",
+        /// One box and its class.
+        Box = "box",
+    }
 }
 
 impl Task {
-    pub fn parse(s: &str) -> Option<Task> {
-        Some(match s {
-            "classify" => Task::Classify,
-            "multilabel" => Task::Multilabel,
-            "regress" => Task::Regress,
-            "box" => Task::Box,
-            _ => return None,
-        })
-    }
-
     pub fn name(self) -> &'static str {
-        TASKS[self as usize]
+        self.as_str()
     }
 }
 
@@ -50,13 +53,12 @@ pub trait Backbone: Send + Sync {
     fn head_name(&self) -> &'static str;
 }
 
-pub fn backbone(arch: &str, vb: &Vb) -> Result<Box<dyn Backbone>> {
+pub fn backbone(arch: Arch, vb: &Vb) -> Result<Box<dyn Backbone>> {
     Ok(match arch {
-        "simple_cnn" => Box::new(simple_cnn::SimpleCnn::new(vb)?),
-        "resnet18" => Box::new(resnet::ResNet::new(vb, [2, 2, 2, 2])?),
-        "resnet34" => Box::new(resnet::ResNet::new(vb, [3, 4, 6, 3])?),
-        "efficientnet_b0" => Box::new(efficientnet::EfficientNet::b0(vb)?),
-        other => candle_core::bail!("unknown arch `{other}`"),
+        Arch::SimpleCnn => Box::new(simple_cnn::SimpleCnn::new(vb)?),
+        Arch::Resnet18 => Box::new(resnet::ResNet::new(vb, [2, 2, 2, 2])?),
+        Arch::Resnet34 => Box::new(resnet::ResNet::new(vb, [3, 4, 6, 3])?),
+        Arch::EfficientnetB0 => Box::new(efficientnet::EfficientNet::b0(vb)?),
     })
 }
 
@@ -82,7 +84,7 @@ pub struct Output {
 
 impl Model {
     /// `classes` is the number of head outputs (1 for regress).
-    pub fn new(arch: &str, task: Task, classes: usize, vars: VarStore) -> Result<Model> {
+    pub fn new(arch: Arch, task: Task, classes: usize, vars: VarStore) -> Result<Model> {
         let vb = vars.root();
         let backbone = backbone(arch, &vb)?;
         let f = backbone.feature_dim();
@@ -149,9 +151,9 @@ mod tests {
             .map(|i| ((i as f32) * 0.37).sin())
             .collect();
         let x = Tensor::from_vec(v, (2, 3, 32, 32), &dev).unwrap();
-        for arch in ARCHS {
+        for &arch in Arch::ALL {
             for train in [false, true] {
-                if train && *arch == "efficientnet_b0" {
+                if train && arch == Arch::EfficientnetB0 {
                     continue;
                 }
                 for task in [Task::Classify, Task::Box] {
