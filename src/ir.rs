@@ -88,6 +88,15 @@ impl Instance {
         ops::get(self.op).expect("checked op exists")
     }
 
+    /// The parameters as the op runs with them: every path (and every path
+    /// in an interpolated string) replaced by where `place` says it is.
+    pub fn params_placed(&self, place: &dyn Fn(&PathRef) -> String) -> Params {
+        self.params
+            .iter()
+            .map(|(name, v)| (name, v.map_paths(place)))
+            .collect()
+    }
+
     /// `fold=0,arch=resnet18`: the instance's directory name under its stage
     /// (each value encoded by [`encode_matrix_value`]).
     pub fn matrix_label(&self) -> String {

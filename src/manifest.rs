@@ -224,15 +224,8 @@ pub fn plain_value(v: &DeValue) -> Value {
 fn type_error(cx: &Cx, v: &toml::Spanned<DeValue>, what: &str, want: &str) -> Diagnostic {
     Diagnostic::error("wrong-type", format!("`{what}` must be {want}")).at(
         cx.span(v),
-        format!("this is {}", article(v.get_ref().type_str())),
+        format!("this is {}", crate::value::a(v.get_ref().type_str())),
     )
-}
-
-fn article(t: &str) -> String {
-    match t.chars().next() {
-        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {t}"),
-        _ => format!("a {t}"),
-    }
 }
 
 struct Cx<'t> {

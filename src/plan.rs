@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::graph::Graph;
-use crate::hash::{Hash, StatCache};
+use crate::hash::Hash;
 use crate::ir::{Instance, Pipeline};
+use crate::store::StatCache;
 use crate::store::{Record, Store};
 use crate::value::{PathRef, Value};
 

@@ -270,7 +270,7 @@ fn a_failing_instance_shows_its_log_tail_and_spares_independent_work() {
     let out = ws.podium(&["run", "-f", "p.toml", "--set", "stages.train.cmd=\"echo bad-fold-${fold} >&2; test ${fold} != 1 && echo 1 > $PODIUM_OUT/model.txt\""]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("error: train[fold=1] failed: command exited with status 1"),
+        err.contains("error: train[fold=1] failed: exec: command exited with status 1"),
         "{err}"
     );
     assert!(err.contains("bad-fold-1"), "the log tail is shown: {err}");

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use podium::exec::{self, LocalExecutor, Outcome, RunOptions};
+use podium::executor::{self, LocalExecutor, Outcome, RunOptions};
 use podium::graph::Graph;
-use podium::hash::StatCache;
 use podium::ir::Pipeline;
 use podium::plan::{self, Plan, Status};
+use podium::store::StatCache;
 use podium::store::Store;
 use serde_json::json;
 
@@ -149,9 +149,6 @@ pub fn run(
     let stat = StatCache::load(&store.statcache_path());
     let opts = RunOptions {
         targets: targets.to_vec(),
-        jobs,
-        gpus,
-        keep_going,
         force: force.iter().cloned().collect(),
         // Absolute: ops run in the manifest's directory, not here.
         out_root: std::path::absolute(&cli.out_dir).unwrap_or_else(|_| cli.out_dir.clone()),
@@ -163,7 +160,7 @@ pub fn run(
     };
     let progress = std::sync::OnceLock::new();
     let events = LazyProgress(&progress);
-    let report = exec::run(&p, &store, &stat, &executor, &opts, &events, &|pl| {
+    let report = executor::run(&p, &store, &stat, &executor, &opts, &events, &|pl| {
         let _ = progress.set(Progress::new(pl.stale_count()));
     })?;
     if let Some(pr) = progress.get() {
@@ -229,18 +226,18 @@ pub fn run(
 /// Progress created once the plan says how many instances will run.
 struct LazyProgress<'a>(&'a std::sync::OnceLock<Progress>);
 
-impl exec::Events for LazyProgress<'_> {
-    fn started(&self, job: &exec::Job) {
+impl executor::Events for LazyProgress<'_> {
+    fn started(&self, job: &executor::Job) {
         if let Some(p) = self.0.get() {
             p.started(job)
         }
     }
-    fn finished(&self, job: &exec::Job, outcome: &Outcome, took: std::time::Duration) {
+    fn finished(&self, job: &executor::Job, outcome: &Outcome, took: std::time::Duration) {
         if let Some(p) = self.0.get() {
             p.finished(job, outcome, took)
         }
     }
-    fn progress(&self, job: &exec::Job, step: &podium::ops::Step) {
+    fn progress(&self, job: &executor::Job, step: &podium::ops::Step) {
         if let Some(p) = self.0.get() {
             p.progress(job, step)
         }

@@ -3,9 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use podium::diag::{SourceMap, Span};
-use podium::expr::{Segment, Template};
-use podium::manifest::{Name, RawKind, RawManifest, RawStage, RawValue, parse_override};
 use podium::ops::{self, OpContext};
 
 pub fn op(
@@ -47,86 +44,13 @@ pub fn op(
             anyhow::bail!("{}: no such file or directory", i.display());
         }
     }
-    // The same checks as a manifest stage: build one stage from the flags.
-    let mut sources = SourceMap::default();
-    let src = sources.add("<podium op>", "");
-    let span = Span::new(src, 0, 0);
-    let lit = |s: String| RawValue {
-        kind: RawKind::Str(Template {
-            segments: vec![Segment::Lit(s)],
-        }),
-        span,
+    // The same checks as a manifest stage.
+    let (pipeline, report) = match podium::check_one_op(kind, inputs, set) {
+        Ok(r) => r,
+        Err(podium::Error::Usage(m)) => anyhow::bail!(m),
+        Err(e) => return Err(e.into()),
     };
-    let name = |n: &str| Name {
-        name: n.to_string(),
-        span,
-    };
-    let mut stage = RawStage {
-        name: name("op"),
-        op: Some((kind.to_string(), span)),
-        matrix: Vec::new(),
-        resources: None,
-        description: None,
-        fields: Vec::new(),
-    };
-    if !inputs.is_empty() {
-        let abs: Vec<RawValue> = inputs
-            .iter()
-            .map(|i| {
-                lit(std::path::absolute(i)
-                    .unwrap_or_else(|_| i.clone())
-                    .display()
-                    .to_string())
-            })
-            .collect();
-        let names = op.inputs();
-        let takes_list = |n: &str| {
-            op.params().iter().any(|p| {
-                p.name == n && matches!(p.kind, ops::ParamKind::Paths | ops::ParamKind::PathList)
-            })
-        };
-        match names {
-            [] => anyhow::bail!("op `{kind}` takes no inputs; give its parameters with --set"),
-            [one] if takes_list(one) => stage.fields.push((
-                name(one),
-                RawValue {
-                    kind: RawKind::Array(abs),
-                    span,
-                },
-            )),
-            _ if abs.len() > names.len() => anyhow::bail!(
-                "op `{kind}` takes at most {} input(s): {}",
-                names.len(),
-                names.join(", ")
-            ),
-            _ => {
-                for (n, v) in names.iter().zip(abs) {
-                    stage.fields.push((name(n), v));
-                }
-            }
-        }
-    }
-    let mut raw = RawManifest {
-        path: PathBuf::from("podium-op.toml"),
-        src,
-        name: Some(("op".into(), span)),
-        description: None,
-        params: Vec::new(),
-        inputs: Vec::new(),
-        stages: vec![stage],
-    };
-    let mut diags = Vec::new();
-    for s in set {
-        match parse_override(&format!("stages.op.{s}"), &mut sources).and_then(|o| raw.apply(&o)) {
-            Ok(()) => {}
-            Err(d) => diags.push(d),
-        }
-    }
-    let mut pipeline = None;
-    if diags.is_empty() {
-        let (p, more) = podium::ir::check(&raw);
-        (pipeline, diags) = (p, more);
-    }
+    let diags = report.diagnostics;
     let Some(pipeline) = pipeline else {
         for d in diags.iter().filter(|d| d.is_error()) {
             let label = if d.label.is_empty() {
@@ -165,19 +89,10 @@ pub fn op(
         .tempdir_in(&beside)?;
     let out_dir = work.path().join("out");
     std::fs::create_dir(&out_dir)?;
-    let params = inst
-        .params
-        .iter()
-        .map(|(k, v)| {
-            (
-                k,
-                v.map_paths(&|r| match r {
-                    podium::value::PathRef::File { path, .. } => path.display().to_string(),
-                    other => other.label().to_string(),
-                }),
-            )
-        })
-        .collect();
+    let params = inst.params_placed(&|r| match r {
+        podium::value::PathRef::File { path, .. } => path.display().to_string(),
+        other => other.label().to_string(),
+    });
     let log_path = work.path().join("log");
     let mut log = std::fs::File::create(&log_path)?;
     let cwd = std::env::current_dir()?;

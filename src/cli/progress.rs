@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use podium::exec::{Events, Job, Outcome};
+use podium::executor::{Events, Job, Outcome};
 use podium::ops::Step;
 
 /// A bar of one running op (epochs and batches, images), named after it.

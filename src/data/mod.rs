@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub mod boxes;
 pub mod images;
-pub mod metrics;
+pub mod metrics_json;
 pub mod table;
 
 /// Bad input: the file, the line where known, and what is wrong.
@@ -81,15 +81,7 @@ impl std::ops::Deref for Bytes {
 }
 
 /// Writes a file through a temporary beside it and a rename, so that a
-/// failure never leaves half a file.
+/// failure never leaves half a file ([`crate::store::atomic_write_nosync`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(path, e))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| DataError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| DataError::io(path, e.error))?;
-    Ok(())
+    crate::store::atomic_write_nosync(path, bytes).map_err(|e| DataError::io(path, e))
 }

@@ -182,7 +182,11 @@ fn eval_inner<'a>(e: &Expr, env: &'a dyn Env) -> Result<EVal<'a>, Diagnostic> {
                 }),
                 (b, i) => Err(err(
                     e.span,
-                    format!("cannot index {} with a {}", eval_name(&b), i.type_name()),
+                    format!(
+                        "cannot index {} with {}",
+                        eval_name(&b),
+                        crate::value::a(i.type_name())
+                    ),
                     "bad index",
                 )),
             };
@@ -213,9 +217,9 @@ fn eval_inner<'a>(e: &Expr, env: &'a dyn Env) -> Result<EVal<'a>, Diagnostic> {
                     return Err(err(
                         x.span,
                         format!(
-                            "`{}` does not apply to a {}",
+                            "`{}` does not apply to {}",
                             if *op == UnOp::Neg { "-" } else { "!" },
-                            v.type_name()
+                            crate::value::a(v.type_name())
                         ),
                         format!("this is {}", crate::value::a(v.type_name())),
                     ));

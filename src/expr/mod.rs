@@ -3,11 +3,13 @@
 
 mod eval;
 mod parse;
+mod span_map;
 mod template;
 
 pub use eval::{EVal, Env, FUNCTIONS, StageSel, eval, eval_template};
 pub use parse::{BinOp, Expr, ExprKind, UnOp, parse_expr};
-pub use template::{Segment, SpanMap, Template, parse_template};
+pub use span_map::SpanMap;
+pub use template::{Segment, Template, parse_template};
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use pest::Parser;
 use pest::iterators::{Pair, Pairs};
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 
-use super::template::SpanMap;
+use super::span_map::SpanMap;
 use crate::diag::{Diagnostic, Span};
 use crate::value::Value;
 

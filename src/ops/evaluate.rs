@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use super::{Op, OpContext, OpError, ParamError, Strs};
 use crate::data::DataError;
 use crate::data::boxes::{read_coco, read_dets};
-use crate::data::metrics::{Metrics, write};
+use crate::data::metrics_json::{Metrics, write};
 use crate::data::table::Table;
 use crate::metrics::{NAMES, classify as m, coco};
 

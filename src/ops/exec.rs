@@ -130,17 +130,17 @@ impl Op for Exec {
         command.stdout(log_out).stderr(log_err);
         let mut child = command
             .spawn()
-            .map_err(|e| OpError::Failed(format!("cannot start `sh`: {e}")))?;
+            .map_err(|e| OpError::Command(format!("cannot start `sh`: {e}")))?;
         crate::cancel::register_child(child.id());
         let status = child.wait();
         crate::cancel::unregister_child(child.id());
         let status =
-            status.map_err(|e| OpError::Failed(format!("waiting for the command: {e}")))?;
+            status.map_err(|e| OpError::Command(format!("waiting for the command: {e}")))?;
         if crate::cancel::is_cancelled() {
             return Err(OpError::Cancelled);
         }
         if !status.success() {
-            return Err(OpError::Failed(match (status.code(), status.signal()) {
+            return Err(OpError::Command(match (status.code(), status.signal()) {
                 (Some(c), _) => format!("command exited with status {c}"),
                 (None, Some(s)) => format!("command was killed by signal {s}"),
                 _ => "command failed".into(),
@@ -154,7 +154,7 @@ impl Op for Exec {
             }
         }
         if !missing.is_empty() {
-            return Err(OpError::Failed(format!(
+            return Err(OpError::Command(format!(
                 "the command did not write declared output(s) {} to $PODIUM_OUT",
                 missing
                     .iter()

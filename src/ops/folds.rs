@@ -143,13 +143,15 @@ impl Op for Folds {
         ));
         // Written row by row: no table of strings for a column of numbers.
         let mut w = csv::Writer::from_writer(Vec::with_capacity(t.len() * 12));
-        let row_err = |e: csv::Error| OpError::Failed(e.to_string());
+        let row_err = |e: csv::Error| OpError::io(&path, e.into());
         w.write_record(["id", "fold"]).map_err(row_err)?;
         for (id, f) in t.ids.iter().zip(&folds) {
             w.write_record([id.as_str(), &f.to_string()])
                 .map_err(row_err)?;
         }
-        let bytes = w.into_inner().map_err(|e| OpError::Failed(e.to_string()))?;
+        let bytes = w
+            .into_inner()
+            .map_err(|e| OpError::io(&path, e.into_error()))?;
         crate::data::write_atomic(&cx.out_dir.join("folds.csv"), &bytes)?;
         Ok(())
     }

@@ -26,16 +26,28 @@ pub use crate::params::{
 };
 pub use crate::progress::{Report, Step, no_report};
 
-/// A failed run of an op.
+/// A failed run of an op. The executor names the op and the instance it
+/// failed in.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
-    #[error("{0}")]
-    Failed(String),
-    #[error("interrupted")]
-    Cancelled,
+    /// A parameter that cannot be used as given, found only at run time
+    /// (against the data, or on this machine).
+    #[error("`{}`: {}", .0.param, .0.message)]
+    Param(ParamError),
     /// An input file that cannot be read as what it should be.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// Building, training or running a model failed.
+    #[error(transparent)]
+    Nn(crate::nn::NnError),
+    /// The `exec` op's command failed or did not write what it declared.
+    #[error("{0}")]
+    Command(String),
+    #[error("interrupted")]
+    Cancelled,
+    /// What none of the above says: a panic, threads that cannot start.
+    #[error("{0}")]
+    Failed(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -44,7 +56,23 @@ pub enum OpError {
     },
 }
 
+impl From<crate::nn::NnError> for OpError {
+    fn from(e: crate::nn::NnError) -> Self {
+        use crate::nn::NnError;
+        match e {
+            NnError::Cancelled => OpError::Cancelled,
+            NnError::Data(d) => OpError::Data(d),
+            e => OpError::Nn(e),
+        }
+    }
+}
+
 impl OpError {
+    /// A [`OpError::Param`].
+    pub fn param(name: &str, message: impl Into<String>) -> OpError {
+        OpError::Param(ParamError::new(name, message))
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> OpError {
         OpError::Io {
             path: path.to_path_buf(),
@@ -183,7 +211,7 @@ impl<T: Op> AnyOp for T {
                 .iter()
                 .map(|e| format!("`{}` {}", e.param, e.message))
                 .collect();
-            OpError::Failed(format!("op `{}`: {}", T::NAME, all.join("; ")))
+            OpError::Failed(format!("parameters: {}", all.join("; ")))
         })?;
         Op::run(self, p, cx)
     }

@@ -141,11 +141,14 @@ impl Op for Postprocess {
                     None if fixed.is_empty() => (1..k).map(|i| i as f64 - 0.5).collect(),
                     None => {
                         if fixed.len() != k - 1 {
-                            return Err(OpError::Failed(format!(
-                                "thresholds: {} cut points for {k} grades; give {}",
-                                fixed.len(),
-                                k - 1
-                            )));
+                            return Err(OpError::param(
+                                "thresholds",
+                                format!(
+                                    "{} cut points for {k} grades; give {}",
+                                    fixed.len(),
+                                    k - 1
+                                ),
+                            ));
                         }
                         fixed.clone()
                     }
@@ -167,10 +170,10 @@ impl Op for Postprocess {
                     None if fixed.len() == 1 => vec![fixed[0]; nc],
                     None if fixed.len() == nc => fixed.clone(),
                     None => {
-                        return Err(OpError::Failed(format!(
-                            "thresholds: {} values for {nc} classes",
-                            fixed.len()
-                        )));
+                        return Err(OpError::param(
+                            "thresholds",
+                            format!("{} values for {nc} classes", fixed.len()),
+                        ));
                     }
                 };
                 let at_least_one = a.at_least_one;

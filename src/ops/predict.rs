@@ -20,7 +20,7 @@
 
 use std::time::Instant;
 
-use super::train::nn_error;
+use crate::nn::NnError;
 use std::path::PathBuf;
 
 use super::{Op, OpContext, OpError, ParamError, Strs};
@@ -112,7 +112,8 @@ impl Op for Predict {
 
     fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let ckpt = a.checkpoint;
-        let device = crate::nn::device(&a.device, cx.gpus).map_err(OpError::Failed)?;
+        let device =
+            crate::nn::device(&a.device, cx.gpus).map_err(|e| OpError::param("device", e))?;
         let (tensors, meta) = checkpoint::load_trained(&ckpt, &device)?;
         let bad = |what: &str| DataError::new(&ckpt, format!("not a podium checkpoint: {what}"));
         let (task, arch, size, mean, std, act) = (
@@ -130,17 +131,14 @@ impl Op for Predict {
             classes.len()
         };
         let vars = VarStore::new(&device, 0);
-        let model = Model::new(arch, task, heads, vars.clone())
-            .map_err(|e| OpError::Failed(e.to_string()))?;
+        let model = Model::new(arch, task, heads, vars.clone()).map_err(NnError::from)?;
         let ema = checkpoint::section(&tensors, "ema");
         let weights = if ema.is_empty() {
             checkpoint::model_tensors(&tensors)
         } else {
             ema
         };
-        let (_, skipped) = vars
-            .load(&weights)
-            .map_err(|e| OpError::Failed(e.to_string()))?;
+        let (_, skipped) = vars.load(&weights).map_err(NnError::from)?;
         let missing: Vec<String> = vars
             .entries()
             .into_iter()
@@ -169,7 +167,7 @@ impl Op for Predict {
             .collect();
         let paths: Vec<_> = files.iter().map(|r| dir.join(r)).collect();
         let imgs = Images::new(paths.clone(), size, mean, std)?;
-        let tta = variants(&a.tta.0).map_err(OpError::Failed)?;
+        let tta = variants(&a.tta.0).map_err(|e| OpError::param("tta", e))?;
         let pool = cx.pool()?;
         let idx: Vec<usize> = (0..ids.len()).collect();
         let total = (idx.len() * tta.len()) as u64;
@@ -189,8 +187,7 @@ impl Op for Predict {
                 cx.step(done as u64, total, "images × TTA variants");
                 cx.check_cancel().map_err(|_| crate::nn::NnError::Cancelled)
             },
-        )
-        .map_err(nn_error)?;
+        )?;
         let ms = started.elapsed().as_secs_f64() * 1000.0 / ids.len() as f64;
         cx.log(format!(
             "{} images × {} TTA variants: {ms:.2} ms per image",

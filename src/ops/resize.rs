@@ -117,7 +117,7 @@ impl Op for Resize {
 
     fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let dir = a.images;
-        let sizes = sizes(&a.sizes).map_err(|e| OpError::Failed(e.message))?;
+        let sizes = sizes(&a.sizes).map_err(OpError::Param)?;
         let files = images::list(&dir)?;
         if files.is_empty() {
             return Err(

@@ -38,7 +38,7 @@ use crate::nn::models::{Arch, Task};
 use crate::nn::predict::{table, to_xywh};
 use crate::nn::schedule::{self, Schedule};
 use crate::nn::train::{Config, Data, Epoch, Paths, Start, default_monitor, fit, metric_names};
-use crate::nn::{NnError, checkpoint, optim, plot};
+use crate::nn::{checkpoint, optim, plot};
 use crate::value::Value;
 
 pub struct Train;
@@ -373,15 +373,18 @@ impl Op for Train {
             && need > have as u128
         {
             use crate::nn::memory::human;
-            return Err(OpError::Failed(format!(
-                "image_size = {image_size} with batch_size = {batch_size} needs at least {} \
+            return Err(OpError::param(
+                "image_size",
+                format!(
+                    "image_size = {image_size} with batch_size = {batch_size} needs at least {} \
                  for one batch of {}, and {} of memory is available: lower image_size or batch_size",
-                human(need),
-                a.arch,
-                human(have as u128)
-            )));
+                    human(need),
+                    a.arch,
+                    human(have as u128)
+                ),
+            ));
         }
-        let terms = parse_terms(&a.loss, task).map_err(OpError::Failed)?;
+        let terms = parse_terms(&a.loss, task).map_err(|e| OpError::param("loss", e))?;
         let monitor = match a.monitor.as_str() {
             "auto" => default_monitor(task).to_string(),
             m => m.to_string(),
@@ -431,7 +434,8 @@ impl Op for Train {
             mean,
             std,
         };
-        let device = crate::nn::device(&a.device, cx.gpus).map_err(OpError::Failed)?;
+        let device =
+            crate::nn::device(&a.device, cx.gpus).map_err(|e| OpError::param("device", e))?;
         let start = start_from(&a, &device)?;
         let data = Data {
             train,
@@ -486,7 +490,7 @@ impl Op for Train {
                 let _ = log.flush();
             },
         );
-        let summary = result.map_err(nn_error)?;
+        let summary = result?;
 
         // oof.csv: the best epoch's validation predictions.
         let sizes = &summary.val_sizes;
@@ -529,7 +533,7 @@ impl Op for Train {
             "train_images_per_s".into(),
             (data.train.len() * summary.history.len()) as f64 / secs.max(1e-9),
         );
-        crate::data::metrics::write(&cx.out_dir.join("metrics.json"), &metrics)?;
+        crate::data::metrics_json::write(&cx.out_dir.join("metrics.json"), &metrics)?;
         if task == Task::Box {
             let img = examples(&data, &summary.oof, sizes)?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
@@ -538,14 +542,6 @@ impl Op for Train {
             let _ = std::fs::remove_dir_all(&work);
         }
         Ok(())
-    }
-}
-
-pub(crate) fn nn_error(e: NnError) -> OpError {
-    match e {
-        NnError::Cancelled => OpError::Cancelled,
-        NnError::Data(d) => d.into(),
-        e => OpError::Failed(e.to_string()),
     }
 }
 

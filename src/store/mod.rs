@@ -17,7 +17,8 @@
 //! journal appended to; in both a torn last line is skipped.
 
 mod record;
-mod records;
+mod record_log;
+mod statcache;
 mod state;
 
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +29,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use record::{FileEntry, Output, OutputKind, Record};
+pub use statcache::StatCache;
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{self, Hash};
@@ -111,7 +113,7 @@ fn temp_name(path: &Path) -> PathBuf {
 pub struct Store {
     root: PathBuf,
     journals: state::Journals,
-    records: records::RecordLog,
+    records: record_log::RecordLog,
     /// Emptied work directories, reused so that a run of many short stages
     /// does not create and delete a directory per stage.
     idle: Mutex<Vec<Scratch>>,
@@ -158,7 +160,7 @@ impl Store {
             .join("tmp")
             .join(format!("{}-trash-{n}", std::process::id()));
         Ok(Store {
-            records: records::RecordLog::new(&root),
+            records: record_log::RecordLog::new(&root),
             root,
             journals: state::Journals::default(),
             idle: Mutex::new(Vec::new()),

@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::records::{Parsed, parse, push_line};
+use super::record_log::{Parsed, parse, push_line};
 use super::{Record, atomic_write_nosync, remove_all, walk};
 
 /// Superseded lines allowed, beyond one per instance, before compaction.

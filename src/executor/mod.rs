@@ -77,9 +77,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::graph::Graph;
-use crate::hash::StatCache;
 use crate::ir::Pipeline;
 use crate::plan::{self, Plan};
+use crate::store::StatCache;
 use crate::store::Store;
 
 /// Options of `podium run`.
@@ -87,10 +87,6 @@ use crate::store::Store;
 pub struct RunOptions {
     /// Instance names or stage names (with optional `[key=value]`); empty for all.
     pub targets: Vec<String>,
-    /// Threads to share between instances.
-    pub jobs: usize,
-    pub gpus: usize,
-    pub keep_going: bool,
     /// Stages or instances to rerun whatever their keys.
     pub force: HashSet<String>,
     /// Where outputs are made visible (`out/`).

@@ -9,10 +9,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::Outcome;
 use crate::error::{IoContext, Result};
-use crate::hash::StatCache;
 use crate::ir::{Instance, Pipeline};
-use crate::ops::{OpContext, OpError, Params, Report};
+use crate::ops::{OpContext, OpError, Report};
 use crate::plan::{self, Plan, Status};
+use crate::store::StatCache;
 use crate::store::{self, Record, Store};
 use crate::value::PathRef;
 
@@ -136,11 +136,7 @@ impl<'a> Runner<'a> {
         let scratch = self.store.scratch()?;
         let resume = self.store.resume_dir(&k.key);
         let mut log = fs::File::create(&scratch.log).at(&scratch.log)?;
-        let params: Params = inst
-            .params
-            .iter()
-            .map(|(name, v)| (name, v.map_paths(&|r| self.path_of(r))))
-            .collect();
+        let params = inst.params_placed(&|r| self.path_of(r));
         let started = Instant::now();
         let result = {
             let mut cx = OpContext {
@@ -155,10 +151,9 @@ impl<'a> Runner<'a> {
                 progress,
             };
             catch_unwind(AssertUnwindSafe(|| op.run(&mut cx))).unwrap_or_else(|_| {
-                Err(OpError::Failed(format!(
-                    "op `{}` panicked (a bug in podium)",
-                    op.name()
-                )))
+                Err(OpError::Failed(
+                    "panicked (a bug in podium; its log may say where)".into(),
+                ))
             })
         };
         let duration = started.elapsed();
@@ -169,10 +164,11 @@ impl<'a> Runner<'a> {
         let outcome = match result {
             Err(OpError::Cancelled) => Ok(Outcome::Cancelled),
             Err(e) => Ok(Outcome::Failed {
+                // The op, then what went wrong (the caller names the instance).
                 message: match store::disk_full(&[&scratch.out, self.store.root(), &self.out_root])
                 {
-                    Some(full) => format!("{e}; {full}"),
-                    None => e.to_string(),
+                    Some(full) => format!("{}: {e}; {full}", op.name()),
+                    None => format!("{}: {e}", op.name()),
                 },
                 log: Some(kept_log),
                 log_tail: tail(&log_bytes, 20),

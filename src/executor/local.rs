@@ -173,7 +173,7 @@ fn skip_dependents(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::NoEvents;
+    use crate::executor::NoEvents;
     use crate::ir::Resources;
     use std::sync::Mutex;
 

@@ -1,4 +1,5 @@
-//! Metrics: a JSON object `{"<metric>": number}`.
+//! The `metrics.json` file format: a JSON object `{"<metric>": number}` (the
+//! scores themselves are computed in [`crate::metrics`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
