@@ -33,38 +33,18 @@ impl GraphBuilder {
     /// The order is stable: among instances whose inputs are ready, the
     /// lowest id comes first.
     pub fn seal(self) -> Result<Graph, Vec<usize>> {
-        use std::cmp::Reverse;
-        let n = self.g.node_count();
-        let mut indeg: Vec<usize> = (0..n)
-            .map(|i| {
-                self.g
-                    .neighbors_directed(NodeIndex::new(i), Direction::Incoming)
-                    .count()
-            })
-            .collect();
-        let mut ready: std::collections::BinaryHeap<Reverse<usize>> =
-            (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
-        let mut order = Vec::with_capacity(n);
-        while let Some(Reverse(i)) = ready.pop() {
-            order.push(i);
-            for m in self
-                .g
-                .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
-            {
-                indeg[m.index()] -= 1;
-                if indeg[m.index()] == 0 {
-                    ready.push(Reverse(m.index()));
-                }
-            }
-        }
-        if order.len() == n {
+        let order = crate::topo::stable_order(&self.g);
+        if order.len() == self.g.node_count() {
             return Ok(Graph { order, g: self.g });
         }
-        let scc = petgraph::algo::tarjan_scc(&self.g)
+        let cycle = crate::topo::cycles(&self.g)
             .into_iter()
-            .find(|s| s.len() > 1 || s.iter().any(|&x| self.g.contains_edge(x, x)))
+            .next()
             .unwrap_or_default();
-        Err(scc.into_iter().map(|n| self.g[n]).collect())
+        Err(cycle
+            .into_iter()
+            .map(|i| self.g[NodeIndex::new(i)])
+            .collect())
     }
 }
 

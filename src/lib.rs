@@ -45,6 +45,7 @@ pub mod params;
 pub mod plan;
 pub mod progress;
 pub mod store;
+pub mod topo;
 pub mod value;
 
 use std::path::Path;

@@ -1,165 +1,9 @@
-//! The checked layer: params resolved, inputs found, matrices expanded,
-//! every op parameter type-checked, every reference bound to the instance
-//! it names. A [`Pipeline`] is what the graph and the planner work on.
+//! The checker: a parsed manifest to a [`Pipeline`], or diagnostics.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use super::env::{BasicEnv, StageEnv};
+use super::*;
 
-use petgraph::graphmap::DiGraphMap;
-
-use crate::diag::{Diagnostic, Span, did_you_mean};
-use crate::expr::{EVal, Env, Expr, ExprKind, StageSel, Template, eval_template};
-use crate::manifest::{RawKind, RawManifest, RawStage, RawValue, STAGE_KEYS};
-use crate::ops::{self, AnyOp, ParamKind, Params};
-use crate::value::{PathRef, Value};
-
-/// A checked pipeline.
-#[derive(Debug)]
-pub struct Pipeline {
-    pub name: String,
-    pub description: Option<String>,
-    /// The manifest file.
-    pub manifest: PathBuf,
-    /// The directory relative paths are resolved against.
-    pub dir: PathBuf,
-    pub params: BTreeMap<String, Value>,
-    pub inputs: BTreeMap<String, Input>,
-    /// Stages in dependency order.
-    pub stages: Vec<Stage>,
-    /// Instances in dependency order: every instance comes after those it reads.
-    pub instances: Vec<Instance>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Input {
-    pub path: PathBuf,
-    pub glob: Option<String>,
-    pub span: Span,
-}
-
-#[derive(Debug, Clone)]
-pub struct Stage {
-    pub name: String,
-    pub op: String,
-    pub description: Option<String>,
-    pub span: Span,
-    pub matrix_keys: Vec<String>,
-    pub instances: Vec<usize>,
-}
-
-/// What an instance asks of the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Resources {
-    pub threads: usize,
-    pub gpu: usize,
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Resources { threads: 1, gpu: 0 }
-    }
-}
-
-/// One instance of a stage: one combination of its matrix.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    pub id: usize,
-    pub stage: usize,
-    pub stage_name: String,
-    /// `train[fold=0,arch=resnet18]`, or the stage name without a matrix.
-    pub name: String,
-    pub matrix: Vec<(String, Value)>,
-    pub op: &'static str,
-    /// Every parameter of the op, defaults filled in.
-    pub params: Params,
-    /// Shared by the instances of a stage that declare the same ones.
-    pub outputs: std::sync::Arc<[String]>,
-    /// Instances whose outputs this one reads, ascending.
-    pub deps: Vec<usize>,
-    pub resources: Resources,
-    /// The `[params]` this instance's stage refers to, with their values:
-    /// explanations name `params.lr` rather than only the op parameter it
-    /// was interpolated into.
-    pub uses: std::sync::Arc<BTreeMap<String, Value>>,
-}
-
-impl Instance {
-    pub fn op(&self) -> &'static dyn AnyOp {
-        ops::get(self.op).expect("checked op exists")
-    }
-
-    /// The parameters as the op runs with them: every path (and every path
-    /// in an interpolated string) replaced by where `place` says it is.
-    pub fn params_placed(&self, place: &dyn Fn(&PathRef) -> String) -> Params {
-        self.params
-            .iter()
-            .map(|(name, v)| (name, v.map_paths(place)))
-            .collect()
-    }
-
-    /// `fold=0,arch=resnet18`: the instance's directory name under its stage
-    /// (each value encoded by [`encode_matrix_value`]).
-    pub fn matrix_label(&self) -> String {
-        matrix_label(&self.matrix)
-    }
-}
-
-/// `k=v,k2=v2` with each value encoded by [`encode_matrix_value`]: one path
-/// component whatever the values hold.
-pub fn matrix_label(combo: &[(String, Value)]) -> String {
-    combo
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode_matrix_value(&plain(v))))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A matrix value as it appears in instance names and directory names:
-/// ASCII letters, digits and `-_.+@~` stay; every other byte (`/`, `,`,
-/// `=`, `%`, `[`, `]`, spaces, control characters, non-ASCII) and a leading
-/// `.` become `%XX`, so that no value forms a path component of its own
-/// (`..`, `a/b`, a newline) and every instance can be named as a target.
-pub fn encode_matrix_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for (i, b) in v.bytes().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || b"-_+@~".contains(&b) || (b == b'.' && i > 0);
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The inverse of [`encode_matrix_value`]; `None` when `s` is not an
-/// encoding (a `%` not followed by two hex digits, or bytes that are not
-/// UTF-8).
-pub fn decode_matrix_value(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn plain(v: &Value) -> String {
-    match v {
-        Value::Str(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-const ROOTS: &[&str] = &["params", "inputs", "stages"];
+pub(super) const ROOTS: &[&str] = &["params", "inputs", "stages"];
 
 /// Checks a parsed manifest. Returns the pipeline when no error was found,
 /// and every diagnostic either way.
@@ -235,11 +79,11 @@ impl Matrix {
 /// A stage's instances by `(matrix key, canonical value)`, in id order, so
 /// that `stages.train[fold=fold]` from each of F instances costs a lookup,
 /// not a scan of train's F instances.
-type MatrixIndex = HashMap<(String, String), Vec<usize>>;
+pub(super) type MatrixIndex = HashMap<(String, String), Vec<usize>>;
 
 /// A key under which values that select the same instances meet: numbers
 /// by value (`1` and `1.0` alike), anything else by type and text.
-fn matrix_value_key(v: &Value) -> String {
+pub(super) fn matrix_value_key(v: &Value) -> String {
     match v.as_f64() {
         Some(f) => format!("n:{}", (f + 0.0).to_bits()),
         None => format!("{}:{}", v.type_name(), plain(v)),
@@ -466,16 +310,16 @@ impl Checker<'_> {
             .enumerate()
             .map(|(i, s)| (s.name.name.as_str(), i))
             .collect();
-        let mut g: DiGraphMap<usize, ()> = DiGraphMap::new();
-        for i in 0..raw.stages.len() {
-            g.add_node(i);
+        let mut g: DiGraph<(), ()> = DiGraph::new();
+        for _ in 0..raw.stages.len() {
+            g.add_node(());
         }
         let mut bad = HashSet::new();
         for (i, st) in raw.stages.iter().enumerate() {
             for (name, span) in stage_refs(st) {
                 match index.get(name.as_str()) {
                     Some(&j) => {
-                        g.add_edge(j, i, ());
+                        g.update_edge(NodeIndex::new(j), NodeIndex::new(i), ());
                     }
                     None => {
                         bad.insert(i);
@@ -502,14 +346,8 @@ impl Checker<'_> {
                 }
             }
         }
-        for scc in petgraph::algo::tarjan_scc(&g) {
-            let cyclic = scc.len() > 1 || g.contains_edge(scc[0], scc[0]);
-            if !cyclic {
-                continue;
-            }
-            let mut members = scc.clone();
-            members.sort();
-            let cycle = cycle_path(&g, &members);
+        for members in crate::topo::cycles(&g) {
+            let cycle = crate::topo::shortest_cycle(&g, &members);
             let names: Vec<&str> = cycle
                 .iter()
                 .map(|&i| raw.stages[i].name.name.as_str())
@@ -525,29 +363,13 @@ impl Checker<'_> {
             );
             bad.extend(members);
         }
-        // Kahn's algorithm, taking the earliest stage in the manifest first.
-        let mut indeg: Vec<usize> = (0..raw.stages.len())
-            .map(|i| g.neighbors_directed(i, petgraph::Incoming).count())
-            .collect();
-        let mut ready: BinaryHeap<std::cmp::Reverse<usize>> = (0..raw.stages.len())
-            .filter(|&i| indeg[i] == 0)
-            .map(std::cmp::Reverse)
-            .collect();
-        let mut order = Vec::new();
-        while let Some(std::cmp::Reverse(i)) = ready.pop() {
-            order.push(i);
-            for j in g.neighbors_directed(i, petgraph::Outgoing) {
-                indeg[j] -= 1;
-                if indeg[j] == 0 {
-                    ready.push(std::cmp::Reverse(j));
-                }
-            }
-        }
+        // The earliest stage in the manifest first.
+        let order = crate::topo::stable_order(&g);
         // Stages downstream of a bad one would only report follow-on errors.
         let mut skip = bad;
         for &i in &order {
-            if g.neighbors_directed(i, petgraph::Incoming)
-                .any(|j| skip.contains(&j))
+            if g.neighbors_directed(NodeIndex::new(i), petgraph::Incoming)
+                .any(|j| skip.contains(&j.index()))
             {
                 skip.insert(i);
             }
@@ -1162,40 +984,6 @@ fn op_names() -> String {
         .join(", ")
 }
 
-/// A shortest cycle through the first member, as stage indices, closed.
-fn cycle_path(g: &DiGraphMap<usize, ()>, members: &[usize]) -> Vec<usize> {
-    let start = members[0];
-    let inside: HashSet<usize> = members.iter().copied().collect();
-    let mut prev: HashMap<usize, usize> = HashMap::new();
-    let mut queue = std::collections::VecDeque::from([start]);
-    while let Some(n) = queue.pop_front() {
-        let mut next: Vec<usize> = g
-            .neighbors_directed(n, petgraph::Outgoing)
-            .filter(|m| inside.contains(m))
-            .collect();
-        next.sort();
-        for m in next {
-            if m == start {
-                let mut path = vec![start];
-                let mut cur = n;
-                while cur != start {
-                    path.push(cur);
-                    cur = prev[&cur];
-                }
-                path.push(start);
-                let n = path.len();
-                path[1..n - 1].reverse();
-                return path;
-            }
-            if let std::collections::hash_map::Entry::Vacant(e) = prev.entry(m) {
-                e.insert(n);
-                queue.push_back(m);
-            }
-        }
-    }
-    members.to_vec()
-}
-
 /// Every `params.NAME` a stage mentions.
 fn param_refs(st: &RawStage) -> std::collections::BTreeSet<String> {
     root_refs(st, "params")
@@ -1303,401 +1091,8 @@ fn collect_stage_refs(e: &Expr, out: &mut Vec<(String, Span)>) {
     }
 }
 
-fn unknown(span: Span, what: String, help: String) -> Diagnostic {
+pub(super) fn unknown(span: Span, what: String, help: String) -> Diagnostic {
     Diagnostic::error("unknown-reference", what)
         .at(span, "unknown reference")
         .help(help)
-}
-
-/// Names visible in params, inputs, matrices and resources.
-struct BasicEnv<'a> {
-    params: &'a Value,
-    inputs: Option<&'a Value>,
-}
-
-impl Env for BasicEnv<'_> {
-    fn var(&self, name: &str, span: Span) -> Result<EVal<'_>, Diagnostic> {
-        match (name, &self.inputs) {
-            ("params", _) => Ok(EVal::borrowed(self.params)),
-            ("inputs", Some(i)) => Ok(EVal::borrowed(i)),
-            ("inputs", None) | ("stages", _) => Err(unknown(
-                span,
-                format!("`{name}` cannot be used here"),
-                if self.inputs.is_none() {
-                    "params can refer only to params defined above them".into()
-                } else {
-                    "matrix values and resources cannot depend on stage outputs".into()
-                },
-            )),
-            _ => Err(unknown(
-                span,
-                format!("unknown name `{name}`"),
-                "names: params, inputs, stages, and the stage's matrix keys".into(),
-            )),
-        }
-    }
-    fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic> {
-        Err(unknown(
-            span,
-            format!("`stages.{name}` cannot be used here"),
-            "only stage parameters can refer to stages".into(),
-        ))
-    }
-}
-
-/// Names visible in a stage's parameters.
-struct StageEnv<'a> {
-    params: &'a Value,
-    inputs: &'a Value,
-    matrix: &'a [(String, Value)],
-    stage_index: &'a HashMap<String, usize>,
-    stages: &'a [Stage],
-    instances: &'a [Instance],
-    by_matrix: &'a [MatrixIndex],
-}
-
-impl Env for StageEnv<'_> {
-    fn var(&self, name: &str, span: Span) -> Result<EVal<'_>, Diagnostic> {
-        match name {
-            "params" => Ok(EVal::borrowed(self.params)),
-            "inputs" => Ok(EVal::borrowed(self.inputs)),
-            "stages" => Ok(EVal::Stages),
-            _ => match self.matrix.iter().find(|(k, _)| k == name) {
-                Some((_, v)) => Ok(EVal::borrowed(v)),
-                None => {
-                    let mut names: Vec<&str> = ROOTS.to_vec();
-                    names.extend(self.matrix.iter().map(|(k, _)| k.as_str()));
-                    Err(unknown(
-                        span,
-                        format!("unknown name `{name}`"),
-                        did_you_mean(name, names.iter().copied())
-                            .unwrap_or_else(|| format!("names here: {}", names.join(", "))),
-                    ))
-                }
-            },
-        }
-    }
-
-    fn stage(&self, name: &str, span: Span) -> Result<StageSel, Diagnostic> {
-        let &i = self.stage_index.get(name).ok_or_else(|| {
-            unknown(
-                span,
-                format!("no stage named `{name}`"),
-                did_you_mean(name, self.stage_index.keys().map(String::as_str)).unwrap_or_default(),
-            )
-        })?;
-        Ok(StageSel {
-            stage: name.to_string(),
-            instances: self.stages[i].instances.clone(),
-            many: false,
-        })
-    }
-
-    fn select(
-        &self,
-        sel: &StageSel,
-        keys: &[(String, Value, Span)],
-        span: Span,
-    ) -> Result<StageSel, Diagnostic> {
-        let si = self.stage_index[&sel.stage];
-        let st = &self.stages[si];
-        for (k, _, kspan) in keys {
-            if !st.matrix_keys.contains(k) {
-                return Err(Diagnostic::error(
-                    "unknown-reference",
-                    format!("stage `{}` has no matrix key `{k}`", st.name),
-                )
-                .at(*kspan, "not a matrix key")
-                .help(if st.matrix_keys.is_empty() {
-                    format!("`{}` has no matrix; refer to it without `[...]`", st.name)
-                } else {
-                    format!(
-                        "matrix keys of `{}`: {}",
-                        st.name,
-                        st.matrix_keys.join(", ")
-                    )
-                }));
-            }
-        }
-        // The index narrows the candidates (never dropping a match); the
-        // exact test below decides.
-        let candidates: Vec<usize> = match keys
-            .iter()
-            .map(|(k, v, _)| self.by_matrix[si].get(&(k.clone(), matrix_value_key(v))))
-            .min_by_key(|l| l.map_or(0, |l| l.len()))
-        {
-            Some(narrow) => narrow
-                .map(|l| {
-                    l.iter()
-                        .copied()
-                        .filter(|i| sel.instances.binary_search(i).is_ok())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            None => sel.instances.clone(),
-        };
-        let chosen: Vec<usize> = candidates
-            .into_iter()
-            .filter(|&i| {
-                let inst = &self.instances[i];
-                keys.iter().all(|(k, v, _)| {
-                    inst.matrix.iter().any(|(mk, mv)| mk == k && (mv == v || matches!((mv.as_f64(), v.as_f64()), (Some(a), Some(b)) if a == b)))
-                })
-            })
-            .collect();
-        if chosen.is_empty() {
-            let want = keys
-                .iter()
-                .map(|(k, v, _)| format!("{k}={}", plain(v)))
-                .collect::<Vec<_>>()
-                .join(",");
-            return Err(Diagnostic::error(
-                "unknown-reference",
-                format!("no instance `{}[{want}]`", st.name),
-            )
-            .at(span, "matches no instance")
-            .help(format!(
-                "instances: {}",
-                st.instances
-                    .iter()
-                    .take(8)
-                    .map(|&i| self.instances[i].name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        let all_keys = st
-            .matrix_keys
-            .iter()
-            .all(|mk| keys.iter().any(|(k, _, _)| k == mk));
-        Ok(StageSel {
-            stage: sel.stage.clone(),
-            instances: chosen,
-            many: sel.many || !all_keys,
-        })
-    }
-
-    fn output(&self, sel: &StageSel, output: &str, span: Span) -> Result<Value, Diagnostic> {
-        let st = &self.stages[self.stage_index[&sel.stage]];
-        if !sel.many && sel.instances.len() != 1 {
-            return Err(Diagnostic::error(
-                "unknown-reference",
-                format!("stage `{}` has {} instances", st.name, sel.instances.len()),
-            )
-            .at(span, "which instance?")
-            .help(format!(
-                "select one with `stages.{0}[{1}=...]` or all with `stages.{0}[*]`",
-                st.name,
-                st.matrix_keys.first().map(String::as_str).unwrap_or("key")
-            )));
-        }
-        let mut out = Vec::new();
-        for &i in &sel.instances {
-            let inst = &self.instances[i];
-            let name = resolve_output(&inst.outputs, output).ok_or_else(|| {
-                Diagnostic::error(
-                    "unknown-reference",
-                    format!("`{}` has no output `{output}`", inst.name),
-                )
-                .at(span, "unknown output")
-                .help(if inst.outputs.is_empty() {
-                    format!("`{}` declares no outputs", inst.name)
-                } else {
-                    format!("outputs: {}", inst.outputs.join(", "))
-                })
-            })?;
-            out.push(Value::Path(Box::new(PathRef::Artifact {
-                inst: i,
-                label: format!("{}.{name}", inst.name),
-                output: name,
-            })));
-        }
-        Ok(if sel.many {
-            Value::List(out)
-        } else {
-            out.pop().unwrap()
-        })
-    }
-}
-
-/// An output by its full name or, when unambiguous, by its stem
-/// (`oof` for `oof.csv`).
-pub fn resolve_output(outputs: &[String], name: &str) -> Option<String> {
-    if outputs.iter().any(|o| o == name) {
-        return Some(name.to_string());
-    }
-    let stem = |o: &str| -> String {
-        let base = o.rsplit('/').next().unwrap_or(o);
-        match base.find('.') {
-            Some(i) if i > 0 => base[..i].to_string(),
-            _ => base.to_string(),
-        }
-    };
-    let mut m = outputs.iter().filter(|o| stem(o) == name);
-    match (m.next(), m.next()) {
-        (Some(o), None) => Some(o.clone()),
-        _ => None,
-    }
-}
-
-impl Pipeline {
-    /// A readable dump of the checked pipeline: params, inputs (relative
-    /// to the manifest), and every instance with its parameters and reads.
-    pub fn dump(&self) -> String {
-        use std::fmt::Write;
-        let mut s = format!("pipeline {}\n", self.name);
-        for (k, v) in &self.params {
-            let _ = writeln!(s, "param {k} = {v}");
-        }
-        for (k, i) in &self.inputs {
-            let rel = i.path.strip_prefix(&self.dir).unwrap_or(&i.path);
-            let glob = i
-                .glob
-                .as_deref()
-                .map(|g| format!(" glob {g}"))
-                .unwrap_or_default();
-            let _ = writeln!(s, "input {k} = {}{glob}", rel.display());
-        }
-        for i in &self.instances {
-            let _ = writeln!(
-                s,
-                "instance {} (op {}, threads {}, gpu {})",
-                i.name, i.op, i.resources.threads, i.resources.gpu
-            );
-            for (k, v) in &i.params {
-                let _ = writeln!(s, "  {k} = {v}");
-            }
-            if !i.outputs.is_empty() {
-                let _ = writeln!(s, "  -> {}", i.outputs.join(", "));
-            }
-            if !i.deps.is_empty() {
-                let deps: Vec<&str> = i
-                    .deps
-                    .iter()
-                    .map(|&d| self.instances[d].name.as_str())
-                    .collect();
-                let _ = writeln!(s, "  reads {}", deps.join(", "));
-            }
-        }
-        s
-    }
-
-    pub fn instance_by_name(&self, name: &str) -> Option<&Instance> {
-        self.instances.iter().find(|i| i.name == name)
-    }
-
-    /// Instances named by targets (`stage`, `stage[key=value,...]`, a full
-    /// instance name), or all when there are none.
-    pub fn select_targets(&self, targets: &[String]) -> Result<Vec<usize>, String> {
-        if targets.is_empty() {
-            return Ok((0..self.instances.len()).collect());
-        }
-        let mut out = Vec::new();
-        for t in targets {
-            let (stage, filter) = match t.find('[') {
-                Some(i) if t.ends_with(']') => (&t[..i], Some(&t[i + 1..t.len() - 1])),
-                _ => (t.as_str(), None),
-            };
-            let Some(st) = self.stages.iter().find(|s| s.name == stage) else {
-                let hint = did_you_mean(stage, self.stages.iter().map(|s| s.name.as_str()))
-                    .map(|h| format!(" ({h})"))
-                    .unwrap_or_default();
-                return Err(format!("no stage `{stage}`{hint}"));
-            };
-            // Each value as written, and decoded as in instance names.
-            let pairs: Vec<(&str, &str, Option<String>)> = filter
-                .map(|f| {
-                    f.split(',')
-                        .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.trim(), v.trim(), decode_matrix_value(v.trim())))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let before = out.len();
-            for &i in &st.instances {
-                let inst = &self.instances[i];
-                if pairs.iter().all(|(k, v, decoded)| {
-                    inst.matrix.iter().any(|(mk, mv)| {
-                        mk == k && {
-                            let plain = plain(mv);
-                            plain == *v || decoded.as_deref() == Some(plain.as_str())
-                        }
-                    })
-                }) {
-                    out.push(i);
-                }
-            }
-            if out.len() == before {
-                return Err(format!("target `{t}` matches no instance"));
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outputs_resolve_by_name_or_unique_stem() {
-        let outs = vec![
-            "oof.csv".to_string(),
-            "model.pt".to_string(),
-            "a.x".into(),
-            "a.y".into(),
-        ];
-        assert_eq!(resolve_output(&outs, "oof.csv").as_deref(), Some("oof.csv"));
-        assert_eq!(resolve_output(&outs, "oof").as_deref(), Some("oof.csv"));
-        assert_eq!(resolve_output(&outs, "a"), None);
-        assert_eq!(resolve_output(&outs, "nope"), None);
-    }
-
-    #[test]
-    fn instances_record_the_params_their_stage_mentions() {
-        let text = "[params]\nscale = 2\nother = 1\n[stages.a]\nop = \"exec\"\nmatrix = { f = [0, 1] }\ncmd = \"echo ${f} ${params.scale}\"\n";
-        let (p, r) = crate::check_str("m.toml".as_ref(), text, &[]);
-        assert!(!r.has_errors(), "{r}");
-        let p = p.unwrap();
-        let uses: Vec<&String> = p.instances[0].uses.keys().collect();
-        assert_eq!(uses, ["scale"]);
-    }
-
-    #[test]
-    fn selections_match_by_value_whatever_the_number_type_and_chain() {
-        let text = r#"
-[stages.t]
-op = "exec"
-matrix = { f = [0, 1, 2], a = ["x", "y"] }
-cmd = "echo ${f} ${a} > $PODIUM_OUT/o"
-outs = ["o"]
-[stages.u]
-op = "exec"
-matrix = { g = [0.0, 1.0] }
-cmd = "cat ${stages.t[f=g, a='y'].o} ${stages.t[a='x'][f=g + 1].o} > $PODIUM_OUT/o"
-outs = ["o"]
-[stages.v]
-op = "exec"
-cmd = "cat ${stages.t[a='x'].o} > $PODIUM_OUT/o"
-outs = ["o"]
-"#;
-        let (p, r) = crate::check_str("m.toml".as_ref(), text, &[]);
-        assert!(!r.has_errors(), "{r}");
-        let p = p.unwrap();
-        let id = |n: &str| p.instances.iter().position(|i| i.name == n).unwrap();
-        let deps = |n: &str| -> Vec<&str> {
-            let mut d: Vec<&str> = p.instances[id(n)]
-                .deps
-                .iter()
-                .map(|&d| p.instances[d].name.as_str())
-                .collect();
-            d.sort();
-            d
-        };
-        assert_eq!(deps("u[g=0.0]"), ["t[f=0,a=y]", "t[f=1,a=x]"]);
-        assert_eq!(deps("u[g=1.0]"), ["t[f=1,a=y]", "t[f=2,a=x]"]);
-        assert_eq!(deps("v"), ["t[f=0,a=x]", "t[f=1,a=x]", "t[f=2,a=x]"]);
-    }
 }
