@@ -46,8 +46,7 @@ build() {
     local exes=$gpu/executables.json
     {
         cargo build --release --locked --features cudnn --bin podium --message-format=json
-        cargo test --release --locked --features cudnn --no-run --message-format=json \
-            --test kernels_torch --test nn_torch --test train
+        cargo test --release --locked --features cudnn --no-run --message-format=json --test it
         cargo bench --locked --features cudnn --no-run --bench conv --message-format=json
     } > "$exes"
     python3 - "$exes" "$gpu/bin" <<'EOF'
@@ -56,7 +55,7 @@ exes, out = sys.argv[1], sys.argv[2]
 for line in open(exes):
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in (
-            "podium", "kernels_torch", "nn_torch", "train", "conv"):
+            "podium", "it", "conv"):
         subprocess.run(["strip", "-o", f"{out}/{m['target']['name']}", m["executable"]], check=True)
 EOF
     # The tests find their fixtures under the directory they were built in.
@@ -84,9 +83,8 @@ build) build ;;
 test)
     setup
     failed=0
-    for t in kernels_torch nn_torch train; do
-        "$gpu/bin/$t" --test-threads 1 "${2:-gpu}" || failed=1
-    done
+    # The GPU tests of the kernels, the models and training (tests/it/).
+    "$gpu/bin/it" --test-threads 1 "${2:-gpu}" || failed=1
     exit $failed
     ;;
 bench)

@@ -4,19 +4,12 @@
 //! clear errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
 
-fn podium(dir: &Path, args: &[&str]) -> Output {
-    Command::cargo_bin("podium")
-        .unwrap()
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::ws::podium_at as podium;
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let out = podium(dir, args);

@@ -11,7 +11,7 @@ fn relative(path: &Path) -> PathBuf {
 
 #[test]
 fn diagnostics_of_bad_manifests() {
-    insta::glob!("fixtures/bad/*.toml", |path| {
+    insta::glob!("..", "fixtures/bad/*.toml", |path| {
         let rel = relative(path);
         let text = std::fs::read_to_string(path).unwrap();
         let (pipeline, report) = podium::check_str(&rel, &text, &[]);
@@ -43,7 +43,7 @@ fn json_diagnostics_carry_file_line_and_column() {
 
 #[test]
 fn checked_ir_of_good_manifests() {
-    insta::glob!("fixtures/good/*.toml", |path| {
+    insta::glob!("..", "fixtures/good/*.toml", |path| {
         let rel = relative(path);
         let (p, warnings) = podium::load(&rel, &[]).unwrap_or_else(|e| match e {
             podium::Error::Manifest(r) => panic!("{}", r.render(false)),

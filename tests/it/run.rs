@@ -1,16 +1,13 @@
 //! The CLI on fixture pipelines: what executes, what is a cache hit, and
 //! what survives a kill, asserted by instance name.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
 
-/// A scratch workspace with a manifest, its data, a store and `out/`.
-struct Ws {
-    dir: tempfile::TempDir,
-}
+use crate::ws::Ws;
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -47,33 +44,15 @@ cmd = "cat ${stages.train[*].model} > $PODIUM_OUT/all.txt"
 outs = ["all.txt"]
 "#;
 
+/// A workspace with the manifest `p.toml` and its data, `data/numbers.txt`.
+fn ws(manifest: &str) -> Ws {
+    let ws = Ws::with_manifest(manifest);
+    let numbers: String = (1..=50).rev().map(|i| format!("{i}\n")).collect();
+    ws.write("data/numbers.txt", &numbers);
+    ws
+}
+
 impl Ws {
-    fn new(manifest: &str) -> Ws {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("data")).unwrap();
-        let numbers: String = (1..=50).rev().map(|i| format!("{i}\n")).collect();
-        std::fs::write(dir.path().join("data/numbers.txt"), numbers).unwrap();
-        std::fs::write(dir.path().join("p.toml"), manifest).unwrap();
-        Ws { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::cargo_bin("podium").unwrap();
-        c.current_dir(self.dir.path())
-            .args(args)
-            .env_remove("PODIUM_STORE")
-            .env_remove("PODIUM_OUT_DIR");
-        c
-    }
-
-    fn podium(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
     /// Runs and returns the JSON report; panics unless it exits with `code`.
     fn run_code(&self, extra: &[&str], code: i32) -> Value {
         let mut args = vec!["run", "-f", "p.toml", "--format", "json"];
@@ -90,10 +69,6 @@ impl Ws {
 
     fn run(&self, extra: &[&str]) -> Value {
         self.run_code(extra, 0)
-    }
-
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).unwrap()
     }
 
     /// Whether the store's work directories are all gone.
@@ -147,7 +122,7 @@ const ALL: [&str; 6] = [
 
 #[test]
 fn first_run_executes_everything_and_a_rerun_nothing() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     let r = ws.run(&[]);
     assert_eq!(names(&r, "executed"), ALL);
     // The folds hold every number once; fold f's model is 2 × the sum of the others.
@@ -173,7 +148,7 @@ fn first_run_executes_everything_and_a_rerun_nothing() {
 
 #[test]
 fn changing_one_param_reruns_exactly_the_dependent_instances() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     ws.run(&[]);
     let r = ws.run(&["--set", "params.scale=3"]);
     assert_eq!(
@@ -188,7 +163,7 @@ fn changing_one_param_reruns_exactly_the_dependent_instances() {
 
 #[test]
 fn plan_explains_why_each_instance_is_stale() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     ws.run(&[]);
     std::fs::write(ws.path("data/numbers.txt"), "7\n3\n").unwrap();
     let out = ws.podium(&["plan", "-f", "p.toml", "--set", "params.folds=2"]);
@@ -209,7 +184,7 @@ fn plan_explains_why_each_instance_is_stale() {
 
 #[test]
 fn touching_an_input_without_changing_its_bytes_reruns_nothing() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     ws.run(&[]);
     let f = std::fs::File::options()
         .write(true)
@@ -224,7 +199,7 @@ fn touching_an_input_without_changing_its_bytes_reruns_nothing() {
 
 #[test]
 fn an_upstream_rerun_with_identical_output_stops_at_the_cutoff() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     ws.run(&[]);
     let r = ws.run(&["--set", "params.note=\"b\""]);
     assert_eq!(names(&r, "executed"), ["prepare"]);
@@ -239,8 +214,8 @@ fn an_upstream_rerun_with_identical_output_stops_at_the_cutoff() {
 
 #[test]
 fn results_are_identical_with_one_thread_and_four_cold_and_warm() {
-    let a = Ws::new(PIPELINE);
-    let b = Ws::new(PIPELINE);
+    let a = ws(PIPELINE);
+    let b = ws(PIPELINE);
     a.run(&["-j", "1"]);
     b.run(&["-j", "4"]);
     let keys = |ws: &Ws| {
@@ -263,7 +238,7 @@ fn results_are_identical_with_one_thread_and_four_cold_and_warm() {
 
 #[test]
 fn a_failing_instance_shows_its_log_tail_and_spares_independent_work() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     let r = ws.run_code(&["--set", "stages.train.cmd=\"echo bad-fold-${fold} >&2; test ${fold} != 1 && echo 1 > $PODIUM_OUT/model.txt\"", "--keep-going"], 1);
     assert_eq!(names(&r, "failed"), ["train[fold=1]"]);
     assert_eq!(names(&r, "skipped"), ["report"]);
@@ -279,7 +254,7 @@ fn a_failing_instance_shows_its_log_tail_and_spares_independent_work() {
 
 #[test]
 fn gpus_default_to_what_the_driver_reports_and_the_flag_overrides() {
-    let ws = Ws::new(&PIPELINE.replace(
+    let ws = ws(&PIPELINE.replace(
         "[stages.report]\n",
         "[stages.report]\nresources = { gpu = 1 }\n",
     ));
@@ -298,7 +273,7 @@ fn gpus_default_to_what_the_driver_reports_and_the_flag_overrides() {
 
 #[test]
 fn a_missing_declared_output_fails_the_instance() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     let out = ws.podium(&[
         "run",
         "-f",
@@ -316,7 +291,7 @@ fn a_missing_declared_output_fails_the_instance() {
 
 #[test]
 fn check_reports_every_error_and_exits_nonzero() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     let out = ws.podium(&[
         "check",
         "p.toml",
@@ -356,7 +331,7 @@ fn sigkill_mid_run_redoes_only_unfinished_instances_its_commands_do_not_outlive_
         "cmd = \"awk -v f=${fold}",
         "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; sleep 31.0071; true; fi; awk -v f=${fold}",
     );
-    let ws = Ws::new(&manifest);
+    let ws = ws(&manifest);
     let mut child = ws.spawn_until(&["run", "-f", "p.toml", "-j", "1"], "started-2");
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
@@ -399,7 +374,7 @@ fn sigkill_mid_run_redoes_only_unfinished_instances_its_commands_do_not_outlive_
 #[test]
 fn two_concurrent_runs_on_one_store_both_end_correctly() {
     let manifest = PIPELINE.replace("sort -n", "sleep 0.3; sort -n");
-    let ws = Ws::new(&manifest);
+    let ws = ws(&manifest);
     let spawn = || {
         ws.cmd(&["run", "-f", "p.toml", "--format", "json"])
             .stderr(std::process::Stdio::piped())
@@ -444,7 +419,7 @@ fn two_concurrent_runs_on_one_store_both_end_correctly() {
 
 #[test]
 fn verify_drops_a_corrupted_object_and_the_next_run_recomputes_it() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     ws.run(&[]);
     let target = std::fs::canonicalize(ws.path("out/report/all.txt")).unwrap();
     // The out/ file is a hard link to the object: corrupt the object through a fresh path.
@@ -466,7 +441,7 @@ fn verify_drops_a_corrupted_object_and_the_next_run_recomputes_it() {
 
 #[test]
 fn gc_frees_what_no_manifest_references() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     ws.run(&["--set", "params.scale=5"]);
     ws.run(&[]);
     let out = ws.podium(&["gc", "p.toml", "--dry-run"]);
@@ -490,7 +465,7 @@ fn gc_frees_what_no_manifest_references() {
 
 #[test]
 fn dag_marks_stale_instances() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     ws.run(&["report"]);
     let out = ws.podium(&[
         "dag",
@@ -513,7 +488,7 @@ fn dag_marks_stale_instances() {
 
 #[test]
 fn targets_run_only_what_they_need() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     let r = ws.run(&["train[fold=1]"]);
     assert_eq!(names(&r, "executed"), ["prepare", "split", "train[fold=1]"]);
     let out = ws.podium(&["run", "-f", "p.toml", "nope"]);
@@ -523,7 +498,7 @@ fn targets_run_only_what_they_need() {
 
 #[test]
 fn op_runs_one_op_alone_and_reports_bad_parameters() {
-    let ws = Ws::new(PIPELINE);
+    let ws = ws(PIPELINE);
     let out = ws.podium(&[
         "op",
         "exec",
@@ -607,7 +582,7 @@ fn ctrl_c_stops_cleanly_keeping_finished_instances() {
         "cmd = \"awk -v f=${fold}",
         "cmd = \"if [ ${fold} = 2 ] && [ ! -e release ]; then touch started-2; echo partial > $PODIUM_OUT/model.txt; sleep 30; fi; awk -v f=${fold}",
     );
-    let ws = Ws::new(&manifest);
+    let ws = ws(&manifest);
     let child = ws.spawn_until(
         &["run", "-f", "p.toml", "-j", "1", "--format", "json"],
         "started-2",
@@ -725,7 +700,7 @@ NR == 1 { print "id,0,1,2"; next }
 
 #[test]
 fn the_data_ops_run_as_manifest_stages_and_rerun_nothing_when_unchanged() {
-    let ws = Ws::new(OPS_PIPELINE);
+    let ws = ws(OPS_PIPELINE);
     std::fs::write(ws.path("score.awk"), SCORE_AWK).unwrap();
     let r = ws.run(&[]);
     assert_eq!(names(&r, "executed").len(), 10, "{r}");
@@ -770,7 +745,7 @@ outs = ["o"]
 
 #[test]
 fn an_instance_cached_on_another_instances_record_keeps_its_own_state() {
-    let ws = Ws::new(SAME_KEY);
+    let ws = ws(SAME_KEY);
     let r = ws.run(&[]);
     assert_eq!(names(&r, "executed"), ["a", "b"]);
     assert_eq!(names(&r, "cached"), ["c"]);
@@ -811,7 +786,7 @@ matrix = { j = [0, 1] }
 cmd = "echo same > $PODIUM_OUT/o # ${j}"
 outs = ["o"]
 "#;
-    let ws = Ws::new(manifest);
+    let ws = ws(manifest);
     ws.run(&["-j", "1"]);
     let dirs: std::collections::BTreeSet<String> = (0..4)
         .map(|i| ws.read(&format!("out/s/i={i}/o")))

@@ -4,56 +4,24 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 
-struct Ws {
-    dir: tempfile::TempDir,
+use crate::ws::Ws;
+
+/// A workspace with `p.toml` and the input directory `data/imgs/` of
+/// three files, and the single input file `data/x.txt`.
+fn ws(manifest: &str) -> Ws {
+    let ws = Ws::with_manifest(manifest);
+    for i in 0..3 {
+        ws.write(&format!("data/imgs/{i}.png"), &format!("img{i}"));
+    }
+    ws.write("data/x.txt", "the input\n");
+    ws
 }
 
 impl Ws {
-    /// A workspace with `p.toml` and the input directory `data/imgs/` of
-    /// three files, and the single input file `data/x.txt`.
-    fn new(manifest: &str) -> Ws {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("data/imgs")).unwrap();
-        for i in 0..3 {
-            std::fs::write(
-                dir.path().join(format!("data/imgs/{i}.png")),
-                format!("img{i}"),
-            )
-            .unwrap();
-        }
-        std::fs::write(dir.path().join("data/x.txt"), "the input\n").unwrap();
-        std::fs::write(dir.path().join("p.toml"), manifest).unwrap();
-        Ws { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).unwrap()
-    }
-
-    fn podium(&self, args: &[&str]) -> Output {
-        self.podium_in("", args)
-    }
-
-    /// `podium ARGS` run in the workspace's directory `rel`.
-    fn podium_in(&self, rel: &str, args: &[&str]) -> Output {
-        Command::cargo_bin("podium")
-            .unwrap()
-            .current_dir(self.path(rel))
-            .args(args)
-            .env_remove("PODIUM_STORE")
-            .env_remove("PODIUM_OUT_DIR")
-            .output()
-            .unwrap()
-    }
-
     fn run_ok(&self, extra: &[&str]) -> String {
         let mut args = vec!["run", "-f", "p.toml"];
         args.extend_from_slice(extra);
@@ -91,7 +59,7 @@ fn stage(cmd: &str, outs: &str) -> String {
 
 #[test]
 fn a_symlink_output_to_an_input_directory_leaves_the_input_where_it_was() {
-    let ws = Ws::new(&stage(
+    let ws = ws(&stage(
         "ln -s ${inputs.imgs} $PODIUM_OUT/images",
         "\"images\"",
     ));
@@ -115,7 +83,7 @@ fn a_symlink_output_to_an_outside_file_is_stored_by_content_and_keeps_its_mode()
     let outside = tempfile::tempdir().unwrap();
     let victim = outside.path().join("victim.txt");
     std::fs::write(&victim, "outside\n").unwrap();
-    let ws = Ws::new(&stage(
+    let ws = ws(&stage(
         &format!("ln -s {} $PODIUM_OUT/o.txt", victim.display()),
         "\"o.txt\"",
     ));
@@ -136,7 +104,7 @@ fn a_symlink_output_to_an_outside_file_is_stored_by_content_and_keeps_its_mode()
 
 #[test]
 fn a_hard_link_output_to_an_input_is_copied_and_the_input_stays_writable_and_unshared() {
-    let ws = Ws::new(&stage(
+    let ws = ws(&stage(
         "ln ${inputs.x} $PODIUM_OUT/copy.txt",
         "\"copy.txt\"",
     ));
@@ -150,7 +118,7 @@ fn a_hard_link_output_to_an_input_is_copied_and_the_input_stays_writable_and_uns
 
 #[test]
 fn a_symlink_loop_in_an_output_is_an_error_naming_the_output_and_the_link() {
-    let ws = Ws::new(&stage(
+    let ws = ws(&stage(
         "mkdir $PODIUM_OUT/d && ln -s .. $PODIUM_OUT/d/up",
         "\"d\"",
     ));
@@ -165,11 +133,9 @@ fn a_symlink_loop_in_an_output_is_an_error_naming_the_output_and_the_link() {
 
 #[test]
 fn matrix_values_with_path_characters_stay_inside_their_stage_directory_and_can_be_targets() {
-    let ws = Ws::new(
-        "[pipeline]\nname = \"s\"\n[stages.ok]\nop = \"exec\"\n\
+    let ws = ws("[pipeline]\nname = \"s\"\n[stages.ok]\nop = \"exec\"\n\
          matrix = { v = [\"../../../../../victim_area\", \"a\\nb\", \"a,b\", \".hidden\", \"x/y\", \"50%\"] }\n\
-         cmd = \"printf '%s' '${v}' > $PODIUM_OUT/o\"\nouts = [\"o\"]\n",
-    );
+         cmd = \"printf '%s' '${v}' > $PODIUM_OUT/o\"\nouts = [\"o\"]\n");
     let before = ws.snapshot();
     ws.run_ok(&[]);
     assert_eq!(ws.snapshot(), before, "nothing outside out/ and the store");
@@ -199,7 +165,7 @@ fn matrix_values_with_path_characters_stay_inside_their_stage_directory_and_can_
 
 #[test]
 fn op_output_into_a_non_empty_directory_adds_files_and_deletes_nothing() {
-    let ws = Ws::new("");
+    let ws = ws("");
     let d = ws.path("work");
     std::fs::create_dir_all(d.join("keepdir")).unwrap();
     std::fs::write(d.join("important.txt"), "keep me").unwrap();
@@ -244,7 +210,7 @@ fn op_output_into_a_non_empty_directory_adds_files_and_deletes_nothing() {
 
 #[test]
 fn op_with_several_outputs_refuses_an_output_file_name_instead_of_making_a_directory() {
-    let ws = Ws::new("");
+    let ws = ws("");
     let out = ws.podium(&small_synth("train.csv"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -254,7 +220,7 @@ fn op_with_several_outputs_refuses_an_output_file_name_instead_of_making_a_direc
 
 #[test]
 fn an_out_dir_podium_did_not_make_is_refused_and_left_alone() {
-    let ws = Ws::new(
+    let ws = ws(
         "[pipeline]\nname = \"s\"\n[stages.data]\nop = \"exec\"\ncmd = \"echo 1 > $PODIUM_OUT/o\"\nouts = [\"o\"]\n",
     );
     std::fs::write(ws.path("data/keep.txt"), "keep").unwrap();
@@ -275,7 +241,7 @@ fn an_out_dir_podium_did_not_make_is_refused_and_left_alone() {
 
 #[test]
 fn files_a_user_puts_beside_outputs_in_out_survive_a_rerun() {
-    let ws = Ws::new(&stage("cat ${inputs.x} > $PODIUM_OUT/o", "\"o\""));
+    let ws = ws(&stage("cat ${inputs.x} > $PODIUM_OUT/o", "\"o\""));
     ws.run_ok(&[]);
     std::fs::write(ws.path("out/a/notes.txt"), "mine").unwrap();
     std::fs::write(ws.path("data/x.txt"), "changed\n").unwrap();
@@ -332,7 +298,7 @@ fn find_object(dir: &Path, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn a_damaged_object_is_recomputed_and_never_feeds_a_stage() {
-    let clean = Ws::new(FANIN);
+    let clean = ws(FANIN);
     clean.run_ok(&[]);
     let want = clean.read("out/fanin/all.txt");
     assert_eq!(want, "value-1\nvalue-2\nvalue-3\n");
@@ -343,7 +309,7 @@ fn a_damaged_object_is_recomputed_and_never_feeds_a_stage() {
         "deleted",
         "replaced by a symlink",
     ] {
-        let ws = Ws::new(FANIN);
+        let ws = ws(FANIN);
         ws.run_ok(&[]);
         damage(&ws, how);
         ws.run_ok(&["--force", "fanin"]);
@@ -492,7 +458,7 @@ fn fifo(dir: &Path, name: &str) {
 
 #[test]
 fn sigterm_and_ctrl_c_stop_check_plan_verify_and_gc_at_once() {
-    let ws = Ws::new(&stage("echo 1 > $PODIUM_OUT/o", "\"o\""));
+    let ws = ws(&stage("echo 1 > $PODIUM_OUT/o", "\"o\""));
     ws.run_ok(&[]);
     fifo(&ws.path(""), "wait.toml");
     // An object that blocks whoever opens it to re-hash it.
@@ -536,7 +502,7 @@ fn sigterm_and_ctrl_c_stop_check_plan_verify_and_gc_at_once() {
 
 #[test]
 fn verify_counts_records_and_objects_apart_and_never_makes_a_store() {
-    let ws = Ws::new(&stage("echo 1 > $PODIUM_OUT/o", "\"o\""));
+    let ws = ws(&stage("echo 1 > $PODIUM_OUT/o", "\"o\""));
     let out = ws.podium(&["--store", "nowhere/store", "verify"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -565,7 +531,7 @@ fn verify_counts_records_and_objects_apart_and_never_makes_a_store() {
 
 #[test]
 fn an_input_that_is_a_symlink_loop_is_named_once_and_a_loop_inside_an_input_is_named_by_run() {
-    let ws = Ws::new(
+    let ws = ws(
         "[pipeline]\nname = \"s\"\n[inputs.l]\npath = \"data/loop\"\n[stages.a]\nop = \"exec\"\n\
          cmd = \"ls ${inputs.l} > $PODIUM_OUT/o\"\nouts = [\"o\"]\n",
     );
@@ -603,7 +569,7 @@ fn an_input_that_is_a_symlink_loop_is_named_once_and_a_loop_inside_an_input_is_n
 
 #[test]
 fn ops_never_write_a_non_finite_number_and_refuse_one_in_a_label_column() {
-    let ws = Ws::new("");
+    let ws = ws("");
     let det = |s: &str| {
         format!(
             "{{\"image_id\": 1, \"category_id\": 0, \"bbox\": [0.1, 0.1, 0.2, 0.2], \"score\": {s}}}"
@@ -683,7 +649,7 @@ fn ops_never_write_a_non_finite_number_and_refuse_one_in_a_label_column() {
 
 #[test]
 fn train_refuses_an_image_size_no_batch_could_fit_naming_the_parameter() {
-    let ws = Ws::new("");
+    let ws = ws("");
     let out = ws.podium(&[
         "op",
         "synth",

@@ -2,38 +2,15 @@
 //! input, and on bad input a one-line `error:` naming the file, a non-zero
 //! exit and the output left untouched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::{Value, json};
 
-struct Ws {
-    dir: tempfile::TempDir,
-}
+use crate::ws::Ws;
 
 impl Ws {
-    fn new() -> Ws {
-        Ws {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, text: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).unwrap()
-    }
-
     fn op(&self, args: &[&str]) -> Output {
         Command::cargo_bin("podium")
             .unwrap()

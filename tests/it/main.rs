@@ -1,0 +1,17 @@
+//! The integration tests, one binary (one link of podium, not nine): the
+//! parse and check layers (`check`), the CLI on pipelines (`run`), the ops
+//! through `podium op` (`ops_cli`), numerical agreement with the
+//! established libraries (`ops_boxes`, `ops_evaluate`, `kernels_torch`,
+//! `nn_torch`), training end to end (`train`), and the safety guarantees
+//! (`safety`). Every workspace comes from [`ws::Ws`].
+
+mod check;
+mod kernels_torch;
+mod nn_torch;
+mod ops_boxes;
+mod ops_cli;
+mod ops_evaluate;
+mod run;
+mod safety;
+mod train;
+mod ws;
