@@ -125,7 +125,7 @@ def cpu_model():
 
 
 def podium_path():
-    """The kernels podium chooses (src/nn/kernels/isa.rs): PODIUM_CPU, else the widest the CPU has."""
+    """The kernels podium chooses (crates/podium-kernels/src/isa.rs): PODIUM_CPU, else the widest the CPU has."""
     if os.environ.get("PODIUM_CPU"):
         return os.environ["PODIUM_CPU"] + " (PODIUM_CPU)"
     flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()

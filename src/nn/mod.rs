@@ -11,7 +11,7 @@ use candle_core::Device;
 pub mod aug;
 pub mod checkpoint;
 pub mod dataset;
-pub mod kernels;
+pub use podium_kernels as kernels;
 pub mod layers;
 pub mod loader;
 pub mod loss;

@@ -36,7 +36,7 @@ fn now_ns() -> i128 {
 /// that an unchanged file is not read again. Entries for files modified just
 /// before they were hashed are not trusted (racy timestamps).
 ///
-/// The cache file is binary (see `Record` in the source) and is used as loaded: one
+/// The cache file is binary (see `Encoding` in the source) and is used as loaded: one
 /// read, then an index from a 64-bit hash of each path to its record, with
 /// no parsing and no allocation per entry. Entries loaded from it are read
 /// without a lock (hashing threads look up many files at once); entries made
@@ -54,12 +54,12 @@ pub struct StatCache {
 /// The first bytes of a stat cache file (format 2: binary records).
 const MAGIC: &[u8; 16] = b"podium-stat-v2\n\0";
 
-/// One record of the cache file: the path's length (u32), the path's bytes,
+/// How one entry is laid out in the cache file: the path's length (u32), the path's bytes,
 /// then size, mtime (ns), ctime (ns), inode, the time it was hashed (ns),
 /// all little-endian 8-byte integers, and the 32-byte blake3 hash.
-struct Record;
+struct Encoding;
 
-impl Record {
+impl Encoding {
     const FIXED: usize = 5 * 8 + 32;
 
     fn write(out: &mut Vec<u8>, path: &[u8], e: &Entry) {
@@ -111,7 +111,7 @@ impl Loaded {
     fn of(buf: Vec<u8>) -> Loaded {
         let mut index = HashMap::default();
         if buf.starts_with(MAGIC) {
-            index.reserve(buf.len() / (Record::FIXED + 48));
+            index.reserve(buf.len() / (Encoding::FIXED + 48));
             for (at, path, _) in records(&buf) {
                 index.insert(Self::key(path), at);
             }
@@ -121,7 +121,7 @@ impl Loaded {
 
     fn get(&self, path: &[u8]) -> Option<Entry> {
         let &at = self.index.get(&Self::key(path))?;
-        let (p, e, _) = Record::read(&self.buf, at)?;
+        let (p, e, _) = Encoding::read(&self.buf, at)?;
         (p == path).then_some(e)
     }
 
@@ -140,7 +140,7 @@ fn records(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8], Entry)> {
         buf.len()
     };
     std::iter::from_fn(move || {
-        let (p, e, next) = Record::read(buf, at)?;
+        let (p, e, next) = Encoding::read(buf, at)?;
         let here = std::mem::replace(&mut at, next);
         Some((here, p, e))
     })
@@ -184,11 +184,11 @@ impl StatCache {
         let mut out = Vec::with_capacity(loaded.buf.len() + fresh.len() * 128);
         out.extend_from_slice(MAGIC);
         for (p, e) in fresh.iter() {
-            Record::write(&mut out, p, e);
+            Encoding::write(&mut out, p, e);
         }
         for (p, e) in loaded.records() {
             if !fresh.contains_key(p) {
-                Record::write(&mut out, p, &e);
+                Encoding::write(&mut out, p, &e);
             }
         }
         super::atomic_write_nosync(path, &out)

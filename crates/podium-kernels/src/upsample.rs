@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use podium::nn::kernels::upsample::bilinear;
+//! use podium_kernels::upsample::bilinear;
 //! let x = Tensor::new(&[[[[0f32, 4.]]]], &Device::Cpu).unwrap();
 //! let y = bilinear(&x, (1, 4), false).unwrap();
 //! assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 1., 3., 4.]);
@@ -171,7 +171,7 @@ mod tests {
         for ac in [false, true] {
             let a = bilinear(&x, (9, 11), ac).unwrap();
             let b = x.upsample_bilinear2d(9, 11, ac).unwrap();
-            let d = crate::nn::kernels::max_abs_diff(&a, &b);
+            let d = crate::max_abs_diff(&a, &b);
             assert!(d < 1e-5, "align_corners {ac}: {d}");
         }
     }

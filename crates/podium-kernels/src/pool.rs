@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use podium::nn::kernels::pool::{Pool, pool2d};
+//! use podium_kernels::pool::{Pool, pool2d};
 //! let x = Tensor::arange(0f32, 25., &Device::Cpu).unwrap().reshape((1, 1, 5, 5)).unwrap();
 //! let y = pool2d(&x, Pool::max(3, 2, 1)).unwrap();
 //! assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [6., 8., 9., 16., 18., 19., 21., 23., 24.]);

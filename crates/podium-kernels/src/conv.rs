@@ -28,7 +28,7 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use podium::nn::kernels::conv::{ConvParams, conv2d};
+//! use podium_kernels::conv::{ConvParams, conv2d};
 //! let x = Tensor::ones((2, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
 //! let w = Tensor::ones((6, 4, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
 //! let p = ConvParams { stride: 2, padding: 1, ..ConvParams::default() };
@@ -1463,7 +1463,7 @@ mod tests {
             let dy = rand(g.n * g.cout * g.ohw(), 6);
             let b = backward_weight_as(&x, &dy, &g, WeightGemm::Plain);
             let mut ways = vec![WeightGemm::Transposed];
-            if crate::nn::kernels::avx2_fma() {
+            if crate::avx2_fma() {
                 ways.push(WeightGemm::Dots);
             }
             for how in ways {
@@ -1541,7 +1541,7 @@ mod tests {
             let theirs = x.conv2d(&wt, pad, stride, 1, groups).unwrap();
             prop_assert_eq!(ours.dims(), theirs.dims());
             let u = Tensor::from_vec(rand(ours.elem_count(), seed + 3), ours.shape(), &dev).unwrap();
-            let diff = crate::nn::kernels::max_abs_diff;
+            let diff = crate::max_abs_diff;
             prop_assert!(diff(&ours, &theirs) < 1e-4);
             let ga = (&ours * &u).unwrap().sum_all().unwrap().backward().unwrap();
             // candle's backward fails where the stride leaves input rows

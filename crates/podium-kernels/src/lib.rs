@@ -12,7 +12,7 @@
 //! - [`upsample`]: bilinear upsampling.
 //!
 //! Every op runs on f32 NCHW tensors on the CPU; the layers in
-//! [`super::layers`] fall back to candle's own ops on other devices.
+//! podium's `nn::layers` fall back to candle's own ops on other devices.
 //!
 //! Threads: each op splits its work over rayon's global pool (the number of
 //! threads is `RAYON_NUM_THREADS`, default the machine's cores). Reductions

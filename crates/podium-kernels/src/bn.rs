@@ -453,7 +453,7 @@ mod tests {
     }
 
     fn close(a: &Tensor, b: &Tensor, what: &str) {
-        let d = crate::nn::kernels::max_abs_diff(a, b);
+        let d = crate::max_abs_diff(a, b);
         assert!(d < 1e-4, "{what}: {d}");
     }
 
