@@ -4,6 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+/// Help that the box ops (`wbf`, `nms`, `soft_nms`) share for their
+/// parameters of one name: written once, used as `#[doc = box_help!(boxes)]`.
+macro_rules! box_help {
+    (boxes) => {
+        "one COCO results file per model"
+    };
+    (images) => {
+        "COCO file with each image's width and height, for boxes in pixels"
+    };
+}
+
 pub mod ensemble;
 pub mod evaluate;
 pub mod exec;

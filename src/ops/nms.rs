@@ -21,9 +21,9 @@ pub struct Nms;
 crate::params! {
     /// The parameters of `nms`.
     pub struct Args {
-        /// one COCO results file per model
+        #[doc = box_help!(boxes)]
         boxes: Vec<PathBuf>,
-        /// COCO file with each image's width and height, for boxes in pixels
+        #[doc = box_help!(images)]
         images: Option<PathBuf> = "",
         /// overlap above which the lower box is dropped
         iou_thr: f64 = 0.5,

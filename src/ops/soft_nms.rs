@@ -40,9 +40,9 @@ crate::choice! {
 crate::params! {
     /// The parameters of `soft_nms`.
     pub struct Args {
-        /// one COCO results file per model
+        #[doc = box_help!(boxes)]
         boxes: Vec<PathBuf>,
-        /// COCO file with each image's width and height, for boxes in pixels
+        #[doc = box_help!(images)]
         images: Option<PathBuf> = "",
         /// decay: gaussian, exp(−iou²/sigma); linear, 1 − iou for overlaps above `iou_thr`
         method: Decay = "gaussian",

@@ -33,9 +33,9 @@ crate::choice! {
 crate::params! {
     /// The parameters of `wbf`.
     pub struct Args {
-        /// one COCO results file per model
+        #[doc = box_help!(boxes)]
         boxes: Vec<PathBuf>,
-        /// COCO file with each image's width and height, for boxes in pixels
+        #[doc = box_help!(images)]
         images: Option<PathBuf> = "",
         /// a box joins a cluster when its IoU with the cluster's box is above this
         iou_thr: f64 = 0.55,
