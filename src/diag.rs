@@ -156,6 +156,16 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
+
+    /// The message and its label on one line, for a diagnostic whose
+    /// source is not a file worth drawing (`podium op`'s flags).
+    pub fn one_line(&self) -> String {
+        if self.label.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{} ({})", self.message, self.label)
+        }
+    }
 }
 
 /// Diagnostics together with the sources they point into.

@@ -53,12 +53,7 @@ pub fn op(
     let diags = report.diagnostics;
     let Some(pipeline) = pipeline else {
         for d in diags.iter().filter(|d| d.is_error()) {
-            let label = if d.label.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", d.label)
-            };
-            eprintln!("error: {kind}: {}{label}", d.message);
+            eprintln!("error: {kind}: {}", d.one_line());
         }
         return Ok(1);
     };
