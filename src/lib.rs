@@ -24,7 +24,7 @@
 //! - [`executor`]: the executor interface and the local (rayon) executor.
 //! - [`ops`]: one file per op behind the [`ops::Op`] trait; they read and write through
 //!   [`data`] (tables, COCO boxes, images) and score through [`metrics`].
-//!   Each declares its parameters once ([`params`]) and reports how far it has got
+//!   Each declares its parameters once ([`params`](mod@params)) and reports how far it has got
 //!   ([`progress`]).
 //! - [`store`]: objects, records, atomic writes, the lock, the stat cache; [`hash`]: content hashing.
 

@@ -1,6 +1,6 @@
 //! Op parameters, declared once.
 //!
-//! Each op declares its parameters as a plain struct inside [`params!`]:
+//! Each op declares its parameters as a plain struct inside [`params!`](crate::params!):
 //! a field's name is the parameter's name, its type says what the
 //! parameter accepts ([`Param`]), `= DEFAULT` (TOML) makes it optional, and
 //! its doc comment is the help text shown by `podium op --list` and in
@@ -10,7 +10,7 @@
 //! A parameter the code reads that is not declared is a compile error.
 //!
 //! Values with a fixed set of spellings are Rust enums declared with
-//! [`choice!`].
+//! [`choice!`](crate::choice!).
 //!
 //! ```
 //! use podium::params::{Declared, Params};
@@ -206,7 +206,7 @@ impl ParamKind {
     }
 }
 
-/// One parameter of an op, as [`params!`] declares it.
+/// One parameter of an op, as [`params!`](crate::params!) declares it.
 #[derive(Clone, Copy, Debug)]
 pub struct ParamSpec {
     pub name: &'static str,
@@ -467,7 +467,7 @@ impl Param for Value {
     }
 }
 
-/// An op's parameters as one typed struct: made by [`params!`].
+/// An op's parameters as one typed struct: made by [`params!`](crate::params!).
 pub trait Declared: Sized {
     /// Every parameter, in declaration order.
     const SPECS: &'static [ParamSpec];
@@ -477,7 +477,7 @@ pub trait Declared: Sized {
     fn from_params(p: &Params, dir: &Path) -> Result<Self, Vec<ParamError>>;
 }
 
-/// Reads parameter `name` of `specs` from `p` for [`params!`]: its value,
+/// Reads parameter `name` of `specs` from `p` for [`params!`](crate::params!): its value,
 /// or its default when `p` lacks it.
 #[doc(hidden)]
 pub fn read<T: Param>(
@@ -520,7 +520,7 @@ pub const fn help(doc: &'static str) -> &'static str {
 }
 
 /// Declares an op's parameters once: a struct whose fields are the
-/// parameters (see the [module docs](crate::params)).
+/// parameters (see the [module docs](mod@crate::params)).
 ///
 /// Each field is `/// help` lines, `name: Type`, and optionally `= DEFAULT`
 /// as a TOML value (`0.5`, `""`, `[1.0, 1.0]`, `"cosine"`, `{}`); a field

@@ -3,7 +3,7 @@
 //!
 //! - [`table`]: CSV with a header row, the first column the row id.
 //! - [`boxes`]: COCO results JSON (detections) and COCO ground truth.
-//! - [`metrics`]: a JSON object of named numbers.
+//! - [`metrics_json`]: a JSON object of named numbers.
 //!
 //! See `docs/formats.md`.
 

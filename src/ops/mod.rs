@@ -152,7 +152,7 @@ impl OpContext<'_> {
 
 /// A kind of stage: what each op's file implements.
 ///
-/// Its parameters are one typed struct declared with [`params!`](crate::params);
+/// Its parameters are one typed struct declared with [`params!`](crate::params!);
 /// `validate`, `outputs` and `run` read that struct, never a parameter by name.
 pub trait Op: Send + Sync + 'static {
     type Params: Declared;

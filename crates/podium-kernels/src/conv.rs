@@ -70,7 +70,7 @@ impl Default for ConvParams {
 /// `x [N, Cin, H, W]` ⊛ `w [Cout, Cin / groups, kh, kw]` → `[N, Cout, oh, ow]`,
 /// with gradients for both. podium's kernels run f32 tensors on the CPU,
 /// and cuDNN f32 tensors on a GPU in a build with the `cudnn` feature
-/// ([`super::cudnn`]); anything else goes to candle's `conv2d`.
+/// (the module `cudnn`); anything else goes to candle's `conv2d`.
 pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
     if runs_here(x) && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d(p))
