@@ -368,16 +368,6 @@ pub enum NamedPaths {
     Table(BTreeMap<String, PathBuf>),
 }
 
-impl NamedPaths {
-    /// Every path, in order (a table's in name order).
-    pub fn paths(&self) -> Vec<&Path> {
-        match self {
-            NamedPaths::List(l) => l.iter().map(PathBuf::as_path).collect(),
-            NamedPaths::Table(t) => t.values().map(PathBuf::as_path).collect(),
-        }
-    }
-}
-
 impl Param for NamedPaths {
     const KIND: ParamKind = ParamKind::Paths;
     fn from_value(v: &Value, dir: &Path) -> Result<Self, String> {

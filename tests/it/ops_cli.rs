@@ -3,22 +3,15 @@
 //! exit and the output left untouched.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use assert_cmd::cargo::CommandCargoExt;
 use serde_json::{Value, json};
 
 use crate::ws::Ws;
 
 impl Ws {
     fn op(&self, args: &[&str]) -> Output {
-        Command::cargo_bin("podium")
-            .unwrap()
-            .current_dir(self.dir.path())
-            .arg("op")
-            .args(args)
-            .output()
-            .unwrap()
+        self.cmd(&["op"]).args(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) {

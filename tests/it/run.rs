@@ -4,10 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
 
-use crate::ws::Ws;
+use crate::ws::{Ws, podium_cmd};
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -549,9 +548,7 @@ fn op_runs_one_op_alone_and_reports_bad_parameters() {
 fn the_demo_pipeline_runs_and_scores_well_above_chance() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::cargo_bin("podium")
-        .unwrap()
-        .current_dir(root)
+    let out = podium_cmd(root, &[])
         // Two epochs and three folds keep the test short; the README runs the full demo.
         .args(["run", "-f", "pipelines/demo.toml", "--format", "json"])
         .args(["--set", "params.epochs=2", "--set", "params.folds=3"])

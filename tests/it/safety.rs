@@ -4,11 +4,8 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use assert_cmd::cargo::CommandCargoExt;
-
-use crate::ws::Ws;
+use crate::ws::{Ws, podium_at, podium_cmd};
 
 /// A workspace with `p.toml` and the input directory `data/imgs/` of
 /// three files, and the single input file `data/x.txt`.
@@ -334,10 +331,7 @@ fn measured(dir: &Path, args: &[&str], limit: std::time::Duration) -> (Option<i3
     // Reaped by wait4 below, which std's `Child::wait` cannot replace: it
     // does not give the child's resource usage.
     #[allow(clippy::zombie_processes)]
-    let child = Command::cargo_bin("podium")
-        .unwrap()
-        .current_dir(dir)
-        .args(args)
+    let child = podium_cmd(dir, args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -471,10 +465,8 @@ fn sigterm_and_ctrl_c_stop_check_plan_verify_and_gc_at_once() {
     ];
     for args in cases {
         for signal in [libc::SIGTERM, libc::SIGINT] {
-            let mut child = Command::cargo_bin("podium")
-                .unwrap()
-                .current_dir(ws.path(""))
-                .args(args)
+            let mut child = ws
+                .cmd(args)
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
@@ -835,14 +827,7 @@ proptest::proptest! {
         std::fs::write(ws_dir.join("p.toml"), &m).unwrap();
         let before = snapshot_tree(root.path(), &ws_dir);
         let podium = |args: &[&str]| {
-            Command::cargo_bin("podium")
-                .unwrap()
-                .current_dir(&ws_dir)
-                .args(args)
-                .env_remove("PODIUM_STORE")
-                .env_remove("PODIUM_OUT_DIR")
-                .output()
-                .unwrap()
+            podium_at(&ws_dir, args)
         };
         let first = podium(&["run", "-f", "p.toml", "--keep-going"]);
         let stderr = String::from_utf8_lossy(&first.stderr).into_owned();

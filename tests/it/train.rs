@@ -4,12 +4,10 @@
 //! clear errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
 
-use crate::ws::podium_at as podium;
+use crate::ws::{podium_at as podium, podium_cmd};
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let out = podium(dir, args);
@@ -455,14 +453,14 @@ fn a_killed_training_resumes_and_ends_bit_identical() {
         "the state is removed after success"
     );
 
-    let child = Command::cargo_bin("podium")
-        .unwrap()
-        .current_dir(d)
-        .args(["run", "-f", "p.toml", "--store", "c2", "--out-dir", "o2"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = podium_cmd(
+        d,
+        &["run", "-f", "p.toml", "--store", "c2", "--out-dir", "o2"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while resume_files(&d.join("c2")).is_empty() {
         assert!(std::time::Instant::now() < deadline, "no epoch finished");
@@ -727,9 +725,7 @@ fn every_kernel_path_the_cpu_runs_predicts_as_the_widest_does() {
         ],
     );
     let predict = |isa: Isa| {
-        let out = Command::cargo_bin("podium")
-            .unwrap()
-            .current_dir(d)
+        let out = podium_cmd(d, &[])
             .env("PODIUM_CPU", isa.name())
             .args([
                 "op",

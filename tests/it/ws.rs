@@ -42,15 +42,9 @@ impl Ws {
         std::fs::read_to_string(self.path(rel)).unwrap()
     }
 
-    /// `podium ARGS` in the workspace, with the store and `out/` at their
-    /// defaults (the environment's `PODIUM_STORE` and `PODIUM_OUT_DIR` removed).
+    /// `podium ARGS` in the workspace ([`podium_cmd`]).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::cargo_bin("podium").unwrap();
-        c.current_dir(self.dir.path())
-            .args(args)
-            .env_remove("PODIUM_STORE")
-            .env_remove("PODIUM_OUT_DIR");
-        c
+        podium_cmd(self.dir.path(), args)
     }
 
     pub fn podium(&self, args: &[&str]) -> Output {
@@ -63,14 +57,19 @@ impl Ws {
     }
 }
 
-/// `podium ARGS` run in `dir`.
-pub fn podium_at(dir: &Path, args: &[&str]) -> Output {
-    Command::cargo_bin("podium")
-        .unwrap()
-        .current_dir(dir)
+/// `podium ARGS` in `dir`, not yet started, with the store and `out/` at
+/// their defaults (the environment's `PODIUM_STORE` and `PODIUM_OUT_DIR`
+/// removed).
+pub fn podium_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::cargo_bin("podium").unwrap();
+    c.current_dir(dir)
         .args(args)
         .env_remove("PODIUM_STORE")
-        .env_remove("PODIUM_OUT_DIR")
-        .output()
-        .unwrap()
+        .env_remove("PODIUM_OUT_DIR");
+    c
+}
+
+/// `podium ARGS` run in `dir`.
+pub fn podium_at(dir: &Path, args: &[&str]) -> Output {
+    podium_cmd(dir, args).output().unwrap()
 }
