@@ -93,8 +93,7 @@ pub fn parse_terms(v: &Value, task: Task) -> std::result::Result<Vec<(Kind, f64)
         if !fits {
             return Err(format!(
                 "loss `{}` does not apply to task {}",
-                NAMES[k as usize],
-                task.name()
+                NAMES[k as usize], task
             ));
         }
     }

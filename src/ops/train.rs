@@ -277,7 +277,7 @@ impl Op for Train {
                 "monitor",
                 format!(
                     "task {} validates with {}; use one of them, `loss` or `auto`",
-                    task.name(),
+                    task,
                     metric_names(task, 2).join(", ")
                 ),
             ));
@@ -448,7 +448,7 @@ impl Op for Train {
             cfg.arch,
             data.train.len(),
             data.val.len(),
-            task.name(),
+            task,
             fold.map_or("all".to_string(), |f| f.to_string()),
             data.classes.len(),
             if task == Task::Regress {

@@ -36,12 +36,6 @@ crate::choice! {
     }
 }
 
-impl Task {
-    pub fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
-
 /// Image batch `[N, 3, H, W]` → features `[N, F]`.
 pub trait Backbone: Send + Sync {
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
