@@ -148,6 +148,9 @@ pub struct CocoAnn {
     pub area: Option<f64>,
     #[serde(default)]
     pub iscrowd: u8,
+    /// A pseudo label's weight (podium's own field; absent in COCO files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,6 +226,16 @@ pub struct NBox {
     pub score: f64,
     /// x1, y1, x2, y2.
     pub xyxy: [f64; 4],
+}
+
+/// The IoU of two boxes `x1, y1, x2, y2`.
+pub fn iou_xyxy(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area_a = (a[2] - a[0]) * (a[3] - a[1]);
+    let area_b = (b[2] - b[0]) * (b[3] - b[1]);
+    inter / (area_a + area_b - inter)
 }
 
 /// The detections of several models, grouped by image (in order of first

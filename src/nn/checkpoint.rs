@@ -9,6 +9,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::detect::fcos::Config as DetectorConfig;
 use super::models::{Arch, Task};
 use super::predict::Activation;
 use crate::data::{DataError, write_atomic};
@@ -45,6 +46,12 @@ pub struct Meta {
     /// Validation metrics of that epoch (`null`: not a number).
     #[serde(default)]
     pub metrics: BTreeMap<String, Option<f64>>,
+    /// Task detect: the neck's and head's sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<DetectorConfig>,
+    /// Task detect: the COCO category id of each class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub category_ids: Vec<i64>,
 }
 
 impl Meta {
@@ -184,6 +191,8 @@ mod tests {
                 ("qwk".to_string(), None),
             ]
             .into(),
+            detector: None,
+            category_ids: Vec::new(),
         }
     }
 

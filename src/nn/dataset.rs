@@ -22,6 +22,17 @@ pub struct Samples {
     /// Per sample: the box in source pixels `x, y, w, h` (task box).
     pub boxes: Vec<[f64; 4]>,
     pub weights: Vec<f32>,
+    /// Per sample: its objects (task detect), none for an image without.
+    pub objects: Vec<Vec<Object>>,
+}
+
+/// One object of a detection sample: class index, box `x, y, w, h` in
+/// source pixels, weight (1, or a pseudo label's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Object {
+    pub class: usize,
+    pub bbox: [f64; 4],
+    pub weight: f32,
 }
 
 impl Samples {
@@ -39,6 +50,7 @@ impl Samples {
         self.targets.extend(o.targets);
         self.boxes.extend(o.boxes);
         self.weights.extend(o.weights);
+        self.objects.extend(o.objects);
     }
 }
 
@@ -203,4 +215,93 @@ pub fn parse_box(cell: &str) -> Option<[f64; 4]> {
         .map(|x| x.parse::<f64>().ok().filter(|x| x.is_finite()))
         .collect::<Option<_>>()?;
     <[f64; 4]>::try_from(v).ok()
+}
+
+/// The samples of a COCO ground-truth file whose ids `keep` accepts: one per
+/// image (an image without annotations is a sample without objects), its
+/// id the file name's stem (the image id where `file_name` is empty).
+/// Categories become classes in `categories`' order of id; crowd
+/// annotations are left out of training, as torchvision's references do.
+/// A `weight` per annotation (what `pseudo_label` writes) weights it.
+pub fn read_coco(
+    path: &Path,
+    coco: &crate::data::boxes::Coco,
+    weight: f32,
+    index: &HashMap<String, PathBuf>,
+    images_dir: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(Samples, Vec<crate::data::boxes::ImageId>), DataError> {
+    let cats = category_ids(coco);
+    let mut by_image: HashMap<&crate::data::boxes::ImageId, Vec<Object>> = HashMap::new();
+    for a in &coco.annotations {
+        if a.iscrowd != 0 || a.bbox[2] <= 0.0 || a.bbox[3] <= 0.0 {
+            continue;
+        }
+        let class = cats
+            .iter()
+            .position(|&c| c == a.category_id)
+            .ok_or_else(|| {
+                DataError::new(
+                    path,
+                    format!(
+                        "annotation {} has category {}, which is not in `categories`",
+                        a.id, a.category_id
+                    ),
+                )
+            })?;
+        by_image.entry(&a.image_id).or_default().push(Object {
+            class,
+            bbox: a.bbox,
+            weight: a.weight.map_or(weight, |w| w as f32),
+        });
+    }
+    let mut s = Samples::default();
+    let mut ids = Vec::new();
+    for im in &coco.images {
+        let id = coco_sample_id(im);
+        if !keep(&id) {
+            continue;
+        }
+        let p = index.get(id.as_str()).ok_or_else(|| {
+            DataError::new(
+                path,
+                format!(
+                    "image {} (`{id}`) has no file in {}",
+                    im.id,
+                    images_dir.display()
+                ),
+            )
+        })?;
+        s.ids.push(id);
+        s.paths.push(p.clone());
+        s.targets.push(Vec::new());
+        s.boxes.push([0.0; 4]);
+        s.weights.push(weight);
+        s.objects.push(by_image.remove(&im.id).unwrap_or_default());
+        ids.push(im.id.clone());
+    }
+    Ok((s, ids))
+}
+
+/// A COCO image's sample id: its file name without directories or
+/// extension, else its id.
+pub fn coco_sample_id(im: &crate::data::boxes::CocoImage) -> String {
+    Path::new(&im.file_name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| im.id.to_string(), str::to_string)
+}
+
+/// The category ids of a COCO file in class order: `categories` sorted by
+/// id, else the ids the annotations use.
+pub fn category_ids(coco: &crate::data::boxes::Coco) -> Vec<i64> {
+    let mut ids: Vec<i64> = if coco.categories.is_empty() {
+        coco.annotations.iter().map(|a| a.category_id).collect()
+    } else {
+        coco.categories.iter().map(|c| c.id).collect()
+    };
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }

@@ -28,16 +28,27 @@ pub fn conv(
     bias: bool,
 ) -> Result<Conv> {
     let fan_in = cin / groups * k * k;
-    let weight = vb.var(
-        "weight",
-        (cout, cin / groups, k, k),
-        Init::Uniform { fan_in },
-        Role::Weight,
-    )?;
-    let bias = if bias {
-        Some(vb.var("bias", cout, Init::Uniform { fan_in }, Role::NoDecay)?)
-    } else {
-        None
+    let init = Init::Uniform { fan_in };
+    conv_init(
+        vb,
+        (cin, cout, k, stride, groups),
+        init,
+        bias.then_some(init),
+    )
+}
+
+/// A convolution `(cin, cout, k, stride, groups)`, "same" padding, with
+/// the given initializations of its weight and (when given) its bias.
+pub fn conv_init(
+    vb: &Vb,
+    (cin, cout, k, stride, groups): (usize, usize, usize, usize, usize),
+    weight: Init,
+    bias: Option<Init>,
+) -> Result<Conv> {
+    let weight = vb.var("weight", (cout, cin / groups, k, k), weight, Role::Weight)?;
+    let bias = match bias {
+        Some(init) => Some(vb.var("bias", cout, init, Role::NoDecay)?),
+        None => None,
     };
     let params = ConvParams {
         stride,
@@ -263,6 +274,65 @@ impl BatchNorm {
             .transpose(0, 1)?
             .contiguous()
     }
+}
+
+/// Group normalization (PyTorch's `nn.GroupNorm`): each sample's channels in
+/// `groups` groups, each normalized by its own mean and (biased) variance,
+/// then scaled and shifted per channel. Composed of candle ops, so its
+/// backward is candle's.
+pub struct GroupNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+/// A group norm over `c` channels in `groups` groups (PyTorch's names
+/// `weight`, `bias`; ε = 1e-5).
+pub fn group_norm(vb: &Vb, groups: usize, c: usize) -> Result<GroupNorm> {
+    if groups == 0 || !c.is_multiple_of(groups) {
+        candle_core::bail!("group norm: {c} channels do not split into {groups} groups");
+    }
+    Ok(GroupNorm {
+        weight: vb.var("weight", c, Init::Const(1.0), Role::NoDecay)?,
+        bias: vb.var("bias", c, Init::Const(0.0), Role::NoDecay)?,
+        groups,
+        eps: 1e-5,
+    })
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let xg = x.reshape((n, self.groups, (c / self.groups) * h * w))?;
+        let mean = xg.mean_keepdim(2)?;
+        let centered = xg.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(2)?;
+        let y = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        y.reshape((n, c, h, w))?
+            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+    }
+}
+
+/// Nearest-neighbour resize of `[N, C, H, W]` to `h × w` as PyTorch's
+/// `F.interpolate(mode="nearest")` picks (source row ⌊i·H/h⌋), for any
+/// sizes: two index selects, whose backward candle has (its own upsample
+/// has none for factors that are not whole numbers).
+pub fn resize_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, sh, sw) = x.dims4()?;
+    if (sh, sw) == (h, w) {
+        return Ok(x.clone());
+    }
+    let pick = |from: usize, to: usize| -> Result<Tensor> {
+        let scale = from as f64 / to as f64;
+        let idx: Vec<u32> = (0..to)
+            .map(|i| ((i as f64 * scale).floor() as usize).min(from - 1) as u32)
+            .collect();
+        Tensor::from_vec(idx, to, x.device())
+    };
+    x.index_select(&pick(sh, h)?, 2)?
+        .index_select(&pick(sw, w)?, 3)
 }
 
 /// A fully connected layer, `weight` `[out, in]`, PyTorch's initialization.

@@ -27,8 +27,8 @@ pub struct Images {
     cache: Option<Vec<OnceLock<Arc<RgbImage>>>>,
 }
 
-/// One prepared image: CHW floats and its box.
-type Prepared = (Vec<f32>, [f32; 4]);
+/// One prepared image: CHW floats and its boxes.
+type Prepared = (Vec<f32>, Vec<[f32; 4]>);
 
 /// One prepared batch.
 pub struct Batch {
@@ -36,8 +36,9 @@ pub struct Batch {
     pub idx: Vec<usize>,
     /// `[N, 3, size, size]`, normalized.
     pub x: Vec<f32>,
-    /// Boxes after augmentation, normalized `cx, cy, w, h` (task box only).
-    pub boxes: Vec<[f32; 4]>,
+    /// Per image, its boxes after augmentation, normalized `cx, cy, w, h`,
+    /// clipped to the crop (tasks box and detect).
+    pub boxes: Vec<Vec<[f32; 4]>>,
 }
 
 impl Images {
@@ -86,14 +87,14 @@ impl Images {
     }
 
     /// Image `i` as normalized CHW floats at `size`, augmented by `aug`
-    /// (drawn from `rng`) and then transformed by `tta`; `bbox` (pixels
-    /// `x, y, w, h` in the source) follows along, normalized `cx, cy, w, h`.
+    /// (drawn from `rng`) and then transformed by `tta`; `boxes` (pixels
+    /// `x, y, w, h` in the source) follow along, normalized `cx, cy, w, h`.
     pub fn prepare(
         &self,
         i: usize,
         aug: Option<(&Aug, &mut ChaCha8Rng)>,
         tta: Dihedral,
-        bbox: Option<[f64; 4]>,
+        boxes: &[[f64; 4]],
     ) -> Result<Prepared, DataError> {
         let src = self.source(i)?;
         let (sw, sh) = (src.width(), src.height());
@@ -116,29 +117,26 @@ impl Images {
             Some(image::imageops::resize(&view, s, s, FilterType::Triangle))
         };
         let mut chw = to_chw(resized.as_ref().unwrap_or(&src));
-        let mut b = match bbox {
-            Some([x, y, w, h]) => {
-                // Into the crop, clipped, normalized.
-                let x0 = (x - f64::from(rx)).clamp(0.0, f64::from(rw));
-                let y0 = (y - f64::from(ry)).clamp(0.0, f64::from(rh));
-                let x1 = (x + w - f64::from(rx)).clamp(0.0, f64::from(rw));
-                let y1 = (y + h - f64::from(ry)).clamp(0.0, f64::from(rh));
-                [
-                    ((x0 + x1) / 2.0 / f64::from(rw)) as f32,
-                    ((y0 + y1) / 2.0 / f64::from(rh)) as f32,
-                    ((x1 - x0) / f64::from(rw)) as f32,
-                    ((y1 - y0) / f64::from(rh)) as f32,
-                ]
-            }
-            None => [0.0; 4],
-        };
+        // Into the crop, clipped, normalized.
+        let b = boxes.iter().map(|&[x, y, w, h]| {
+            let x0 = (x - f64::from(rx)).clamp(0.0, f64::from(rw));
+            let y0 = (y - f64::from(ry)).clamp(0.0, f64::from(rh));
+            let x1 = (x + w - f64::from(rx)).clamp(0.0, f64::from(rw));
+            let y1 = (y + h - f64::from(ry)).clamp(0.0, f64::from(rh));
+            [
+                ((x0 + x1) / 2.0 / f64::from(rw)) as f32,
+                ((y0 + y1) / 2.0 / f64::from(rh)) as f32,
+                ((x1 - x0) / f64::from(rw)) as f32,
+                ((y1 - y0) / f64::from(rh)) as f32,
+            ]
+        });
         let mut d = tta;
         if let Some((a, r)) = rng {
             d = a.dihedral(r).then(tta);
             a.jitter(&mut chw, r);
         }
         let mut chw = d.apply(&chw, 3, s as usize);
-        b = d.map_box(b);
+        let b = b.map(|b| d.map_box(b)).collect();
         let n = (s * s) as usize;
         for c in 0..3 {
             let (m, sd) = (self.mean[c], self.std[c]);
@@ -159,7 +157,7 @@ impl Images {
         batch_size: usize,
         aug: Option<(&Aug, u64)>,
         tta: Dihedral,
-        boxes: Option<&[[f64; 4]]>,
+        boxes: Option<&[Vec<[f64; 4]>]>,
         pool: &rayon::ThreadPool,
         mut consume: impl FnMut(Batch) -> Result<(), E>,
     ) -> Result<(), E> {
@@ -169,7 +167,7 @@ impl Images {
                     .par_iter()
                     .enumerate()
                     .map(|(k, &i)| {
-                        let bbox = boxes.map(|b| b[i]);
+                        let bbox = boxes.map_or(&[][..], |b| &b[i][..]);
                         match aug {
                             Some((a, seed)) => {
                                 let mut rng =

@@ -61,6 +61,8 @@ pub fn default_terms(task: Task) -> Vec<(Kind, f64)> {
         Task::Multilabel => vec![(Kind::Bce, 1.0)],
         Task::Regress => vec![(Kind::Mse, 1.0)],
         Task::Box => vec![(Kind::Ce, 1.0), (Kind::SmoothL1, 1.0)],
+        // FCOS's own: focal + GIoU + centre-ness (nn::detect::loss).
+        Task::Detect => Vec::new(),
     }
 }
 
@@ -69,6 +71,13 @@ pub fn default_terms(task: Task) -> Vec<(Kind, f64)> {
 /// fits the task.
 pub fn parse_terms(v: &Value, task: Task) -> std::result::Result<Vec<(Kind, f64)>, String> {
     let unknown = |n: &str| format!("unknown loss `{n}`; use one of {}", NAMES.join(", "));
+    if task == Task::Detect && !matches!(v, Value::Str(s) if s == "auto") {
+        return Err(
+            "task detect trains with FCOS's loss (focal on classes, GIoU on boxes, BCE on \
+             centre-ness); leave `loss` at \"auto\""
+                .into(),
+        );
+    }
     let terms = match v {
         Value::Str(s) if s == "auto" => default_terms(task),
         Value::Str(s) => vec![(Kind::parse(s).ok_or_else(|| unknown(s))?, 1.0)],
@@ -89,6 +98,7 @@ pub fn parse_terms(v: &Value, task: Task) -> std::result::Result<Vec<(Kind, f64)
             Task::Classify | Task::Multilabel => k.on_classes(),
             Task::Regress => !k.on_classes(),
             Task::Box => true,
+            Task::Detect => false,
         };
         if !fits {
             return Err(format!(

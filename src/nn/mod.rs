@@ -11,6 +11,7 @@ use candle_core::Device;
 pub mod aug;
 pub mod checkpoint;
 pub mod dataset;
+pub mod detect;
 pub use podium_kernels as kernels;
 pub mod layers;
 pub mod loader;

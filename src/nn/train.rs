@@ -23,6 +23,10 @@ use super::NnError;
 use super::aug::{Aug, Dihedral};
 use super::checkpoint;
 use super::dataset::Samples;
+use super::detect::assign::{self, Points};
+use super::detect::decode::{self, decode};
+use super::detect::fcos::Config as DetectorConfig;
+use super::detect::loss::fcos_loss;
 use super::loader::{Images, mix};
 use super::loss::{Loss, Targets};
 use super::models::{Arch, Model, Task, under};
@@ -61,6 +65,10 @@ pub struct Config {
     pub seed: u64,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Task detect: the sizes of the neck and head.
+    pub detector: DetectorConfig,
+    /// Task detect: how validation picks detections.
+    pub decode: decode::Params,
 }
 
 /// The data: training and validation samples, class names (the value
@@ -70,6 +78,8 @@ pub struct Data {
     pub val: Samples,
     pub classes: Vec<String>,
     pub value_column: String,
+    /// Task detect: the COCO category id of each class.
+    pub category_ids: Vec<i64>,
 }
 
 /// Weights to start from.
@@ -150,6 +160,7 @@ pub fn activation(task: Task, loss: &Loss) -> Activation {
         Task::Regress => Activation::Identity,
         Task::Box if loss.terms.iter().any(|(k, _)| *k == Kind::Bce) => Activation::Sigmoid,
         Task::Box => Activation::Softmax,
+        Task::Detect => Activation::Sigmoid,
     }
 }
 
@@ -161,6 +172,7 @@ pub fn metric_names(task: Task, classes: usize) -> Vec<&'static str> {
         Task::Multilabel => vec!["f1_macro", "accuracy"],
         Task::Regress => vec!["qwk"],
         Task::Box => vec!["box_iou", "accuracy"],
+        Task::Detect => vec!["coco_map50", "coco_map"],
     }
 }
 
@@ -171,6 +183,7 @@ pub fn default_monitor(task: Task) -> &'static str {
         Task::Multilabel => "f1_macro",
         Task::Regress => "qwk",
         Task::Box => "box_iou",
+        Task::Detect => "coco_map50",
     }
 }
 
@@ -256,8 +269,93 @@ pub fn val_metrics(
             let truth: Vec<Label> = truth.into_iter().map(Label::Num).collect();
             out.insert("qwk".into(), m::qwk(&truth, &pred));
         }
+        // Scored on the detections by `detect_metrics`.
+        Task::Detect => {}
     }
     out
+}
+
+/// COCO box mAP of validation detections (`dets[i]` normalized by image
+/// i's sides `sizes[i]`) against the samples' objects.
+pub fn detect_metrics(
+    val: &Samples,
+    dets: &[Vec<crate::data::boxes::NBox>],
+    sizes: &[(u32, u32)],
+    classes: usize,
+) -> BTreeMap<String, f64> {
+    use crate::data::boxes::{Coco, CocoAnn, CocoCategory, CocoImage, Det, ImageId};
+    let mut gt = Coco {
+        categories: (0..classes as i64)
+            .map(|id| CocoCategory {
+                id,
+                name: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    for (i, objs) in val.objects.iter().enumerate() {
+        let (w, h) = (f64::from(sizes[i].0), f64::from(sizes[i].1));
+        gt.images.push(CocoImage {
+            id: ImageId::Int(i as i64),
+            width: w,
+            height: h,
+            file_name: String::new(),
+        });
+        for o in objs {
+            gt.annotations.push(CocoAnn {
+                id: gt.annotations.len() as i64 + 1,
+                image_id: ImageId::Int(i as i64),
+                category_id: o.class as i64,
+                bbox: o.bbox,
+                area: Some(o.bbox[2] * o.bbox[3]),
+                iscrowd: 0,
+                weight: None,
+            });
+        }
+        for d in dets.get(i).into_iter().flatten() {
+            let [x1, y1, x2, y2] = d.xyxy;
+            found.push(Det {
+                image_id: ImageId::Int(i as i64),
+                category_id: d.label,
+                bbox: [x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h],
+                score: d.score,
+            });
+        }
+    }
+    let (map, map50) = crate::metrics::coco::coco_map(&gt, &found);
+    BTreeMap::from([("coco_map".into(), map), ("coco_map50".into(), map50)])
+}
+
+/// A detection batch's objects in input pixels: each image's classes and
+/// weights with its boxes after augmentation (normalized `cx, cy, w, h`);
+/// boxes cropped to under a pixel are left out.
+fn batch_objects(
+    objects: &[Vec<super::dataset::Object>],
+    idx: &[usize],
+    boxes: &[Vec<[f32; 4]>],
+    side: usize,
+) -> Vec<Vec<assign::Object>> {
+    let s = side as f32;
+    idx.iter()
+        .zip(boxes)
+        .map(|(&i, bx)| {
+            objects[i]
+                .iter()
+                .zip(bx)
+                .filter(|(_, b)| b[2] * s >= 1.0 && b[3] * s >= 1.0)
+                .map(|(o, &[cx, cy, w, h])| {
+                    let xyxy = [
+                        (cx - w / 2.0) * s,
+                        (cy - h / 2.0) * s,
+                        (cx + w / 2.0) * s,
+                        (cy + h / 2.0) * s,
+                    ];
+                    (o.class, xyxy, o.weight)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Sample weights and targets of a batch as tensors.
@@ -356,6 +454,8 @@ pub fn meta(
             .iter()
             .map(|(k, v)| (k.clone(), v.is_finite().then_some(*v)))
             .collect(),
+        detector: (cfg.task == Task::Detect).then_some(cfg.detector),
+        category_ids: data.category_ids.clone(),
     }
 }
 
@@ -380,7 +480,7 @@ pub fn fit(
         data.classes.len()
     };
     let vars = VarStore::new(device, cfg.seed);
-    let model = Model::new(cfg.arch, task, heads, vars.clone())?;
+    let model = Model::with_detector(cfg.arch, task, heads, cfg.detector, vars.clone())?;
     let act = activation(task, &cfg.loss);
     let mut opt = Optimizer::new(cfg.optimizer, cfg.momentum, cfg.weight_decay);
     let mut ema: Option<BTreeMap<String, Tensor>> = None;
@@ -400,7 +500,7 @@ pub fn fit(
         opt.load_state(&checkpoint::section(&tensors, "optim"), meta.steps);
         let e = checkpoint::section(&tensors, "ema");
         ema = (!e.is_empty()).then_some(e);
-        oof = oof_from(&tensors)?;
+        oof = oof_from(&tensors, data.val.len())?;
         log(format!(
             "resuming after epoch {} of {}",
             meta.epochs_done, cfg.epochs
@@ -461,15 +561,26 @@ pub fn fit(
         targets: data.val.targets.clone(),
         boxes: val_norm,
         weights: data.val.weights.clone(),
+        objects: data.val.objects.clone(),
     };
     let has_val = !data.val.is_empty();
-    let boxes: Vec<[f64; 4]> = data
-        .train
-        .boxes
-        .iter()
-        .chain(&data.val.boxes)
-        .copied()
-        .collect();
+    // What the loader carries through augmentation: the box (task box) or
+    // the objects' boxes (task detect) of each image.
+    let boxes: Vec<Vec<[f64; 4]>> = if task == Task::Detect {
+        data.train
+            .objects
+            .iter()
+            .chain(&data.val.objects)
+            .map(|o| o.iter().map(|o| o.bbox).collect())
+            .collect()
+    } else {
+        data.train
+            .boxes
+            .iter()
+            .chain(&data.val.boxes)
+            .map(|b| vec![*b])
+            .collect()
+    };
     let all = Samples {
         ids: Vec::new(),
         paths: Vec::new(),
@@ -487,6 +598,13 @@ pub fn fit(
             .iter()
             .chain(&data.val.weights)
             .copied()
+            .collect(),
+        objects: data
+            .train
+            .objects
+            .iter()
+            .chain(&data.val.objects)
+            .cloned()
             .collect(),
     };
     let s = cfg.image_size as usize;
@@ -583,11 +701,21 @@ pub fn fit(
                 );
                 batch_no += 1;
                 let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
-                let t = targets(task, &all, &b.idx, &b.boxes, device)?;
-                let loss = pool.install(|| -> candle_core::Result<Tensor> {
-                    let o = model.forward_t(&x, true)?;
-                    cfg.loss.compute(task, &o.logits, o.boxes.as_ref(), &t)
-                })?;
+                let loss = if task == Task::Detect {
+                    let objs = batch_objects(&all.objects, &b.idx, &b.boxes, s);
+                    pool.install(|| -> candle_core::Result<Tensor> {
+                        let raw = model.detect_t(&x, true)?;
+                        let t = assign::targets(&Points::new(&raw.levels), &objs, heads, device)?;
+                        fcos_loss(&raw, &t)?.total()
+                    })?
+                } else {
+                    let first: Vec<[f32; 4]> = b.boxes.iter().map(|v| v[0]).collect();
+                    let t = targets(task, &all, &b.idx, &first, device)?;
+                    pool.install(|| -> candle_core::Result<Tensor> {
+                        let o = model.forward_t(&x, true)?;
+                        cfg.loss.compute(task, &o.logits, o.boxes.as_ref(), &t)
+                    })?
+                };
                 let lv = f64::from(loss.to_scalar::<f32>()?);
                 if !lv.is_finite() {
                     return Err(NnError::Other(format!(
@@ -627,28 +755,40 @@ pub fn fit(
                 }
                 None => None,
             };
-            let p = infer(
-                &model,
-                &images,
-                &val_idx,
-                &[Dihedral::default()],
-                false,
-                act,
-                false,
-                bs,
-                device,
-                pool,
-                &mut |_| {
-                    if cancelled() {
-                        Err(NnError::Cancelled)
-                    } else {
-                        Ok(())
-                    }
-                },
-            )?;
-            let vl = val_loss(cfg, task, &p, &val_for_metrics, device)?;
-            let metrics = val_metrics(task, cfg.threshold, &p, &val_for_metrics);
-            let r = (Some(vl), metrics, Some(p));
+            let r = if task == Task::Detect {
+                let (vl, dets) = validate_detect(
+                    &model, cfg, &images, &val_idx, &boxes, &all, heads, device, pool, cancelled,
+                )?;
+                let metrics = detect_metrics(&data.val, &dets, &val_sizes, heads);
+                let p = Predictions {
+                    dets,
+                    ..Default::default()
+                };
+                (Some(vl), metrics, Some(p))
+            } else {
+                let p = infer(
+                    &model,
+                    &images,
+                    &val_idx,
+                    &[Dihedral::default()],
+                    false,
+                    act,
+                    false,
+                    bs,
+                    device,
+                    pool,
+                    &mut |_| {
+                        if cancelled() {
+                            Err(NnError::Cancelled)
+                        } else {
+                            Ok(())
+                        }
+                    },
+                )?;
+                let vl = val_loss(cfg, task, &p, &val_for_metrics, device)?;
+                let metrics = val_metrics(task, cfg.threshold, &p, &val_for_metrics);
+                (Some(vl), metrics, Some(p))
+            };
             if let Some(raw) = raw {
                 vars.load(&raw)?;
             }
@@ -763,6 +903,54 @@ pub fn fit(
     })
 }
 
+/// Task detect's validation: the loss (each batch's, weighted by its
+/// images) and each image's detections.
+#[allow(clippy::too_many_arguments)]
+fn validate_detect(
+    model: &Model,
+    cfg: &Config,
+    images: &Images,
+    val_idx: &[usize],
+    boxes: &[Vec<[f64; 4]>],
+    all: &Samples,
+    classes: usize,
+    device: &Device,
+    pool: &rayon::ThreadPool,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(f64, Vec<Vec<crate::data::boxes::NBox>>), NnError> {
+    let s = images.size as usize;
+    let (mut loss_sum, mut seen) = (0f64, 0usize);
+    let mut dets = Vec::with_capacity(val_idx.len());
+    images.for_each_batch::<NnError>(
+        val_idx,
+        cfg.batch_size.max(1),
+        None,
+        Dihedral::default(),
+        Some(boxes),
+        pool,
+        |b| {
+            if cancelled() {
+                return Err(NnError::Cancelled);
+            }
+            let n = b.idx.len();
+            let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
+            let objs = batch_objects(&all.objects, &b.idx, &b.boxes, s);
+            let (l, d) = pool.install(|| -> candle_core::Result<_> {
+                let raw = model.detect_t(&x, false)?;
+                let p = Points::new(&raw.levels);
+                let t = assign::targets(&p, &objs, classes, device)?;
+                let l = fcos_loss(&raw, &t)?.total()?.to_scalar::<f32>()?;
+                Ok((l, decode(&raw, &p, s as f32, &cfg.decode)?))
+            })?;
+            loss_sum += f64::from(l) * n as f64;
+            seen += n;
+            dets.extend(d);
+            Ok(())
+        },
+    )?;
+    Ok((loss_sum / seen.max(1) as f64, dets))
+}
+
 /// The validation loss, on the logits `infer` kept: the loss over the whole
 /// validation set, each sample weighted by its weight.
 fn val_loss(
@@ -810,6 +998,24 @@ fn save_state(
         let flat: Vec<f32> = oof.boxes.iter().flatten().copied().collect();
         t.insert("oof.boxes".into(), Tensor::from_vec(flat, (n, 4), &dev)?);
     }
+    if !oof.dets.is_empty() {
+        // One row per detection: image, class, score, x1, y1, x2, y2.
+        let flat: Vec<f32> = oof
+            .dets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, d)| {
+                d.iter().flat_map(move |b| {
+                    [i as f64, b.label as f64, b.score]
+                        .into_iter()
+                        .chain(b.xyxy)
+                        .map(|v| v as f32)
+                })
+            })
+            .collect();
+        let m = flat.len() / 7;
+        t.insert("oof.dets".into(), Tensor::from_vec(flat, (m, 7), &dev)?);
+    }
     let meta = serde_json::to_value(st).map_err(|e| NnError::Other(e.to_string()))?;
     checkpoint::save(path, &t, &meta)?;
     Ok(())
@@ -841,8 +1047,22 @@ fn load_state(
     }
 }
 
-fn oof_from(t: &BTreeMap<String, Tensor>) -> Result<Predictions, NnError> {
+/// The best epoch's validation predictions saved in the state; `n_val`
+/// images' detections for task detect.
+fn oof_from(t: &BTreeMap<String, Tensor>, n_val: usize) -> Result<Predictions, NnError> {
     let mut p = Predictions::default();
+    if let Some(d) = t.get("oof.dets") {
+        p.dets = vec![Vec::new(); n_val];
+        for r in d.to_vec2::<f32>()? {
+            if let Some(v) = p.dets.get_mut(r[0] as usize) {
+                v.push(crate::data::boxes::NBox {
+                    label: r[1] as i64,
+                    score: f64::from(r[2]),
+                    xyxy: [r[3], r[4], r[5], r[6]].map(f64::from),
+                });
+            }
+        }
+    }
     if let (Some(pr), Some(bx)) = (t.get("oof.probs"), t.get("oof.boxes")) {
         p.probs = pr.to_vec2()?;
         p.boxes = bx

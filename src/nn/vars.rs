@@ -21,6 +21,12 @@ pub enum Init {
     KaimingOut {
         fan_out: usize,
     },
+    /// Normal with mean 0 and this standard deviation (detection heads).
+    Normal {
+        std: f64,
+    },
+    /// Uniform in ±bound (torchvision's FPN convs: kaiming uniform, a = 1).
+    Bound(f64),
     Const(f64),
 }
 
@@ -127,6 +133,8 @@ impl VarStore {
                 let b = 1.0 / (fan_in.max(1) as f64).sqrt();
                 (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
             }
+            Init::Normal { std } => (0..n).map(|_| (normal(&mut rng) * std) as f32).collect(),
+            Init::Bound(b) => (0..n).map(|_| rng.random_range(-b..b) as f32).collect(),
             Init::KaimingOut { fan_out } => {
                 let std = (2.0 / fan_out.max(1) as f64).sqrt();
                 (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()

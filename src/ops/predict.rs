@@ -17,19 +17,29 @@
 //! `embed = true` also `embeddings.csv` (the penultimate layer, averaged
 //! over the TTA variants); and `metrics.json` with `ms_per_image` (all
 //! variants included) and `images`.
+//!
+//! `detections.json` holds COCO results in the images' pixels: a detector's
+//! (task detect) detections, each TTA variant's mapped back through its
+//! inverse and the variants fused by weighted boxes fusion (`tta_iou`,
+//! scores averaged over the variants, so a box only some variants find
+//! scores lower); task box's one box per image; nothing for the other
+//! tasks. A detector's `pred.csv` counts each image's detections.
 
 use std::time::Instant;
 
 use crate::nn::NnError;
 use std::path::PathBuf;
 
+use super::train::{coco_results, decode_params};
+use super::wbf::{self, ConfType, WbfParams};
 use super::{Op, OpContext, OpError, ParamError, Strs};
+use crate::data::boxes::{ImageId, NBox, read_coco, write_dets};
 use crate::data::{DataError, images, write_atomic};
 use crate::nn::aug::{Dihedral, TTA_NAMES};
 use crate::nn::checkpoint;
 use crate::nn::loader::Images;
 use crate::nn::models::{Model, Task};
-use crate::nn::predict::{embeddings_table, infer, table};
+use crate::nn::predict::{embeddings_table, infer, infer_detect, table};
 use crate::nn::vars::VarStore;
 
 pub struct Predict;
@@ -59,6 +69,18 @@ crate::params! {
         embed: bool = false,
         /// Images per batch.
         batch_size: usize = 64,
+        /// Task detect: a COCO file whose `images` give the detections' image ids (matched by
+        /// file name); empty: the file names without extension.
+        coco: Option<PathBuf> = "",
+        /// Task detect: detections scoring at or below this are dropped.
+        score_thr: f64 = 0.05,
+        /// Task detect: NMS drops a box overlapping a better one of its class by more than this
+        /// IoU.
+        nms_iou: f64 = 0.6,
+        /// Task detect: detections kept per image.
+        max_det: usize = 100,
+        /// Task detect: boxes of different TTA variants overlapping by more than this IoU fuse.
+        tta_iou: f64 = 0.55,
         /// auto, cpu, cuda or cuda:N.
         device: String = "auto",
     }
@@ -91,7 +113,11 @@ impl Op for Predict {
     const INPUTS: &'static [&'static str] = &["checkpoint", "images"];
 
     fn outputs(&self, a: &Args) -> Vec<String> {
-        let mut v = vec!["pred.csv".to_string(), "metrics.json".to_string()];
+        let mut v = vec![
+            "pred.csv".to_string(),
+            "detections.json".to_string(),
+            "metrics.json".to_string(),
+        ];
         if a.embed {
             v.push("embeddings.csv".into());
         }
@@ -105,6 +131,17 @@ impl Op for Predict {
         }
         if a.batch_size < 1 {
             errs.push(ParamError::new("batch_size", "must be at least 1"));
+        }
+        if a.max_det < 1 {
+            errs.push(ParamError::new("max_det", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&a.score_thr) {
+            errs.push(ParamError::new("score_thr", "a score in [0, 1)"));
+        }
+        for (name, v) in [("nms_iou", a.nms_iou), ("tta_iou", a.tta_iou)] {
+            if !(0.0..=1.0).contains(&v) {
+                errs.push(ParamError::new(name, "an IoU in [0, 1]"));
+            }
         }
         errs.extend(super::check_device(&a.device));
         errs
@@ -131,7 +168,15 @@ impl Op for Predict {
             classes.len()
         };
         let vars = VarStore::new(&device, 0);
-        let model = Model::new(arch, task, heads, vars.clone()).map_err(NnError::from)?;
+        let model = Model::with_detector(
+            arch,
+            task,
+            heads,
+            meta.detector.unwrap_or_default(),
+            vars.clone(),
+        )
+        .map_err(NnError::from)?;
+        let category_ids = meta.category_ids;
         let ema = checkpoint::section(&tensors, "ema");
         let weights = if ema.is_empty() {
             checkpoint::model_tensors(&tensors)
@@ -172,22 +217,80 @@ impl Op for Predict {
         let idx: Vec<usize> = (0..ids.len()).collect();
         let total = (idx.len() * tta.len()) as u64;
         let started = Instant::now();
-        let p = infer(
-            &model,
-            &imgs,
-            &idx,
-            &tta,
-            a.merge == Merge::Max,
-            act,
-            a.embed,
-            a.batch_size,
-            &device,
-            &pool,
-            &mut |done| {
-                cx.step(done as u64, total, "images × TTA variants");
-                cx.check_cancel().map_err(|_| crate::nn::NnError::Cancelled)
-            },
-        )?;
+        let mut progress = |done: usize| {
+            cx.step(done as u64, total, "images × TTA variants");
+            cx.check_cancel().map_err(|_| crate::nn::NnError::Cancelled)
+        };
+        let (p, dets) = if task == Task::Detect {
+            let prm = decode_params(a.score_thr, a.nms_iou, a.max_det);
+            let per = infer_detect(
+                &model,
+                &imgs,
+                &idx,
+                &tta,
+                &prm,
+                a.batch_size,
+                &device,
+                &pool,
+                &mut progress,
+            )?;
+            let fuse = WbfParams {
+                iou_thr: a.tta_iou,
+                skip_box_thr: a.score_thr,
+                conf_type: ConfType::Avg,
+                weights: vec![1.0; tta.len()],
+            };
+            let dets: Vec<Vec<NBox>> = per
+                .into_iter()
+                .map(|v| {
+                    if v.len() == 1 {
+                        v.into_iter().next().unwrap_or_default()
+                    } else {
+                        let mut f = wbf::fuse(&v, &fuse);
+                        f.truncate(a.max_det);
+                        f
+                    }
+                })
+                .collect();
+            let p = crate::nn::predict::Predictions {
+                dets: dets.clone(),
+                ..Default::default()
+            };
+            (p, dets)
+        } else {
+            let p = infer(
+                &model,
+                &imgs,
+                &idx,
+                &tta,
+                a.merge == Merge::Max,
+                act,
+                a.embed,
+                a.batch_size,
+                &device,
+                &pool,
+                &mut progress,
+            )?;
+            // Task box: the one box, with the best class's probability.
+            let dets = if task == Task::Box {
+                p.probs
+                    .iter()
+                    .zip(&p.boxes)
+                    .map(|(pr, b)| {
+                        let k = (0..pr.len()).fold(0, |m, k| if pr[k] > pr[m] { k } else { m });
+                        let [cx, cy, w, h] = b.map(f64::from);
+                        vec![NBox {
+                            label: k as i64,
+                            score: f64::from(pr[k]),
+                            xyxy: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+                        }]
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (p, dets)
+        };
         let ms = started.elapsed().as_secs_f64() * 1000.0 / ids.len() as f64;
         cx.log(format!(
             "{} images × {} TTA variants: {ms:.2} ms per image",
@@ -195,7 +298,7 @@ impl Op for Predict {
             tta.len()
         ));
         let mut sizes = Vec::new();
-        if task == Task::Box {
+        if matches!(task, Task::Box | Task::Detect) {
             for p in &paths {
                 sizes.push(
                     image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?,
@@ -204,6 +307,19 @@ impl Op for Predict {
         }
         table(task, &classes, &value_column, &ids, &p, &sizes)
             .write(&cx.out_dir.join("pred.csv"))?;
+        let image_ids = match &a.coco {
+            Some(c) => coco_image_ids(c, &ids)?,
+            None => ids.iter().map(|i| ImageId::Str(i.clone())).collect(),
+        };
+        let category_ids: Vec<i64> = if category_ids.is_empty() {
+            (0..classes.len() as i64).collect()
+        } else {
+            category_ids
+        };
+        write_dets(
+            &cx.out_dir.join("detections.json"),
+            &coco_results(&dets, &image_ids, &sizes, &category_ids),
+        )?;
         if a.embed {
             embeddings_table(&ids, &p).write(&cx.out_dir.join("embeddings.csv"))?;
         }
@@ -220,4 +336,30 @@ impl Op for Predict {
         )?;
         Ok(())
     }
+}
+
+/// The COCO image id of each image (`ids`: file names without extension),
+/// by the `file_name`s of the COCO file `path`; an image it lacks is an
+/// error naming both.
+fn coco_image_ids(path: &std::path::Path, ids: &[String]) -> Result<Vec<ImageId>, OpError> {
+    let coco = read_coco(path)?;
+    let by_name: std::collections::HashMap<String, &ImageId> = coco
+        .images
+        .iter()
+        .map(|im| (crate::nn::dataset::coco_sample_id(im), &im.id))
+        .collect();
+    ids.iter()
+        .map(|id| {
+            let stem = std::path::Path::new(id)
+                .file_name()
+                .map_or(id.clone(), |s| s.to_string_lossy().into_owned());
+            by_name
+                .get(id)
+                .or_else(|| by_name.get(&stem))
+                .map(|i| (*i).clone())
+                .ok_or_else(|| {
+                    DataError::new(path, format!("has no image named `{id}` (in `images`)")).into()
+                })
+        })
+        .collect()
 }

@@ -111,6 +111,7 @@ impl Op for PseudoLabel {
                         bbox: d.bbox,
                         area: Some(d.bbox[2] * d.bbox[3]),
                         iscrowd: 0,
+                        weight: None,
                     });
                     let e = best
                         .entry(&d.image_id)

@@ -322,6 +322,7 @@ impl Spec {
                         bbox: b,
                         area: Some(b[2] * b[3]),
                         iscrowd: 0,
+                        weight: None,
                     });
                 }
             }

@@ -25,14 +25,17 @@
 //! A killed run resumes from its last finished epoch when run again with
 //! the same parameters and inputs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::{Op, OpContext, OpError, Param, ParamError, ParamKind};
 use crate::data::DataError;
+use crate::data::boxes::{Coco, Det, ImageId, NBox, iou_xyxy, read_coco, write_dets};
 use crate::data::table::{Table, fmt_f64};
 use crate::nn::aug::Aug;
 use crate::nn::dataset::{self, Samples};
+use crate::nn::detect::decode::Params as DecodeParams;
+use crate::nn::detect::fcos::Config as DetectorConfig;
 use crate::nn::loss::{Loss, parse_terms};
 use crate::nn::models::{Arch, Task};
 use crate::nn::predict::{table, to_xywh};
@@ -69,7 +72,7 @@ crate::params! {
         /// Directory of training images, named by id (a `resize` or `synth` output).
         images: PathBuf,
         /// Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for
-        /// task box).
+        /// task box); for task detect a COCO ground-truth file, images named by `file_name`.
         labels: PathBuf,
         /// Folds table `id,fold`; needed unless `fold = "all"`.
         folds: Option<PathBuf> = "",
@@ -77,7 +80,7 @@ crate::params! {
         /// validation).
         fold: Fold = "all",
         /// classify (one class per image), multilabel (label lists), regress (a number), box
-        /// (one box and a class per image).
+        /// (one box and a class per image), detect (any number of boxes of several classes).
         task: Task = "classify",
         /// simple_cnn, resnet18, resnet34, efficientnet_b0.
         arch: Arch = "simple_cnn",
@@ -88,7 +91,8 @@ crate::params! {
         /// numbers).
         classes: Vec<String> = [],
         /// Extra training tables (pseudo labels): hard labels, or one probability column per
-        /// class (soft); a `weight` column weights rows.
+        /// class (soft); a `weight` column weights rows. Task detect: COCO files (an
+        /// annotation's `weight` weights it).
         extra: Vec<PathBuf> = [],
         /// Directory of the extra tables' images; empty: `images`.
         extra_images: Option<PathBuf> = "",
@@ -182,6 +186,18 @@ crate::params! {
         seed: i64 = 0,
         /// auto, cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`).
         device: String = "auto",
+        /// Task detect: channels of the feature pyramid and of the head's towers (torchvision:
+        /// 256).
+        fpn_channels: usize = 128,
+        /// Task detect: convolutions in each of the head's two towers (torchvision: 4).
+        head_convs: usize = 4,
+        /// Task detect: validation keeps detections scoring above this.
+        score_thr: f64 = 0.05,
+        /// Task detect: NMS drops a box overlapping a better one of its class by more than this
+        /// IoU.
+        nms_iou: f64 = 0.6,
+        /// Task detect: detections kept per image.
+        max_det: usize = 100,
     }
 }
 
@@ -189,22 +205,25 @@ impl Op for Train {
     type Params = Args;
     const NAME: &'static str = "train";
     const VERSION: u32 = 1;
-    const SUMMARY: &'static str =
-        "Train a classifier, multi-label classifier, regressor or box model on one fold (candle).";
+    const SUMMARY: &'static str = "Train a classifier, multi-label classifier, regressor, box model or detector on one fold (candle).";
     const INPUTS: &'static [&'static str] = &["images", "labels", "folds"];
 
     fn outputs(&self, a: &Args) -> Vec<String> {
         let mut v: Vec<String> = [
             "best.safetensors",
             "last.safetensors",
-            "oof.csv",
+            if a.task == Task::Detect {
+                "oof.json"
+            } else {
+                "oof.csv"
+            },
             "history.csv",
             "curves.png",
             "metrics.json",
         ]
         .map(String::from)
         .to_vec();
-        if a.task == Task::Box {
+        if matches!(a.task, Task::Box | Task::Detect) {
             v.push("examples.png".into());
         }
         v
@@ -282,6 +301,21 @@ impl Op for Train {
                 ),
             ));
         }
+        for (name, v) in [
+            ("fpn_channels", a.fpn_channels),
+            ("head_convs", a.head_convs),
+            ("max_det", a.max_det),
+        ] {
+            if v < 1 {
+                errs.push(ParamError::new(name, "must be at least 1"));
+            }
+        }
+        if !(0.0..1.0).contains(&a.score_thr) {
+            errs.push(ParamError::new("score_thr", "a score in [0, 1)"));
+        }
+        if !(0.0..=1.0).contains(&a.nms_iou) {
+            errs.push(ParamError::new("nms_iou", "an IoU in [0, 1]"));
+        }
         errs.extend(super::check_device(&a.device));
         errs
     }
@@ -289,74 +323,28 @@ impl Op for Train {
     fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let task = a.task;
         let images_dir = a.images.clone();
-        let labels = Table::read(&a.labels)?;
-        let label_col = dataset::label_column(&labels, &a.label_column, task)?;
-        let label_name = labels.value_columns()[label_col].clone();
-        let classes: Vec<String> = match (task, a.classes.clone()) {
-            (Task::Regress, _) => vec![label_name.clone()],
-            (_, c) if !c.is_empty() => c,
-            _ => dataset::class_names(&labels, label_col, task),
-        };
-        if task != Task::Regress && classes.len() < 2 && task != Task::Multilabel {
-            return Err(DataError::new(
-                &labels.path,
-                format!("only one class ({}) to learn", classes.join(", ")),
-            )
-            .into());
-        }
         let fold = match a.fold {
             Fold::Index(f) => Some(f as i64),
             Fold::All => None,
         };
-        let val_ids: std::collections::HashSet<String> = match (fold, &a.folds) {
-            (Some(f), Some(p)) => {
-                let ft = Table::read(p)?;
-                let c = ft.col("fold")?;
-                let mut ids = std::collections::HashSet::new();
-                for (r, id) in ft.ids.iter().enumerate() {
-                    if ft.float(r, c)? as i64 == f {
-                        ids.insert(id.clone());
-                    }
-                }
-                if ids.is_empty() {
-                    return Err(DataError::new(p, format!("no row has fold {f}")).into());
-                }
-                ids
-            }
-            _ => Default::default(),
-        };
+        let val_ids = validation_ids(&a, fold)?;
         let index = dataset::image_index(&images_dir)?;
-        let col_name = a.label_column.clone();
-        let read = |t: &Table, keep: &dyn Fn(&str) -> bool, index, dir: &Path, w| {
-            dataset::read(t, task, &col_name, &classes, index, dir, w, keep)
+        let d = if task == Task::Detect {
+            detect_data(&a, &index, &val_ids, cx)?
+        } else {
+            table_data(&a, &index, &val_ids, cx)?
         };
-        let mut train = read(
-            &labels,
-            &|id| !val_ids.contains(id),
-            &index,
-            &images_dir,
-            1.0,
-        )?;
-        let val = read(
-            &labels,
-            &|id| val_ids.contains(id),
-            &index,
-            &images_dir,
-            1.0,
-        )?;
-        if !a.extra.is_empty() {
-            let dir = a.extra_images.clone().unwrap_or_else(|| images_dir.clone());
-            let eindex = dataset::image_index(&dir)?;
-            for p in &a.extra {
-                let t = Table::read(p)?;
-                let s: Samples = read(&t, &|_| true, &eindex, &dir, a.extra_weight as f32)?;
-                cx.log(format!("{}: {} extra samples", p.display(), s.len()));
-                train.extend(s);
-            }
-        }
+        let DataRead {
+            train,
+            val,
+            classes,
+            label_name,
+            category_ids,
+            val_coco_ids,
+        } = d;
         if train.is_empty() {
             return Err(DataError::new(
-                &labels.path,
+                &a.labels,
                 "no training rows (every row is in the validation fold)",
             )
             .into());
@@ -433,6 +421,11 @@ impl Op for Train {
             seed: a.seed as u64,
             mean,
             std,
+            detector: DetectorConfig {
+                channels: a.fpn_channels,
+                convs: a.head_convs,
+            },
+            decode: decode_params(a.score_thr, a.nms_iou, a.max_det),
         };
         let device =
             crate::nn::device(&a.device, cx.gpus).map_err(|e| OpError::param("device", e))?;
@@ -442,6 +435,7 @@ impl Op for Train {
             val,
             classes,
             value_column: label_name,
+            category_ids,
         };
         cx.log(format!(
             "train {} on {} images, validate on {} ({} fold {}), {} {}, {}² , device {:?}",
@@ -492,8 +486,12 @@ impl Op for Train {
         );
         let summary = result?;
 
-        // oof.csv: the best epoch's validation predictions.
+        // oof: the best epoch's validation predictions.
         let sizes = &summary.val_sizes;
+        if task == Task::Detect {
+            let dets = coco_results(&summary.oof.dets, &val_coco_ids, sizes, &data.category_ids);
+            write_dets(&cx.out_dir.join("oof.json"), &dets)?;
+        }
         let oof = if summary.oof.probs.len() == data.val.len() {
             table(
                 task,
@@ -513,7 +511,9 @@ impl Op for Train {
                 sizes,
             )
         };
-        oof.write(&cx.out_dir.join("oof.csv"))?;
+        if task != Task::Detect {
+            oof.write(&cx.out_dir.join("oof.csv"))?;
+        }
         write_history(&cx.out_dir.join("history.csv"), &summary.history)?;
         let png = curves(&summary.history, &cfg.monitor);
         save_png(&png, &cx.out_dir.join("curves.png"))?;
@@ -538,11 +538,330 @@ impl Op for Train {
             let img = examples(&data, &summary.oof, sizes)?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
         }
+        if task == Task::Detect {
+            let img = detect_examples(&data, &summary.oof.dets)?;
+            save_png(&img, &cx.out_dir.join("examples.png"))?;
+        }
         if cx.resume_dir.is_none() {
             let _ = std::fs::remove_dir_all(&work);
         }
         Ok(())
     }
+}
+
+/// What `train` reads: the samples, class names, the value column's name,
+/// and for task detect the category ids and the validation images' COCO ids.
+struct DataRead {
+    train: Samples,
+    val: Samples,
+    classes: Vec<String>,
+    label_name: String,
+    category_ids: Vec<i64>,
+    val_coco_ids: Vec<ImageId>,
+}
+
+/// The ids of the validation fold's rows (none for `fold = "all"`).
+fn validation_ids(a: &Args, fold: Option<i64>) -> Result<HashSet<String>, OpError> {
+    let (Some(f), Some(p)) = (fold, &a.folds) else {
+        return Ok(HashSet::new());
+    };
+    let ft = Table::read(p)?;
+    let c = ft.col("fold")?;
+    let mut ids = HashSet::new();
+    for (r, id) in ft.ids.iter().enumerate() {
+        if ft.float(r, c)? as i64 == f {
+            ids.insert(id.clone());
+        }
+    }
+    if ids.is_empty() {
+        return Err(DataError::new(p, format!("no row has fold {f}")).into());
+    }
+    Ok(ids)
+}
+
+/// Image-level tasks: a labels table (and extra tables).
+fn table_data(
+    a: &Args,
+    index: &HashMap<String, PathBuf>,
+    val_ids: &HashSet<String>,
+    cx: &mut OpContext,
+) -> Result<DataRead, OpError> {
+    let task = a.task;
+    let labels = Table::read(&a.labels)?;
+    let label_col = dataset::label_column(&labels, &a.label_column, task)?;
+    let label_name = labels.value_columns()[label_col].clone();
+    let classes: Vec<String> = match (task, a.classes.clone()) {
+        (Task::Regress, _) => vec![label_name.clone()],
+        (_, c) if !c.is_empty() => c,
+        _ => dataset::class_names(&labels, label_col, task),
+    };
+    if task != Task::Regress && classes.len() < 2 && task != Task::Multilabel {
+        return Err(DataError::new(
+            &labels.path,
+            format!("only one class ({}) to learn", classes.join(", ")),
+        )
+        .into());
+    }
+    let read = |t: &Table, keep: &dyn Fn(&str) -> bool, index, dir: &Path, w| {
+        dataset::read(t, task, &a.label_column, &classes, index, dir, w, keep)
+    };
+    let mut train = read(&labels, &|id| !val_ids.contains(id), index, &a.images, 1.0)?;
+    let val = read(&labels, &|id| val_ids.contains(id), index, &a.images, 1.0)?;
+    if !a.extra.is_empty() {
+        let dir = a.extra_images.clone().unwrap_or_else(|| a.images.clone());
+        let eindex = dataset::image_index(&dir)?;
+        for p in &a.extra {
+            let t = Table::read(p)?;
+            let s: Samples = read(&t, &|_| true, &eindex, &dir, a.extra_weight as f32)?;
+            cx.log(format!("{}: {} extra samples", p.display(), s.len()));
+            train.extend(s);
+        }
+    }
+    Ok(DataRead {
+        train,
+        val,
+        classes,
+        label_name,
+        category_ids: Vec::new(),
+        val_coco_ids: Vec::new(),
+    })
+}
+
+/// Task detect: a COCO ground-truth file (and extra ones, pseudo labels).
+fn detect_data(
+    a: &Args,
+    index: &HashMap<String, PathBuf>,
+    val_ids: &HashSet<String>,
+    cx: &mut OpContext,
+) -> Result<DataRead, OpError> {
+    let coco = read_coco(&a.labels)?;
+    let category_ids = dataset::category_ids(&coco);
+    if category_ids.is_empty() {
+        return Err(DataError::new(
+            &a.labels,
+            "no categories and no annotations: nothing to detect",
+        )
+        .into());
+    }
+    let classes: Vec<String> = if a.classes.is_empty() {
+        category_ids
+            .iter()
+            .map(|id| {
+                coco.categories
+                    .iter()
+                    .find(|c| c.id == *id && !c.name.is_empty())
+                    .map_or_else(|| id.to_string(), |c| c.name.clone())
+            })
+            .collect()
+    } else if a.classes.len() == category_ids.len() {
+        a.classes.clone()
+    } else {
+        return Err(OpError::param(
+            "classes",
+            format!(
+                "{} names for the {} categories of {}",
+                a.classes.len(),
+                category_ids.len(),
+                a.labels.display()
+            ),
+        ));
+    };
+    let read = |path: &Path, c: &Coco, w: f32, index, dir: &Path, keep: &dyn Fn(&str) -> bool| {
+        dataset::read_coco(path, c, w, index, dir, keep)
+    };
+    let (mut train, _) = read(&a.labels, &coco, 1.0, index, &a.images, &|id| {
+        !val_ids.contains(id)
+    })?;
+    let (val, val_coco_ids) = read(&a.labels, &coco, 1.0, index, &a.images, &|id| {
+        val_ids.contains(id)
+    })?;
+    if !a.extra.is_empty() {
+        let dir = a.extra_images.clone().unwrap_or_else(|| a.images.clone());
+        let eindex = dataset::image_index(&dir)?;
+        for p in &a.extra {
+            let c = read_coco(p)?;
+            if dataset::category_ids(&c)
+                .iter()
+                .any(|id| !category_ids.contains(id))
+            {
+                return Err(DataError::new(
+                    p,
+                    format!("has categories that {} has not", a.labels.display()),
+                )
+                .into());
+            }
+            // Classes by the main file's categories.
+            let c = Coco {
+                categories: coco.categories.clone(),
+                ..c
+            };
+            let (s, _) = read(p, &c, a.extra_weight as f32, &eindex, &dir, &|_| true)?;
+            cx.log(format!("{}: {} extra images", p.display(), s.len()));
+            train.extend(s);
+        }
+    }
+    Ok(DataRead {
+        train,
+        val,
+        classes,
+        label_name: String::new(),
+        category_ids,
+        val_coco_ids,
+    })
+}
+
+/// How detections are picked from the head's outputs.
+pub(crate) fn decode_params(score_thr: f64, nms_iou: f64, max_det: usize) -> DecodeParams {
+    DecodeParams {
+        score_thr: score_thr as f32,
+        nms_iou,
+        max_det,
+        ..DecodeParams::default()
+    }
+}
+
+/// Detections (normalized by each image's `sizes`) as COCO results in the
+/// images' pixels, with their COCO image and category ids.
+pub(crate) fn coco_results(
+    dets: &[Vec<NBox>],
+    ids: &[ImageId],
+    sizes: &[(u32, u32)],
+    category_ids: &[i64],
+) -> Vec<Det> {
+    let mut out = Vec::new();
+    for ((d, id), &(w, h)) in dets.iter().zip(ids).zip(sizes) {
+        let (w, h) = (f64::from(w), f64::from(h));
+        for b in d {
+            let [x1, y1, x2, y2] = b.xyxy;
+            out.push(Det {
+                image_id: id.clone(),
+                category_id: category_ids
+                    .get(b.label as usize)
+                    .copied()
+                    .unwrap_or(b.label),
+                bbox: [x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h],
+                score: b.score,
+            });
+        }
+    }
+    out
+}
+
+/// Task detect: the three best and three worst validation images by how
+/// well their objects were found (the mean over objects of the best IoU of
+/// a same-class detection scoring at least 0.3; an empty image scores 1
+/// without such detections, else 0), truth in green, detections in red.
+fn detect_examples(data: &Data, dets: &[Vec<NBox>]) -> Result<image::RgbImage, OpError> {
+    use plot::{GREEN, RED, rect, text};
+    const SIDE: u32 = 192;
+    const SHOWN: f64 = 0.3;
+    let n = data.val.len().min(dets.len());
+    let mut sizes = Vec::with_capacity(n);
+    let mut scored: Vec<(f64, usize)> = Vec::with_capacity(n);
+    for (i, di) in dets.iter().enumerate().take(n) {
+        let src = image::image_dimensions(&data.val.paths[i])
+            .map_err(|e| DataError::new(&data.val.paths[i], e.to_string()))?;
+        let (w, h) = (f64::from(src.0), f64::from(src.1));
+        sizes.push((w, h));
+        let shown: Vec<&NBox> = di.iter().filter(|d| d.score >= SHOWN).collect();
+        let objs = &data.val.objects[i];
+        let score = if objs.is_empty() {
+            if shown.is_empty() { 1.0 } else { 0.0 }
+        } else {
+            objs.iter()
+                .map(|o| {
+                    let [x, y, bw, bh] = o.bbox;
+                    let t = [x / w, y / h, (x + bw) / w, (y + bh) / h];
+                    shown
+                        .iter()
+                        .filter(|d| d.label as usize == o.class)
+                        .map(|d| iou_xyxy(&d.xyxy, &t))
+                        .fold(0.0, f64::max)
+                })
+                .sum::<f64>()
+                / objs.len() as f64
+        };
+        scored.push((score, i));
+    }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut picks: Vec<(f64, usize, &str)> = scored
+        .iter()
+        .take(3)
+        .map(|&(s, i)| (s, i, "best"))
+        .collect();
+    picks.extend(
+        scored
+            .iter()
+            .rev()
+            .take(3.min(n.saturating_sub(3)))
+            .map(|&(s, i)| (s, i, "worst")),
+    );
+    let mut tiles = Vec::new();
+    let s = f64::from(SIDE);
+    for (score, i, kind) in picks {
+        let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
+        let mut tile =
+            image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
+        let (w, h) = sizes[i];
+        for o in &data.val.objects[i] {
+            let [x, y, bw, bh] = o.bbox;
+            rect(
+                &mut tile,
+                x / w * s,
+                y / h * s,
+                (x + bw) / w * s,
+                (y + bh) / h * s,
+                2,
+                GREEN,
+            );
+        }
+        for d in dets[i].iter().filter(|d| d.score >= SHOWN) {
+            let [x1, y1, x2, y2] = d.xyxy.map(|v| v * s);
+            rect(&mut tile, x1, y1, x2, y2, 1, RED);
+            let label = data
+                .classes
+                .get(d.label as usize)
+                .map_or("?", String::as_str);
+            text(
+                &mut tile,
+                x1 as i64 + 2,
+                y1 as i64 + 2,
+                &format!("{label} {:.2}", d.score),
+                1,
+                RED,
+            );
+        }
+        text(
+            &mut tile,
+            4,
+            4,
+            &format!("{kind} {score:.2}"),
+            1,
+            image::Rgb([255, 255, 0]),
+        );
+        text(
+            &mut tile,
+            4,
+            SIDE as i64 - 12,
+            &data.val.ids[i],
+            1,
+            image::Rgb([255, 255, 0]),
+        );
+        tiles.push(tile);
+    }
+    if tiles.is_empty() {
+        let mut t = image::RgbImage::from_pixel(SIDE * 2, 40, image::Rgb([255, 255, 255]));
+        text(
+            &mut t,
+            4,
+            16,
+            "no validation images",
+            1,
+            image::Rgb([0, 0, 0]),
+        );
+        tiles.push(t);
+    }
+    Ok(plot::hstack(&tiles))
 }
 
 fn normalization(a: &Args) -> Result<([f32; 3], [f32; 3]), OpError> {

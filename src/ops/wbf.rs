@@ -144,14 +144,7 @@ pub fn order_desc(scores: impl ExactSizeIterator<Item = f64>) -> Vec<usize> {
     idx
 }
 
-pub fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area_a = (a[2] - a[0]) * (a[3] - a[1]);
-    let area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    inter / (area_a + area_b - inter)
-}
+pub use crate::data::boxes::iou_xyxy as iou;
 
 /// Fuses one image's boxes, `models[m]` being model m's boxes. The result is
 /// sorted by descending score.

@@ -2,10 +2,12 @@
 //! parse and check layers (`check`), the CLI on pipelines (`run`), the ops
 //! through `podium op` (`ops_cli`), numerical agreement with the
 //! established libraries (`ops_boxes`, `ops_evaluate`, `kernels_torch`,
-//! `nn_torch`), training end to end (`train`), and the safety guarantees
+//! `nn_torch`, `detect_torch`), training end to end (`train`, `detect`), and the safety guarantees
 //! (`safety`). Every workspace comes from [`ws::Ws`].
 
 mod check;
+mod detect;
+mod detect_torch;
 mod kernels_torch;
 mod nn_torch;
 mod ops_boxes;

@@ -119,12 +119,22 @@ pub struct EfficientNet {
     stem: Conv,
     bn1: BatchNorm,
     stages: Vec<Vec<Block>>,
-    head: Conv,
-    bn2: BatchNorm,
+    /// `conv_head` and `bn2`: none in a trunk for detection, which reads
+    /// the stages' maps.
+    head: Option<(Conv, BatchNorm)>,
 }
 
 impl EfficientNet {
     pub fn b0(vb: &Vb) -> Result<EfficientNet> {
+        Self::build(vb, true)
+    }
+
+    /// B0 without `conv_head`: the trunk a detection neck reads.
+    pub fn b0_trunk(vb: &Vb) -> Result<EfficientNet> {
+        Self::build(vb, false)
+    }
+
+    fn build(vb: &Vb, with_head: bool) -> Result<EfficientNet> {
         let stem = conv(&vb.pp("conv_stem"), 3, 32, 3, 2, 1, false)?;
         let bn1 = batch_norm(&vb.pp("bn1"), 32)?;
         let mut cin = 32;
@@ -149,26 +159,58 @@ impl EfficientNet {
             stem,
             bn1,
             stages,
-            head: conv(&vb.pp("conv_head"), cin, 1280, 1, 1, 1, false)?,
-            bn2: batch_norm(&vb.pp("bn2"), 1280)?,
+            head: if with_head {
+                Some((
+                    conv(&vb.pp("conv_head"), cin, 1280, 1, 1, 1, false)?,
+                    batch_norm(&vb.pp("bn2"), 1280)?,
+                ))
+            } else {
+                None
+            },
         })
+    }
+}
+
+impl EfficientNet {
+    /// The stem and every stage, keeping each stage's output.
+    fn stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let mut x = self
+            .bn1
+            .forward_act(&self.stem.forward(x)?, train, Act::Silu)?;
+        let mut out = Vec::with_capacity(self.stages.len());
+        for s in &self.stages {
+            for b in s {
+                x = b.forward_t(&x, train)?;
+            }
+            out.push(x.clone());
+        }
+        Ok(out)
     }
 }
 
 impl Backbone for EfficientNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self
-            .bn1
-            .forward_act(&self.stem.forward(x)?, train, Act::Silu)?;
-        for s in &self.stages {
-            for b in s {
-                x = b.forward_t(&x, train)?;
-            }
-        }
-        let x = self
-            .bn2
-            .forward_act(&self.head.forward(&x)?, train, Act::Silu)?;
+        let Some((head, bn2)) = &self.head else {
+            candle_core::bail!("an EfficientNet trunk has no conv_head: it gives no features");
+        };
+        let s = self.stages(x, train)?;
+        let x = bn2.forward_act(&head.forward(&s[s.len() - 1])?, train, Act::Silu)?;
         global_avg_pool(&x)
+    }
+
+    /// Stages 2, 4 and 6 (timm's `out_indices` 2, 3, 4): 40, 112 and 320
+    /// channels at strides 8, 16, 32.
+    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
+        let s = self.stages(x, train)?;
+        Ok([s[2].clone(), s[4].clone(), s[6].clone()])
+    }
+
+    fn pyramid_channels(&self) -> [usize; 3] {
+        [40, 112, 320]
+    }
+
+    fn pyramid_strides(&self) -> [usize; 3] {
+        [8, 16, 32]
     }
 
     fn feature_dim(&self) -> usize {
@@ -178,7 +220,9 @@ impl Backbone for EfficientNet {
     fn blocks(&self) -> Vec<Vec<String>> {
         let mut v = vec![vec!["conv_stem".to_string(), "bn1".to_string()]];
         v.extend((0..self.stages.len()).map(|i| vec![format!("blocks.{i}")]));
-        v.push(vec!["conv_head".to_string(), "bn2".to_string()]);
+        if self.head.is_some() {
+            v.push(vec!["conv_head".to_string(), "bn2".to_string()]);
+        }
         v
     }
 

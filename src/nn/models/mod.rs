@@ -5,6 +5,7 @@
 
 use candle_core::{Module, Result, Tensor};
 
+use super::detect::fcos::{Config as DetectorConfig, Fcos, Raw};
 use super::layers::linear;
 use super::vars::{VarStore, Vb};
 
@@ -33,6 +34,8 @@ crate::choice! {
         Regress = "regress",
         /// One box and its class.
         Box = "box",
+        /// Any number of boxes of several classes (FCOS).
+        Detect = "detect",
     }
 }
 
@@ -45,13 +48,27 @@ pub trait Backbone: Send + Sync {
     fn blocks(&self) -> Vec<Vec<String>>;
     /// The name of the classifier layer in timm (`fc`, `classifier`, `head`).
     fn head_name(&self) -> &'static str;
+    /// The three feature maps a detection neck reads, finest first (C3, C4,
+    /// C5: strides 8, 16, 32; simple_cnn's at 2, 4, 8).
+    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]>;
+    /// Their channels.
+    fn pyramid_channels(&self) -> [usize; 3];
+    /// Their strides, in input pixels.
+    fn pyramid_strides(&self) -> [usize; 3];
 }
 
 pub fn backbone(arch: Arch, vb: &Vb) -> Result<Box<dyn Backbone>> {
+    backbone_for(arch, vb, false)
+}
+
+/// The backbone; `trunk`: only what [`Backbone::pyramid`] reads (no
+/// EfficientNet `conv_head`), for a detector.
+pub fn backbone_for(arch: Arch, vb: &Vb, trunk: bool) -> Result<Box<dyn Backbone>> {
     Ok(match arch {
         Arch::SimpleCnn => Box::new(simple_cnn::SimpleCnn::new(vb)?),
         Arch::Resnet18 => Box::new(resnet::ResNet::new(vb, [2, 2, 2, 2])?),
         Arch::Resnet34 => Box::new(resnet::ResNet::new(vb, [3, 4, 6, 3])?),
+        Arch::EfficientnetB0 if trunk => Box::new(efficientnet::EfficientNet::b0_trunk(vb)?),
         Arch::EfficientnetB0 => Box::new(efficientnet::EfficientNet::b0(vb)?),
     })
 }
@@ -59,10 +76,13 @@ pub fn backbone(arch: Arch, vb: &Vb) -> Result<Box<dyn Backbone>> {
 /// A backbone with its task head.
 pub struct Model {
     pub backbone: Box<dyn Backbone>,
-    /// Class logits (classify, multilabel, box) or the value (regress).
-    pub head: candle_nn::Linear,
+    /// Class logits (classify, multilabel, box) or the value (regress);
+    /// none for detect.
+    pub head: Option<candle_nn::Linear>,
     /// For task = box: `[cx, cy, w, h]` logits, squashed to [0, 1].
     pub box_head: Option<candle_nn::Linear>,
+    /// For task = detect: the FCOS neck and head.
+    pub detector: Option<Fcos>,
     pub task: Task,
     pub vars: VarStore,
 }
@@ -79,26 +99,54 @@ pub struct Output {
 impl Model {
     /// `classes` is the number of head outputs (1 for regress).
     pub fn new(arch: Arch, task: Task, classes: usize, vars: VarStore) -> Result<Model> {
+        Model::with_detector(arch, task, classes, DetectorConfig::default(), vars)
+    }
+
+    /// A model whose detector (task detect) has the sizes `det`.
+    pub fn with_detector(
+        arch: Arch,
+        task: Task,
+        classes: usize,
+        det: DetectorConfig,
+        vars: VarStore,
+    ) -> Result<Model> {
         let vb = vars.root();
-        let backbone = backbone(arch, &vb)?;
+        let detect = task == Task::Detect;
+        let backbone = backbone_for(arch, &vb, detect)?;
         let f = backbone.feature_dim();
-        let head = linear(&vb.pp(backbone.head_name()), f, classes)?;
-        let box_head = match task {
-            Task::Box => Some(linear(&vb.pp("box_head"), f, 4)?),
-            _ => None,
-        };
+        let (mut head, mut box_head, mut detector) = (None, None, None);
+        if detect {
+            detector = Some(Fcos::new(&vb, backbone.as_ref(), classes, det)?);
+        } else {
+            head = Some(linear(&vb.pp(backbone.head_name()), f, classes)?);
+            if task == Task::Box {
+                box_head = Some(linear(&vb.pp("box_head"), f, 4)?);
+            }
+        }
         Ok(Model {
             backbone,
             head,
             box_head,
+            detector,
             task,
             vars,
         })
     }
 
+    /// The detector's outputs (task detect).
+    pub fn detect_t(&self, x: &Tensor, train: bool) -> Result<Raw> {
+        let Some(d) = &self.detector else {
+            candle_core::bail!("task {} has no detector", self.task);
+        };
+        d.forward(&self.backbone.pyramid(x, train)?)
+    }
+
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Output> {
+        let Some(head) = &self.head else {
+            candle_core::bail!("task {} has no image-level head", self.task);
+        };
         let features = self.backbone.features(x, train)?;
-        let logits = self.head.forward(&features)?;
+        let logits = head.forward(&features)?;
         let boxes = match &self.box_head {
             Some(h) => Some(candle_nn::ops::sigmoid(&h.forward(&features)?)?),
             None => None,
@@ -112,6 +160,9 @@ impl Model {
 
     /// Name prefixes of the head's variables.
     pub fn head_prefixes(&self) -> Vec<String> {
+        if self.detector.is_some() {
+            return Fcos::prefixes().map(String::from).to_vec();
+        }
         let mut v = vec![self.backbone.head_name().to_string()];
         if self.box_head.is_some() {
             v.push("box_head".into());
@@ -170,6 +221,64 @@ mod tests {
                         assert!(n > 0.0, "{arch} (train {train}): zero gradient for {name}");
                     }
                 }
+            }
+        }
+    }
+
+    /// The detector too: after one backward pass of FCOS's loss every
+    /// trainable var of the backbone's trunk, the pyramid and the head has
+    /// a non-zero gradient (and EfficientNet's trunk has no `conv_head`).
+    /// 64 channels in 32 groups: a group of one channel over a 1 × 1 map (P6
+    /// and P7 of a 64-pixel image) normalizes to its shift alone, and passes
+    /// no gradient back, in PyTorch as here.
+    #[test]
+    fn every_trainable_var_of_every_detector_gets_a_gradient() {
+        use crate::nn::detect::{assign, loss::fcos_loss};
+        let dev = Device::Cpu;
+        let v: Vec<f32> = (0..2 * 3 * 64 * 64)
+            .map(|i| ((i as f32) * 0.37).sin())
+            .collect();
+        let x = Tensor::from_vec(v, (2, 3, 64, 64), &dev).unwrap();
+        // Enough locations learn a box that each of the four distances'
+        // ReLU is open at some of them.
+        let objects = vec![
+            vec![
+                (0, [8.0, 10.0, 30.0, 34.0], 1.0),
+                (2, [30.0, 28.0, 60.0, 62.0], 1.0),
+                (1, [2.0, 40.0, 20.0, 60.0], 1.0),
+                (0, [36.0, 2.0, 62.0, 24.0], 1.0),
+            ],
+            vec![
+                (1, [4.0, 4.0, 60.0, 50.0], 1.0),
+                (2, [10.0, 44.0, 28.0, 62.0], 1.0),
+                (0, [40.0, 40.0, 56.0, 58.0], 1.0),
+            ],
+        ];
+        let cfg = DetectorConfig {
+            channels: 64,
+            convs: 2,
+        };
+        for &arch in Arch::ALL {
+            let vars = VarStore::new(&dev, 1);
+            let m = Model::with_detector(arch, Task::Detect, 3, cfg, vars.clone()).unwrap();
+            let raw = m.detect_t(&x, false).unwrap();
+            let p = assign::Points::new(&raw.levels);
+            let t = assign::targets(&p, &objects, 3, &dev).unwrap();
+            assert!(t.num_fg > 0, "{arch}: no foreground location");
+            let loss = fcos_loss(&raw, &t).unwrap().total().unwrap();
+            let grads = loss.backward().unwrap();
+            let names: Vec<String> = vars.entries().into_iter().map(|(n, _)| n).collect();
+            assert!(names.iter().any(|n| n.starts_with("fpn.")));
+            assert!(!names.iter().any(|n| n.starts_with("conv_head")));
+            for (name, e) in vars.entries() {
+                if e.role == super::super::vars::Role::Buffer {
+                    continue;
+                }
+                let g = grads
+                    .get(e.var.as_tensor())
+                    .unwrap_or_else(|| panic!("{arch} detector: no gradient for {name}"));
+                let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                assert!(n > 0.0, "{arch} detector: zero gradient for {name}");
             }
         }
     }

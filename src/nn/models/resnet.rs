@@ -83,18 +83,44 @@ impl ResNet {
     }
 }
 
-impl Backbone for ResNet {
-    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl ResNet {
+    /// The stem and every stage, keeping each stage's output.
+    fn stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let x = self
             .bn1
             .forward_act(&self.conv1.forward(x)?, train, Act::Relu)?;
         let mut x = max_pool_relu(&x, 3, 2, 1)?;
+        let mut out = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             for b in l {
                 x = b.forward_t(&x, train)?;
             }
+            out.push(x.clone());
         }
-        global_avg_pool(&x)
+        Ok(out)
+    }
+}
+
+impl Backbone for ResNet {
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let s = self.stages(x, train)?;
+        global_avg_pool(&s[s.len() - 1])
+    }
+
+    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
+        let mut s = self.stages(x, train)?;
+        let c5 = s.pop().expect("four stages");
+        let c4 = s.pop().expect("four stages");
+        let c3 = s.pop().expect("four stages");
+        Ok([c3, c4, c5])
+    }
+
+    fn pyramid_channels(&self) -> [usize; 3] {
+        [128, 256, 512]
+    }
+
+    fn pyramid_strides(&self) -> [usize; 3] {
+        [8, 16, 32]
     }
 
     fn feature_dim(&self) -> usize {

@@ -39,17 +39,43 @@ impl SimpleCnn {
     }
 }
 
-impl Backbone for SimpleCnn {
-    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl SimpleCnn {
+    /// Each block's output.
+    fn stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let mut x = x.clone();
+        let mut out = Vec::with_capacity(self.blocks.len());
         for (c, bn) in &self.blocks {
             x = bn.forward_act(&c.forward(&x)?, train, Act::Relu)?;
             if x.dim(2)? >= 2 && x.dim(3)? >= 2 {
                 // candle's own max_pool2d scales the gradient by 1/4 (candle 0.11).
                 x = max_pool_relu(&x, 2, 2, 0)?;
             }
+            out.push(x.clone());
         }
-        global_avg_pool(&x)
+        Ok(out)
+    }
+}
+
+impl Backbone for SimpleCnn {
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let s = self.stages(x, train)?;
+        global_avg_pool(&s[s.len() - 1])
+    }
+
+    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
+        let [a, b, c]: [Tensor; 3] = self
+            .stages(x, train)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("three blocks".into()))?;
+        Ok([a, b, c])
+    }
+
+    fn pyramid_channels(&self) -> [usize; 3] {
+        WIDTHS
+    }
+
+    fn pyramid_strides(&self) -> [usize; 3] {
+        [2, 4, 8]
     }
 
     fn feature_dim(&self) -> usize {
