@@ -45,6 +45,11 @@ pub struct Predictions {
     pub dets: Vec<Vec<crate::data::boxes::NBox>>,
 }
 
+/// The index of the largest value, the first on ties (0 for none).
+pub fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, k| if v[k] > v[b] { k } else { b })
+}
+
 /// A normalized `[cx, cy, w, h]` box as `[x, y, w, h]` in an image of `size`
 /// (`(1, 1)`: still normalized).
 pub fn to_xywh(b: [f32; 4], size: (f64, f64)) -> [f64; 4] {
@@ -180,7 +185,7 @@ pub fn table(
             }
             Task::Box => {
                 let pr = &p.probs[i];
-                let best = (0..pr.len()).fold(0, |b, k| if pr[k] > pr[b] { k } else { b });
+                let best = argmax(pr);
                 let size = (f64::from(sizes[i].0), f64::from(sizes[i].1));
                 let bbox = to_xywh(p.boxes[i], size)
                     .map(|v| format!("{v:.2}"))

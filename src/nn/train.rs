@@ -31,7 +31,7 @@ use super::loader::{Images, mix};
 use super::loss::{Loss, Targets};
 use super::models::{Arch, Model, Task, under};
 use super::optim::{Kind as OptKind, Optimizer, clip_grad_norm};
-use super::predict::{Activation, Predictions, infer, to_xywh};
+use super::predict::{Activation, Predictions, argmax, infer, to_xywh};
 use super::schedule::{Progress, Schedule};
 use super::vars::{Role, VarStore};
 use crate::metrics::classify::{self as m, Label};
@@ -195,7 +195,6 @@ pub fn val_metrics(
     val: &Samples,
 ) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, k| if v[k] > v[b] { k } else { b });
     match task {
         Task::Classify | Task::Box => {
             let truth: Vec<Label> = val
@@ -561,7 +560,8 @@ pub fn fit(
         targets: data.val.targets.clone(),
         boxes: val_norm,
         weights: data.val.weights.clone(),
-        objects: data.val.objects.clone(),
+        // Task detect scores on `data.val` (`detect_metrics`).
+        objects: Vec::new(),
     };
     let has_val = !data.val.is_empty();
     // What the loader carries through augmentation: the box (task box) or

@@ -39,7 +39,7 @@ use crate::nn::aug::{Dihedral, TTA_NAMES};
 use crate::nn::checkpoint;
 use crate::nn::loader::Images;
 use crate::nn::models::{Model, Task};
-use crate::nn::predict::{embeddings_table, infer, infer_detect, table};
+use crate::nn::predict::{argmax, embeddings_table, infer, infer_detect, table};
 use crate::nn::vars::VarStore;
 
 pub struct Predict;
@@ -277,7 +277,7 @@ impl Op for Predict {
                     .iter()
                     .zip(&p.boxes)
                     .map(|(pr, b)| {
-                        let k = (0..pr.len()).fold(0, |m, k| if pr[k] > pr[m] { k } else { m });
+                        let k = argmax(pr);
                         let [cx, cy, w, h] = b.map(f64::from);
                         vec![NBox {
                             label: k as i64,

@@ -539,7 +539,7 @@ impl Op for Train {
             save_png(&img, &cx.out_dir.join("examples.png"))?;
         }
         if task == Task::Detect {
-            let img = detect_examples(&data, &summary.oof.dets)?;
+            let img = detect_examples(&data, &summary.oof.dets, sizes)?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
         }
         if cx.resume_dir.is_none() {
@@ -751,38 +751,85 @@ pub(crate) fn coco_results(
 /// well their objects were found (the mean over objects of the best IoU of
 /// a same-class detection scoring at least 0.3; an empty image scores 1
 /// without such detections, else 0), truth in green, detections in red.
-fn detect_examples(data: &Data, dets: &[Vec<NBox>]) -> Result<image::RgbImage, OpError> {
+fn detect_examples(
+    data: &Data,
+    dets: &[Vec<NBox>],
+    sizes: &[(u32, u32)],
+) -> Result<image::RgbImage, OpError> {
     use plot::{GREEN, RED, rect, text};
-    const SIDE: u32 = 192;
     const SHOWN: f64 = 0.3;
+    let size = |i: usize| (f64::from(sizes[i].0), f64::from(sizes[i].1));
     let n = data.val.len().min(dets.len());
-    let mut sizes = Vec::with_capacity(n);
-    let mut scored: Vec<(f64, usize)> = Vec::with_capacity(n);
-    for (i, di) in dets.iter().enumerate().take(n) {
-        let src = image::image_dimensions(&data.val.paths[i])
-            .map_err(|e| DataError::new(&data.val.paths[i], e.to_string()))?;
-        let (w, h) = (f64::from(src.0), f64::from(src.1));
-        sizes.push((w, h));
-        let shown: Vec<&NBox> = di.iter().filter(|d| d.score >= SHOWN).collect();
-        let objs = &data.val.objects[i];
-        let score = if objs.is_empty() {
-            if shown.is_empty() { 1.0 } else { 0.0 }
-        } else {
-            objs.iter()
-                .map(|o| {
-                    let [x, y, bw, bh] = o.bbox;
-                    let t = [x / w, y / h, (x + bw) / w, (y + bh) / h];
-                    shown
-                        .iter()
-                        .filter(|d| d.label as usize == o.class)
-                        .map(|d| iou_xyxy(&d.xyxy, &t))
-                        .fold(0.0, f64::max)
-                })
-                .sum::<f64>()
-                / objs.len() as f64
-        };
-        scored.push((score, i));
-    }
+    let scored: Vec<(f64, usize)> = (0..n)
+        .map(|i| {
+            let (w, h) = size(i);
+            let shown: Vec<&NBox> = dets[i].iter().filter(|d| d.score >= SHOWN).collect();
+            let objs = &data.val.objects[i];
+            let score = if objs.is_empty() {
+                if shown.is_empty() { 1.0 } else { 0.0 }
+            } else {
+                objs.iter()
+                    .map(|o| {
+                        let [x, y, bw, bh] = o.bbox;
+                        let t = [x / w, y / h, (x + bw) / w, (y + bh) / h];
+                        shown
+                            .iter()
+                            .filter(|d| d.label as usize == o.class)
+                            .map(|d| iou_xyxy(&d.xyxy, &t))
+                            .fold(0.0, f64::max)
+                    })
+                    .sum::<f64>()
+                    / objs.len() as f64
+            };
+            (score, i)
+        })
+        .collect();
+    best_and_worst(data, scored, "", |tile, i| {
+        let s = f64::from(tile.width());
+        let (w, h) = size(i);
+        for o in &data.val.objects[i] {
+            let [x, y, bw, bh] = o.bbox;
+            rect(
+                tile,
+                x / w * s,
+                y / h * s,
+                (x + bw) / w * s,
+                (y + bh) / h * s,
+                2,
+                GREEN,
+            );
+        }
+        for d in dets[i].iter().filter(|d| d.score >= SHOWN) {
+            let [x1, y1, x2, y2] = d.xyxy.map(|v| v * s);
+            rect(tile, x1, y1, x2, y2, 1, RED);
+            let label = data
+                .classes
+                .get(d.label as usize)
+                .map_or("?", String::as_str);
+            text(
+                tile,
+                x1 as i64 + 2,
+                y1 as i64 + 2,
+                &format!("{label} {:.2}", d.score),
+                1,
+                RED,
+            );
+        }
+    })
+}
+
+/// The strip `examples.png` shows: the three best and three worst of the
+/// validation images `scored` (score, index), each a tile drawn on by
+/// `draw`, captioned "best" or "worst", `what` and the score, and its id.
+fn best_and_worst(
+    data: &Data,
+    mut scored: Vec<(f64, usize)>,
+    what: &str,
+    draw: impl Fn(&mut image::RgbImage, usize),
+) -> Result<image::RgbImage, OpError> {
+    use plot::text;
+    const SIDE: u32 = 192;
+    let n = scored.len();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     let mut picks: Vec<(f64, usize, &str)> = scored
         .iter()
@@ -797,45 +844,16 @@ fn detect_examples(data: &Data, dets: &[Vec<NBox>]) -> Result<image::RgbImage, O
             .map(|&(s, i)| (s, i, "worst")),
     );
     let mut tiles = Vec::new();
-    let s = f64::from(SIDE);
     for (score, i, kind) in picks {
         let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
         let mut tile =
             image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
-        let (w, h) = sizes[i];
-        for o in &data.val.objects[i] {
-            let [x, y, bw, bh] = o.bbox;
-            rect(
-                &mut tile,
-                x / w * s,
-                y / h * s,
-                (x + bw) / w * s,
-                (y + bh) / h * s,
-                2,
-                GREEN,
-            );
-        }
-        for d in dets[i].iter().filter(|d| d.score >= SHOWN) {
-            let [x1, y1, x2, y2] = d.xyxy.map(|v| v * s);
-            rect(&mut tile, x1, y1, x2, y2, 1, RED);
-            let label = data
-                .classes
-                .get(d.label as usize)
-                .map_or("?", String::as_str);
-            text(
-                &mut tile,
-                x1 as i64 + 2,
-                y1 as i64 + 2,
-                &format!("{label} {:.2}", d.score),
-                1,
-                RED,
-            );
-        }
+        draw(&mut tile, i);
         text(
             &mut tile,
             4,
             4,
-            &format!("{kind} {score:.2}"),
+            &format!("{kind} {what}{score:.2}"),
             1,
             image::Rgb([255, 255, 0]),
         );
@@ -1011,10 +1029,9 @@ fn examples(
     p: &crate::nn::predict::Predictions,
     sizes: &[(u32, u32)],
 ) -> Result<image::RgbImage, OpError> {
-    use plot::{GREEN, RED, rect, text};
-    const SIDE: u32 = 192;
+    use plot::{GREEN, RED, rect};
     let n = data.val.len().min(p.boxes.len());
-    let mut scored: Vec<(f64, usize)> = (0..n)
+    let scored: Vec<(f64, usize)> = (0..n)
         .map(|i| {
             let size = (f64::from(sizes[i].0), f64::from(sizes[i].1));
             let pred = to_xywh(p.boxes[i], size);
@@ -1024,72 +1041,14 @@ fn examples(
             )
         })
         .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut picks: Vec<(f64, usize, &str)> = scored
-        .iter()
-        .take(3)
-        .map(|&(s, i)| (s, i, "best"))
-        .collect();
-    picks.extend(
-        scored
-            .iter()
-            .rev()
-            .take(3.min(n.saturating_sub(3)))
-            .map(|&(s, i)| (s, i, "worst")),
-    );
-    let mut tiles = Vec::new();
-    for (iou, i, kind) in picks {
-        let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
-        let mut tile =
-            image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
-        let (sx, sy) = (
-            f64::from(SIDE) / f64::from(sizes[i].0),
-            f64::from(SIDE) / f64::from(sizes[i].1),
-        );
+    best_and_worst(data, scored, "IoU ", |tile, i| {
+        let s = f64::from(tile.width());
+        let (sx, sy) = (s / f64::from(sizes[i].0), s / f64::from(sizes[i].1));
         let [x, y, w, h] = data.val.boxes[i];
-        rect(
-            &mut tile,
-            x * sx,
-            y * sy,
-            (x + w) * sx,
-            (y + h) * sy,
-            2,
-            GREEN,
-        );
-        let s = f64::from(SIDE);
+        rect(tile, x * sx, y * sy, (x + w) * sx, (y + h) * sy, 2, GREEN);
         let [x, y, w, h] = to_xywh(p.boxes[i], (s, s));
-        rect(&mut tile, x, y, x + w, y + h, 2, RED);
-        text(
-            &mut tile,
-            4,
-            4,
-            &format!("{kind} IoU {iou:.2}"),
-            1,
-            image::Rgb([255, 255, 0]),
-        );
-        text(
-            &mut tile,
-            4,
-            SIDE as i64 - 12,
-            &data.val.ids[i],
-            1,
-            image::Rgb([255, 255, 0]),
-        );
-        tiles.push(tile);
-    }
-    if tiles.is_empty() {
-        let mut t = image::RgbImage::from_pixel(SIDE * 2, 40, image::Rgb([255, 255, 255]));
-        text(
-            &mut t,
-            4,
-            16,
-            "no validation images",
-            1,
-            image::Rgb([0, 0, 0]),
-        );
-        tiles.push(t);
-    }
-    Ok(plot::hstack(&tiles))
+        rect(tile, x, y, x + w, y + h, 2, RED);
+    })
 }
 
 /// The largest side `image_size` may ask for (an image's sides are 32-bit
