@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub mod boxes;
 pub mod images;
+pub mod masks;
 pub mod metrics_json;
 pub mod table;
 

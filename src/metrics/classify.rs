@@ -232,6 +232,16 @@ pub fn dice(a: &[(u64, u64)], b: &[(u64, u64)]) -> f64 {
     2.0 * overlap(a, b) as f64 / (la + lb) as f64
 }
 
+/// IoU of two run-length masks; both empty counts as 1.
+pub fn iou_runs(a: &[(u64, u64)], b: &[(u64, u64)]) -> f64 {
+    let (la, lb) = (run_len(a), run_len(b));
+    let both = overlap(a, b);
+    if la + lb == 0 {
+        return 1.0;
+    }
+    both as f64 / (la + lb - both) as f64
+}
+
 /// IoU of two `[x, y, w, h]` boxes.
 pub fn box_iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let w = ((a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0])).max(0.0);
@@ -267,6 +277,8 @@ mod tests {
         let b = rle_pixels("3 4").unwrap();
         assert_eq!(dice(&a, &b), 2.0 * 2.0 / 10.0);
         assert_eq!(dice(&[], &[]), 1.0);
+        assert_eq!(iou_runs(&a, &b), 2.0 / 8.0);
+        assert_eq!(iou_runs(&[], &[]), 1.0);
         assert!(rle_pixels("1 2 3").is_err());
     }
 }

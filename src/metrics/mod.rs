@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod coco;
+pub mod segment;
 
 /// Every metric `evaluate` knows, by name.
 pub const NAMES: &[&str] = &[
@@ -16,6 +17,7 @@ pub const NAMES: &[&str] = &[
     "coco_map50",
     "box_iou",
     "dice",
+    "iou",
 ];
 
 /// Whether a larger value is better.

@@ -133,9 +133,21 @@ pub struct Aug {
     pub crop_scale: [f64; 2],
     pub brightness: f64,
     pub contrast: f64,
+    /// Train on a random window of this side at native resolution (task
+    /// segment's tiles) before any crop; `None`: the whole image.
+    pub window: Option<u32>,
 }
 
 impl Aug {
+    /// A random `side × side` window (x, y, w, h) of a `w × h` image,
+    /// clipped to the image.
+    pub fn window_region(side: u32, w: u32, h: u32, rng: &mut ChaCha8Rng) -> (u32, u32, u32, u32) {
+        let (cw, ch) = (side.min(w), side.min(h));
+        let x = rng.random_range(0..=w - cw);
+        let y = rng.random_range(0..=h - ch);
+        (x, y, cw, ch)
+    }
+
     pub fn crops(&self) -> bool {
         self.crop_scale[0] < 1.0
     }

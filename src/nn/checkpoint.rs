@@ -52,6 +52,13 @@ pub struct Meta {
     /// Task detect: the COCO category id of each class.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub category_ids: Vec<i64>,
+    /// Task segment: the U-Net decoder's last width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_width: Option<usize>,
+    /// Task segment: trained on windows at native resolution, to predict
+    /// over tiles overlapping by this fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_overlap: Option<f64>,
 }
 
 impl Meta {
@@ -193,6 +200,8 @@ mod tests {
             .into(),
             detector: None,
             category_ids: Vec::new(),
+            decoder_width: None,
+            tile_overlap: None,
         }
     }
 

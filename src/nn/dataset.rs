@@ -24,6 +24,8 @@ pub struct Samples {
     pub weights: Vec<f32>,
     /// Per sample: its objects (task detect), none for an image without.
     pub objects: Vec<Vec<Object>>,
+    /// Per sample: where its mask comes from (task segment).
+    pub masks: Vec<crate::data::masks::MaskSource>,
 }
 
 /// One object of a detection sample: class index, box `x, y, w, h` in
@@ -51,6 +53,7 @@ impl Samples {
         self.boxes.extend(o.boxes);
         self.weights.extend(o.weights);
         self.objects.extend(o.objects);
+        self.masks.extend(o.masks);
     }
 }
 

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::aug::{Aug, Dihedral, to_chw};
+use crate::data::masks::{MaskSource, Planes};
 use crate::data::{DataError, images};
 
 /// Decoded images are cached when they fit in this many bytes.
@@ -25,10 +26,20 @@ pub struct Images {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     cache: Option<Vec<OnceLock<Arc<RgbImage>>>>,
+    masks: Option<Masks>,
 }
 
-/// One prepared image: CHW floats and its boxes.
-type Prepared = (Vec<f32>, Vec<[f32; 4]>);
+/// The images' masks (task segment), decoded on first use and kept when
+/// the images are.
+struct Masks {
+    sources: Vec<MaskSource>,
+    classes: usize,
+    cache: Option<Vec<OnceLock<Arc<Planes>>>>,
+}
+
+/// One prepared image: CHW floats, its boxes, and its mask planes (task
+/// segment; else empty).
+type Prepared = (Vec<f32>, Vec<[f32; 4]>, Vec<f32>);
 
 /// One prepared batch.
 pub struct Batch {
@@ -39,6 +50,9 @@ pub struct Batch {
     /// Per image, its boxes after augmentation, normalized `cx, cy, w, h`,
     /// clipped to the crop (tasks box and detect).
     pub boxes: Vec<Vec<[f32; 4]>>,
+    /// `[N, classes, size, size]` masks, 0 or 1, transformed as the
+    /// images (task segment; else empty).
+    pub masks: Vec<f32>,
 }
 
 impl Images {
@@ -54,6 +68,7 @@ impl Images {
             mean,
             std,
             cache: None,
+            masks: None,
         };
         if !me.paths.is_empty() {
             let img = me.decode(0)?;
@@ -66,6 +81,46 @@ impl Images {
             }
         }
         Ok(me)
+    }
+
+    /// Gives image `i` the mask `sources[i]` of `classes` classes (task
+    /// segment): batches then carry them, cropped, resized (nearest) and
+    /// flipped with their images.
+    pub fn with_masks(mut self, sources: Vec<MaskSource>, classes: usize) -> Images {
+        let cache = self
+            .cache
+            .as_ref()
+            .map(|c| (0..c.len()).map(|_| OnceLock::new()).collect());
+        self.masks = Some(Masks {
+            sources,
+            classes,
+            cache,
+        });
+        self
+    }
+
+    /// The mask classes, when there are masks.
+    pub fn mask_classes(&self) -> Option<usize> {
+        self.masks.as_ref().map(|m| m.classes)
+    }
+
+    /// Image `i`'s mask planes at its source's size.
+    pub fn mask(&self, i: usize) -> Result<Arc<Planes>, DataError> {
+        let m = self.masks.as_ref().expect("masks given");
+        let decode = || -> Result<Planes, DataError> {
+            let src = self.source(i)?;
+            m.sources[i].decode(m.classes, src.width(), src.height())
+        };
+        match &m.cache {
+            Some(c) => {
+                if let Some(p) = c[i].get() {
+                    return Ok(p.clone());
+                }
+                let p = Arc::new(decode()?);
+                Ok(c[i].get_or_init(|| p).clone())
+            }
+            None => Ok(Arc::new(decode()?)),
+        }
     }
 
     fn decode(&self, i: usize) -> Result<RgbImage, DataError> {
@@ -101,21 +156,44 @@ impl Images {
         let mut region = (0, 0, sw, sh);
         let mut rng = None;
         if let Some((a, r)) = aug {
+            if let Some(side) = a.window {
+                region = Aug::window_region(side, sw, sh, r);
+            }
             if a.crops() {
-                region = a.crop_region(sw, sh, r);
+                let (x, y, w, h) = a.crop_region(region.2, region.3, r);
+                region = (region.0 + x, region.1 + y, w, h);
             }
             rng = Some((a, r));
         }
         let (rx, ry, rw, rh) = region;
         let s = self.size;
-        let resized = if region == (0, 0, s, s) {
+        let resized = if region == (0, 0, s, s) && (sw, sh) == (s, s) {
             None
         } else if region == (0, 0, sw, sh) {
             Some(image::imageops::resize(&*src, s, s, FilterType::Triangle))
         } else {
             let view = image::imageops::crop_imm(&*src, rx, ry, rw, rh).to_image();
-            Some(image::imageops::resize(&view, s, s, FilterType::Triangle))
+            if (rw, rh) == (s, s) {
+                Some(view)
+            } else {
+                Some(image::imageops::resize(&view, s, s, FilterType::Triangle))
+            }
         };
+        // The mask planes, cut and resized as the image (nearest).
+        let mut mask = Vec::new();
+        if self.masks.is_some() {
+            let planes = self.mask(i)?;
+            mask.reserve(planes.len() * (s * s) as usize);
+            for p in planes.iter() {
+                let view = image::imageops::crop_imm(p, rx, ry, rw, rh).to_image();
+                let m = if (rw, rh) == (s, s) {
+                    view
+                } else {
+                    image::imageops::resize(&view, s, s, FilterType::Nearest)
+                };
+                mask.extend(m.as_raw().iter().map(|&v| f32::from(v)));
+            }
+        }
         let mut chw = to_chw(resized.as_ref().unwrap_or(&src));
         // Into the crop, clipped, normalized.
         let b = boxes.iter().map(|&[x, y, w, h]| {
@@ -137,6 +215,9 @@ impl Images {
         }
         let mut chw = d.apply(&chw, 3, s as usize);
         let b = b.map(|b| d.map_box(b)).collect();
+        if !mask.is_empty() {
+            mask = d.apply(&mask, mask.len() / (s * s) as usize, s as usize);
+        }
         let n = (s * s) as usize;
         for c in 0..3 {
             let (m, sd) = (self.mean[c], self.std[c]);
@@ -144,7 +225,7 @@ impl Images {
                 .iter_mut()
                 .for_each(|v| *v = (*v - m) / sd);
         }
-        Ok((chw, b))
+        Ok((chw, b, mask))
     }
 
     /// Batches of `order`, prepared in parallel on `pool` while `consume`
@@ -181,15 +262,18 @@ impl Images {
             });
             let mut x = Vec::with_capacity(chunk.len() * 3 * (self.size * self.size) as usize);
             let mut bx = Vec::with_capacity(chunk.len());
+            let mut masks = Vec::new();
             for r in per {
-                let (v, b) = r?;
+                let (v, b, m) = r?;
                 x.extend_from_slice(&v);
                 bx.push(b);
+                masks.extend_from_slice(&m);
             }
             Ok(Batch {
                 idx: chunk.to_vec(),
                 x,
                 boxes: bx,
+                masks,
             })
         };
         let bs = batch_size.max(1);

@@ -9,7 +9,12 @@
 //! | `focal` | `sigmoid_focal_loss(alpha=-1, gamma=γ)` for sigmoid heads; `−Σ t (1−p)^γ log p` on softmax | classes |
 //! | `mse` | `mse_loss` | value or box |
 //! | `smooth_l1` | `smooth_l1_loss(beta=1)` | value or box |
+//! | `dice` | segmentation_models_pytorch `DiceLoss(mode="multilabel")` | masks (sigmoid) |
+//! | `lovasz` | segmentation_models_pytorch `LovaszLoss(mode="multilabel")` | masks (sigmoid) |
 //!
+//! Task segment applies `bce` and `focal` to every pixel of every class
+//! channel, and `dice` and `lovasz` to the batch's masks
+//! ([`crate::nn::segment::loss`]).
 //! Each is averaged over the batch, weighting sample i by wᵢ: Σ wᵢ·ℓᵢ / Σ wᵢ.
 
 use candle_core::{D, Result, Tensor};
@@ -25,9 +30,11 @@ pub enum Kind {
     Focal,
     Mse,
     SmoothL1,
+    Dice,
+    Lovasz,
 }
 
-pub const NAMES: &[&str] = &["ce", "bce", "focal", "mse", "smooth_l1"];
+pub const NAMES: &[&str] = &["ce", "bce", "focal", "mse", "smooth_l1", "dice", "lovasz"];
 
 impl Kind {
     fn parse(s: &str) -> Option<Kind> {
@@ -37,12 +44,23 @@ impl Kind {
             "focal" => Kind::Focal,
             "mse" => Kind::Mse,
             "smooth_l1" => Kind::SmoothL1,
+            "dice" => Kind::Dice,
+            "lovasz" => Kind::Lovasz,
             _ => return None,
         })
     }
 
     fn on_classes(self) -> bool {
         matches!(self, Kind::Ce | Kind::Bce | Kind::Focal)
+    }
+
+    /// Whether it applies to masks (task segment).
+    fn on_masks(self) -> bool {
+        matches!(self, Kind::Bce | Kind::Focal | Kind::Dice | Kind::Lovasz)
+    }
+
+    pub fn name(self) -> &'static str {
+        NAMES[self as usize]
     }
 }
 
@@ -63,6 +81,7 @@ pub fn default_terms(task: Task) -> Vec<(Kind, f64)> {
         Task::Box => vec![(Kind::Ce, 1.0), (Kind::SmoothL1, 1.0)],
         // FCOS's own: focal + GIoU + centre-ness (nn::detect::loss).
         Task::Detect => Vec::new(),
+        Task::Segment => vec![(Kind::Bce, 1.0), (Kind::Dice, 1.0)],
     }
 }
 
@@ -96,9 +115,10 @@ pub fn parse_terms(v: &Value, task: Task) -> std::result::Result<Vec<(Kind, f64)
     for &(k, _) in &terms {
         let fits = match task {
             Task::Classify | Task::Multilabel => k.on_classes(),
-            Task::Regress => !k.on_classes(),
-            Task::Box => true,
+            Task::Regress => matches!(k, Kind::Mse | Kind::SmoothL1),
+            Task::Box => !matches!(k, Kind::Dice | Kind::Lovasz),
             Task::Detect => false,
+            Task::Segment => k.on_masks(),
         };
         if !fits {
             return Err(format!(
@@ -107,7 +127,11 @@ pub fn parse_terms(v: &Value, task: Task) -> std::result::Result<Vec<(Kind, f64)
             ));
         }
     }
-    if task == Task::Box && !terms.iter().any(|(k, _)| !k.on_classes()) {
+    if task == Task::Box
+        && !terms
+            .iter()
+            .any(|(k, _)| matches!(k, Kind::Mse | Kind::SmoothL1))
+    {
         return Err("task box needs a box loss too (mse or smooth_l1)".into());
     }
     Ok(terms)
@@ -152,7 +176,8 @@ impl Loss {
                 let d = (pred - target)?;
                 match kind {
                     Kind::Mse => d.sqr()?.mean(D::Minus1)?,
-                    _ => smooth_l1(&d)?.mean(D::Minus1)?,
+                    Kind::SmoothL1 => smooth_l1(&d)?.mean(D::Minus1)?,
+                    _ => candle_core::bail!("loss `{}` applies to masks only", kind.name()),
                 }
             };
             let term = (weighted_mean(&per_sample, &t.weights)? * w)?;
@@ -176,7 +201,7 @@ impl Loss {
         (log_softmax(logits)? * t)?.sum(D::Minus1)?.neg()
     }
 
-    fn focal_sigmoid(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    pub(crate) fn focal_sigmoid(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let p = candle_nn::ops::sigmoid(logits)?;
         let one_minus_t = (1.0 - target)?;
         let p_t = ((&p * target)? + ((1.0 - &p)? * &one_minus_t)?)?;
@@ -205,7 +230,7 @@ pub fn smooth_l1(d: &Tensor) -> Result<Tensor> {
     (q.sqr()? * 0.5)? + (a - q)?
 }
 
-fn weighted_mean(per_sample: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn weighted_mean(per_sample: &Tensor, w: &Tensor) -> Result<Tensor> {
     let sw: f32 = w.sum_all()?.to_scalar()?;
     (per_sample * w)?.sum_all()? / f64::from(sw.max(1e-12))
 }

@@ -12,6 +12,7 @@ pub mod aug;
 pub mod checkpoint;
 pub mod dataset;
 pub mod detect;
+pub mod segment;
 pub use podium_kernels as kernels;
 pub mod layers;
 pub mod loader;

@@ -43,6 +43,9 @@ pub struct Predictions {
     /// Per image, its detections (task detect): class index, score, box
     /// `x1, y1, x2, y2` normalized by the image's sides.
     pub dets: Vec<Vec<crate::data::boxes::NBox>>,
+    /// Per image, each class's mask as Kaggle's run-length encoding (task
+    /// segment).
+    pub rles: Vec<Vec<String>>,
 }
 
 /// The index of the largest value, the first on ties (0 for none).
@@ -157,12 +160,14 @@ pub fn infer(
             .collect(),
         logits,
         dets: Vec::new(),
+        rles: Vec::new(),
     })
 }
 
 /// The prediction table: class probabilities (classify, multilabel), the
 /// value (regress, in column `value_col`), or `label,score,bbox` with the
-/// box in the source image's pixels (box; `sizes` are the sources' sizes).
+/// box in the source image's pixels (box; `sizes` are the sources' sizes), or
+/// each class's run-length mask (segment).
 pub fn table(
     task: Task,
     classes: &[String],
@@ -176,6 +181,7 @@ pub fn table(
         Task::Regress => vec![value_col],
         Task::Box => vec!["label", "score", "bbox"],
         Task::Detect => vec!["detections"],
+        Task::Segment => classes.iter().map(String::as_str).collect(),
     };
     let mut t = Table::new(&cols);
     for (i, id) in ids.iter().enumerate() {
@@ -197,6 +203,7 @@ pub fn table(
                 ]
             }
             Task::Detect => vec![p.dets.get(i).map_or(0, Vec::len).to_string()],
+            Task::Segment => p.rles[i].clone(),
         };
         t.push(id.clone(), row);
     }

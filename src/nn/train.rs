@@ -25,14 +25,15 @@ use super::checkpoint;
 use super::dataset::Samples;
 use super::detect::assign::{self, Points};
 use super::detect::decode::{self, decode};
-use super::detect::fcos::Config as DetectorConfig;
 use super::detect::loss::fcos_loss;
 use super::loader::{Images, mix};
 use super::loss::{Loss, Targets};
-use super::models::{Arch, Model, Task, under};
+use super::models::{Arch, Heads, Model, Task, under};
 use super::optim::{Kind as OptKind, Optimizer, clip_grad_norm};
 use super::predict::{Activation, Predictions, argmax, infer, to_xywh};
 use super::schedule::{Progress, Schedule};
+use super::segment::infer::{Cover, infer_segment};
+use super::segment::loss::segment_loss;
 use super::vars::{Role, VarStore};
 use crate::metrics::classify::{self as m, Label};
 use crate::progress::Step;
@@ -65,10 +66,13 @@ pub struct Config {
     pub seed: u64,
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    /// Task detect: the sizes of the neck and head.
-    pub detector: DetectorConfig,
+    /// Tasks detect and segment: the sizes of the dense heads.
+    pub heads: Heads,
     /// Task detect: how validation picks detections.
     pub decode: decode::Params,
+    /// Task segment: how validation covers an image (the whole image
+    /// resized, or tiles at native resolution when training on windows).
+    pub cover: Cover,
 }
 
 /// The data: training and validation samples, class names (the value
@@ -160,7 +164,7 @@ pub fn activation(task: Task, loss: &Loss) -> Activation {
         Task::Regress => Activation::Identity,
         Task::Box if loss.terms.iter().any(|(k, _)| *k == Kind::Bce) => Activation::Sigmoid,
         Task::Box => Activation::Softmax,
-        Task::Detect => Activation::Sigmoid,
+        Task::Detect | Task::Segment => Activation::Sigmoid,
     }
 }
 
@@ -173,6 +177,7 @@ pub fn metric_names(task: Task, classes: usize) -> Vec<&'static str> {
         Task::Regress => vec!["qwk"],
         Task::Box => vec!["box_iou", "accuracy"],
         Task::Detect => vec!["coco_map50", "coco_map"],
+        Task::Segment => vec!["dice", "iou"],
     }
 }
 
@@ -184,6 +189,7 @@ pub fn default_monitor(task: Task) -> &'static str {
         Task::Regress => "qwk",
         Task::Box => "box_iou",
         Task::Detect => "coco_map50",
+        Task::Segment => "dice",
     }
 }
 
@@ -268,8 +274,9 @@ pub fn val_metrics(
             let truth: Vec<Label> = truth.into_iter().map(Label::Num).collect();
             out.insert("qwk".into(), m::qwk(&truth, &pred));
         }
-        // Scored on the detections by `detect_metrics`.
-        Task::Detect => {}
+        // Scored on the detections by `detect_metrics`, on the masks by
+        // `validate_segment`.
+        Task::Detect | Task::Segment => {}
     }
     out
 }
@@ -453,8 +460,13 @@ pub fn meta(
             .iter()
             .map(|(k, v)| (k.clone(), v.is_finite().then_some(*v)))
             .collect(),
-        detector: (cfg.task == Task::Detect).then_some(cfg.detector),
+        detector: (cfg.task == Task::Detect).then_some(cfg.heads.detector),
         category_ids: data.category_ids.clone(),
+        decoder_width: (cfg.task == Task::Segment).then_some(cfg.heads.decoder_width),
+        tile_overlap: match cfg.cover {
+            Cover::Tiles { overlap } if cfg.task == Task::Segment => Some(overlap),
+            _ => None,
+        },
     }
 }
 
@@ -479,7 +491,7 @@ pub fn fit(
         data.classes.len()
     };
     let vars = VarStore::new(device, cfg.seed);
-    let model = Model::with_detector(cfg.arch, task, heads, cfg.detector, vars.clone())?;
+    let model = Model::with_heads(cfg.arch, task, heads, cfg.heads, vars.clone())?;
     let act = activation(task, &cfg.loss);
     let mut opt = Optimizer::new(cfg.optimizer, cfg.momentum, cfg.weight_decay);
     let mut ema: Option<BTreeMap<String, Tensor>> = None;
@@ -536,6 +548,18 @@ pub fn fit(
         cfg.mean,
         cfg.std,
     )?;
+    let images = if task == Task::Segment {
+        let sources = data
+            .train
+            .masks
+            .iter()
+            .chain(&data.val.masks)
+            .cloned()
+            .collect();
+        images.with_masks(sources, heads)
+    } else {
+        images
+    };
     let n_train = data.train.len();
     // Boxes of validation samples, normalized by their sources' sizes.
     let val_idx: Vec<usize> = (n_train..n_train + data.val.len()).collect();
@@ -560,8 +584,10 @@ pub fn fit(
         targets: data.val.targets.clone(),
         boxes: val_norm,
         weights: data.val.weights.clone(),
-        // Task detect scores on `data.val` (`detect_metrics`).
+        // Task detect scores on `data.val` (`detect_metrics`), task
+        // segment on the masks.
         objects: Vec::new(),
+        masks: Vec::new(),
     };
     let has_val = !data.val.is_empty();
     // What the loader carries through augmentation: the box (task box) or
@@ -606,6 +632,7 @@ pub fn fit(
             .chain(&data.val.objects)
             .cloned()
             .collect(),
+        masks: Vec::new(),
     };
     let s = cfg.image_size as usize;
     let bs = cfg.batch_size.max(1);
@@ -708,6 +735,14 @@ pub fn fit(
                         let t = assign::targets(&Points::new(&raw.levels), &objs, heads, device)?;
                         fcos_loss(&raw, &t)?.total()
                     })?
+                } else if task == Task::Segment {
+                    let masks = Tensor::from_vec(b.masks, (n, heads, s, s), device)?;
+                    let w: Vec<f32> = b.idx.iter().map(|&i| all.weights[i]).collect();
+                    let w = Tensor::from_vec(w, n, device)?;
+                    pool.install(|| -> candle_core::Result<Tensor> {
+                        let logits = model.segment_t(&x, true)?;
+                        segment_loss(&cfg.loss, &logits, &masks, &w)
+                    })?
                 } else {
                     let first: Vec<[f32; 4]> = b.boxes.iter().map(|v| v[0]).collect();
                     let t = targets(task, &all, &b.idx, &first, device)?;
@@ -765,6 +800,10 @@ pub fn fit(
                     ..Default::default()
                 };
                 (Some(vl), metrics, Some(p))
+            } else if task == Task::Segment {
+                let (vl, metrics) =
+                    validate_segment(&model, cfg, &images, &val_idx, device, pool, cancelled)?;
+                (Some(vl), metrics, None)
             } else {
                 let p = infer(
                     &model,
@@ -949,6 +988,76 @@ fn validate_detect(
         },
     )?;
     Ok((loss_sum / seen.max(1) as f64, dets))
+}
+
+/// Task segment's validation: each image's probabilities at its own
+/// resolution (whole, or over tiles, as `predict` makes them) against its
+/// mask: the loss (per image, averaged; on the logits the probabilities
+/// imply) and the mean Dice and IoU over images and classes at
+/// `threshold`.
+fn validate_segment(
+    model: &Model,
+    cfg: &Config,
+    images: &Images,
+    val_idx: &[usize],
+    device: &Device,
+    pool: &rayon::ThreadPool,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(f64, BTreeMap<String, f64>), NnError> {
+    use crate::metrics::segment::{Overlap, mean_dice_iou};
+    let mut counts = Vec::new();
+    let mut loss_sum = 0f64;
+    let th = cfg.threshold as f32;
+    infer_segment(
+        model,
+        images,
+        val_idx,
+        &[Dihedral::default()],
+        cfg.cover,
+        cfg.batch_size,
+        device,
+        pool,
+        &mut |_, _| {
+            if cancelled() {
+                Err(NnError::Cancelled)
+            } else {
+                Ok(())
+            }
+        },
+        &mut |pos, p| {
+            let truth = images.mask(val_idx[pos])?;
+            let mut t = Vec::with_capacity(p.data.len());
+            for (c, plane) in truth.iter().enumerate() {
+                let pc = p.plane(c);
+                counts.push(Overlap::of(
+                    pc.iter()
+                        .zip(plane.as_raw())
+                        .map(|(&q, &m)| (q >= th, m > 0)),
+                ));
+                t.extend(plane.as_raw().iter().map(|&m| f32::from(m)));
+            }
+            let (h, w) = (p.h as usize, p.w as usize);
+            let logits: Vec<f32> = p
+                .data
+                .iter()
+                .map(|&q| {
+                    let q = q.clamp(1e-6, 1.0 - 1e-6);
+                    (q / (1.0 - q)).ln()
+                })
+                .collect();
+            let l = pool.install(|| -> candle_core::Result<f32> {
+                let x = Tensor::from_vec(logits, (1, p.classes, h, w), device)?;
+                let m = Tensor::from_vec(t, (1, p.classes, h, w), device)?;
+                let one = Tensor::ones(1, candle_core::DType::F32, device)?;
+                segment_loss(&cfg.loss, &x, &m, &one)?.to_scalar::<f32>()
+            })?;
+            loss_sum += f64::from(l);
+            Ok(())
+        },
+    )?;
+    let (dice, iou) = mean_dice_iou(&counts);
+    let metrics = BTreeMap::from([("dice".to_string(), dice), ("iou".to_string(), iou)]);
+    Ok((loss_sum / val_idx.len().max(1) as f64, metrics))
 }
 
 /// The validation loss, on the logits `infer` kept: the loss over the whole

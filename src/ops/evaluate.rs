@@ -1,6 +1,9 @@
 //! `evaluate`: scores a prediction against the truth and writes
 //! `metrics.json`. Values equal scikit-learn's and pycocotools' (see
-//! [`crate::metrics`]).
+//! [`crate::metrics`]). `dice` and `iou` compare run-length masks in two
+//! tables, or two directories of class-index mask PNGs (what `predict`
+//! writes in `masks`, `synth` in `test_masks`): per image and class, 1
+//! where both are empty, averaged.
 //!
 //! ```toml
 //! [stages.score]
@@ -25,9 +28,11 @@ pub struct Evaluate;
 crate::params! {
     /// The parameters of `evaluate`.
     pub struct Args {
-        /// the truth: a table, or a COCO ground-truth file for the coco metrics
+        /// the truth: a table, a COCO ground-truth file for the coco metrics, or a directory of
+        /// class-index masks for dice and iou
         truth: PathBuf,
-        /// the prediction: a table with the same ids, or a boxes file for the coco metrics
+        /// the prediction: a table with the same ids, a boxes file for the coco metrics, or a
+        /// directory of class-index masks with the same names
         pred: PathBuf,
         /// one metric or a list (coco metrics and table metrics in separate stages)
         metric: Strs = "accuracy",
@@ -78,7 +83,24 @@ impl Op for Evaluate {
     fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let (truth, pred, names, column) = (a.truth, a.pred, a.metric.0, a.column);
         let mut out = Metrics::new();
-        if names.iter().all(|n| n.starts_with("coco_")) {
+        if truth.is_dir() || pred.is_dir() {
+            let bad = names
+                .iter()
+                .find(|n| !["dice", "iou"].contains(&n.as_str()));
+            if let Some(n) = bad {
+                return Err(OpError::param(
+                    "metric",
+                    format!("mask directories are scored by dice and iou, not `{n}`"),
+                ));
+            }
+            let (dice, iou, scored, total) = mask_dirs(&truth, &pred)?;
+            cx.log(format_args!(
+                "{scored} predicted masks scored, of the truth's {total}"
+            ));
+            for n in &names {
+                out.insert(n.clone(), if n == "dice" { dice } else { iou });
+            }
+        } else if names.iter().all(|n| n.starts_with("coco_")) {
             let gt = read_coco(&truth)?;
             let dets = read_dets(&pred)?;
             let known: BTreeSet<_> = gt.images.iter().map(|i| &i.id).collect();
@@ -247,14 +269,18 @@ fn score(
             }
             s / rows.len() as f64
         }
-        "dice" => {
+        "dice" | "iou" => {
             let mut s = 0.0;
             for &(i, j) in rows {
                 let a = m::rle_pixels(&t.rows[i][tc])
                     .map_err(|e| DataError::at(&t.path, t.lines[i], e))?;
                 let b = m::rle_pixels(&p.rows[j][pc])
                     .map_err(|e| DataError::at(&p.path, p.lines[j], e))?;
-                s += m::dice(&a, &b);
+                s += if name == "dice" {
+                    m::dice(&a, &b)
+                } else {
+                    m::iou_runs(&a, &b)
+                };
             }
             s / rows.len() as f64
         }
@@ -265,6 +291,61 @@ fn score(
             ));
         }
     })
+}
+
+/// Dice and IoU of two directories of class-index masks, matched by name,
+/// over the predicted images (a fold's out-of-fold masks score against the
+/// whole training set's): per image and class (1 to the largest index
+/// either holds), averaged. Also says how many of the truth's images were
+/// scored.
+fn mask_dirs(truth: &Path, pred: &Path) -> Result<(f64, f64, usize, usize), DataError> {
+    use crate::data::images;
+    use crate::metrics::segment::{Overlap, mean_dice_iou};
+    let files = images::list(pred)?;
+    if files.is_empty() {
+        return Err(DataError::new(pred, "no mask images in this directory"));
+    }
+    let truth_index = crate::nn::dataset::image_index(truth)?;
+    let mut pairs = Vec::with_capacity(files.len());
+    let mut top = 0u8;
+    for rel in &files {
+        let pp = pred.join(rel);
+        let p = images::open(&pp)?.into_luma8();
+        let key = rel.with_extension("");
+        let key = key.to_string_lossy();
+        let tp = truth_index.get(key.as_ref()).ok_or_else(|| {
+            DataError::new(
+                &pp,
+                format!("has no true mask `{key}` in {}", truth.display()),
+            )
+        })?;
+        let t = images::open(tp)?.into_luma8();
+        if p.dimensions() != t.dimensions() {
+            return Err(DataError::new(
+                &pp,
+                format!(
+                    "the mask is {}×{}, the truth's {}×{}",
+                    p.width(),
+                    p.height(),
+                    t.width(),
+                    t.height()
+                ),
+            ));
+        }
+        top = top.max(t.iter().chain(p.iter()).copied().max().unwrap_or(0));
+        pairs.push((t, p));
+    }
+    let total = images::list(truth)?.len();
+    let mut counts = Vec::new();
+    for (t, p) in &pairs {
+        for c in 1..=top.max(1) {
+            counts.push(Overlap::of(
+                t.iter().zip(p.iter()).map(|(&a, &b)| (b == c, a == c)),
+            ));
+        }
+    }
+    let (dice, iou) = mean_dice_iou(&counts);
+    Ok((dice, iou, pairs.len(), total))
 }
 
 /// The truth as positive / negative: two classes, the larger positive.

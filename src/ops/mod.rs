@@ -20,6 +20,7 @@ pub mod evaluate;
 pub mod exec;
 pub mod folds;
 pub mod idx_import;
+pub mod mask_ensemble;
 pub mod nms;
 pub mod postprocess;
 pub mod predict;
@@ -236,6 +237,7 @@ static OPS: &[&dyn AnyOp] = &[
     &folds::Folds,
     &evaluate::Evaluate,
     &ensemble::Ensemble,
+    &mask_ensemble::MaskEnsemble,
     &resize::Resize,
     &stats::Stats,
     &synth::Synth,

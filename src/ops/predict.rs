@@ -24,11 +24,17 @@
 //! scores averaged over the variants, so a box only some variants find
 //! scores lower); task box's one box per image; nothing for the other
 //! tasks. A detector's `pred.csv` counts each image's detections.
+//!
+//! Task segment writes `masks/<id>.png` (class indices) and `probs/`
+//! (probabilities, 8-bit grey) at each image's size, from the whole image
+//! or from overlapping tiles (`tile`), each TTA variant mapped back through
+//! its inverse and averaged; its `pred.csv` holds each class's run-length
+//! mask. The directories are empty for the other tasks.
 
 use std::time::Instant;
 
 use crate::nn::NnError;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::train::{coco_results, decode_params};
 use super::wbf::{self, ConfType, WbfParams};
@@ -38,11 +44,21 @@ use crate::data::{DataError, images, write_atomic};
 use crate::nn::aug::{Dihedral, TTA_NAMES};
 use crate::nn::checkpoint;
 use crate::nn::loader::Images;
-use crate::nn::models::{Model, Task};
-use crate::nn::predict::{argmax, embeddings_table, infer, infer_detect, table};
+use crate::nn::models::{Heads, Model, Task};
+use crate::nn::predict::{Predictions, argmax, embeddings_table, infer, infer_detect, table};
+use crate::nn::segment::infer::{Cover, ProbMap, infer_segment};
 use crate::nn::vars::VarStore;
 
 pub struct Predict;
+
+crate::choice! {
+    /// How segmentation covers an image.
+    pub enum Tile {
+        Auto = "auto",
+        Whole = "whole",
+        Tiles = "tiles",
+    }
+}
 
 crate::choice! {
     /// How TTA variants' probabilities merge.
@@ -81,6 +97,14 @@ crate::params! {
         max_det: usize = 100,
         /// Task detect: boxes of different TTA variants overlapping by more than this IoU fuse.
         tta_iou: f64 = 0.55,
+        /// Task segment: auto (tiles when the checkpoint trained on windows at native
+        /// resolution, else whole images), whole (each image resized to the model's side) or
+        /// tiles (overlapping tiles of the model's side at native resolution, Gaussian-blended).
+        tile: Tile = "auto",
+        /// Task segment: neighbouring tiles overlap by this fraction of a side.
+        tile_overlap: f64 = 0.25,
+        /// Task segment: a pixel belongs to a class whose probability reaches this.
+        threshold: f64 = 0.5,
         /// auto, cpu, cuda or cuda:N.
         device: String = "auto",
     }
@@ -116,6 +140,8 @@ impl Op for Predict {
         let mut v = vec![
             "pred.csv".to_string(),
             "detections.json".to_string(),
+            "masks".to_string(),
+            "probs".to_string(),
             "metrics.json".to_string(),
         ];
         if a.embed {
@@ -143,6 +169,15 @@ impl Op for Predict {
                 errs.push(ParamError::new(name, "an IoU in [0, 1]"));
             }
         }
+        if !(0.0..0.95).contains(&a.tile_overlap) {
+            errs.push(ParamError::new(
+                "tile_overlap",
+                "a fraction of a side in [0, 0.95)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&a.threshold) {
+            errs.push(ParamError::new("threshold", "a probability in [0, 1]"));
+        }
         errs.extend(super::check_device(&a.device));
         errs
     }
@@ -151,52 +186,19 @@ impl Op for Predict {
         let ckpt = a.checkpoint;
         let device =
             crate::nn::device(&a.device, cx.gpus).map_err(|e| OpError::param("device", e))?;
-        let (tensors, meta) = checkpoint::load_trained(&ckpt, &device)?;
-        let bad = |what: &str| DataError::new(&ckpt, format!("not a podium checkpoint: {what}"));
-        let (task, arch, size, mean, std, act) = (
+        let (model, meta) = load_model(&ckpt, &device)?;
+        let (task, size, mean, std, act) = (
             meta.task,
-            meta.arch,
             meta.image_size,
             meta.mean,
             meta.std,
             meta.activation,
         );
         let (classes, value_column) = (meta.classes, meta.value_column);
-        let heads = if task == Task::Regress {
-            1
-        } else {
-            classes.len()
-        };
-        let vars = VarStore::new(&device, 0);
-        let model = Model::with_detector(
-            arch,
-            task,
-            heads,
-            meta.detector.unwrap_or_default(),
-            vars.clone(),
-        )
-        .map_err(NnError::from)?;
         let category_ids = meta.category_ids;
-        let ema = checkpoint::section(&tensors, "ema");
-        let weights = if ema.is_empty() {
-            checkpoint::model_tensors(&tensors)
-        } else {
-            ema
-        };
-        let (_, skipped) = vars.load(&weights).map_err(NnError::from)?;
-        let missing: Vec<String> = vars
-            .entries()
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !weights.contains_key(k))
-            .collect();
-        if !missing.is_empty() || !skipped.is_empty() {
-            return Err(bad(&format!(
-                "it does not fit a {arch}: missing {}; not fitting {}",
-                missing.len(),
-                skipped.len()
-            ))
-            .into());
+        for d in ["masks", "probs"] {
+            let p = cx.out_dir.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| OpError::io(&p, e))?;
         }
 
         let dir = a.images;
@@ -257,6 +259,29 @@ impl Op for Predict {
                 ..Default::default()
             };
             (p, dets)
+        } else if task == Task::Segment {
+            let cover = match (a.tile, meta.tile_overlap) {
+                (Tile::Whole, _) | (Tile::Auto, None) => Cover::Whole,
+                (Tile::Tiles, _) | (Tile::Auto, Some(_)) => Cover::Tiles {
+                    overlap: a.tile_overlap,
+                },
+            };
+            let p = write_masks(
+                &model,
+                &imgs,
+                &ids,
+                &tta,
+                cover,
+                &classes,
+                a.threshold as f32,
+                a.batch_size,
+                &device,
+                &pool,
+                cx.out_dir,
+                &mut progress,
+                &mut |_, _| Ok(()),
+            )?;
+            (p, Vec::new())
         } else {
             let p = infer(
                 &model,
@@ -336,6 +361,129 @@ impl Op for Predict {
         )?;
         Ok(())
     }
+}
+
+/// A `train` checkpoint's model, with its EMA weights when it has them;
+/// an error naming the file when it is no podium checkpoint or does not fit
+/// its own header.
+pub(crate) fn load_model(
+    ckpt: &Path,
+    device: &candle_core::Device,
+) -> Result<(Model, checkpoint::Meta), OpError> {
+    let (tensors, meta) = checkpoint::load_trained(ckpt, device)?;
+    let bad = |what: &str| DataError::new(ckpt, format!("not a podium checkpoint: {what}"));
+    let heads = if meta.task == Task::Regress {
+        1
+    } else {
+        meta.classes.len()
+    };
+    let vars = VarStore::new(device, 0);
+    let sizes = Heads {
+        detector: meta.detector.unwrap_or_default(),
+        decoder_width: meta.decoder_width.unwrap_or(Heads::default().decoder_width),
+    };
+    let model = Model::with_heads(meta.arch, meta.task, heads, sizes, vars.clone())
+        .map_err(NnError::from)?;
+    let ema = checkpoint::section(&tensors, "ema");
+    let weights = if ema.is_empty() {
+        checkpoint::model_tensors(&tensors)
+    } else {
+        ema
+    };
+    let (_, skipped) = vars.load(&weights).map_err(NnError::from)?;
+    let missing: Vec<String> = vars
+        .entries()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !weights.contains_key(k))
+        .collect();
+    if !missing.is_empty() || !skipped.is_empty() {
+        return Err(bad(&format!(
+            "it does not fit a {}: missing {}; not fitting {}",
+            meta.arch,
+            missing.len(),
+            skipped.len()
+        ))
+        .into());
+    }
+    Ok((model, meta))
+}
+
+/// Task segment: runs the segmenter over `ids`' images and writes, per
+/// image, `masks/<id>.png` (class indices: the most probable class's index
+/// plus 1 where it reaches `threshold`, else 0) and its probabilities in
+/// 8-bit grey (`probs/<id>.png` for one class, `probs/<class>/<id>.png` for
+/// several); `inspect` sees each image's probabilities first; returns each
+/// image's run-length masks per class.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_masks(
+    model: &Model,
+    imgs: &Images,
+    ids: &[String],
+    tta: &[Dihedral],
+    cover: Cover,
+    classes: &[String],
+    threshold: f32,
+    batch_size: usize,
+    device: &candle_core::Device,
+    pool: &rayon::ThreadPool,
+    out: &Path,
+    progress: &mut dyn FnMut(usize) -> Result<(), NnError>,
+    inspect: &mut dyn FnMut(usize, &ProbMap) -> Result<(), NnError>,
+) -> Result<Predictions, OpError> {
+    use crate::data::masks::save_gray;
+    let idx: Vec<usize> = (0..ids.len()).collect();
+    let mut rles = Vec::with_capacity(ids.len());
+    let pairs = ids.len() * tta.len().max(1);
+    infer_segment(
+        model,
+        imgs,
+        &idx,
+        tta,
+        cover,
+        batch_size,
+        device,
+        pool,
+        // Forward passes done, as (image, variant) pairs.
+        &mut |done, total| progress(done * pairs / total.max(1)),
+        &mut |pos, p| {
+            inspect(pos, &p)?;
+            let id = &ids[pos];
+            let save = |m: &image::GrayImage, rel: PathBuf| -> Result<(), NnError> {
+                let path = out.join(rel);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| NnError::Data(DataError::io(dir, e)))?;
+                }
+                save_gray(m, &path).map_err(NnError::Data)
+            };
+            save(
+                &p.index_mask(threshold),
+                Path::new("masks").join(format!("{id}.png")),
+            )?;
+            for (c, name) in classes.iter().enumerate() {
+                let rel = if classes.len() == 1 {
+                    Path::new("probs").join(format!("{id}.png"))
+                } else {
+                    Path::new("probs").join(name).join(format!("{id}.png"))
+                };
+                save(&p.plane_u8(c), rel)?;
+            }
+            rles.push(
+                (0..p.classes)
+                    .map(|c| {
+                        let bits: Vec<bool> = p.plane(c).iter().map(|&q| q >= threshold).collect();
+                        images::rle(&bits, p.w, p.h)
+                    })
+                    .collect(),
+            );
+            Ok(())
+        },
+    )?;
+    Ok(Predictions {
+        rles,
+        ..Default::default()
+    })
 }
 
 /// The COCO image id of each image (`ids`: file names without extension),

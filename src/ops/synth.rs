@@ -2,7 +2,8 @@
 //! the competitions' (train and test images, labels, a sample submission),
 //! for the demo pipelines and the tests. Outputs: `train_images`,
 //! `test_images` (directories of PNGs named by id), `train.csv`, `test.csv`,
-//! `sample_submission.csv` (and COCO files for `detect`).
+//! `sample_submission.csv` (and COCO files for `detect`, class-index mask
+//! directories `train_masks`, `test_masks` for `segment`).
 //!
 //! ```toml
 //! [stages.data]
@@ -23,7 +24,7 @@
 //! | regress | `grade`: 0..classes-1, the brightness of a central disc, as a retinopathy grade |
 //! | box | `label`, `bbox` (`x y w h` pixels): one shape |
 //! | detect | `count`; boxes in `train_coco.json` / `test_coco.json` |
-//! | segment | `mask`: run-length encoding of the drawn blobs |
+//! | segment | `mask`: run-length encoding of the drawn shapes; `train_masks/<id>.png`, `test_masks/<id>.png`: each pixel's shape class + 1 (0: background; the last shape drawn wins) |
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -71,7 +72,7 @@ crate::params! {
 impl Op for Synth {
     type Params = Args;
     const NAME: &'static str = "synth";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Generate a small competition-shaped data set (images, labels, sample submission) from a seed.";
 
     fn outputs(&self, a: &Args) -> Vec<String> {
@@ -86,6 +87,9 @@ impl Op for Synth {
         .to_vec();
         if a.task == Task::Detect {
             out.extend(["train_coco.json".into(), "test_coco.json".into()]);
+        }
+        if a.task == Task::Segment {
+            out.extend(["train_masks".into(), "test_masks".into()]);
         }
         out
     }
@@ -138,6 +142,16 @@ impl Op for Synth {
                     )
                 })
             })?;
+            if spec.task == Task::Segment {
+                let dir = cx.out_dir.join(format!("{split}_masks"));
+                pool.install(|| {
+                    samples.par_iter().enumerate().try_for_each(|(i, s)| {
+                        let m = image::GrayImage::from_raw(spec.size, spec.size, s.classes.clone())
+                            .expect("size² pixels");
+                        crate::data::masks::save_gray(&m, &dir.join(format!("{split}_{i:05}.png")))
+                    })
+                })?;
+            }
             let (table, coco) = spec.labels(split, &samples);
             table.write(&cx.out_dir.join(format!("{split}.csv")))?;
             if let Some(c) = coco {
@@ -189,6 +203,8 @@ struct Sample {
     grade: u32,
     /// Pixel mask of the drawn shapes (segment).
     mask: Vec<bool>,
+    /// Each pixel's shape class + 1, 0 for background (segment).
+    classes: Vec<u8>,
 }
 
 impl Spec {
@@ -205,6 +221,7 @@ impl Spec {
             .map(|_| base.map(|b| b + self.noise * gauss(&mut r)))
             .collect();
         let mut mask = vec![false; (s * s) as usize];
+        let mut class_map = vec![0u8; (s * s) as usize];
         let mut objects = Vec::new();
         let mut grade = 0;
         let classes: Vec<u32> = match self.task {
@@ -249,7 +266,15 @@ impl Spec {
                 r.random_range(0.4..1.0),
             ];
             let inside = shape(c, x0, y0, side);
+            let before = mask.clone();
+            mask.iter_mut().for_each(|m| *m = false);
             paint(&mut px, &mut mask, s, inside, colour);
+            for (k, m) in mask.iter_mut().enumerate() {
+                if *m {
+                    class_map[k] = c as u8 + 1;
+                }
+                *m |= before[k];
+            }
             objects.push((c, [x0, y0, side, side]));
         }
         let image = image::RgbImage::from_fn(s, s, |x, y| {
@@ -261,6 +286,7 @@ impl Spec {
             objects,
             grade,
             mask,
+            classes: class_map,
         }
     }
 

@@ -1,6 +1,7 @@
 //! `train`: trains one model on candle (CPU, or a GPU with the `cuda`
-//! feature) for one fold: classification, multi-label, regression, or one
-//! box plus a class per image.
+//! feature) for one fold: classification, multi-label, regression, one box
+//! plus a class per image, detection (FCOS) or semantic segmentation
+//! (U-Net).
 //!
 //! ```toml
 //! [stages.train]
@@ -20,7 +21,8 @@
 //! with optimizer state and EMA, to go on from with `init`), `oof.csv` (the
 //! best epoch's predictions on the validation fold, in `predict`'s
 //! format), `history.csv`, `curves.png`, `metrics.json` (the best epoch's
-//! validation metrics), and for task box `examples.png`.
+//! validation metrics), for tasks box, detect and segment `examples.png`,
+//! and for task segment `oof/` (the validation masks and probabilities).
 //!
 //! A killed run resumes from its last finished epoch when run again with
 //! the same parameters and inputs.
@@ -37,9 +39,10 @@ use crate::nn::dataset::{self, Samples};
 use crate::nn::detect::decode::Params as DecodeParams;
 use crate::nn::detect::fcos::Config as DetectorConfig;
 use crate::nn::loss::{Loss, parse_terms};
-use crate::nn::models::{Arch, Task};
+use crate::nn::models::{Arch, Heads, Task};
 use crate::nn::predict::{table, to_xywh};
 use crate::nn::schedule::{self, Schedule};
+use crate::nn::segment::infer::Cover;
 use crate::nn::train::{Config, Data, Epoch, Paths, Start, default_monitor, fit, metric_names};
 use crate::nn::{checkpoint, optim, plot};
 use crate::value::Value;
@@ -72,15 +75,21 @@ crate::params! {
         /// Directory of training images, named by id (a `resize` or `synth` output).
         images: PathBuf,
         /// Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for
-        /// task box); for task detect a COCO ground-truth file, images named by `file_name`.
+        /// task box; for task segment a run-length mask unless `masks` is given); for task
+        /// detect a COCO ground-truth file, images named by `file_name`.
         labels: PathBuf,
+        /// Task segment: a directory of mask PNGs named by id: class-index images (0
+        /// background, c + 1 class c; with one class any value above 0), or one subdirectory
+        /// of binary masks per class. An image without a mask file has no object.
+        masks: Option<PathBuf> = "",
         /// Folds table `id,fold`; needed unless `fold = "all"`.
         folds: Option<PathBuf> = "",
         /// The validation fold (train on the others), or "all" (train on everything, no
         /// validation).
         fold: Fold = "all",
         /// classify (one class per image), multilabel (label lists), regress (a number), box
-        /// (one box and a class per image), detect (any number of boxes of several classes).
+        /// (one box and a class per image), detect (any number of boxes of several classes),
+        /// segment (a mask per class).
         task: Task = "classify",
         /// simple_cnn, resnet18, resnet34, efficientnet_b0.
         arch: Arch = "simple_cnn",
@@ -134,8 +143,9 @@ crate::params! {
         gamma: f64 = 0.1,
         /// plateau: epochs without improvement before a decay.
         patience: usize = 2,
-        /// ce, bce, focal, mse, smooth_l1, or a table of weights (`{ bce = 1.0, smooth_l1 =
-        /// 5.0 }`); auto: ce (classify), bce (multilabel), mse (regress), ce + smooth_l1 (box).
+        /// ce, bce, focal, mse, smooth_l1, dice, lovasz, or a table of weights (`{ bce = 1.0,
+        /// smooth_l1 = 5.0 }`); auto: ce (classify), bce (multilabel), mse (regress), ce +
+        /// smooth_l1 (box), bce + dice (segment).
         loss: Value = "auto",
         /// ε of ce's label smoothing.
         label_smoothing: f64 = 0.0,
@@ -172,7 +182,8 @@ crate::params! {
         /// The validation metric that picks the best epoch, named as in `evaluate`, or `loss`;
         /// auto: accuracy, f1_macro, qwk, box_iou by task.
         monitor: String = "auto",
-        /// multilabel: the probability from which a label counts, for validation metrics.
+        /// multilabel: the probability from which a label counts, for validation metrics;
+        /// segment: from which a pixel belongs to a class.
         threshold: f64 = 0.5,
         /// Per-channel mean subtracted (in [0, 1] units); ImageNet's by default.
         mean: Vec<f64> = [0.485, 0.456, 0.406],
@@ -198,6 +209,15 @@ crate::params! {
         nms_iou: f64 = 0.6,
         /// Task detect: detections kept per image.
         max_det: usize = 100,
+        /// Task segment: channels of the U-Net decoder's last block, doubling upward
+        /// (segmentation_models_pytorch's decoder (256, 128, 64, 32, 16) is 16).
+        decoder_width: usize = 16,
+        /// Task segment: train on random `image_size` windows at native resolution and
+        /// validate over overlapping tiles (images larger than the model's input, as HuBMAP's);
+        /// false: whole images resized to `image_size`.
+        tile: bool = false,
+        /// Task segment with `tile`: neighbouring tiles overlap by this fraction of a side.
+        tile_overlap: f64 = 0.25,
     }
 }
 
@@ -205,8 +225,8 @@ impl Op for Train {
     type Params = Args;
     const NAME: &'static str = "train";
     const VERSION: u32 = 1;
-    const SUMMARY: &'static str = "Train a classifier, multi-label classifier, regressor, box model or detector on one fold (candle).";
-    const INPUTS: &'static [&'static str] = &["images", "labels", "folds"];
+    const SUMMARY: &'static str = "Train a classifier, multi-label classifier, regressor, box model, detector or segmenter on one fold (candle).";
+    const INPUTS: &'static [&'static str] = &["images", "labels", "folds", "masks"];
 
     fn outputs(&self, a: &Args) -> Vec<String> {
         let mut v: Vec<String> = [
@@ -223,8 +243,11 @@ impl Op for Train {
         ]
         .map(String::from)
         .to_vec();
-        if matches!(a.task, Task::Box | Task::Detect) {
+        if matches!(a.task, Task::Box | Task::Detect | Task::Segment) {
             v.push("examples.png".into());
+        }
+        if a.task == Task::Segment {
+            v.push("oof".into());
         }
         v
     }
@@ -316,6 +339,27 @@ impl Op for Train {
         if !(0.0..=1.0).contains(&a.nms_iou) {
             errs.push(ParamError::new("nms_iou", "an IoU in [0, 1]"));
         }
+        if a.decoder_width < 1 {
+            errs.push(ParamError::new("decoder_width", "must be at least 1"));
+        }
+        if !(0.0..0.95).contains(&a.tile_overlap) {
+            errs.push(ParamError::new(
+                "tile_overlap",
+                "a fraction of a side in [0, 0.95)",
+            ));
+        }
+        if a.masks.is_some() && task != Task::Segment {
+            errs.push(ParamError::new("masks", "masks are for task segment"));
+        }
+        if a.tile && task != Task::Segment {
+            errs.push(ParamError::new("tile", "tiles are for task segment"));
+        }
+        if a.tile && a.image_size == 0 {
+            errs.push(ParamError::new(
+                "image_size",
+                "training on tiles needs the tile's side in image_size",
+            ));
+        }
         errs.extend(super::check_device(&a.device));
         errs
     }
@@ -329,10 +373,10 @@ impl Op for Train {
         };
         let val_ids = validation_ids(&a, fold)?;
         let index = dataset::image_index(&images_dir)?;
-        let d = if task == Task::Detect {
-            detect_data(&a, &index, &val_ids, cx)?
-        } else {
-            table_data(&a, &index, &val_ids, cx)?
+        let d = match task {
+            Task::Detect => detect_data(&a, &index, &val_ids, cx)?,
+            Task::Segment => segment_data(&a, &index, &val_ids, cx)?,
+            _ => table_data(&a, &index, &val_ids, cx)?,
         };
         let DataRead {
             train,
@@ -414,6 +458,7 @@ impl Op for Train {
                 crop_scale: [a.crop_scale[0], a.crop_scale[1]],
                 brightness: a.brightness,
                 contrast: a.contrast,
+                window: (task == Task::Segment && a.tile).then_some(image_size),
             },
             early_stopping: a.early_stopping,
             monitor,
@@ -421,11 +466,21 @@ impl Op for Train {
             seed: a.seed as u64,
             mean,
             std,
-            detector: DetectorConfig {
-                channels: a.fpn_channels,
-                convs: a.head_convs,
+            heads: Heads {
+                detector: DetectorConfig {
+                    channels: a.fpn_channels,
+                    convs: a.head_convs,
+                },
+                decoder_width: a.decoder_width,
             },
             decode: decode_params(a.score_thr, a.nms_iou, a.max_det),
+            cover: if a.tile {
+                Cover::Tiles {
+                    overlap: a.tile_overlap,
+                }
+            } else {
+                Cover::Whole
+            },
         };
         let device =
             crate::nn::device(&a.device, cx.gpus).map_err(|e| OpError::param("device", e))?;
@@ -484,15 +539,77 @@ impl Op for Train {
                 let _ = log.flush();
             },
         );
-        let summary = result?;
+        let mut summary = result?;
 
         // oof: the best epoch's validation predictions.
+        let mut seg_scores = Vec::new();
+        if task == Task::Segment {
+            // The best checkpoint over the validation images, as `predict`
+            // runs it.
+            let dir = cx.out_dir.join("oof");
+            for d in ["masks", "probs"] {
+                let p = dir.join(d);
+                std::fs::create_dir_all(&p).map_err(|e| OpError::io(&p, e))?;
+            }
+            if !data.val.is_empty() {
+                let (model, _) = super::predict::load_model(&paths.best, &device)?;
+                let imgs = crate::nn::loader::Images::new(
+                    data.val.paths.clone(),
+                    cfg.image_size,
+                    cfg.mean,
+                    cfg.std,
+                )?
+                .with_masks(data.val.masks.clone(), data.classes.len());
+                let th = cfg.threshold as f32;
+                summary.oof = super::predict::write_masks(
+                    &model,
+                    &imgs,
+                    &data.val.ids,
+                    &[crate::nn::aug::Dihedral::default()],
+                    cfg.cover,
+                    &data.classes,
+                    th,
+                    cfg.batch_size,
+                    &device,
+                    &pool,
+                    &dir,
+                    &mut |_| {
+                        if cancelled() {
+                            Err(crate::nn::NnError::Cancelled)
+                        } else {
+                            Ok(())
+                        }
+                    },
+                    &mut |pos, p: &crate::nn::segment::infer::ProbMap| {
+                        // Each image's mean Dice over classes, for examples.png.
+                        use crate::metrics::segment::{Overlap, mean_dice_iou};
+                        let truth = imgs.mask(pos)?;
+                        let counts: Vec<Overlap> = truth
+                            .iter()
+                            .enumerate()
+                            .map(|(c, t)| {
+                                Overlap::of(
+                                    p.plane(c)
+                                        .iter()
+                                        .zip(t.as_raw())
+                                        .map(|(&q, &m)| (q >= th, m > 0)),
+                                )
+                            })
+                            .collect();
+                        seg_scores.push((mean_dice_iou(&counts).0, pos));
+                        Ok(())
+                    },
+                )?;
+            }
+        }
         let sizes = &summary.val_sizes;
         if task == Task::Detect {
             let dets = coco_results(&summary.oof.dets, &val_coco_ids, sizes, &data.category_ids);
             write_dets(&cx.out_dir.join("oof.json"), &dets)?;
         }
-        let oof = if summary.oof.probs.len() == data.val.len() {
+        let oof = if summary.oof.probs.len() == data.val.len()
+            || summary.oof.rles.len() == data.val.len()
+        {
             table(
                 task,
                 &data.classes,
@@ -540,6 +657,10 @@ impl Op for Train {
         }
         if task == Task::Detect {
             let img = detect_examples(&data, &summary.oof.dets, sizes)?;
+            save_png(&img, &cx.out_dir.join("examples.png"))?;
+        }
+        if task == Task::Segment {
+            let img = segment_examples(&data, seg_scores, &cx.out_dir.join("oof").join("masks"))?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
         }
         if cx.resume_dir.is_none() {
@@ -625,6 +746,179 @@ fn table_data(
         category_ids: Vec::new(),
         val_coco_ids: Vec::new(),
     })
+}
+
+/// Task segment: the labels table's ids, their masks from `masks` (a
+/// directory of class-index PNGs, or of one subdirectory per class) or from
+/// the table's run-length column; extra tables (pseudo labels) by their
+/// run-length column.
+fn segment_data(
+    a: &Args,
+    index: &HashMap<String, PathBuf>,
+    val_ids: &HashSet<String>,
+    cx: &mut OpContext,
+) -> Result<DataRead, OpError> {
+    use crate::data::masks::{MaskSource, max_index};
+    let labels = Table::read(&a.labels)?;
+    // How each id finds its mask.
+    type Find = Box<dyn Fn(&Table, usize) -> MaskSource>;
+    let (classes, find): (Vec<String>, Find) = match &a.masks {
+        Some(dir) => {
+            let top = crate::data::images::list(dir)?;
+            let subdirs = subdirectories(dir)?;
+            let per_class = top.iter().all(|p| p.components().count() > 1) && !subdirs.is_empty();
+            if per_class {
+                let classes = if a.classes.is_empty() {
+                    subdirs
+                } else {
+                    a.classes.clone()
+                };
+                let mut indexes = Vec::new();
+                for c in &classes {
+                    let d = dir.join(c);
+                    if !d.is_dir() {
+                        return Err(DataError::new(
+                            &d,
+                            format!("class `{c}` has no mask directory"),
+                        )
+                        .into());
+                    }
+                    indexes.push(dataset::image_index(&d)?);
+                }
+                let find = move |t: &Table, row: usize| {
+                    let id = t.ids[row].as_str();
+                    MaskSource::PerClass(indexes.iter().map(|ix| ix.get(id).cloned()).collect())
+                };
+                (classes, Box::new(find))
+            } else {
+                let mindex = dataset::image_index(dir)?;
+                let classes = if a.classes.is_empty() {
+                    let files: Vec<PathBuf> = top.iter().map(|r| dir.join(r)).collect();
+                    match max_index(&files)? {
+                        0 | 1 => vec!["mask".to_string()],
+                        k => (1..=k).map(|c| c.to_string()).collect(),
+                    }
+                } else {
+                    a.classes.clone()
+                };
+                let find = move |t: &Table, row: usize| {
+                    mindex
+                        .get(t.ids[row].as_str())
+                        .map_or(MaskSource::Empty, |p| MaskSource::Index(p.clone()))
+                };
+                (classes, Box::new(find))
+            }
+        }
+        None => {
+            let col = dataset::label_column(&labels, &a.label_column, Task::Segment)?;
+            let name = labels.value_columns()[col].clone();
+            let classes = if a.classes.is_empty() {
+                vec![name.clone()]
+            } else {
+                a.classes.clone()
+            };
+            if classes.len() != 1 {
+                return Err(OpError::param(
+                    "classes",
+                    "run-length masks hold one class; give several classes' masks in `masks`",
+                ));
+            }
+            let find = move |t: &Table, row: usize| {
+                let c = t.col(&name).unwrap_or(0);
+                MaskSource::Rle {
+                    rle: t.rows[row][c].clone(),
+                    file: t.path.clone(),
+                }
+            };
+            (classes, Box::new(find))
+        }
+    };
+    let samples = |t: &Table,
+                   find: &dyn Fn(&Table, usize) -> MaskSource,
+                   index: &HashMap<String, PathBuf>,
+                   dir: &Path,
+                   weight: f32,
+                   keep: &dyn Fn(&str) -> bool|
+     -> Result<Samples, DataError> {
+        let wcol = t.col("weight").ok();
+        let mut s = Samples::default();
+        for (row, id) in t.ids.iter().enumerate() {
+            if !keep(id) {
+                continue;
+            }
+            let path = index.get(id.as_str()).ok_or_else(|| {
+                DataError::at(
+                    &t.path,
+                    t.lines[row],
+                    format!("id `{id}` has no image in {}", dir.display()),
+                )
+            })?;
+            s.ids.push(id.clone());
+            s.paths.push(path.clone());
+            s.targets.push(Vec::new());
+            s.boxes.push([0.0; 4]);
+            s.weights.push(match wcol {
+                Some(c) => t.float(row, c)? as f32,
+                None => weight,
+            });
+            s.masks.push(find(t, row));
+        }
+        Ok(s)
+    };
+    let mut train = samples(&labels, &*find, index, &a.images, 1.0, &|id| {
+        !val_ids.contains(id)
+    })?;
+    let val = samples(&labels, &*find, index, &a.images, 1.0, &|id| {
+        val_ids.contains(id)
+    })?;
+    let empty = train
+        .masks
+        .iter()
+        .chain(&val.masks)
+        .filter(|m| **m == MaskSource::Empty)
+        .count();
+    if empty > 0 {
+        cx.log(format!(
+            "{empty} images have no mask file: no object in them"
+        ));
+    }
+    if !a.extra.is_empty() {
+        let dir = a.extra_images.clone().unwrap_or_else(|| a.images.clone());
+        let eindex = dataset::image_index(&dir)?;
+        for p in &a.extra {
+            let t = Table::read(p)?;
+            let col = dataset::label_column(&t, &a.label_column, Task::Segment)?;
+            let name = t.value_columns()[col].clone();
+            let find = move |t: &Table, row: usize| MaskSource::Rle {
+                rle: t.rows[row][t.col(&name).unwrap_or(0)].clone(),
+                file: t.path.clone(),
+            };
+            let s = samples(&t, &find, &eindex, &dir, a.extra_weight as f32, &|_| true)?;
+            cx.log(format!("{}: {} extra images", p.display(), s.len()));
+            train.extend(s);
+        }
+    }
+    Ok(DataRead {
+        train,
+        val,
+        classes,
+        label_name: String::new(),
+        category_ids: Vec::new(),
+        val_coco_ids: Vec::new(),
+    })
+}
+
+/// The names of a directory's subdirectories, sorted.
+fn subdirectories(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let e = e.map_err(|e| DataError::io(dir, e))?;
+        if e.file_type().map_err(|e| DataError::io(dir, e))?.is_dir() {
+            v.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    v.sort();
+    Ok(v)
 }
 
 /// Task detect: a COCO ground-truth file (and extra ones, pseudo labels).
@@ -816,6 +1110,62 @@ fn detect_examples(
             );
         }
     })
+}
+
+/// Task segment: the three best and three worst validation images by Dice,
+/// the true masks' outlines in green, the predicted ones' (read back from
+/// `masks`, the oof masks just written) in red.
+fn segment_examples(
+    data: &Data,
+    scored: Vec<(f64, usize)>,
+    masks: &Path,
+) -> Result<image::RgbImage, OpError> {
+    let classes = data.classes.len();
+    best_and_worst(data, scored, "dice ", |tile, i| {
+        let Ok(src) = image::image_dimensions(&data.val.paths[i]) else {
+            return;
+        };
+        let (w, h) = src;
+        let truth = data.val.masks[i].decode(classes, w, h).ok();
+        let pred = crate::data::images::open(&masks.join(format!("{}.png", data.val.ids[i])))
+            .ok()
+            .map(|m| m.into_luma8());
+        // A class-index map from the truth's planes (the last class wins).
+        let truth_index = truth.map(|planes| {
+            image::GrayImage::from_fn(w, h, |x, y| {
+                let c = (0..planes.len())
+                    .rev()
+                    .find(|&c| planes[c].get_pixel(x, y).0[0] > 0)
+                    .map_or(0, |c| c as u8 + 1);
+                image::Luma([c])
+            })
+        });
+        for (m, colour) in [(truth_index, plot::GREEN), (pred, plot::RED)] {
+            if let Some(m) = m {
+                outline(tile, &m, colour);
+            }
+        }
+    })
+}
+
+/// Draws on `tile` the borders between classes of the class-index mask
+/// `m` (of any size, scaled to the tile).
+fn outline(tile: &mut image::RgbImage, m: &image::GrayImage, colour: image::Rgb<u8>) {
+    let (tw, th) = tile.dimensions();
+    let at = |x: u32, y: u32| {
+        let sx = (u64::from(x) * u64::from(m.width()) / u64::from(tw)) as u32;
+        let sy = (u64::from(y) * u64::from(m.height()) / u64::from(th)) as u32;
+        m.get_pixel(sx, sy).0[0]
+    };
+    for y in 0..th {
+        for x in 0..tw {
+            let v = at(x, y);
+            let edge = (x + 1 < tw && at(x + 1, y) != v) || (y + 1 < th && at(x, y + 1) != v);
+            if edge {
+                tile.put_pixel(x, y, colour);
+            }
+        }
+    }
 }
 
 /// The strip `examples.png` shows: the three best and three worst of the

@@ -2,7 +2,8 @@
 //! parse and check layers (`check`), the CLI on pipelines (`run`), the ops
 //! through `podium op` (`ops_cli`), numerical agreement with the
 //! established libraries (`ops_boxes`, `ops_evaluate`, `kernels_torch`,
-//! `nn_torch`, `detect_torch`), training end to end (`train`, `detect`), and the safety guarantees
+//! `nn_torch`, `detect_torch`, `segment_torch`), training end to end (`train`,
+//! `detect`, `segment`), and the safety guarantees
 //! (`safety`). Every workspace comes from [`ws::Ws`].
 
 mod check;
@@ -15,5 +16,7 @@ mod ops_cli;
 mod ops_evaluate;
 mod run;
 mod safety;
+mod segment;
+mod segment_torch;
 mod train;
 mod ws;

@@ -198,19 +198,19 @@ impl Backbone for EfficientNet {
         global_avg_pool(&x)
     }
 
-    /// Stages 2, 4 and 6 (timm's `out_indices` 2, 3, 4): 40, 112 and 320
-    /// channels at strides 8, 16, 32.
-    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
+    /// Stages 0, 1, 2, 4 and 6 (timm's `features_only`): 16, 24, 40, 112
+    /// and 320 channels at strides 2 to 32.
+    fn encoder(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let s = self.stages(x, train)?;
-        Ok([s[2].clone(), s[4].clone(), s[6].clone()])
+        Ok([0, 1, 2, 4, 6].map(|i| s[i].clone()).to_vec())
     }
 
-    fn pyramid_channels(&self) -> [usize; 3] {
-        [40, 112, 320]
+    fn encoder_channels(&self) -> Vec<usize> {
+        vec![16, 24, 40, 112, 320]
     }
 
-    fn pyramid_strides(&self) -> [usize; 3] {
-        [8, 16, 32]
+    fn encoder_strides(&self) -> Vec<usize> {
+        vec![2, 4, 8, 16, 32]
     }
 
     fn feature_dim(&self) -> usize {

@@ -7,6 +7,7 @@ use candle_core::{Module, Result, Tensor};
 
 use super::detect::fcos::{Config as DetectorConfig, Fcos, Raw};
 use super::layers::linear;
+use super::segment::unet::Unet;
 use super::vars::{VarStore, Vb};
 
 pub mod efficientnet;
@@ -36,6 +37,27 @@ crate::choice! {
         Box = "box",
         /// Any number of boxes of several classes (FCOS).
         Detect = "detect",
+        /// A mask per class (U-Net).
+        Segment = "segment",
+    }
+}
+
+/// The sizes of the dense heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    /// Task detect: the FCOS neck and head.
+    pub detector: DetectorConfig,
+    /// Task segment: channels of the U-Net decoder's last block, doubling
+    /// upward (smp's default decoder is 16).
+    pub decoder_width: usize,
+}
+
+impl Default for Heads {
+    fn default() -> Heads {
+        Heads {
+            detector: DetectorConfig::default(),
+            decoder_width: 16,
+        }
     }
 }
 
@@ -48,21 +70,45 @@ pub trait Backbone: Send + Sync {
     fn blocks(&self) -> Vec<Vec<String>>;
     /// The name of the classifier layer in timm (`fc`, `classifier`, `head`).
     fn head_name(&self) -> &'static str;
-    /// The three feature maps a detection neck reads, finest first (C3, C4,
-    /// C5: strides 8, 16, 32; simple_cnn's at 2, 4, 8).
-    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]>;
+    /// Every stage's map, finest first, at strides 2, 4, 8, … (resnet: the
+    /// stem before its max pool, then `layer1`–`layer4`; efficientnet_b0:
+    /// timm's `features_only` stages; simple_cnn: its three blocks): what a
+    /// U-Net decoder reads.
+    fn encoder(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>>;
     /// Their channels.
-    fn pyramid_channels(&self) -> [usize; 3];
+    fn encoder_channels(&self) -> Vec<usize>;
     /// Their strides, in input pixels.
-    fn pyramid_strides(&self) -> [usize; 3];
+    fn encoder_strides(&self) -> Vec<usize>;
+    /// The three feature maps a detection neck reads, finest first (C3, C4,
+    /// C5: the encoder's last three, at strides 8, 16, 32; simple_cnn's at
+    /// 2, 4, 8).
+    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
+        let mut s = self.encoder(x, train)?;
+        let c5 = s.pop();
+        let c4 = s.pop();
+        match (s.pop(), c4, c5) {
+            (Some(a), Some(b), Some(c)) => Ok([a, b, c]),
+            _ => candle_core::bail!("an encoder of fewer than three stages"),
+        }
+    }
+    /// Their channels.
+    fn pyramid_channels(&self) -> [usize; 3] {
+        let c = self.encoder_channels();
+        [c[c.len() - 3], c[c.len() - 2], c[c.len() - 1]]
+    }
+    /// Their strides, in input pixels.
+    fn pyramid_strides(&self) -> [usize; 3] {
+        let s = self.encoder_strides();
+        [s[s.len() - 3], s[s.len() - 2], s[s.len() - 1]]
+    }
 }
 
 pub fn backbone(arch: Arch, vb: &Vb) -> Result<Box<dyn Backbone>> {
     backbone_for(arch, vb, false)
 }
 
-/// The backbone; `trunk`: only what [`Backbone::pyramid`] reads (no
-/// EfficientNet `conv_head`), for a detector.
+/// The backbone; `trunk`: only what [`Backbone::encoder`] reads (no
+/// EfficientNet `conv_head`), for a detector or segmenter.
 pub fn backbone_for(arch: Arch, vb: &Vb, trunk: bool) -> Result<Box<dyn Backbone>> {
     Ok(match arch {
         Arch::SimpleCnn => Box::new(simple_cnn::SimpleCnn::new(vb)?),
@@ -83,6 +129,8 @@ pub struct Model {
     pub box_head: Option<candle_nn::Linear>,
     /// For task = detect: the FCOS neck and head.
     pub detector: Option<Fcos>,
+    /// For task = segment: the U-Net decoder and head.
+    pub segmenter: Option<Unet>,
     pub task: Task,
     pub vars: VarStore,
 }
@@ -99,28 +147,40 @@ pub struct Output {
 impl Model {
     /// `classes` is the number of head outputs (1 for regress).
     pub fn new(arch: Arch, task: Task, classes: usize, vars: VarStore) -> Result<Model> {
-        Model::with_detector(arch, task, classes, DetectorConfig::default(), vars)
+        Model::with_heads(arch, task, classes, Heads::default(), vars)
     }
 
-    /// A model whose detector (task detect) has the sizes `det`.
-    pub fn with_detector(
+    /// A model whose dense heads (tasks detect and segment) have the sizes
+    /// `heads`.
+    pub fn with_heads(
         arch: Arch,
         task: Task,
         classes: usize,
-        det: DetectorConfig,
+        heads: Heads,
         vars: VarStore,
     ) -> Result<Model> {
         let vb = vars.root();
-        let detect = task == Task::Detect;
-        let backbone = backbone_for(arch, &vb, detect)?;
+        let dense = matches!(task, Task::Detect | Task::Segment);
+        let backbone = backbone_for(arch, &vb, dense)?;
         let f = backbone.feature_dim();
-        let (mut head, mut box_head, mut detector) = (None, None, None);
-        if detect {
-            detector = Some(Fcos::new(&vb, backbone.as_ref(), classes, det)?);
-        } else {
-            head = Some(linear(&vb.pp(backbone.head_name()), f, classes)?);
-            if task == Task::Box {
-                box_head = Some(linear(&vb.pp("box_head"), f, 4)?);
+        let (mut head, mut box_head, mut detector, mut segmenter) = (None, None, None, None);
+        match task {
+            Task::Detect => {
+                detector = Some(Fcos::new(&vb, backbone.as_ref(), classes, heads.detector)?);
+            }
+            Task::Segment => {
+                segmenter = Some(Unet::new(
+                    &vb,
+                    backbone.as_ref(),
+                    classes,
+                    heads.decoder_width,
+                )?);
+            }
+            _ => {
+                head = Some(linear(&vb.pp(backbone.head_name()), f, classes)?);
+                if task == Task::Box {
+                    box_head = Some(linear(&vb.pp("box_head"), f, 4)?);
+                }
             }
         }
         Ok(Model {
@@ -128,9 +188,19 @@ impl Model {
             head,
             box_head,
             detector,
+            segmenter,
             task,
             vars,
         })
+    }
+
+    /// The segmenter's `[N, classes, H, W]` logits (task segment).
+    pub fn segment_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let Some(u) = &self.segmenter else {
+            candle_core::bail!("task {} has no segmenter", self.task);
+        };
+        let (_, _, h, w) = x.dims4()?;
+        u.forward(&self.backbone.encoder(x, train)?, (h, w), train)
     }
 
     /// The detector's outputs (task detect).
@@ -162,6 +232,9 @@ impl Model {
     pub fn head_prefixes(&self) -> Vec<String> {
         if self.detector.is_some() {
             return Fcos::prefixes().map(String::from).to_vec();
+        }
+        if self.segmenter.is_some() {
+            return Unet::prefixes().map(String::from).to_vec();
         }
         let mut v = vec![self.backbone.head_name().to_string()];
         if self.box_head.is_some() {
@@ -260,7 +333,11 @@ mod tests {
         };
         for &arch in Arch::ALL {
             let vars = VarStore::new(&dev, 1);
-            let m = Model::with_detector(arch, Task::Detect, 3, cfg, vars.clone()).unwrap();
+            let heads = Heads {
+                detector: cfg,
+                ..Heads::default()
+            };
+            let m = Model::with_heads(arch, Task::Detect, 3, heads, vars.clone()).unwrap();
             let raw = m.detect_t(&x, false).unwrap();
             let p = assign::Points::new(&raw.levels);
             let t = assign::targets(&p, &objects, 3, &dev).unwrap();
@@ -279,6 +356,63 @@ mod tests {
                     .unwrap_or_else(|| panic!("{arch} detector: no gradient for {name}"));
                 let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
                 assert!(n > 0.0, "{arch} detector: zero gradient for {name}");
+            }
+        }
+    }
+
+    /// The segmenter too: after one backward pass of bce + dice + lovasz
+    /// every trainable var of the trunk, the U-Net decoder and the head has
+    /// a non-zero gradient, in training mode (batch statistics) as in
+    /// evaluation mode; the logits have the input's size, also for a side
+    /// that is no multiple of 32.
+    #[test]
+    fn every_trainable_var_of_every_segmenter_gets_a_gradient() {
+        use crate::nn::loss::{Kind, Loss};
+        use crate::nn::segment::loss::segment_loss;
+        let dev = Device::Cpu;
+        let (h, w) = (40, 36);
+        let v: Vec<f32> = (0..2 * 3 * h * w)
+            .map(|i| ((i as f32) * 0.37).sin())
+            .collect();
+        let x = Tensor::from_vec(v, (2, 3, h, w), &dev).unwrap();
+        let m: Vec<f32> = (0..2 * 2 * h * w)
+            .map(|i| f32::from(u8::from((i / 7) % 3 == 0)))
+            .collect();
+        let masks = Tensor::from_vec(m, (2, 2, h, w), &dev).unwrap();
+        let weights = Tensor::new(&[1f32, 0.5], &dev).unwrap();
+        let loss = Loss {
+            terms: vec![(Kind::Bce, 1.0), (Kind::Dice, 1.0), (Kind::Lovasz, 0.5)],
+            label_smoothing: 0.0,
+            focal_gamma: 2.0,
+        };
+        for &arch in Arch::ALL {
+            for train in [false, true] {
+                if train && arch == Arch::EfficientnetB0 {
+                    continue;
+                }
+                let vars = VarStore::new(&dev, 1);
+                let m = Model::with_heads(arch, Task::Segment, 2, Heads::default(), vars.clone())
+                    .unwrap();
+                let logits = m.segment_t(&x, train).unwrap();
+                assert_eq!(logits.dims(), [2, 2, h, w], "{arch}");
+                let l = segment_loss(&loss, &logits, &masks, &weights).unwrap();
+                let grads = l.backward().unwrap();
+                let names: Vec<String> = vars.entries().into_iter().map(|(n, _)| n).collect();
+                assert!(names.iter().any(|n| n.starts_with("decoder.blocks.")));
+                assert!(!names.iter().any(|n| n.starts_with("conv_head")));
+                for (name, e) in vars.entries() {
+                    if e.role == super::super::vars::Role::Buffer {
+                        continue;
+                    }
+                    let g = grads.get(e.var.as_tensor()).unwrap_or_else(|| {
+                        panic!("{arch} segmenter (train {train}): no gradient for {name}")
+                    });
+                    let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                    assert!(
+                        n > 0.0,
+                        "{arch} segmenter (train {train}): zero gradient for {name}"
+                    );
+                }
             }
         }
     }

@@ -84,13 +84,14 @@ impl ResNet {
 }
 
 impl ResNet {
-    /// The stem and every stage, keeping each stage's output.
+    /// The stem (before its max pool) and every stage, keeping each output.
     fn stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let x = self
+        let stem = self
             .bn1
             .forward_act(&self.conv1.forward(x)?, train, Act::Relu)?;
-        let mut x = max_pool_relu(&x, 3, 2, 1)?;
-        let mut out = Vec::with_capacity(self.layers.len());
+        let mut x = max_pool_relu(&stem, 3, 2, 1)?;
+        let mut out = Vec::with_capacity(self.layers.len() + 1);
+        out.push(stem);
         for l in &self.layers {
             for b in l {
                 x = b.forward_t(&x, train)?;
@@ -107,20 +108,16 @@ impl Backbone for ResNet {
         global_avg_pool(&s[s.len() - 1])
     }
 
-    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
-        let mut s = self.stages(x, train)?;
-        let c5 = s.pop().expect("four stages");
-        let c4 = s.pop().expect("four stages");
-        let c3 = s.pop().expect("four stages");
-        Ok([c3, c4, c5])
+    fn encoder(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.stages(x, train)
     }
 
-    fn pyramid_channels(&self) -> [usize; 3] {
-        [128, 256, 512]
+    fn encoder_channels(&self) -> Vec<usize> {
+        vec![64, 64, 128, 256, 512]
     }
 
-    fn pyramid_strides(&self) -> [usize; 3] {
-        [8, 16, 32]
+    fn encoder_strides(&self) -> Vec<usize> {
+        vec![2, 4, 8, 16, 32]
     }
 
     fn feature_dim(&self) -> usize {

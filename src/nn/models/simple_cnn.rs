@@ -62,20 +62,16 @@ impl Backbone for SimpleCnn {
         global_avg_pool(&s[s.len() - 1])
     }
 
-    fn pyramid(&self, x: &Tensor, train: bool) -> Result<[Tensor; 3]> {
-        let [a, b, c]: [Tensor; 3] = self
-            .stages(x, train)?
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("three blocks".into()))?;
-        Ok([a, b, c])
+    fn encoder(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.stages(x, train)
     }
 
-    fn pyramid_channels(&self) -> [usize; 3] {
-        WIDTHS
+    fn encoder_channels(&self) -> Vec<usize> {
+        WIDTHS.to_vec()
     }
 
-    fn pyramid_strides(&self) -> [usize; 3] {
-        [2, 4, 8]
+    fn encoder_strides(&self) -> Vec<usize> {
+        vec![2, 4, 8]
     }
 
     fn feature_dim(&self) -> usize {
