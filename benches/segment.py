@@ -42,7 +42,9 @@ K = 3
 
 
 def podium(args, cwd):
-    subprocess.run([PODIUM, "op", *args], cwd=cwd, check=True, capture_output=True)
+    r = subprocess.run([PODIUM, "op", *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"podium {' '.join(args)}: {r.stderr}")
 
 
 def load(d, split, ids):
@@ -156,15 +158,16 @@ def main():
         pred = {}
         for tta, names in [(1, '["default"]'), (8, '"all"')]:
             pt, tt = [], []
-            for _ in range(3):
+            for r in range(3):
+                out = f"p{tta}_{r}"
                 podium(["predict", "--set", f"tta={names}", "--set", f"batch_size={bs}", "-j", str(a.threads),
-                        "q/best.safetensors", "data/test_images", "-o", "p"], d)
-                pt.append(json.load(open(f"{d}/p/metrics.json"))["ms_per_image"])
+                        "q/best.safetensors", "data/test_images", "-o", out], d)
+                pt.append(json.load(open(f"{d}/{out}/metrics.json"))["ms_per_image"])
                 tt.append(torch_predict(model, xt, tta, bs))
             pred[tta] = (statistics.median(pt), statistics.median(tt))
     print(f"torch {torch.__version__}, smp {smp.__version__}, {a.threads} threads, {a.arch}, "
           f"{a.n} images of 64², {a.epochs} epochs")
-    print("| case | podium | smp Unet | podium / smp |")
+    print("| case | podium | smp Unet | podium against smp (difference; speed ratio, > 1: podium faster) |")
     print("|---|---|---|---|")
     print(f"| validation Dice (best epoch) | {pm['dice']:.4f} | {tdice:.4f} | {pm['dice'] - tdice:+.4f} |")
     print(f"| validation IoU | {pm['iou']:.4f} | {tiou:.4f} | {pm['iou'] - tiou:+.4f} |")

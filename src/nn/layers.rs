@@ -317,12 +317,16 @@ impl Module for GroupNorm {
 
 /// Nearest-neighbour resize of `[N, C, H, W]` to `h × w` as PyTorch's
 /// `F.interpolate(mode="nearest")` picks (source row ⌊i·H/h⌋), for any
-/// sizes: two index selects, whose backward candle has (its own upsample
-/// has none for factors that are not whole numbers).
+/// sizes, with a backward: podium's kernel on the CPU, elsewhere two index
+/// selects (candle's own upsample has no backward for factors that are not
+/// whole numbers).
 pub fn resize_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (_, _, sh, sw) = x.dims4()?;
     if (sh, sw) == (h, w) {
         return Ok(x.clone());
+    }
+    if let Some(y) = super::kernels::upsample::nearest(x, (h, w))? {
+        return Ok(y);
     }
     let pick = |from: usize, to: usize| -> Result<Tensor> {
         let scale = from as f64 / to as f64;

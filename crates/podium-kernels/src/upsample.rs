@@ -1,5 +1,8 @@
-//! Bilinear upsampling (or downsampling) of NCHW maps on the CPU, with its
-//! backward, as PyTorch's `F.interpolate(mode="bilinear")`: with
+//! Nearest and bilinear upsampling (or downsampling) of NCHW maps on the
+//! CPU, with their backward. Nearest is PyTorch's
+//! `F.interpolate(mode="nearest")` (source index ⌊o·in/out⌋), for any sizes
+//! (candle 0.11's `upsample_nearest2d` has no backward for factors that are
+//! not whole numbers). Bilinear is `F.interpolate(mode="bilinear")`: with
 //! `align_corners = false` (PyTorch's default) a pixel is a square and the
 //! source position is `(o + ½)·in/out − ½`, clamped at 0; with `true` the
 //! corner pixels map onto each other. candle 0.11's `upsample_bilinear2d`
@@ -33,6 +36,85 @@ pub fn bilinear(x: &Tensor, size: (usize, usize), align_corners: bool) -> Result
         return x.contiguous()?.apply_op1(op);
     }
     x.upsample_bilinear2d(size.0, size.1, align_corners)
+}
+
+/// Resizes `x [N, C, H, W]` to `[N, C, size.0, size.1]`, nearest source
+/// pixel; a backward for `x` (each output's gradient added to its source).
+/// podium's kernel for f32 on the CPU; elsewhere `None`: the caller composes
+/// it from index selects.
+pub fn nearest(x: &Tensor, size: (usize, usize)) -> Result<Option<Tensor>> {
+    if size.0 == 0 || size.1 == 0 {
+        bail!("upsample: empty output size {size:?}")
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(Some(x.contiguous()?.apply_op1(Nearest { size })?));
+    }
+    Ok(None)
+}
+
+/// PyTorch's nearest source index of each output index: ⌊o·in/out⌋.
+fn nearest_axis(len: usize, out: usize) -> Vec<usize> {
+    let scale = len as f64 / out as f64;
+    (0..out)
+        .map(|o| ((o as f64 * scale).floor() as usize).min(len - 1))
+        .collect()
+}
+
+struct Nearest {
+    size: (usize, usize),
+}
+
+impl CustomOp1 for Nearest {
+    fn name(&self) -> &'static str {
+        "podium-upsample-nearest"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "upsample")?;
+        let [n, c, h, w] = dims4(l, "upsample")?;
+        if h == 0 || w == 0 {
+            bail!("upsample: empty input {h}×{w}")
+        }
+        let (oh, ow) = self.size;
+        let (ys, xs) = (nearest_axis(h, oh), nearest_axis(w, ow));
+        // Written once, without zero-filling first.
+        let total = n * c * oh * ow;
+        let mut y: Vec<f32> = Vec::with_capacity(total);
+        y.spare_capacity_mut()[..total]
+            .par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(yo, xi)| {
+                for (row, &sy) in yo.chunks_mut(ow).zip(&ys) {
+                    let src = &xi[sy * w..][..w];
+                    for (v, &sx) in row.iter_mut().zip(&xs) {
+                        v.write(src[sx]);
+                    }
+                }
+            });
+        // SAFETY: the loop above wrote every one of the `total` elements
+        // (each plane's `oh` rows of `ow`).
+        unsafe { y.set_len(total) };
+        Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (n, c, h, w) = x.dims4()?;
+        let (oh, ow) = self.size;
+        let (ys, xs) = (nearest_axis(h, oh), nearest_axis(w, ow));
+        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; n * c * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(g.par_chunks(oh * ow))
+            .for_each(|(dxo, gi)| {
+                for (row, &sy) in gi.chunks(ow).zip(&ys) {
+                    let dst = &mut dxo[sy * w..][..w];
+                    for (v, &sx) in row.iter().zip(&xs) {
+                        dst[sx] += v;
+                    }
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, (n, c, h, w), x.device())?))
+    }
 }
 
 /// For each output index along an axis: the two source indices and the
@@ -160,6 +242,37 @@ mod tests {
             assert!(
                 (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
                 "{size:?} {ac}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    /// Nearest: PyTorch's index rule (⌊o·in/out⌋), and its backward the
+    /// forward's adjoint, for whole and fractional factors.
+    #[test]
+    fn nearest_picks_torch_indices_and_its_backward_is_the_adjoint() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[0f32, 1., 2.]]]], &dev).unwrap();
+        let y = nearest(&x, (1, 7)).unwrap().unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [0., 0., 0., 1., 1., 2., 2.]
+        );
+        for size in [(8, 6), (5, 7), (2, 2)] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 4, 3), &dev).unwrap()).unwrap();
+            let y = nearest(&x, size).unwrap().unwrap();
+            let u = Tensor::randn(0f32, 1., y.shape(), &dev).unwrap();
+            let g = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            let lhs: f32 = (&y * &u).unwrap().sum_all().unwrap().to_scalar().unwrap();
+            let rhs: f32 = (x.as_tensor() * g.get(&x).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{size:?}: {lhs} vs {rhs}"
             );
         }
     }
