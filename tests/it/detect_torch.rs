@@ -129,3 +129,87 @@ fn sigmoid_focal_loss_matches_torchvision() {
         .unwrap();
     close(&got, &floats(&f["loss"]), 1e-5, "focal loss");
 }
+
+/// The network itself (tests/fixtures/nn/detect_head.json, made by
+/// detect_head.py there): torchvision's feature pyramid with P6/P7 and
+/// `FCOSHead` (two convs per tower, group norm) from the same weights and
+/// C3–C5 maps give the same class logits, box distances and centre-ness
+/// at every location of every level, in the same order.
+#[test]
+fn fcos_pyramid_and_head_match_torchvision() {
+    use podium::nn::detect::fcos::{Config, Fcos};
+    use podium::nn::models::{Arch, backbone};
+    use podium::nn::vars::VarStore;
+    let s = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/nn/detect_head.json"
+    ))
+    .unwrap();
+    let f: Value = serde_json::from_str(&s).unwrap();
+    let tensor = |v: &Value| {
+        let shape: Vec<usize> = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        Tensor::from_vec(floats(&v["data"]), shape, &Device::Cpu).unwrap()
+    };
+    let vars = VarStore::new(&Device::Cpu, 0);
+    let bb = backbone(Arch::SimpleCnn, &vars.root()).unwrap();
+    let cfg = Config {
+        channels: 32,
+        convs: 2,
+    };
+    let fcos = Fcos::new(&vars.root(), bb.as_ref(), 3, cfg).unwrap();
+    let weights: std::collections::BTreeMap<String, Tensor> = f["weights"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), tensor(v)))
+        .collect();
+    let (loaded, skipped) = vars.load(&weights).unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let ours = vars
+        .entries()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("fpn.") || n.starts_with("head."))
+        .count();
+    assert_eq!(
+        loaded.len(),
+        ours,
+        "every pyramid and head variable from torchvision"
+    );
+    let c: Vec<Tensor> = f["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(tensor)
+        .collect();
+    let raw = fcos
+        .forward(&[c[0].clone(), c[1].clone(), c[2].clone()])
+        .unwrap();
+    let sizes: Vec<(usize, usize)> = raw.levels.iter().map(|l| (l.h, l.w)).collect();
+    let want: Vec<(usize, usize)> = f["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l[0].as_u64().unwrap() as usize,
+                l[1].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert_eq!(sizes, want);
+    for (name, got) in [("cls", &raw.cls), ("reg", &raw.reg), ("ctr", &raw.ctr)] {
+        let w = tensor(&f[name]);
+        assert_eq!(got.elem_count(), w.elem_count(), "{name}");
+        close(
+            &got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            1e-4,
+            name,
+        );
+    }
+}
