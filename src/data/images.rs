@@ -40,6 +40,25 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(out)
 }
 
+/// The names of `dir`'s subdirectories, sorted (numerically when every
+/// name is a number: `2` before `10`).
+pub fn subdirectories(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let e = e.map_err(|e| DataError::io(dir, e))?;
+        if e.file_type().map_err(|e| DataError::io(dir, e))?.is_dir() {
+            v.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    let num = |s: &String| s.parse::<f64>().ok().filter(|x| x.is_finite());
+    if v.iter().all(|s| num(s).is_some()) {
+        v.sort_by(|a, b| num(a).unwrap_or(0.0).total_cmp(&num(b).unwrap_or(0.0)));
+    } else {
+        v.sort();
+    }
+    Ok(v)
+}
+
 /// Decodes an image, naming the file when it is corrupt.
 pub fn open(path: &Path) -> Result<DynamicImage, DataError> {
     let reader = image::ImageReader::open(path)

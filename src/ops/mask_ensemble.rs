@@ -76,7 +76,7 @@ impl Op for MaskEnsemble {
     fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let first = &a.probs[0];
         let classes = if a.classes.is_empty() {
-            class_dirs(first)?
+            images::subdirectories(first)?
         } else {
             a.classes.clone()
         };
@@ -191,26 +191,4 @@ impl Op for MaskEnsemble {
         ));
         Ok(())
     }
-}
-
-/// The class subdirectories of a `probs` directory, sorted (numerically
-/// when every name is a number); none for a one-class directory.
-fn class_dirs(root: &Path) -> Result<Vec<String>, DataError> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(root).map_err(|e| DataError::io(root, e))? {
-        let e = e.map_err(|e| DataError::io(root, e))?;
-        if e.file_type().map_err(|e| DataError::io(root, e))?.is_dir() {
-            v.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    if v.iter().all(|s| s.parse::<f64>().is_ok()) {
-        v.sort_by(|a, b| {
-            a.parse::<f64>()
-                .unwrap_or(0.0)
-                .total_cmp(&b.parse::<f64>().unwrap_or(0.0))
-        });
-    } else {
-        v.sort();
-    }
-    Ok(v)
 }

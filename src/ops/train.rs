@@ -765,7 +765,7 @@ fn segment_data(
     let (classes, find): (Vec<String>, Find) = match &a.masks {
         Some(dir) => {
             let top = crate::data::images::list(dir)?;
-            let subdirs = subdirectories(dir)?;
+            let subdirs = crate::data::images::subdirectories(dir)?;
             let per_class = top.iter().all(|p| p.components().count() > 1) && !subdirs.is_empty();
             if per_class {
                 let classes = if a.classes.is_empty() {
@@ -906,19 +906,6 @@ fn segment_data(
         category_ids: Vec::new(),
         val_coco_ids: Vec::new(),
     })
-}
-
-/// The names of a directory's subdirectories, sorted.
-fn subdirectories(dir: &Path) -> Result<Vec<String>, DataError> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        let e = e.map_err(|e| DataError::io(dir, e))?;
-        if e.file_type().map_err(|e| DataError::io(dir, e))?.is_dir() {
-            v.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    v.sort();
-    Ok(v)
 }
 
 /// Task detect: a COCO ground-truth file (and extra ones, pseudo labels).

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::ws::{podium_at as podium, podium_cmd};
+use crate::ws::podium_at as podium;
 
 fn ok(dir: &Path, args: &[&str]) {
     let out = podium(dir, args);
@@ -279,41 +279,7 @@ fn a_killed_segmenter_training_resumes_and_ends_bit_identical() {
     let d = t.path();
     data(d, 80, 32);
     std::fs::write(d.join("p.toml"), RESUME).unwrap();
-    let run = |store: &str, out: &str| {
-        let o = podium(
-            d,
-            &["run", "-f", "p.toml", "--store", store, "--out-dir", out],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
-    run("c1", "o1");
-    let child = podium_cmd(
-        d,
-        &["run", "-f", "p.toml", "--store", "c2", "--out-dir", "o2"],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let state = || {
-        std::fs::read_dir(d.join("c2/resume"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.path().join("state.safetensors").exists())
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !state() {
-        assert!(std::time::Instant::now() < deadline, "no epoch finished");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait_with_output();
-    assert!(!d.join("o2/train").exists(), "killed before it finished");
-    run("c2", "o2");
-    let log = std::fs::read_to_string(d.join("c2/logs/resume/train.log")).unwrap();
-    assert!(log.contains("resuming after epoch"), "{log}");
+    crate::ws::run_whole_then_killed_and_resumed(d, "train");
     let masks = files(&d.join("o1/train/oof/masks"));
     assert!(!masks.is_empty());
     let mut compared: Vec<String> = ["last.safetensors", "best.safetensors", "oof.csv"]

@@ -3,7 +3,7 @@
 //! predictions, TTA on symmetric images, resuming a killed training, and
 //! clear errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -404,19 +404,6 @@ ema = 0.9
 seed = 7
 "#;
 
-fn resume_files(cache: &Path) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(cache.join("resume")) {
-        for e in rd.flatten() {
-            let p = e.path().join("state.safetensors");
-            if p.exists() {
-                v.push(p);
-            }
-        }
-    }
-    v
-}
-
 /// A training killed after its first epoch resumes from there and ends
 /// with the same bytes as an uninterrupted run: the same weights,
 /// optimizer state and EMA.
@@ -426,58 +413,7 @@ fn a_killed_training_resumes_and_ends_bit_identical() {
     let d = t.path();
     data(d, "classify", 120, 3);
     std::fs::write(d.join("p.toml"), RESUME).unwrap();
-    let run = |store: &str, out: &str| {
-        podium(
-            d,
-            &[
-                "run",
-                "-f",
-                "p.toml",
-                "--store",
-                store,
-                "--out-dir",
-                out,
-                "--format",
-                "json",
-            ],
-        )
-    };
-    let whole = run("c1", "o1");
-    assert!(
-        whole.status.success(),
-        "{}",
-        String::from_utf8_lossy(&whole.stderr)
-    );
-    assert!(
-        resume_files(&d.join("c1")).is_empty(),
-        "the state is removed after success"
-    );
-
-    let child = podium_cmd(
-        d,
-        &["run", "-f", "p.toml", "--store", "c2", "--out-dir", "o2"],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while resume_files(&d.join("c2")).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no epoch finished");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait_with_output();
-    assert!(!d.join("o2/train").exists(), "killed before it finished");
-    let again = run("c2", "o2");
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let log = std::fs::read_to_string(d.join("c2/logs/resume/train.log")).unwrap();
-    assert!(log.contains("resuming after epoch"), "{log}");
+    crate::ws::run_whole_then_killed_and_resumed(d, "train");
     for f in ["last.safetensors", "best.safetensors"] {
         assert_eq!(
             std::fs::read(d.join("o1/train").join(f)).unwrap(),

@@ -73,3 +73,52 @@ pub fn podium_cmd(dir: &Path, args: &[&str]) -> Command {
 pub fn podium_at(dir: &Path, args: &[&str]) -> Output {
     podium_cmd(dir, args).output().unwrap()
 }
+
+/// The kill-and-resume drill of the training tests: runs `p.toml` in `dir`
+/// whole (store `c1`, outputs `o1`), then again (store `c2`, outputs `o2`)
+/// killed with SIGKILL as soon as a training epoch's state is saved, then
+/// once more to its end. Asserts that the whole run left no state behind,
+/// that the killed run wrote no output, and that the last run resumed (the
+/// stage's log says so); the caller compares `o1` and `o2`.
+pub fn run_whole_then_killed_and_resumed(dir: &Path, stage: &str) {
+    let run = |store: &str, out: &str| {
+        let o = podium_at(
+            dir,
+            &["run", "-f", "p.toml", "--store", store, "--out-dir", out],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let states = |store: &str| -> usize {
+        std::fs::read_dir(dir.join(store).join("resume"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("state.safetensors").exists())
+            .count()
+    };
+    run("c1", "o1");
+    assert_eq!(states("c1"), 0, "the state is removed after success");
+    let child = podium_cmd(
+        dir,
+        &["run", "-f", "p.toml", "--store", "c2", "--out-dir", "o2"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while states("c2") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait_with_output();
+    assert!(
+        !dir.join("o2").join(stage).exists(),
+        "killed before it finished"
+    );
+    run("c2", "o2");
+    let log = std::fs::read_to_string(dir.join(format!("c2/logs/resume/{stage}.log"))).unwrap();
+    assert!(log.contains("resuming after epoch"), "{log}");
+}
