@@ -85,12 +85,17 @@ impl Images {
 
     /// Gives image `i` the mask `sources[i]` of `classes` classes (task
     /// segment): batches then carry them, cropped, resized (nearest) and
-    /// flipped with their images.
+    /// flipped with their images. The decoded masks are kept when the
+    /// images are and images and masks together fit in [`CACHE_BYTES`].
     pub fn with_masks(mut self, sources: Vec<MaskSource>, classes: usize) -> Images {
-        let cache = self
-            .cache
-            .as_ref()
-            .map(|c| (0..c.len()).map(|_| OnceLock::new()).collect());
+        let fits = match (&self.cache, self.source(0)) {
+            (Some(_), Ok(img)) => {
+                let pixels = u64::from(img.width()) * u64::from(img.height());
+                pixels * (3 + classes as u64) * self.paths.len() as u64 <= CACHE_BYTES
+            }
+            _ => false,
+        };
+        let cache = fits.then(|| (0..self.paths.len()).map(|_| OnceLock::new()).collect());
         self.masks = Some(Masks {
             sources,
             classes,
