@@ -1,7 +1,7 @@
 //! podium's FCOS pieces against torchvision on committed cases
 //! (tests/fixtures/nn/detect.json, made by detect.py there): which box each
-//! location learns and the three losses of `FCOS.compute_loss`,
-//! `generalized_box_iou_loss` and `sigmoid_focal_loss`.
+//! location learns, the three losses of `FCOS.compute_loss` and their
+//! gradient, `generalized_box_iou_loss` and `sigmoid_focal_loss`.
 
 use candle_core::{Device, Tensor};
 use podium::nn::detect::assign::{self, Points, RADIUS};
@@ -77,10 +77,13 @@ fn fcos_assignment_and_losses_match_torchvision() {
 
     let k = f["classes"].as_u64().unwrap() as usize;
     let a = points.len();
+    let cls = candle_core::Var::from_vec(floats(&f["cls"]), (2, a, k), &dev).unwrap();
+    let reg = candle_core::Var::from_vec(floats(&f["reg"]), (2, a, 4), &dev).unwrap();
+    let ctr = candle_core::Var::from_vec(floats(&f["ctr"]), (2, a), &dev).unwrap();
     let raw = Raw {
-        cls: Tensor::from_vec(floats(&f["cls"]), (2, a, k), &dev).unwrap(),
-        reg: Tensor::from_vec(floats(&f["reg"]), (2, a, 4), &dev).unwrap(),
-        ctr: Tensor::from_vec(floats(&f["ctr"]), (2, a), &dev).unwrap(),
+        cls: cls.as_tensor().clone(),
+        reg: reg.as_tensor().clone(),
+        ctr: ctr.as_tensor().clone(),
         levels,
     };
     let objects: Vec<assign::Object> = gt.iter().zip(&labels).map(|(b, &l)| (l, *b, 1.0)).collect();
@@ -97,6 +100,18 @@ fn fcos_assignment_and_losses_match_torchvision() {
         1e-5,
         "loss cls, bbox, ctr",
     );
+    // The gradient of their sum with respect to every head output.
+    let g = parts.total().unwrap().backward().unwrap();
+    for (name, v) in [("grad_cls", &cls), ("grad_reg", &reg), ("grad_ctr", &ctr)] {
+        let got: Vec<f32> = g
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        close(&got, &floats(&f[name]), 1e-5, name);
+    }
 }
 
 #[test]
