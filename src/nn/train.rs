@@ -1004,7 +1004,7 @@ fn validate_segment(
     pool: &rayon::ThreadPool,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<(f64, BTreeMap<String, f64>), NnError> {
-    use crate::metrics::segment::{Overlap, mean_dice_iou};
+    use crate::metrics::segment::mean_dice_iou;
     let mut counts = Vec::new();
     let mut loss_sum = 0f64;
     let th = cfg.threshold as f32;
@@ -1026,16 +1026,11 @@ fn validate_segment(
         },
         &mut |pos, p| {
             let truth = images.mask(val_idx[pos])?;
-            let mut t = Vec::with_capacity(p.data.len());
-            for (c, plane) in truth.iter().enumerate() {
-                let pc = p.plane(c);
-                counts.push(Overlap::of(
-                    pc.iter()
-                        .zip(plane.as_raw())
-                        .map(|(&q, &m)| (q >= th, m > 0)),
-                ));
-                t.extend(plane.as_raw().iter().map(|&m| f32::from(m)));
-            }
+            counts.extend(p.overlaps(&truth, th));
+            let t: Vec<f32> = truth
+                .iter()
+                .flat_map(|plane| plane.as_raw().iter().map(|&m| f32::from(m)))
+                .collect();
             let (h, w) = (p.h as usize, p.w as usize);
             let logits: Vec<f32> = p
                 .data

@@ -161,12 +161,7 @@ impl Op for MaskEnsemble {
                         &m.index_mask(th),
                         &out.join("masks").join(format!("{id}.png")),
                     )?;
-                    let rles = (0..m.classes)
-                        .map(|c| {
-                            let bits: Vec<bool> = m.plane(c).iter().map(|&q| q >= th).collect();
-                            images::rle(&bits, m.w, m.h)
-                        })
-                        .collect();
+                    let rles = m.rles(th);
                     Ok((id, rles))
                 })
                 .collect()

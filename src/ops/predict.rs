@@ -469,14 +469,7 @@ pub(crate) fn write_masks(
                 };
                 save(&p.plane_u8(c), rel)?;
             }
-            rles.push(
-                (0..p.classes)
-                    .map(|c| {
-                        let bits: Vec<bool> = p.plane(c).iter().map(|&q| q >= threshold).collect();
-                        images::rle(&bits, p.w, p.h)
-                    })
-                    .collect(),
-            );
+            rles.push(p.rles(threshold));
             Ok(())
         },
     )?;

@@ -582,21 +582,9 @@ impl Op for Train {
                     },
                     &mut |pos, p: &crate::nn::segment::infer::ProbMap| {
                         // Each image's mean Dice over classes, for examples.png.
-                        use crate::metrics::segment::{Overlap, mean_dice_iou};
                         let truth = imgs.mask(pos)?;
-                        let counts: Vec<Overlap> = truth
-                            .iter()
-                            .enumerate()
-                            .map(|(c, t)| {
-                                Overlap::of(
-                                    p.plane(c)
-                                        .iter()
-                                        .zip(t.as_raw())
-                                        .map(|(&q, &m)| (q >= th, m > 0)),
-                                )
-                            })
-                            .collect();
-                        seg_scores.push((mean_dice_iou(&counts).0, pos));
+                        let counts = p.overlaps(&truth, th);
+                        seg_scores.push((crate::metrics::segment::mean_dice_iou(&counts).0, pos));
                         Ok(())
                     },
                 )?;
@@ -823,14 +811,7 @@ fn segment_data(
                     "run-length masks hold one class; give several classes' masks in `masks`",
                 ));
             }
-            let find = move |t: &Table, row: usize| {
-                let c = t.col(&name).unwrap_or(0);
-                MaskSource::Rle {
-                    rle: t.rows[row][c].clone(),
-                    file: t.path.clone(),
-                }
-            };
-            (classes, Box::new(find))
+            (classes, Box::new(rle_column(col)))
         }
     };
     let samples = |t: &Table,
@@ -888,12 +869,14 @@ fn segment_data(
         for p in &a.extra {
             let t = Table::read(p)?;
             let col = dataset::label_column(&t, &a.label_column, Task::Segment)?;
-            let name = t.value_columns()[col].clone();
-            let find = move |t: &Table, row: usize| MaskSource::Rle {
-                rle: t.rows[row][t.col(&name).unwrap_or(0)].clone(),
-                file: t.path.clone(),
-            };
-            let s = samples(&t, &find, &eindex, &dir, a.extra_weight as f32, &|_| true)?;
+            let s = samples(
+                &t,
+                &rle_column(col),
+                &eindex,
+                &dir,
+                a.extra_weight as f32,
+                &|_| true,
+            )?;
             cx.log(format!("{}: {} extra images", p.display(), s.len()));
             train.extend(s);
         }
@@ -906,6 +889,14 @@ fn segment_data(
         category_ids: Vec::new(),
         val_coco_ids: Vec::new(),
     })
+}
+
+/// A table's masks as the run-length cells of its value column `col`.
+fn rle_column(col: usize) -> impl Fn(&Table, usize) -> crate::data::masks::MaskSource {
+    move |t: &Table, row: usize| crate::data::masks::MaskSource::Rle {
+        rle: t.rows[row][col].clone(),
+        file: t.path.clone(),
+    }
 }
 
 /// Task detect: a COCO ground-truth file (and extra ones, pseudo labels).

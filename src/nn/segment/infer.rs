@@ -52,6 +52,37 @@ impl ProbMap {
         GrayImage::from_raw(self.w, self.h, v).expect("w × h values")
     }
 
+    /// Per class, the overlap of its pixels at `threshold` with the true
+    /// plane (`truth[c]`, above 0 where the class is).
+    pub fn overlaps(
+        &self,
+        truth: &[GrayImage],
+        threshold: f32,
+    ) -> Vec<crate::metrics::segment::Overlap> {
+        truth
+            .iter()
+            .enumerate()
+            .map(|(c, t)| {
+                crate::metrics::segment::Overlap::of(
+                    self.plane(c)
+                        .iter()
+                        .zip(t.as_raw())
+                        .map(|(&q, &m)| (q >= threshold, m > 0)),
+                )
+            })
+            .collect()
+    }
+
+    /// Each class's pixels at `threshold` as Kaggle's run-length encoding.
+    pub fn rles(&self, threshold: f32) -> Vec<String> {
+        (0..self.classes)
+            .map(|c| {
+                let bits: Vec<bool> = self.plane(c).iter().map(|&q| q >= threshold).collect();
+                crate::data::images::rle(&bits, self.w, self.h)
+            })
+            .collect()
+    }
+
     /// A class-index mask: at each pixel the most probable class's index
     /// plus 1 where its probability reaches `threshold`, else 0.
     pub fn index_mask(&self, threshold: f32) -> GrayImage {
