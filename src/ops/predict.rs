@@ -131,7 +131,8 @@ fn variants(names: &[String]) -> Result<Vec<Dihedral>, String> {
 impl Op for Predict {
     type Params = Args;
     const NAME: &'static str = "predict";
-    const VERSION: u32 = 1;
+    // 2: detectors' locations as `train` version 2 places them.
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str =
         "Predict with a trained checkpoint over an image set, with test-time augmentation.";
     const INPUTS: &'static [&'static str] = &["checkpoint", "images"];

@@ -224,7 +224,9 @@ crate::params! {
 impl Op for Train {
     type Params = Args;
     const NAME: &'static str = "train";
-    const VERSION: u32 = 1;
+    // 2: detectors place their locations where the backbone's cells are
+    // centred (ResNet, EfficientNet: at whole strides, as torchvision).
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Train a classifier, multi-label classifier, regressor, box model, detector or segmenter on one fold (candle).";
     const INPUTS: &'static [&'static str] = &["images", "labels", "folds", "masks"];
 

@@ -51,10 +51,15 @@ fn fcos_assignment_and_losses_match_torchvision() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| Level {
-            stride: l[0].as_u64().unwrap() as usize,
-            h: l[1].as_u64().unwrap() as usize,
-            w: l[2].as_u64().unwrap() as usize,
+        .map(|l| {
+            let stride = l[0].as_u64().unwrap() as usize;
+            // detect.py's anchors are centred on the cells.
+            Level {
+                stride,
+                h: l[1].as_u64().unwrap() as usize,
+                w: l[2].as_u64().unwrap() as usize,
+                offset: stride as f32 / 2.0,
+            }
         })
         .collect();
     let points = Points::new(&levels);

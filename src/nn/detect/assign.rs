@@ -15,8 +15,10 @@ use candle_core::{Device, Result, Tensor};
 
 use super::fcos::Level;
 
-/// Every location of every level: its centre in input pixels
-/// (`((x + ½)·s, (y + ½)·s)`, FCOS's), its level's stride and level index.
+/// Every location of every level: its position in input pixels (`(x·s +
+/// o, y·s + o)`, where the backbone's features of that cell are centred:
+/// `o` = 0 for ResNet and EfficientNet, as torchvision's FCOS places its
+/// locations), its level's stride and level index.
 #[derive(Clone, Debug, Default)]
 pub struct Points {
     pub centers: Vec<[f32; 2]>,
@@ -32,10 +34,10 @@ impl Points {
             ..Default::default()
         };
         for (l, lv) in levels.iter().enumerate() {
-            let s = lv.stride as f32;
+            let (s, o) = (lv.stride as f32, lv.offset);
             for y in 0..lv.h {
                 for x in 0..lv.w {
-                    p.centers.push([(x as f32 + 0.5) * s, (y as f32 + 0.5) * s]);
+                    p.centers.push([x as f32 * s + o, y as f32 * s + o]);
                     p.sizes.push(s);
                     p.level.push(l);
                 }
@@ -174,22 +176,26 @@ pub fn targets(
 mod tests {
     use super::*;
 
+    /// Three levels of a 64-pixel image, locations at the cells' centres.
     fn pts() -> Points {
         Points::new(&[
             Level {
                 stride: 8,
                 h: 8,
                 w: 8,
+                offset: 4.0,
             },
             Level {
                 stride: 16,
                 h: 4,
                 w: 4,
+                offset: 8.0,
             },
             Level {
                 stride: 32,
                 h: 2,
                 w: 2,
+                offset: 16.0,
             },
         ])
     }

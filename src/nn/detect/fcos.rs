@@ -28,12 +28,15 @@ impl Default for Config {
     }
 }
 
-/// One pyramid level's map: its stride in input pixels and its size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One pyramid level's map: its stride in input pixels, its size, and
+/// where its cell `(0, 0)` looks in the input (cell `(x, y)` at
+/// `(x·stride + offset, y·stride + offset)`, [`Backbone::pyramid_offsets`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Level {
     pub stride: usize,
     pub h: usize,
     pub w: usize,
+    pub offset: f32,
 }
 
 /// The head's outputs over all levels' locations, finest level first, row
@@ -163,6 +166,7 @@ pub struct Fcos {
     bbox_reg: Conv,
     bbox_ctrness: Conv,
     strides: [usize; 5],
+    offsets: [f32; 5],
     pub classes: usize,
 }
 
@@ -176,6 +180,9 @@ impl Fcos {
         // Focal loss's prior: every class starts at probability 0.01.
         let prior = -((1.0f64 - 0.01) / 0.01).ln();
         let s = backbone.pyramid_strides();
+        // P6 and P7 are stride-2 convolutions of P5 with padding 1: their
+        // cell x looks at P5's cell 2x, so they keep P5's offset.
+        let o = backbone.pyramid_offsets();
         Ok(Fcos {
             fpn: Fpn::new(&vb.pp("fpn"), backbone.pyramid_channels(), ch)?,
             cls_tower: Tower::new(&c.pp("conv"), ch, cfg.convs)?,
@@ -184,6 +191,7 @@ impl Fcos {
             bbox_reg: head_conv(&r.pp("bbox_reg"), ch, 4, 0.0)?,
             bbox_ctrness: head_conv(&r.pp("bbox_ctrness"), ch, 1, 0.0)?,
             strides: [s[0], s[1], s[2], s[2] * 2, s[2] * 4],
+            offsets: [o[0], o[1], o[2], o[2], o[2]],
             classes,
         })
     }
@@ -192,9 +200,14 @@ impl Fcos {
     pub fn forward(&self, c: &[Tensor; 3]) -> Result<Raw> {
         let ps = self.fpn.forward(c)?;
         let (mut cls, mut reg, mut ctr, mut levels) = (vec![], vec![], vec![], vec![]);
-        for (p, &stride) in ps.iter().zip(&self.strides) {
+        for ((p, &stride), &offset) in ps.iter().zip(&self.strides).zip(&self.offsets) {
             let (_, _, h, w) = p.dims4()?;
-            levels.push(Level { stride, h, w });
+            levels.push(Level {
+                stride,
+                h,
+                w,
+                offset,
+            });
             cls.push(flat(
                 &self.cls_logits.forward(&self.cls_tower.forward(p)?)?,
             )?);

@@ -101,6 +101,16 @@ pub trait Backbone: Send + Sync {
         let s = self.encoder_strides();
         [s[s.len() - 3], s[s.len() - 2], s[s.len() - 1]]
     }
+    /// Where in the input the feature at cell `(0, 0)` of each of those
+    /// maps is centred, in pixels: cell `(x, y)` of a map of stride `s`
+    /// looks at `(x·s + o, y·s + o)`. A detector places its locations
+    /// there. Stride-2 convolutions with symmetric padding (ResNet,
+    /// EfficientNet) centre cell `x` on input pixel `x·s`: 0, as
+    /// torchvision's FCOS places its locations; 2×2 max pools (simple_cnn)
+    /// on the middle of the cell.
+    fn pyramid_offsets(&self) -> [f32; 3] {
+        [0.0; 3]
+    }
 }
 
 pub fn backbone(arch: Arch, vb: &Vb) -> Result<Box<dyn Backbone>> {

@@ -74,6 +74,12 @@ impl Backbone for SimpleCnn {
         vec![2, 4, 8]
     }
 
+    /// Each 2×2 pool's output cell is centred on the middle of the input
+    /// pixels it covers.
+    fn pyramid_offsets(&self) -> [f32; 3] {
+        self.pyramid_strides().map(|s| s as f32 / 2.0)
+    }
+
     fn feature_dim(&self) -> usize {
         WIDTHS[WIDTHS.len() - 1]
     }
