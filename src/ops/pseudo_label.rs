@@ -46,7 +46,8 @@ crate::params! {
         mode: Mode = "hard",
         /// confidence (score) below which rows (boxes) are left out
         threshold: f64 = 0.0,
-        /// hard: add a `weight` column
+        /// hard: add a `weight` column; boxes: give each annotation its score as `weight`
+        /// (train weighs the object's loss terms by it)
         weight: bool = false,
         /// hard: name of the label column
         column: String = "label",
@@ -111,7 +112,7 @@ impl Op for PseudoLabel {
                         bbox: d.bbox,
                         area: Some(d.bbox[2] * d.bbox[3]),
                         iscrowd: 0,
-                        weight: None,
+                        weight: a.weight.then_some(d.score),
                     });
                     let e = best
                         .entry(&d.image_id)

@@ -41,6 +41,9 @@ crate::params! {
         empty: String = "none 1 0 0 1 1",
         /// boxes: appended to image ids to make submission ids (`_image`)
         id_suffix: String = "",
+        /// boxes: a COCO file whose `images` name the results' image ids: an image's id in
+        /// the submission is its `file_name` without the extension; empty: the ids as written
+        images: Option<PathBuf> = "",
     }
 }
 
@@ -50,7 +53,7 @@ impl Op for Submission {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str =
         "Write the competition's CSV in the sample submission's columns and id order.";
-    const INPUTS: &'static [&'static str] = &["pred", "sample"];
+    const INPUTS: &'static [&'static str] = &["pred", "sample", "images"];
 
     fn outputs(&self, _: &Args) -> Vec<String> {
         vec!["submission.csv".into()]
@@ -100,6 +103,23 @@ impl Op for Submission {
             }
             let names = a.class_names;
             let suffix = a.id_suffix;
+            // COCO image id → the file's stem.
+            let stems: Option<HashMap<String, String>> = match &a.images {
+                Some(p) => Some(
+                    crate::data::boxes::read_coco(p)?
+                        .images
+                        .iter()
+                        .map(|im| {
+                            let stem = std::path::Path::new(&im.file_name)
+                                .file_stem()
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            (im.id.to_string(), stem)
+                        })
+                        .collect(),
+                ),
+                None => None,
+            };
             let mut per_image: HashMap<String, Vec<String>> = HashMap::new();
             let mut dets = read_dets(&pred_path)?;
             dets.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -115,8 +135,28 @@ impl Op for Submission {
                     fmt_num(x + w),
                     fmt_num(y + h)
                 );
+                let id = d.image_id.to_string();
+                let id = match &stems {
+                    Some(m) => match m.get(&id) {
+                        Some(stem) => stem.clone(),
+                        None => {
+                            return Err(DataError::new(
+                                &pred_path,
+                                format!(
+                                    "image `{id}` is not in {}",
+                                    a.images
+                                        .as_ref()
+                                        .map(|p| p.display().to_string())
+                                        .unwrap_or_default()
+                                ),
+                            )
+                            .into());
+                        }
+                    },
+                    None => id,
+                };
                 per_image
-                    .entry(format!("{}{suffix}", d.image_id))
+                    .entry(format!("{id}{suffix}"))
                     .or_default()
                     .push(s);
             }

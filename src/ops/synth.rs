@@ -60,8 +60,10 @@ crate::params! {
         n_test: i64 = 100,
         /// side of the square images
         size: i64 = 32,
-        /// classes (grades for regress), 2 to 8
+        /// classes (grades for regress), 2 to 8; detect and segment: 1 to 8
         classes: i64 = 3,
+        /// detect and segment: the fraction of images without any shape (SIIM's "none")
+        empty: f64 = 0.0,
         /// standard deviation of the background noise
         noise: f64 = 0.1,
         /// the seed
@@ -72,7 +74,8 @@ crate::params! {
 impl Op for Synth {
     type Params = Args;
     const NAME: &'static str = "synth";
-    const VERSION: u32 = 2;
+    // 3: detect's sample submission is SIIM's `id,PredictionString`.
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "Generate a small competition-shaped data set (images, labels, sample submission) from a seed.";
 
     fn outputs(&self, a: &Args) -> Vec<String> {
@@ -96,8 +99,21 @@ impl Op for Synth {
 
     fn validate(&self, a: &Args) -> Vec<ParamError> {
         let mut errs = Vec::new();
-        if !(2..=8).contains(&a.classes) {
-            errs.push(ParamError::new("classes", "classes must be from 2 to 8"));
+        let dense = matches!(a.task, Task::Detect | Task::Segment);
+        let least = if dense { 1 } else { 2 };
+        if !(least..=8).contains(&a.classes) {
+            errs.push(ParamError::new(
+                "classes",
+                format!("classes must be from {least} to 8 for task {}", a.task),
+            ));
+        }
+        if !(0.0..=1.0).contains(&a.empty) {
+            errs.push(ParamError::new("empty", "empty must be from 0 to 1"));
+        } else if a.empty > 0.0 && !dense {
+            errs.push(ParamError::new(
+                "empty",
+                "empty applies to tasks detect and segment only",
+            ));
         }
         if !(8..=4096).contains(&a.size) {
             errs.push(ParamError::new(
@@ -120,6 +136,7 @@ impl Op for Synth {
             size: a.size as u32,
             classes: a.classes as u32,
             noise: a.noise,
+            empty: a.empty,
             seed: a.seed as u64,
         };
         let (n_train, n_test) = (a.n_train as usize, a.n_test as usize);
@@ -157,7 +174,14 @@ impl Op for Synth {
             if let Some(c) = coco {
                 write_coco(&cx.out_dir.join(format!("{split}_coco.json")), &c)?;
             }
-            if split == "test" {
+            if split == "test" && spec.task == Task::Detect {
+                // SIIM's: one detection string per image.
+                let mut sub = Table::new(&["PredictionString"]);
+                for id in &table.ids {
+                    sub.push(id.clone(), vec!["none 1 0 0 1 1".to_string()]);
+                }
+                sub.write(&cx.out_dir.join("sample_submission.csv"))?;
+            } else if split == "test" {
                 let mut sub = Table::new(
                     &table
                         .value_columns()
@@ -191,6 +215,8 @@ struct Spec {
     size: u32,
     classes: u32,
     noise: f64,
+    /// Fraction of shapeless images (detect, segment).
+    empty: f64,
     seed: u64,
 }
 
@@ -231,6 +257,11 @@ impl Spec {
                     c.push(r.random_range(0..self.classes));
                 }
                 c
+            }
+            // Drawn only when asked for, so that `empty = 0` leaves every
+            // image as it was.
+            Task::Detect | Task::Segment if self.empty > 0.0 && r.random_bool(self.empty) => {
+                Vec::new()
             }
             Task::Detect | Task::Segment => (0..r.random_range(1..=4))
                 .map(|_| r.random_range(0..self.classes))
@@ -416,6 +447,7 @@ mod tests {
             size: 16,
             classes: 3,
             noise: 0.1,
+            empty: 0.0,
             seed: 7,
         };
         let (a, b) = (spec.sample(3), spec.sample(3));

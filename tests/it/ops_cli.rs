@@ -601,6 +601,72 @@ fn synth_is_deterministic_and_shaped_like_a_competition() {
 }
 
 #[test]
+fn synth_draws_shapeless_images_and_one_class_for_detection() {
+    let ws = Ws::new();
+    let det = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "synth",
+            "--set",
+            "task=detect",
+            "--set",
+            "n_train=40",
+            "--set",
+            "n_test=4",
+            "--set",
+            "size=24",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["-o", out]);
+        ws.ok(&args);
+    };
+    det("full", &[]);
+    det("some", &["--set", "empty=0.5", "--set", "classes=1"]);
+    let boxed = |out: &str| -> (usize, Vec<i64>) {
+        let c = read_json(&ws.path(&format!("{out}/train_coco.json")));
+        let anns = c["annotations"].as_array().unwrap();
+        let mut with: Vec<i64> = anns
+            .iter()
+            .map(|a| a["image_id"].as_i64().unwrap())
+            .collect();
+        with.dedup();
+        let cats = anns
+            .iter()
+            .map(|a| a["category_id"].as_i64().unwrap())
+            .collect();
+        (with.len(), cats)
+    };
+    assert_eq!(boxed("full").0, 40, "every image has a shape by default");
+    let (with, cats) = boxed("some");
+    assert!(
+        (10..=30).contains(&with),
+        "about half of 40 images with shapes: {with}"
+    );
+    assert!(cats.iter().all(|&c| c == 0), "one class");
+    // The rest are images like any other, listed without annotations.
+    let c = read_json(&ws.path("some/train_coco.json"));
+    assert_eq!(c["images"].as_array().unwrap().len(), 40);
+    assert_eq!(
+        ws.read("some/sample_submission.csv")
+            .lines()
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["id,PredictionString", "test_00000,none 1 0 0 1 1"]
+    );
+    ws.fails(
+        &["synth", "--set", "classes=1"],
+        "classes must be from 2 to 8 for task classify",
+    );
+    ws.fails(
+        &["synth", "--set", "empty=0.2"],
+        "empty applies to tasks detect and segment only",
+    );
+    ws.fails(
+        &["synth", "--set", "task=detect", "--set", "empty=1.5"],
+        "empty must be from 0 to 1",
+    );
+}
+
+#[test]
 fn postprocess_fits_thresholds_and_grades_and_overrides_by_nearest_neighbour() {
     let ws = Ws::new();
     // Class "1" is present when its score is above 0.3; "0" above 0.6.
@@ -720,13 +786,31 @@ fn pseudo_label_keeps_confident_rows_hard_soft_or_boxes() {
         ws.read("b/labels.csv"),
         "id,label,bbox\n1,0,5.0 5.0 3.0 4.0\n"
     );
-    assert_eq!(
-        read_json(&ws.path("b/pseudo_coco.json"))["annotations"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    let anns = read_json(&ws.path("b/pseudo_coco.json"))["annotations"].clone();
+    assert_eq!(anns.as_array().unwrap().len(), 2);
+    assert!(anns[0].get("weight").is_none(), "unweighted by default");
+    ws.ok(&[
+        "pseudo_label",
+        "--set",
+        "mode=boxes",
+        "--set",
+        "threshold=0.5",
+        "--set",
+        "weight=true",
+        "--set",
+        "images=images.json",
+        "boxes.json",
+        "-o",
+        "w",
+    ]);
+    let anns = read_json(&ws.path("w/pseudo_coco.json"))["annotations"].clone();
+    let weights: Vec<f64> = anns
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["weight"].as_f64().unwrap())
+        .collect();
+    assert_eq!(weights, [0.9, 0.95], "each box weighted by its score");
     ws.fails(
         &["pseudo_label", "--set", "mode=boxes", "boxes.json"],
         "needs `images`",
@@ -775,6 +859,46 @@ fn submission_follows_the_sample_order_and_writes_detection_strings() {
     ws.fails(
         &["submission", "boxes.json", "sample.csv"],
         "boxes.json: image `x` is not in the sample submission",
+    );
+    // COCO image ids (numbers) named by their files' stems.
+    ws.write(
+        "numbered.json",
+        &json!([det(json!(2), 0, [1.0, 2.0, 3.0, 4.0], 0.5)]).to_string(),
+    );
+    ws.write(
+        "coco.json",
+        &json!({"images": [
+            {"id": 1, "width": 9, "height": 9, "file_name": "x_image.png"},
+            {"id": 2, "width": 9, "height": 9, "file_name": "y_image.png"}
+        ]})
+        .to_string(),
+    );
+    ws.ok(&[
+        "submission",
+        "--set",
+        "images=coco.json",
+        "numbered.json",
+        "siim.csv",
+        "-o",
+        "n.csv",
+    ]);
+    assert_eq!(
+        ws.read("n.csv"),
+        "id,PredictionString\nx_image,none 1 0 0 1 1\ny_image,0 0.5 1 2 4 6\n"
+    );
+    ws.write(
+        "stray.json",
+        &json!([det(json!(7), 0, [1.0, 2.0, 3.0, 4.0], 0.5)]).to_string(),
+    );
+    ws.fails(
+        &[
+            "submission",
+            "--set",
+            "images=coco.json",
+            "stray.json",
+            "siim.csv",
+        ],
+        "stray.json: image `7` is not in",
     );
 }
 

@@ -573,6 +573,74 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
     assert_eq!(sub.lines().count(), 201);
 }
 
+/// The SIIM manifest end to end, at its smallest: two folds, one epoch per
+/// stage. What it must hand over is checked, not how good it is (the
+/// detectors' learning is asserted in `detect`).
+#[test]
+fn the_siim_pipeline_runs_end_to_end_and_writes_siim_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = podium_cmd(root, &[])
+        .args(["run", "-f", "pipelines/siim.toml"])
+        .args(["--set", "params.folds=2", "--set", "params.epochs=1"])
+        .args(["--set", "params.ft_epochs=1", "--set", "params.n_train=60"])
+        .arg("--store")
+        .arg(dir.path().join("cache"))
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("28 ran"), "{err}");
+    let out = dir.path().join("out");
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    // Stage 2 started from stage 1's best checkpoint, fold by fold.
+    for fold in 0..2 {
+        let ft: Value =
+            serde_json::from_str(&read(&format!("d5_ft/fold={fold}/metrics.json"))).unwrap();
+        assert!(ft["coco_map50"].is_number(), "{ft}");
+    }
+    // The external family's COCO results are fused with podium's.
+    let yolo: Value = serde_json::from_str(&read("yolo/detections.json")).unwrap();
+    assert!(
+        !yolo.as_array().unwrap().is_empty(),
+        "the stand-in found shapes"
+    );
+    let pseudo: Value = serde_json::from_str(&read("pseudo/pseudo_coco.json")).unwrap();
+    assert_eq!(pseudo["images"].as_array().unwrap().len(), 100);
+    for a in pseudo["annotations"].as_array().unwrap() {
+        let w = a["weight"].as_f64().unwrap();
+        assert!(
+            (0.5..=1.0).contains(&w),
+            "pseudo labels weighted by score: {a}"
+        );
+    }
+    for m in ["evaluate_stage1", "evaluate"] {
+        let v: Value = serde_json::from_str(&read(&format!("{m}/metrics.json"))).unwrap();
+        let map50 = v["coco_map50"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&map50), "{m}: {v}");
+    }
+    let sub = read("submission/submission.csv");
+    let mut lines = sub.lines();
+    assert_eq!(lines.next(), Some("id,PredictionString"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 100);
+    for (i, row) in rows.iter().enumerate() {
+        let (id, pred) = row.split_once(',').unwrap();
+        assert_eq!(id, format!("test_{i:05}"));
+        let words: Vec<&str> = pred.split(' ').collect();
+        assert_eq!(words.len() % 6, 0, "{row}");
+        for d in words.chunks(6) {
+            assert!(
+                d[0] == "opacity" || d == ["none", "1", "0", "0", "1", "1"],
+                "{row}"
+            );
+            assert!(d[1..].iter().all(|v| v.parse::<f64>().is_ok()), "{row}");
+        }
+    }
+}
+
 #[test]
 fn ctrl_c_stops_cleanly_keeping_finished_instances() {
     let manifest = PIPELINE.replace(
