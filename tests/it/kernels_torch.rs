@@ -2,6 +2,7 @@
 //! dilations, groups, depthwise), max and average pools and bilinear
 //! upsampling, forward and gradients, to 1e-4 relative. Fixture:
 //! tests/fixtures/kernels/make.py → torch.json (inputs come from a formula).
+//! RoIAlign against torchvision: roi_align.py → roi_align.json.
 //!
 //! A build with the `cuda` feature runs the same cases on the GPU (it
 //! needs one): every conv case (through cuDNN with the `cudnn` feature,
@@ -10,6 +11,7 @@
 use candle_core::{Device, Tensor, Var};
 use podium::nn::kernels::conv::{ConvParams, conv2d};
 use podium::nn::kernels::pool::{Pool, PoolKind, pool2d};
+use podium::nn::kernels::roi_align::roi_align;
 use podium::nn::kernels::upsample::bilinear;
 use serde_json::Value;
 
@@ -159,4 +161,65 @@ fn check_on(dev: &Device) -> std::collections::BTreeMap<String, usize> {
         }
     }
     seen
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// RoIAlign against torchvision's `ops.roi_align`, output and gradient
+/// with respect to the map, over regions inside, across the borders of,
+/// outside, narrower than a pixel of and larger than the map, reversed,
+/// aligned or not, fixed or adaptive sampling (tests/fixtures/kernels/roi_align.py).
+#[test]
+fn roi_align_equals_torchvision_forward_and_gradient() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kernels/roi_align.json"
+    );
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dev = Device::Cpu;
+    let x =
+        Var::from_tensor(&Tensor::from_vec(floats(&fx["x"]), dims(&fx["x_shape"]), &dev).unwrap())
+            .unwrap();
+    let rois: Vec<f32> = fx["rois"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(floats)
+        .collect();
+    let k = rois.len() / 5;
+    let rois = Tensor::from_vec(rois, (k, 5), &dev).unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for (i, c) in cases.iter().enumerate() {
+        let size = dims(&c["size"]);
+        let y = roi_align(
+            x.as_tensor(),
+            &rois,
+            (size[0], size[1]),
+            c["scale"].as_f64().unwrap() as f32,
+            u(c, "ratio"),
+            c["aligned"].as_bool().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(y.dims(), [k, 3, size[0], size[1]], "case {i}");
+        close(&y, &c["y"], &format!("case {i} output"));
+        let up = Tensor::from_vec(floats(&c["up"]), y.shape(), &dev).unwrap();
+        let g = (y * up).unwrap().sum_all().unwrap().backward().unwrap();
+        close(
+            g.get(x.as_tensor()).unwrap(),
+            &c["dx"],
+            &format!("case {i} gradient"),
+        );
+    }
+    // A region of an image the batch does not have is an error, not a read
+    // out of bounds.
+    let bad = Tensor::new(&[[2f32, 0., 0., 4., 4.]], &dev).unwrap();
+    let err = roi_align(x.as_tensor(), &bad, (2, 2), 1.0, 0, true).unwrap_err();
+    assert!(err.to_string().contains("batch index 2"), "{err}");
 }

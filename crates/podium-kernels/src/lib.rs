@@ -9,7 +9,8 @@
 //! - [`bn`]: batch norm, in training and evaluation, fused with its
 //!   activation (ReLU, SiLU);
 //! - [`pool`]: max and average pooling with any kernel, stride and padding;
-//! - [`upsample`]: bilinear upsampling.
+//! - [`upsample`]: nearest and bilinear resizing;
+//! - [`roi_align`]: RoIAlign (Mask R-CNN's region features).
 //!
 //! Every op runs on f32 NCHW tensors on the CPU; the layers in
 //! podium's `nn::layers` fall back to candle's own ops on other devices.
@@ -29,6 +30,7 @@ mod implicit;
 pub mod isa;
 mod padded;
 pub mod pool;
+pub mod roi_align;
 pub mod upsample;
 mod wgrad;
 
