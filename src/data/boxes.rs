@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::coco_rle::{RleJson, Segmentation};
 use super::{DataError, read_nonempty, write_atomic};
 
 /// An image id as COCO files spell it: a number or a string.
@@ -60,6 +61,9 @@ pub struct Det {
     /// `[x, y, width, height]`.
     pub bbox: [f64; 4],
     pub score: f64,
+    /// Instance masks: the object's run-length mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<RleJson>,
 }
 
 fn json_error(path: &Path, e: serde_json::Error) -> DataError {
@@ -148,6 +152,9 @@ pub struct CocoAnn {
     pub area: Option<f64>,
     #[serde(default)]
     pub iscrowd: u8,
+    /// The object's mask: polygons or a run-length mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<Segmentation>,
     /// A pseudo label's weight (podium's own field; absent in COCO files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
@@ -357,6 +364,7 @@ where
                 category_id: b.label,
                 bbox: [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
                 score: b.score,
+                segmentation: None,
             });
         }
     }

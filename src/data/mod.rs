@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod boxes;
+pub mod coco_rle;
 pub mod images;
 pub mod masks;
 pub mod metrics_json;

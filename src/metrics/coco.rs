@@ -1,10 +1,27 @@
-//! COCO box mAP as pycocotools' COCOeval (iouType "bbox") computes it:
-//! `stats[0]` (AP at IoU .50:.05:.95) and `stats[1]` (AP at IoU .50), area
-//! "all", at most 100 detections per image and category.
+//! COCO mAP as pycocotools' COCOeval computes it, for boxes (iouType
+//! "bbox") and masks ("segm"): `stats[0]` (AP at IoU .50:.05:.95) and
+//! `stats[1]` (AP at IoU .50), area "all", at most 100 detections per
+//! image and category; or the AP over other IoU thresholds (`params.iouThrs`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::data::boxes::{Coco, Det, ImageId};
+use crate::data::coco_rle::Rle;
+
+/// What a detection and a ground truth overlap by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IouType {
+    /// Their boxes.
+    Bbox,
+    /// Their masks (`segmentation`: polygons or run lengths in the ground
+    /// truth, run lengths in the results).
+    Segm,
+}
+
+/// COCO's IoU thresholds, .50:.05:.95.
+pub fn coco_thresholds() -> Vec<f64> {
+    linspace(0.5, 0.95, 10)
+}
 
 /// `np.linspace(start, stop, num)`: `i * step + start`, the last exactly `stop`.
 fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
@@ -14,14 +31,19 @@ fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     v
 }
 
+/// A result and its mask (segm).
+type Dt<'a> = (&'a Det, Option<Rle>);
+
 struct Gt {
     bbox: [f64; 4],
     area: f64,
     crowd: bool,
+    rle: Option<Rle>,
 }
 
-/// pycocotools' `bbIou`: crowd ground truth is divided by the detection's area.
-fn iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
+/// pycocotools' `bbIou` of `[x, y, w, h]` boxes: crowd ground truth is
+/// divided by the detection's area.
+pub fn bb_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
     let w = (d[0] + d[2]).min(g[0] + g[2]) - d[0].max(g[0]);
     if w <= 0.0 {
         return 0.0;
@@ -46,10 +68,26 @@ struct ImageEval {
     n_gt: usize,
 }
 
-/// Returns `(AP@[.5:.95], AP@.5)`; -1 where no category has ground truth,
-/// as pycocotools.
+/// Returns box `(AP@[.5:.95], AP@.5)`; -1 where no category has ground
+/// truth, as pycocotools.
 pub fn coco_map(gt: &Coco, dets: &[Det]) -> (f64, f64) {
-    let thrs = linspace(0.5, 0.95, 10);
+    let ap = coco_ap(gt, dets, IouType::Bbox, &coco_thresholds()).expect("boxes need no masks");
+    (ap.mean, ap.per_threshold[0])
+}
+
+/// The average precision over IoU thresholds, and at each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ap {
+    pub mean: f64,
+    pub per_threshold: Vec<f64>,
+}
+
+/// COCOeval's AP with `thrs` as its IoU thresholds (COCO's are
+/// [`coco_thresholds`]). For [`IouType::Segm`], ground truth masks come
+/// from each annotation's `segmentation` on its image's size, and an
+/// annotation without `area` has its mask's; an annotation or result
+/// without a mask is an error naming it.
+pub fn coco_ap(gt: &Coco, dets: &[Det], kind: IouType, thrs: &[f64]) -> Result<Ap, String> {
     let rec_thrs = linspace(0.0, 1.0, 101);
     let max_det = 100;
     let mut img_ids: Vec<&ImageId> = gt.images.iter().map(|i| &i.id).collect();
@@ -61,19 +99,65 @@ pub fn coco_map(gt: &Coco, dets: &[Det]) -> (f64, f64) {
     }
     cat_ids.sort_unstable();
     cat_ids.dedup();
+    let sizes: HashMap<&ImageId, (usize, usize)> = gt
+        .images
+        .iter()
+        .map(|i| (&i.id, (i.height as usize, i.width as usize)))
+        .collect();
     let mut gts: HashMap<(&ImageId, i64), Vec<Gt>> = HashMap::new();
     for a in &gt.annotations {
+        let rle = match kind {
+            IouType::Bbox => None,
+            IouType::Segm => {
+                let Some(seg) = &a.segmentation else {
+                    return Err(format!("annotation {} has no segmentation", a.id));
+                };
+                let Some(&(h, w)) = sizes.get(&a.image_id) else {
+                    return Err(format!(
+                        "annotation {}: image {} is not in `images`",
+                        a.id, a.image_id
+                    ));
+                };
+                Some(
+                    seg.to_rle(h, w)
+                        .map_err(|e| format!("annotation {}: {e}", a.id))?,
+                )
+            }
+        };
+        let area = a.area.unwrap_or_else(|| match &rle {
+            Some(r) => r.area() as f64,
+            None => a.bbox[2] * a.bbox[3],
+        });
         gts.entry((&a.image_id, a.category_id))
             .or_default()
             .push(Gt {
                 bbox: a.bbox,
-                area: a.area.unwrap_or(a.bbox[2] * a.bbox[3]),
+                area,
                 crowd: a.iscrowd != 0,
+                rle,
             });
     }
-    let mut dts: HashMap<(&ImageId, i64), Vec<&Det>> = HashMap::new();
-    for d in dets {
-        dts.entry((&d.image_id, d.category_id)).or_default().push(d);
+    let mut dts: HashMap<(&ImageId, i64), Vec<Dt>> = HashMap::new();
+    for (i, d) in dets.iter().enumerate() {
+        let rle = match kind {
+            IouType::Bbox => None,
+            IouType::Segm => {
+                let Some(seg) = &d.segmentation else {
+                    return Err(format!(
+                        "result {} (image {}) has no segmentation",
+                        i + 1,
+                        d.image_id
+                    ));
+                };
+                Some(
+                    seg.to_rle()
+                        .map_err(|e| format!("result {} (image {}): {e}", i + 1, d.image_id))?,
+                )
+            }
+        };
+        dts.entry((&d.image_id, d.category_id))
+            .or_default()
+            .push((d, rle));
     }
     let mut precision: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     for (k, &cat) in cat_ids.iter().enumerate() {
@@ -84,7 +168,7 @@ pub fn coco_map(gt: &Coco, dets: &[Det]) -> (f64, f64) {
             if g.is_empty() && d.is_empty() {
                 continue;
             }
-            evals.push(evaluate_image(g, d, &thrs, max_det));
+            evals.push(evaluate_image(g, d, thrs, max_det, kind));
         }
         let n_gt: usize = evals.iter().map(|e| e.n_gt).sum();
         if n_gt == 0 {
@@ -141,10 +225,13 @@ pub fn coco_map(gt: &Coco, dets: &[Det]) -> (f64, f64) {
             v.iter().sum::<f64>() / v.len() as f64
         }
     };
-    (mean(&(0..thrs.len()).collect::<Vec<_>>()), mean(&[0]))
+    Ok(Ap {
+        mean: mean(&(0..thrs.len()).collect::<Vec<_>>()),
+        per_threshold: (0..thrs.len()).map(|t| mean(&[t])).collect(),
+    })
 }
 
-fn evaluate_image(gt: &[Gt], dt: &[&Det], thrs: &[f64], max_det: usize) -> ImageEval {
+fn evaluate_image(gt: &[Gt], dt: &[Dt], thrs: &[f64], max_det: usize, kind: IouType) -> ImageEval {
     // Ground truth: not ignored first (stable), as evaluateImg sorts it.
     let g_ignore: Vec<bool> = gt
         .iter()
@@ -153,14 +240,17 @@ fn evaluate_image(gt: &[Gt], dt: &[&Det], thrs: &[f64], max_det: usize) -> Image
     let mut g_order: Vec<usize> = (0..gt.len()).collect();
     g_order.sort_by_key(|&i| g_ignore[i]);
     let mut d_order: Vec<usize> = (0..dt.len()).collect();
-    d_order.sort_by(|&a, &b| dt[b].score.total_cmp(&dt[a].score));
+    d_order.sort_by(|&a, &b| dt[b].0.score.total_cmp(&dt[a].0.score));
     d_order.truncate(max_det);
     let ious: Vec<Vec<f64>> = d_order
         .iter()
         .map(|&d| {
             g_order
                 .iter()
-                .map(|&g| iou(&dt[d].bbox, &gt[g].bbox, gt[g].crowd))
+                .map(|&g| match (kind, &dt[d].1, &gt[g].rle) {
+                    (IouType::Segm, Some(a), Some(b)) => Rle::iou(a, b, gt[g].crowd),
+                    _ => bb_iou(&dt[d].0.bbox, &gt[g].bbox, gt[g].crowd),
+                })
                 .collect()
         })
         .collect();
@@ -198,7 +288,7 @@ fn evaluate_image(gt: &[Gt], dt: &[&Det], thrs: &[f64], max_det: usize) -> Image
         }
     }
     ImageEval {
-        scores: d_order.iter().map(|&d| dt[d].score).collect(),
+        scores: d_order.iter().map(|&d| dt[d].0.score).collect(),
         matched,
         ignored,
         n_gt: gig.iter().filter(|&&i| !i).count(),

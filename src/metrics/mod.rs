@@ -15,6 +15,8 @@ pub const NAMES: &[&str] = &[
     "auc",
     "coco_map",
     "coco_map50",
+    "coco_segm_map",
+    "coco_segm_map50",
     "box_iou",
     "dice",
     "iou",

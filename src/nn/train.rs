@@ -317,6 +317,7 @@ pub fn detect_metrics(
                 area: Some(o.bbox[2] * o.bbox[3]),
                 iscrowd: 0,
                 weight: None,
+                segmentation: None,
             });
         }
         for d in dets.get(i).into_iter().flatten() {
@@ -326,6 +327,7 @@ pub fn detect_metrics(
                 category_id: d.label,
                 bbox: [x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h],
                 score: d.score,
+                segmentation: None,
             });
         }
     }

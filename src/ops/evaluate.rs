@@ -38,6 +38,9 @@ crate::params! {
         metric: Strs = "accuracy",
         /// the value column compared; empty: the one both tables have
         column: String = "",
+        /// coco_map and coco_segm_map: the IoU thresholds averaged over (HuBMAP 2023: [0.6]);
+        /// empty: COCO's .50:.05:.95. The *_map50 metrics stay at .50
+        iou_thrs: Vec<f64> = [],
     }
 }
 
@@ -69,6 +72,12 @@ impl Op for Evaluate {
                     format!("unknown metric `{n}`{hint}; metrics: {}", NAMES.join(", ")),
                 ));
             }
+        }
+        if let Some(t) = a.iou_thrs.iter().find(|t| !(**t > 0.0 && **t < 1.0)) {
+            errs.push(ParamError::new(
+                "iou_thrs",
+                format!("an IoU threshold lies between 0 and 1, not {t}"),
+            ));
         }
         let is_coco = |n: &String| n.starts_with("coco_");
         if names.iter().any(is_coco) && !names.iter().all(is_coco) {
@@ -115,9 +124,29 @@ impl Op for Evaluate {
                 )
                 .into());
             }
-            let (map, map50) = coco::coco_map(&gt, &dets);
+            let thrs = if a.iou_thrs.is_empty() {
+                coco::coco_thresholds()
+            } else {
+                a.iou_thrs.clone()
+            };
             for n in &names {
-                out.insert(n.clone(), if n == "coco_map" { map } else { map50 });
+                let kind = if n.starts_with("coco_segm_") {
+                    coco::IouType::Segm
+                } else {
+                    coco::IouType::Bbox
+                };
+                let at50 = n.ends_with("map50");
+                let ap = coco::coco_ap(&gt, &dets, kind, if at50 { &[0.5] } else { &thrs })
+                    .map_err(|e| {
+                        // Which file lacks the masks: results or ground truth.
+                        let file = if e.starts_with("result") {
+                            &pred
+                        } else {
+                            &truth
+                        };
+                        DataError::new(file, e)
+                    })?;
+                out.insert(n.clone(), ap.mean);
             }
         } else {
             let (t, p) = (Table::read(&truth)?, Table::read(&pred)?);

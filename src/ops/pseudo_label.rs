@@ -113,6 +113,7 @@ impl Op for PseudoLabel {
                         area: Some(d.bbox[2] * d.bbox[3]),
                         iscrowd: 0,
                         weight: a.weight.then_some(d.score),
+                        segmentation: None,
                     });
                     let e = best
                         .entry(&d.image_id)

@@ -380,6 +380,7 @@ impl Spec {
                         area: Some(b[2] * b[3]),
                         iscrowd: 0,
                         weight: None,
+                        segmentation: None,
                     });
                 }
             }

@@ -1015,6 +1015,7 @@ pub(crate) fn coco_results(
                     .unwrap_or(b.label),
                 bbox: [x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h],
                 score: b.score,
+                segmentation: None,
             });
         }
     }

@@ -984,3 +984,82 @@ fn submission_encodes_mask_images_as_run_lengths() {
         "masks: no mask image for id `k3`",
     );
 }
+
+/// `evaluate`'s mask mAP through the command line, at COCO's thresholds and
+/// at HuBMAP 2023's 0.6 (values: tests/fixtures/ops/evaluate/segm.py).
+#[test]
+fn evaluate_scores_instance_masks_at_chosen_iou_thresholds() {
+    let ws = Ws::new();
+    let doc = read_json(Path::new("tests/fixtures/ops/evaluate/segm.json"));
+    let case = &doc["eval"][5];
+    ws.write("gt.json", &case["gt"].to_string());
+    ws.write("dets.json", &case["dets"].to_string());
+    let metric = "metric=[\"coco_segm_map\", \"coco_segm_map50\", \"coco_map50\"]";
+    ws.ok(&[
+        "evaluate",
+        "--set",
+        metric,
+        "gt.json",
+        "dets.json",
+        "-o",
+        "m.json",
+    ]);
+    ws.ok(&[
+        "evaluate",
+        "--set",
+        metric,
+        "--set",
+        "iou_thrs=[0.6]",
+        "gt.json",
+        "dets.json",
+        "-o",
+        "m6.json",
+    ]);
+    let (m, m6) = (
+        read_json(&ws.path("m.json")),
+        read_json(&ws.path("m6.json")),
+    );
+    let close = |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9;
+    assert!(close(&m["coco_segm_map"], &case["coco_segm_map"]), "{m}");
+    assert!(
+        close(&m["coco_segm_map50"], &case["coco_segm_map50"]),
+        "{m}"
+    );
+    assert!(
+        close(&m6["coco_segm_map"], &case["coco_segm_map_at_06"]),
+        "{m6}"
+    );
+    assert!(
+        close(&m6["coco_segm_map50"], &m["coco_segm_map50"]),
+        "mAP50 stays at .50"
+    );
+    // Boxes of the same results: another number.
+    assert!(!close(&m["coco_map50"], &m["coco_segm_map50"]), "{m}");
+    // Results without masks are named.
+    ws.write(
+        "boxes.json",
+        &json!([det(json!(1), 1, [1.0, 1.0, 5.0, 5.0], 0.5)]).to_string(),
+    );
+    ws.fails(
+        &[
+            "evaluate",
+            "--set",
+            "metric=coco_segm_map",
+            "gt.json",
+            "boxes.json",
+        ],
+        "boxes.json: result 1 (image 1) has no segmentation",
+    );
+    ws.fails(
+        &[
+            "evaluate",
+            "--set",
+            "metric=coco_map",
+            "--set",
+            "iou_thrs=[1.5]",
+            "gt.json",
+            "dets.json",
+        ],
+        "an IoU threshold lies between 0 and 1, not 1.5",
+    );
+}
