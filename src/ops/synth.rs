@@ -23,7 +23,7 @@
 //! | multilabel | `Target`: the classes drawn, space-separated (at least one) |
 //! | regress | `grade`: 0..classes-1, the brightness of a central disc, as a retinopathy grade |
 //! | box | `label`, `bbox` (`x y w h` pixels): one shape |
-//! | detect | `count`; boxes in `train_coco.json` / `test_coco.json` |
+//! | detect | `count`; boxes and each object's visible mask (`segmentation`, a run-length mask) in `train_coco.json` / `test_coco.json` |
 //! | segment | `mask`: run-length encoding of the drawn shapes; `train_masks/<id>.png`, `test_masks/<id>.png`: each pixel's shape class + 1 (0: background; the last shape drawn wins) |
 
 use rand::{RngExt, SeedableRng};
@@ -32,6 +32,7 @@ use rayon::prelude::*;
 
 use super::{Op, OpContext, OpError, ParamError};
 use crate::data::boxes::{Coco, CocoAnn, CocoCategory, CocoImage, ImageId, write_coco};
+use crate::data::coco_rle::{Rle, RleJson, Segmentation};
 use crate::data::images;
 use crate::data::table::Table;
 
@@ -75,7 +76,9 @@ impl Op for Synth {
     type Params = Args;
     const NAME: &'static str = "synth";
     // 3: detect's sample submission is SIIM's `id,PredictionString`.
-    const VERSION: u32 = 3;
+    // 4: detect's annotations carry each object's visible mask; shapes
+    //    covered whole are left out.
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "Generate a small competition-shaped data set (images, labels, sample submission) from a seed.";
 
     fn outputs(&self, a: &Args) -> Vec<String> {
@@ -231,6 +234,9 @@ struct Sample {
     mask: Vec<bool>,
     /// Each pixel's shape class + 1, 0 for background (segment).
     classes: Vec<u8>,
+    /// Each pixel's object index + 1, 0 for background: the instances'
+    /// visible masks (detect).
+    instances: Vec<u16>,
 }
 
 impl Spec {
@@ -248,6 +254,7 @@ impl Spec {
             .collect();
         let mut mask = vec![false; (s * s) as usize];
         let mut class_map = vec![0u8; (s * s) as usize];
+        let mut instances = vec![0u16; (s * s) as usize];
         let mut objects = Vec::new();
         let mut grade = 0;
         let classes: Vec<u32> = match self.task {
@@ -303,6 +310,7 @@ impl Spec {
             for (k, m) in mask.iter_mut().enumerate() {
                 if *m {
                     class_map[k] = c as u8 + 1;
+                    instances[k] = objects.len() as u16 + 1;
                 }
                 *m |= before[k];
             }
@@ -318,6 +326,7 @@ impl Spec {
             grade,
             mask,
             classes: class_map,
+            instances,
         }
     }
 
@@ -348,7 +357,7 @@ impl Spec {
                         format!("{:.2} {:.2} {:.2} {:.2}", b[0], b[1], b[2], b[3]),
                     ]
                 }
-                Task::Detect => vec![s.objects.len().to_string()],
+                Task::Detect => vec![s.visible().count().to_string()],
                 Task::Segment => vec![images::rle(&s.mask, self.size, self.size)],
                 Task::Classify => vec![s.objects[0].0.to_string()],
             };
@@ -371,7 +380,12 @@ impl Spec {
                     height: self.size as f64,
                     file_name: format!("{}.png", id(i)),
                 });
-                for &(k, b) in &s.objects {
+                // A shape covered whole by later ones is no object to find.
+                for (o, (k, b)) in s.visible() {
+                    // Its visible pixels.
+                    let pixels: Vec<bool> =
+                        s.instances.iter().map(|&v| v as usize == o + 1).collect();
+                    let rle = Rle::encode(&pixels, self.size as usize, self.size as usize);
                     c.annotations.push(CocoAnn {
                         id: c.annotations.len() as i64 + 1,
                         image_id: ImageId::Int(i as i64 + 1),
@@ -380,13 +394,25 @@ impl Spec {
                         area: Some(b[2] * b[3]),
                         iscrowd: 0,
                         weight: None,
-                        segmentation: None,
+                        segmentation: Some(Segmentation::Rle(RleJson::from_rle(&rle))),
                     });
                 }
             }
             c
         });
         (t, coco)
+    }
+}
+
+impl Sample {
+    /// The objects some pixel of which shows (shapes drawn later may
+    /// cover one whole), with their indices.
+    fn visible(&self) -> impl Iterator<Item = (usize, Object)> + '_ {
+        self.objects
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(o, _)| self.instances.iter().any(|&v| v as usize == o + 1))
     }
 }
 

@@ -652,6 +652,43 @@ fn synth_draws_shapeless_images_and_one_class_for_detection() {
             .collect::<Vec<_>>(),
         ["id,PredictionString", "test_00000,none 1 0 0 1 1"]
     );
+    // Each object's visible pixels, inside its box; scored against
+    // themselves, the masks are perfect.
+    let coco: podium::data::boxes::Coco =
+        serde_json::from_value(read_json(&ws.path("full/train_coco.json"))).unwrap();
+    let mut results = Vec::new();
+    for a in &coco.annotations {
+        let Some(podium::data::coco_rle::Segmentation::Rle(r)) = &a.segmentation else {
+            panic!("annotation {} without a run-length mask", a.id);
+        };
+        let m = r.to_rle().unwrap();
+        assert_eq!((m.h, m.w), (24, 24));
+        let [x, y, w, h] = a.bbox;
+        let [mx, my, mw, mh] = m.bbox();
+        if m.area() > 0 {
+            assert!(mx >= x.floor() && my >= y.floor(), "annotation {}", a.id);
+            assert!(
+                mx + mw <= (x + w).ceil() && my + mh <= (y + h).ceil(),
+                "annotation {}",
+                a.id
+            );
+        }
+        results.push(
+            json!({"image_id": a.image_id, "category_id": a.category_id, "bbox": a.bbox,
+            "score": 1.0, "segmentation": r}),
+        );
+    }
+    ws.write("self.json", &Value::Array(results).to_string());
+    ws.ok(&[
+        "evaluate",
+        "--set",
+        "metric=coco_segm_map",
+        "full/train_coco.json",
+        "self.json",
+        "-o",
+        "self_m.json",
+    ]);
+    assert_eq!(read_json(&ws.path("self_m.json"))["coco_segm_map"], 1.0);
     ws.fails(
         &["synth", "--set", "classes=1"],
         "classes must be from 2 to 8 for task classify",
