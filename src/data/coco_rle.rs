@@ -414,6 +414,34 @@ impl std::fmt::Display for Rle {
     }
 }
 
+/// The Open Images / HuBMAP 2023 text form of a mask: the compressed
+/// `counts` string, zlib-compressed (best compression), in base64 (the
+/// competitions' `encode_binary_mask`).
+pub fn oid_encode(r: &Rle) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(r.to_string().as_bytes())
+        .expect("writing to memory");
+    let bytes = z.finish().expect("writing to memory");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The inverse of [`oid_encode`], for an `h × w` mask.
+pub fn oid_decode(s: &str, h: usize, w: usize) -> Result<Rle, String> {
+    use base64::Engine;
+    use std::io::Read;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let mut counts = String::new();
+    flate2::read::ZlibDecoder::new(&bytes[..])
+        .take(1 << 30)
+        .read_to_string(&mut counts)
+        .map_err(|e| format!("not a zlib stream of run lengths: {e}"))?;
+    Rle::from_string(&counts, h, w)
+}
+
 impl RleJson {
     /// The mask; uncompressed counts are taken as they are (pycocotools'
     /// `frUncompressedRLE`).

@@ -28,6 +28,16 @@ use crate::data::table::Table;
 
 pub struct Submission;
 
+crate::choice! {
+    /// How a results file becomes a cell per image.
+    pub enum Format {
+        /// SIIM's detection strings.
+        Boxes = "boxes",
+        /// HuBMAP 2023's (Open Images') instance masks.
+        Masks = "masks",
+    }
+}
+
 crate::params! {
     /// The parameters of `submission`.
     pub struct Args {
@@ -37,7 +47,11 @@ crate::params! {
         sample: PathBuf,
         /// boxes: category id → class name (`{ 0 = "opacity" }`)
         class_names: BTreeMap<String, String> = {},
-        /// boxes: the string for an image without boxes
+        /// boxes: `boxes` (SIIM: `class score x1 y1 x2 y2 …`) or `masks` (HuBMAP 2023, Open
+        /// Images: `class score mask …`, each mask the base64 of its zlib-compressed COCO
+        /// run-length string; a `height` and a `width` column of the sample are filled in)
+        format: Format = "boxes",
+        /// format boxes: the string for an image without boxes (format masks: an empty cell)
         empty: String = "none 1 0 0 1 1",
         /// boxes: appended to image ids to make submission ids (`_image`)
         id_suffix: String = "",
@@ -93,14 +107,31 @@ impl Op for Submission {
                 out.rows[r][0] = images::rle(&mask, img.width(), img.height());
             }
         } else if is_json {
-            if sample.value_columns().len() != 1 {
+            let cols = sample.value_columns();
+            // Masks fill the sample's `height` and `width`; the strings go
+            // into its one other column.
+            let sized = a.format == Format::Masks;
+            let (hc, wc) = (
+                cols.iter().position(|c| sized && c == "height"),
+                cols.iter().position(|c| sized && c == "width"),
+            );
+            let text: Vec<usize> = (0..cols.len())
+                .filter(|&c| Some(c) != hc && Some(c) != wc)
+                .collect();
+            if text.len() != 1 {
                 return Err(DataError::at(
                     &sample.path,
                     1,
-                    "detection strings go into a sample with one value column",
+                    if sized {
+                        "instance strings go into a sample with one value column besides height and width"
+                    } else {
+                        "detection strings go into a sample with one value column"
+                    },
                 )
                 .into());
             }
+            let text = text[0];
+            let mut sizes: HashMap<String, [usize; 2]> = HashMap::new();
             let names = a.class_names;
             let suffix = a.id_suffix;
             // COCO image id → the file's stem.
@@ -123,18 +154,38 @@ impl Op for Submission {
             let mut per_image: HashMap<String, Vec<String>> = HashMap::new();
             let mut dets = read_dets(&pred_path)?;
             dets.sort_by(|a, b| b.score.total_cmp(&a.score));
-            for d in &dets {
+            for (n, d) in dets.iter().enumerate() {
                 let c = d.category_id.to_string();
                 let name = names.get(&c).cloned().unwrap_or(c);
                 let [x, y, w, h] = d.bbox;
-                let s = format!(
-                    "{name} {} {} {} {} {}",
-                    fmt_num(d.score),
-                    fmt_num(x),
-                    fmt_num(y),
-                    fmt_num(x + w),
-                    fmt_num(y + h)
-                );
+                let s = match a.format {
+                    Format::Boxes => format!(
+                        "{name} {} {} {} {} {}",
+                        fmt_num(d.score),
+                        fmt_num(x),
+                        fmt_num(y),
+                        fmt_num(x + w),
+                        fmt_num(y + h)
+                    ),
+                    Format::Masks => {
+                        let Some(seg) = &d.segmentation else {
+                            return Err(DataError::new(
+                                &pred_path,
+                                format!(
+                                    "result {} (image {}) has no segmentation",
+                                    n + 1,
+                                    d.image_id
+                                ),
+                            )
+                            .into());
+                        };
+                        let rle = seg.to_rle().map_err(|e| {
+                            DataError::new(&pred_path, format!("result {}: {e}", n + 1))
+                        })?;
+                        let mask = crate::data::coco_rle::oid_encode(&rle);
+                        format!("{name} {} {mask}", fmt_num(d.score))
+                    }
+                };
                 let id = d.image_id.to_string();
                 let id = match &stems {
                     Some(m) => match m.get(&id) {
@@ -155,12 +206,18 @@ impl Op for Submission {
                     },
                     None => id,
                 };
+                if let Some(seg) = &d.segmentation {
+                    sizes.insert(format!("{id}{suffix}"), seg.size);
+                }
                 per_image
                     .entry(format!("{id}{suffix}"))
                     .or_default()
                     .push(s);
             }
-            let empty = a.empty;
+            let empty = match a.format {
+                Format::Boxes => a.empty,
+                Format::Masks => String::new(),
+            };
             let known: std::collections::HashSet<&str> =
                 sample.ids.iter().map(String::as_str).collect();
             if let Some(id) = per_image.keys().find(|k| !known.contains(k.as_str())) {
@@ -174,10 +231,18 @@ impl Op for Submission {
                 .into());
             }
             for (r, id) in sample.ids.iter().enumerate() {
-                out.rows[r][0] = per_image
+                out.rows[r][text] = per_image
                     .get(id)
                     .map(|v| v.join(" "))
                     .unwrap_or_else(|| empty.clone());
+                if let Some([h, w]) = sizes.get(id) {
+                    if let Some(c) = hc {
+                        out.rows[r][c] = h.to_string();
+                    }
+                    if let Some(c) = wc {
+                        out.rows[r][c] = w.to_string();
+                    }
+                }
             }
         } else {
             let pred = Table::read(&pred_path)?;

@@ -1100,3 +1100,100 @@ fn evaluate_scores_instance_masks_at_chosen_iou_thresholds() {
         "an IoU threshold lies between 0 and 1, not 1.5",
     );
 }
+
+/// HuBMAP 2023's instance strings (the Open Images encoding): podium reads
+/// the competition's own `encode_binary_mask` output back to the same mask,
+/// and writes strings that decode to pycocotools' run lengths
+/// (tests/fixtures/ops/submission/hubmap.py).
+#[test]
+fn submission_writes_hubmap_instance_masks_as_the_competition_encodes_them() {
+    use podium::data::coco_rle::{Rle, RleJson, oid_decode, oid_encode};
+    let doc = read_json(Path::new("tests/fixtures/ops/submission/hubmap.json"));
+    let cases = doc["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    let mut results = Vec::new();
+    let mut sample = String::from("id,height,width,prediction_string\n");
+    for (i, c) in cases.iter().enumerate() {
+        let (h, w) = (
+            c["h"].as_u64().unwrap() as usize,
+            c["w"].as_u64().unwrap() as usize,
+        );
+        let mask: Vec<bool> = c["mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64() == Some(1)))
+            .collect();
+        let rle = Rle::encode(&mask, h, w);
+        assert_eq!(rle.to_string(), c["counts"].as_str().unwrap(), "mask {i}");
+        assert_eq!(
+            oid_decode(c["encoded"].as_str().unwrap(), h, w).unwrap(),
+            rle,
+            "mask {i}: the competition's string"
+        );
+        assert_eq!(
+            oid_decode(&oid_encode(&rle), h, w).unwrap(),
+            rle,
+            "mask {i}"
+        );
+        sample.push_str(&format!("img{i},0,0,\n"));
+        if i % 4 != 3 {
+            results.push(json!({"image_id": format!("img{i}"), "category_id": 0,
+                "bbox": rle.bbox(), "score": 0.5 + i as f64 / 100.0,
+                "segmentation": RleJson::from_rle(&rle)}));
+        }
+    }
+    let ws = Ws::new();
+    ws.write("sample.csv", &sample);
+    ws.write("instances.json", &Value::Array(results).to_string());
+    ws.ok(&[
+        "submission",
+        "--set",
+        "format=masks",
+        "instances.json",
+        "sample.csv",
+        "-o",
+        "sub.csv",
+    ]);
+    let sub = ws.read("sub.csv");
+    let mut lines = sub.lines();
+    assert_eq!(lines.next(), Some("id,height,width,prediction_string"));
+    for (i, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let c = &cases[i];
+        let (h, w) = (
+            c["h"].as_u64().unwrap() as usize,
+            c["w"].as_u64().unwrap() as usize,
+        );
+        if i % 4 == 3 {
+            assert_eq!(
+                cells,
+                [format!("img{i}").as_str(), "0", "0", ""],
+                "no instance"
+            );
+            continue;
+        }
+        assert_eq!(cells[1..3], [h.to_string(), w.to_string()], "{line}");
+        let words: Vec<&str> = cells[3].split(' ').collect();
+        assert_eq!(
+            words[..2],
+            ["0", format!("{}", 0.5 + i as f64 / 100.0).as_str()]
+        );
+        let got = oid_decode(words[2], h, w).unwrap();
+        assert_eq!(got.to_string(), c["counts"].as_str().unwrap(), "{line}");
+    }
+    ws.write(
+        "boxes.json",
+        &json!([det(json!("img0"), 0, [1.0, 1.0, 2.0, 2.0], 0.5)]).to_string(),
+    );
+    ws.fails(
+        &[
+            "submission",
+            "--set",
+            "format=masks",
+            "boxes.json",
+            "sample.csv",
+        ],
+        "boxes.json: result 1 (image img0) has no segmentation",
+    );
+}
