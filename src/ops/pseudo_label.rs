@@ -16,8 +16,11 @@
 //!   `threshold` as a COCO ground-truth file (`pseudo_coco.json`, images
 //!   sized by `images`), and a table of each image's best box
 //!   (`id,label,bbox`) for single-object training (the SIIM solution).
+//!   Instance results keep their run-length masks as `segmentation`.
 
 use std::collections::BTreeMap;
+
+use crate::data::coco_rle::Segmentation;
 
 use std::path::PathBuf;
 
@@ -113,7 +116,8 @@ impl Op for PseudoLabel {
                         area: Some(d.bbox[2] * d.bbox[3]),
                         iscrowd: 0,
                         weight: a.weight.then_some(d.score),
-                        segmentation: None,
+                        // Instance results keep their masks.
+                        segmentation: d.segmentation.clone().map(Segmentation::Rle),
                     });
                     let e = best
                         .entry(&d.image_id)

@@ -848,6 +848,22 @@ fn pseudo_label_keeps_confident_rows_hard_soft_or_boxes() {
         .map(|a| a["weight"].as_f64().unwrap())
         .collect();
     assert_eq!(weights, [0.9, 0.95], "each box weighted by its score");
+    // Instance results keep their masks.
+    let mut inst = det(json!(1), 0, [1.0, 1.0, 2.0, 1.0], 0.8);
+    inst["segmentation"] = json!({"size": [10, 10], "counts": ";190U2"});
+    ws.write("inst.json", &json!([inst]).to_string());
+    ws.ok(&[
+        "pseudo_label",
+        "--set",
+        "mode=boxes",
+        "--set",
+        "images=images.json",
+        "inst.json",
+        "-o",
+        "i",
+    ]);
+    let ann = &read_json(&ws.path("i/pseudo_coco.json"))["annotations"][0];
+    assert_eq!(ann["segmentation"], inst["segmentation"], "{ann}");
     ws.fails(
         &["pseudo_label", "--set", "mode=boxes", "boxes.json"],
         "needs `images`",
