@@ -2,7 +2,7 @@
 //! `{"image_id": int|str, "category_id": int, "bbox": [x, y, w, h], "score": float}`,
 //! and COCO ground truth (`images`, `annotations`, `categories`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -165,6 +165,74 @@ pub struct CocoCategory {
     pub id: i64,
     #[serde(default)]
     pub name: String,
+}
+
+/// A COCO file as a table of its images, for `folds`: one row per image,
+/// its id the file name's stem (the image id where there is no file name);
+/// as columns every other field the images carry (`study_id`, `source_wsi`,
+/// … : strings as they are, numbers written out, missing ones empty), then
+/// `count` (its annotations) and `category` (its most frequent category
+/// id, the smallest on ties; `none` without annotations).
+pub fn coco_table(path: &Path) -> Result<super::table::Table, DataError> {
+    let bytes = read_nonempty(path)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| json_error(path, e))?;
+    let Some(images) = v.get("images").and_then(|i| i.as_array()) else {
+        return Err(DataError::new(path, "a COCO file needs an `images` list"));
+    };
+    let skip = ["id", "file_name", "width", "height"];
+    let mut fields: Vec<String> = Vec::new();
+    for im in images {
+        let Some(o) = im.as_object() else {
+            return Err(DataError::new(path, "each of `images` is an object"));
+        };
+        for k in o.keys() {
+            if !skip.contains(&k.as_str()) && !fields.contains(k) {
+                fields.push(k.clone());
+            }
+        }
+    }
+    fields.sort();
+    let coco = read_coco(path)?;
+    let mut per_image: HashMap<&ImageId, BTreeMap<i64, usize>> = HashMap::new();
+    for a in &coco.annotations {
+        *per_image
+            .entry(&a.image_id)
+            .or_default()
+            .entry(a.category_id)
+            .or_default() += 1;
+    }
+    let mut cols: Vec<&str> = fields.iter().map(String::as_str).collect();
+    cols.extend(["count", "category"]);
+    let mut t = super::table::Table::new(&cols);
+    t.path = path.to_path_buf();
+    for (raw, im) in images.iter().zip(&coco.images) {
+        let id = if im.file_name.is_empty() {
+            im.id.to_string()
+        } else {
+            Path::new(&im.file_name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let mut row: Vec<String> = fields
+            .iter()
+            .map(|k| match raw.get(k) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            })
+            .collect();
+        let cats = per_image.get(&im.id);
+        row.push(cats.map_or(0, |c| c.values().sum::<usize>()).to_string());
+        row.push(
+            match cats.and_then(|c| c.iter().max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))) {
+                Some((k, _)) => k.to_string(),
+                None => "none".to_string(),
+            },
+        );
+        t.push(id, row);
+    }
+    Ok(t)
 }
 
 pub fn read_coco(path: &Path) -> Result<Coco, DataError> {

@@ -45,7 +45,9 @@ crate::choice! {
 crate::params! {
     /// The parameters of `folds`.
     pub struct Args {
-        /// the labels table (CSV, first column the id)
+        /// the labels table (CSV, first column the id), or a COCO file (`.json`): a row per
+        /// image, id its file name's stem, its fields (`study_id`, …) as columns, and `count` and
+        /// `category` (its most frequent category, `none` without annotations)
         labels: PathBuf,
         /// number of folds, at least 2
         k: usize = 5,
@@ -107,7 +109,11 @@ impl Op for Folds {
 
     fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
         let path = a.labels;
-        let t = Table::read(&path)?;
+        let t = if path.extension().is_some_and(|e| e == "json") {
+            crate::data::boxes::coco_table(&path)?
+        } else {
+            Table::read(&path)?
+        };
         t.index()?;
         let (k, seed, by, kind) = (a.k, a.seed as u64, a.by.0, a.kind);
         let too_few =

@@ -208,6 +208,78 @@ fn folds_writes_one_fold_per_id_for_every_kind() {
     assert_eq!(ws.read("ml.csv").lines().count(), 3001);
 }
 
+/// COCO images split into folds by an image field (SIIM's study, HuBMAP's
+/// whole-slide image), stratified by their category.
+#[test]
+fn folds_split_coco_images_grouped_by_a_field_of_theirs() {
+    let ws = Ws::new();
+    let mut images = Vec::new();
+    let mut anns = Vec::new();
+    for i in 0..40 {
+        images.push(json!({"id": i + 1, "width": 8, "height": 8,
+            "file_name": format!("img{i}.png"), "study_id": format!("s{}", i / 4)}));
+        // Images 0, 4, 8, … have no annotation; the others one or two.
+        for c in 0..(i % 4).min(2) {
+            anns.push(json!({"id": anns.len() + 1, "image_id": i + 1,
+                "category_id": (i + c) % 2, "bbox": [1, 1, 2, 2]}));
+        }
+    }
+    ws.write(
+        "coco.json",
+        &json!({"images": images, "annotations": anns}).to_string(),
+    );
+    ws.ok(&[
+        "folds",
+        "--set",
+        "k=5",
+        "--set",
+        "kind=stratified_group",
+        "--set",
+        "by=category",
+        "--set",
+        "group=study_id",
+        "coco.json",
+        "-o",
+        "folds.csv",
+    ]);
+    let text = ws.read("folds.csv");
+    let fold: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').unwrap())
+        .collect();
+    assert_eq!(fold.len(), 40);
+    for i in 0..40 {
+        let id = format!("img{i}");
+        let first = format!("img{}", i / 4 * 4);
+        assert_eq!(
+            fold[id.as_str()],
+            fold[first.as_str()],
+            "{id} left its study"
+        );
+    }
+    let used: std::collections::BTreeSet<&&str> = fold.values().collect();
+    assert_eq!(used.len(), 5, "every fold gets studies: {text}");
+    // The rows folds splits: the images' fields, their counts and categories.
+    let t = podium::data::boxes::coco_table(&ws.path("coco.json")).unwrap();
+    assert_eq!(t.columns, ["id", "study_id", "count", "category"]);
+    assert_eq!(t.ids[..2], ["img0", "img1"]);
+    assert_eq!(t.rows[0], ["s0", "0", "none"]);
+    assert_eq!(t.rows[1], ["s0", "1", "1"]);
+    assert_eq!(t.rows[2], ["s0", "2", "0"], "a tie goes to the smaller id");
+    ws.fails(
+        &[
+            "folds",
+            "--set",
+            "kind=group",
+            "--set",
+            "group=site",
+            "coco.json",
+        ],
+        "site",
+    );
+}
+
 #[test]
 fn folds_rejects_bad_input_with_one_error_line_naming_the_file() {
     let ws = Ws::new();
