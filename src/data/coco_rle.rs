@@ -250,38 +250,17 @@ impl Rle {
                 };
             }
             let mut out = Vec::new();
-            let (mut a_i, mut b_i) = (1usize, 1usize);
-            let (mut ca, mut cb) = (acc.counts[0], b.counts[0]);
-            let (mut va, mut vb, mut v) = (false, false, false);
-            let mut cc = 0u32;
-            loop {
-                let c = ca.min(cb);
-                cc += c;
-                let mut ct = 0u32;
-                ca -= c;
-                if ca == 0 && a_i < acc.counts.len() {
-                    ca = acc.counts[a_i];
-                    a_i += 1;
-                    va = !va;
-                }
-                ct += ca;
-                cb -= c;
-                if cb == 0 && b_i < b.counts.len() {
-                    cb = b.counts[b_i];
-                    b_i += 1;
-                    vb = !vb;
-                }
-                ct += cb;
-                let vp = v;
-                v = if intersect { va && vb } else { va || vb };
-                if v != vp || ct == 0 {
+            let (mut cur, mut cc) = (false, 0u32);
+            zip_runs(&acc, b, |c, va, vb| {
+                let v = if intersect { va && vb } else { va || vb };
+                if v != cur {
                     out.push(cc);
                     cc = 0;
+                    cur = v;
                 }
-                if ct == 0 {
-                    break;
-                }
-            }
+                cc += c;
+            });
+            out.push(cc);
             acc = Rle {
                 h: acc.h,
                 w: acc.w,
@@ -346,37 +325,15 @@ impl Rle {
         if (dt.h, dt.w) != (gt.h, gt.w) {
             return -1.0;
         }
-        let (mut a, mut b) = (1usize, 1usize);
-        let (mut ca, mut cb) = (dt.counts[0], gt.counts[0]);
-        let (mut va, mut vb) = (false, false);
         let (mut i, mut u) = (0u64, 0u64);
-        loop {
-            let c = ca.min(cb);
+        zip_runs(dt, gt, |c, va, vb| {
             if va || vb {
                 u += u64::from(c);
                 if va && vb {
                     i += u64::from(c);
                 }
             }
-            let mut ct = 0u32;
-            ca -= c;
-            if ca == 0 && a < dt.counts.len() {
-                ca = dt.counts[a];
-                a += 1;
-                va = !va;
-            }
-            ct += ca;
-            cb -= c;
-            if cb == 0 && b < gt.counts.len() {
-                cb = gt.counts[b];
-                b += 1;
-                vb = !vb;
-            }
-            ct += cb;
-            if ct == 0 {
-                break;
-            }
-        }
+        });
         if i == 0 {
             u = 1;
         } else if crowd {
@@ -411,6 +368,36 @@ impl std::fmt::Display for Rle {
             }
         }
         Ok(())
+    }
+}
+
+/// Walks two masks' runs together, as maskApi.c's merge and IoU loops do:
+/// `f(length, set in a, set in b)` for each stretch where neither changes.
+fn zip_runs(a: &Rle, b: &Rle, mut f: impl FnMut(u32, bool, bool)) {
+    let (Some(&a0), Some(&b0)) = (a.counts.first(), b.counts.first()) else {
+        return;
+    };
+    let (mut ai, mut bi) = (1usize, 1usize);
+    let (mut ca, mut cb) = (a0, b0);
+    let (mut va, mut vb) = (false, false);
+    loop {
+        let c = ca.min(cb);
+        f(c, va, vb);
+        ca -= c;
+        if ca == 0 && ai < a.counts.len() {
+            ca = a.counts[ai];
+            ai += 1;
+            va = !va;
+        }
+        cb -= c;
+        if cb == 0 && bi < b.counts.len() {
+            cb = b.counts[bi];
+            bi += 1;
+            vb = !vb;
+        }
+        if ca == 0 && cb == 0 {
+            break;
+        }
     }
 }
 

@@ -544,24 +544,38 @@ fn op_runs_one_op_alone_and_reports_bad_parameters() {
     );
 }
 
-#[test]
-fn the_demo_pipeline_runs_and_scores_well_above_chance() {
+/// Runs a shipped manifest with `args` (its `--set`s), store and outputs
+/// in a fresh directory; the directory and podium's stderr.
+fn run_shipped(manifest: &str, args: &[&str]) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = podium_cmd(root, &[])
-        // Two epochs and three folds keep the test short; the README runs the full demo.
-        .args(["run", "-f", "pipelines/demo.toml", "--format", "json"])
-        .args(["--set", "params.epochs=2", "--set", "params.folds=3"])
+        .args(["run", "-f", manifest])
+        .args(args)
         .arg("--store")
         .arg(dir.path().join("cache"))
         .arg("--out-dir")
         .arg(dir.path().join("out"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{manifest}: {err}");
+    (dir, err)
+}
+
+#[test]
+fn the_demo_pipeline_runs_and_scores_well_above_chance() {
+    // Two epochs and three folds keep the test short; the README runs the full demo.
+    let (dir, _) = run_shipped(
+        "pipelines/demo.toml",
+        &[
+            "--format",
+            "json",
+            "--set",
+            "params.epochs=2",
+            "--set",
+            "params.folds=3",
+        ],
     );
     let metrics: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("out/evaluate/metrics.json")).unwrap(),
@@ -578,20 +592,19 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
 /// detectors' learning is asserted in `detect`).
 #[test]
 fn the_siim_pipeline_runs_end_to_end_and_writes_siim_strings() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = podium_cmd(root, &[])
-        .args(["run", "-f", "pipelines/siim.toml"])
-        .args(["--set", "params.folds=2", "--set", "params.epochs=1"])
-        .args(["--set", "params.ft_epochs=1", "--set", "params.n_train=60"])
-        .arg("--store")
-        .arg(dir.path().join("cache"))
-        .arg("--out-dir")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (dir, err) = run_shipped(
+        "pipelines/siim.toml",
+        &[
+            "--set",
+            "params.folds=2",
+            "--set",
+            "params.epochs=1",
+            "--set",
+            "params.ft_epochs=1",
+            "--set",
+            "params.n_train=60",
+        ],
+    );
     assert!(err.contains("28 ran"), "{err}");
     let out = dir.path().join("out");
     let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
