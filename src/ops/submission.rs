@@ -152,9 +152,11 @@ impl Op for Submission {
                 None => None,
             };
             let mut per_image: HashMap<String, Vec<String>> = HashMap::new();
-            let mut dets = read_dets(&pred_path)?;
-            dets.sort_by(|a, b| b.score.total_cmp(&a.score));
-            for (n, d) in dets.iter().enumerate() {
+            // Numbered as in the file, for errors; then best first.
+            let mut dets: Vec<(usize, _)> =
+                read_dets(&pred_path)?.into_iter().enumerate().collect();
+            dets.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
+            for (n, d) in &dets {
                 let c = d.category_id.to_string();
                 let name = names.get(&c).cloned().unwrap_or(c);
                 let [x, y, w, h] = d.bbox;

@@ -1270,9 +1270,12 @@ fn submission_writes_hubmap_instance_masks_as_the_competition_encodes_them() {
         let got = oid_decode(words[2], h, w).unwrap();
         assert_eq!(got.to_string(), c["counts"].as_str().unwrap(), "{line}");
     }
+    // Named by its place in the file, whatever its score.
+    let mut first = det(json!("img1"), 0, [1.0, 1.0, 2.0, 2.0], 0.1);
+    first["segmentation"] = json!({"size": [1, 1], "counts": "01"});
     ws.write(
         "boxes.json",
-        &json!([det(json!("img0"), 0, [1.0, 1.0, 2.0, 2.0], 0.5)]).to_string(),
+        &json!([first, det(json!("img0"), 0, [1.0, 1.0, 2.0, 2.0], 0.5)]).to_string(),
     );
     ws.fails(
         &[
@@ -1282,6 +1285,6 @@ fn submission_writes_hubmap_instance_masks_as_the_competition_encodes_them() {
             "boxes.json",
             "sample.csv",
         ],
-        "boxes.json: result 1 (image img0) has no segmentation",
+        "boxes.json: result 2 (image img0) has no segmentation",
     );
 }
