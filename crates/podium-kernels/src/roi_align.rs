@@ -128,30 +128,26 @@ impl RoiAlign {
     }
 }
 
+/// Along one axis of `len` pixels: the neighbours of `v` (clamped at 0)
+/// and the weight of the upper one; past the last pixel, the last twice.
+fn neighbours(v: f32, len: usize) -> (usize, usize, f32) {
+    let v = v.max(0.0);
+    let lo = v as usize;
+    if lo >= len - 1 {
+        (len - 1, len - 1, 0.0)
+    } else {
+        (lo, lo + 1, v - lo as f32)
+    }
+}
+
 /// torchvision's `bilinear_interpolate` (and its `_gradient`): the four
 /// neighbours of `(y, x)` and their weights, nothing outside `[-1, size]`.
 fn bilinear(y: f32, x: f32, h: usize, w: usize, mut tap: impl FnMut(usize, f32)) {
     if y < -1.0 || y > h as f32 || x < -1.0 || x > w as f32 {
         return;
     }
-    let (mut y, mut x) = (y.max(0.0), x.max(0.0));
-    let (mut yl, mut xl) = (y as usize, x as usize);
-    let (yh, xh);
-    if yl >= h - 1 {
-        yl = h - 1;
-        yh = h - 1;
-        y = yl as f32;
-    } else {
-        yh = yl + 1;
-    }
-    if xl >= w - 1 {
-        xl = w - 1;
-        xh = w - 1;
-        x = xl as f32;
-    } else {
-        xh = xl + 1;
-    }
-    let (ly, lx) = (y - yl as f32, x - xl as f32);
+    let (yl, yh, ly) = neighbours(y, h);
+    let (xl, xh, lx) = neighbours(x, w);
     let (hy, hx) = (1.0 - ly, 1.0 - lx);
     tap(yl * w + xl, hy * hx);
     tap(yl * w + xh, hy * lx);
