@@ -80,6 +80,28 @@ pub fn coco_map(gt: &Coco, dets: &[Det]) -> (f64, f64) {
 pub struct Ap {
     pub mean: f64,
     pub per_threshold: Vec<f64>,
+    /// Interpolated precision per (threshold, category), for
+    /// [`Ap::mean_over`].
+    precision: BTreeMap<(usize, usize), Vec<f64>>,
+}
+
+impl Ap {
+    /// The AP averaged over the thresholds of these indices, as
+    /// pycocotools averages over its `iouThrs` (-1 when nothing counts).
+    pub fn mean_over(&self, ts: &[usize]) -> f64 {
+        let v: Vec<f64> = self
+            .precision
+            .iter()
+            .filter(|((t, _), _)| ts.contains(t))
+            .flat_map(|(_, q)| q.iter().copied())
+            .filter(|&x| x > -1.0)
+            .collect();
+        if v.is_empty() {
+            -1.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    }
 }
 
 /// COCOeval's AP with `thrs` as its IoU thresholds (COCO's are
@@ -212,23 +234,14 @@ pub fn coco_ap(gt: &Coco, dets: &[Det], kind: IouType, thrs: &[f64]) -> Result<A
             precision.insert((t, k), q);
         }
     }
-    let mean = |ts: &[usize]| {
-        let v: Vec<f64> = precision
-            .iter()
-            .filter(|((t, _), _)| ts.contains(t))
-            .flat_map(|(_, q)| q.iter().copied())
-            .filter(|&x| x > -1.0)
-            .collect();
-        if v.is_empty() {
-            -1.0
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
+    let mut ap = Ap {
+        mean: 0.0,
+        per_threshold: Vec::new(),
+        precision,
     };
-    Ok(Ap {
-        mean: mean(&(0..thrs.len()).collect::<Vec<_>>()),
-        per_threshold: (0..thrs.len()).map(|t| mean(&[t])).collect(),
-    })
+    ap.mean = ap.mean_over(&(0..thrs.len()).collect::<Vec<_>>());
+    ap.per_threshold = (0..thrs.len()).map(|t| ap.mean_over(&[t])).collect();
+    Ok(ap)
 }
 
 fn evaluate_image(gt: &[Gt], dt: &[Dt], thrs: &[f64], max_det: usize, kind: IouType) -> ImageEval {

@@ -124,20 +124,30 @@ impl Op for Evaluate {
                 )
                 .into());
             }
-            let thrs = if a.iou_thrs.is_empty() {
+            let mut thrs = if a.iou_thrs.is_empty() {
                 coco::coco_thresholds()
             } else {
                 a.iou_thrs.clone()
             };
+            // The *_map50 metrics read .50 from the same pass.
+            let averaged: Vec<usize> = (0..thrs.len()).collect();
+            let at50 = match thrs.iter().position(|&t| t == 0.5) {
+                Some(i) => i,
+                None => {
+                    thrs.push(0.5);
+                    thrs.len() - 1
+                }
+            };
+            // One evaluation per IoU type the metrics ask for.
+            let mut done: Vec<(coco::IouType, coco::Ap)> = Vec::new();
             for n in &names {
                 let kind = if n.starts_with("coco_segm_") {
                     coco::IouType::Segm
                 } else {
                     coco::IouType::Bbox
                 };
-                let at50 = n.ends_with("map50");
-                let ap = coco::coco_ap(&gt, &dets, kind, if at50 { &[0.5] } else { &thrs })
-                    .map_err(|e| {
+                if !done.iter().any(|(k, _)| *k == kind) {
+                    let ap = coco::coco_ap(&gt, &dets, kind, &thrs).map_err(|e| {
                         // Which file lacks the masks: results or ground truth.
                         let file = if e.starts_with("result") {
                             &pred
@@ -146,7 +156,19 @@ impl Op for Evaluate {
                         };
                         DataError::new(file, e)
                     })?;
-                out.insert(n.clone(), ap.mean);
+                    done.push((kind, ap));
+                }
+                let ap = &done
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .expect("evaluated above")
+                    .1;
+                let v = if n.ends_with("map50") {
+                    ap.mean_over(&[at50])
+                } else {
+                    ap.mean_over(&averaged)
+                };
+                out.insert(n.clone(), v);
             }
         } else {
             let (t, p) = (Table::read(&truth)?, Table::read(&pred)?);
