@@ -192,7 +192,7 @@ pub fn coco_table(path: &Path) -> Result<super::table::Table, DataError> {
         }
     }
     fields.sort();
-    let coco = read_coco(path)?;
+    let coco = coco_from_bytes(path, &bytes)?;
     let mut per_image: HashMap<&ImageId, BTreeMap<i64, usize>> = HashMap::new();
     for a in &coco.annotations {
         *per_image
@@ -236,8 +236,12 @@ pub fn coco_table(path: &Path) -> Result<super::table::Table, DataError> {
 }
 
 pub fn read_coco(path: &Path) -> Result<Coco, DataError> {
-    let bytes = read_nonempty(path)?;
-    let coco: Coco = serde_json::from_slice(&bytes).map_err(|e| json_error(path, e))?;
+    coco_from_bytes(path, &read_nonempty(path)?)
+}
+
+/// A COCO file's bytes, read and checked; `path` names it in errors.
+fn coco_from_bytes(path: &Path, bytes: &[u8]) -> Result<Coco, DataError> {
+    let coco: Coco = serde_json::from_slice(bytes).map_err(|e| json_error(path, e))?;
     for im in &coco.images {
         if !(im.width > 0.0 && im.height > 0.0 && im.width.is_finite() && im.height.is_finite()) {
             return Err(DataError::new(
