@@ -82,7 +82,7 @@ impl Module for Conv {
             conv2d(x, &self.weight, p)?
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => super::kernels::affine::channel_affine(&y, None, b),
             None => Ok(y),
         }
     }
@@ -309,9 +309,11 @@ impl Module for GroupNorm {
         let centered = xg.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(2)?;
         let y = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        y.reshape((n, c, h, w))?
-            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        super::kernels::affine::channel_affine(
+            &y.reshape((n, c, h, w))?,
+            Some(&self.weight),
+            &self.bias,
+        )
     }
 }
 

@@ -10,7 +10,9 @@
 //!   activation (ReLU, SiLU);
 //! - [`pool`]: max and average pooling with any kernel, stride and padding;
 //! - [`upsample`]: nearest and bilinear resizing;
-//! - [`roi_align`]: RoIAlign (Mask R-CNN's region features).
+//! - [`roi_align`]: RoIAlign (Mask R-CNN's region features);
+//! - [`affine`]: a per-channel scale and shift (convolution biases, group
+//!   norm's affine), whose gradients sum each plane contiguously.
 //!
 //! Every op runs on f32 NCHW tensors on the CPU; the layers in
 //! podium's `nn::layers` fall back to candle's own ops on other devices.
@@ -20,6 +22,7 @@
 //! are split into a fixed number of parts summed in order, so that a run is
 //! bit-identical to the next on the same machine.
 
+pub mod affine;
 pub mod bn;
 pub mod conv;
 #[cfg(feature = "cudnn")]
