@@ -29,6 +29,13 @@ pub enum MaskSource {
     PerClass(Vec<Option<PathBuf>>),
     /// Kaggle run-length encoding (one class); `file` names it in errors.
     Rle { rle: String, file: PathBuf },
+    /// Task instance: one plane per object, from its COCO `segmentation`
+    /// (its box `x, y, w, h` where it has none); `file`, the COCO file,
+    /// names it in errors.
+    Objects {
+        segms: Vec<(Option<crate::data::coco_rle::Segmentation>, [f64; 4])>,
+        file: PathBuf,
+    },
 }
 
 /// One plane per class, 1 where the class is, else 0, `w × h`.
@@ -84,6 +91,32 @@ impl MaskSource {
                     }
                 }
                 Ok(planes)
+            }
+            MaskSource::Objects { segms, file } => {
+                use crate::data::coco_rle::Rle;
+                let (hu, wu) = (h as usize, w as usize);
+                segms
+                    .iter()
+                    .map(|(s, bbox)| {
+                        let r = match s {
+                            Some(s) => s.to_rle(hu, wu).map_err(|e| DataError::new(file, e))?,
+                            None => Rle::from_bbox(*bbox, hu, wu),
+                        };
+                        if (r.h, r.w) != (hu, wu) {
+                            return Err(DataError::new(
+                                file,
+                                format!(
+                                    "a run-length mask of {}×{} on an image of {w}×{h}",
+                                    r.w, r.h
+                                ),
+                            ));
+                        }
+                        let bits = r.decode();
+                        Ok(GrayImage::from_fn(w, h, |x, y| {
+                            image::Luma([u8::from(bits[(y * w + x) as usize])])
+                        }))
+                    })
+                    .collect()
             }
         }
     }

@@ -46,10 +46,10 @@ pub struct Meta {
     /// Validation metrics of that epoch (`null`: not a number).
     #[serde(default)]
     pub metrics: BTreeMap<String, Option<f64>>,
-    /// Task detect: the neck's and head's sizes.
+    /// Tasks detect and instance: the neck's and head's sizes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detector: Option<DetectorConfig>,
-    /// Task detect: the COCO category id of each class.
+    /// Tasks detect and instance: the COCO category id of each class.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub category_ids: Vec<i64>,
     /// Task segment: the U-Net decoder's last width.
@@ -59,6 +59,9 @@ pub struct Meta {
     /// over tiles overlapping by this fraction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile_overlap: Option<f64>,
+    /// Task instance: convolutions of the mask head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_convs: Option<usize>,
 }
 
 impl Meta {
@@ -202,6 +205,7 @@ mod tests {
             category_ids: Vec::new(),
             decoder_width: None,
             tile_overlap: None,
+            mask_convs: None,
         }
     }
 

@@ -30,11 +30,14 @@ pub struct Samples {
 
 /// One object of a detection sample: class index, box `x, y, w, h` in
 /// source pixels, weight (1, or a pseudo label's).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Object {
     pub class: usize,
     pub bbox: [f64; 4],
     pub weight: f32,
+    /// Its mask (COCO polygons or run lengths), where the file gives one:
+    /// what task instance learns; an object without one is its box.
+    pub segm: Option<crate::data::coco_rle::Segmentation>,
 }
 
 impl Samples {
@@ -256,6 +259,7 @@ pub fn read_coco(
             class,
             bbox: a.bbox,
             weight: a.weight.map_or(weight, |w| w as f32),
+            segm: a.segmentation.clone(),
         });
     }
     let mut s = Samples::default();

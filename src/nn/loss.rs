@@ -80,7 +80,7 @@ pub fn default_terms(task: Task) -> Vec<(Kind, f64)> {
         Task::Regress => vec![(Kind::Mse, 1.0)],
         Task::Box => vec![(Kind::Ce, 1.0), (Kind::SmoothL1, 1.0)],
         // FCOS's own: focal + GIoU + centre-ness (nn::detect::loss).
-        Task::Detect => Vec::new(),
+        Task::Detect | Task::Instance => Vec::new(),
         Task::Segment => vec![(Kind::Bce, 1.0), (Kind::Dice, 1.0)],
     }
 }
@@ -90,12 +90,16 @@ pub fn default_terms(task: Task) -> Vec<(Kind, f64)> {
 /// fits the task.
 pub fn parse_terms(v: &Value, task: Task) -> std::result::Result<Vec<(Kind, f64)>, String> {
     let unknown = |n: &str| format!("unknown loss `{n}`; use one of {}", NAMES.join(", "));
-    if task == Task::Detect && !matches!(v, Value::Str(s) if s == "auto") {
-        return Err(
-            "task detect trains with FCOS's loss (focal on classes, GIoU on boxes, BCE on \
-             centre-ness); leave `loss` at \"auto\""
-                .into(),
-        );
+    if task.detects() && !matches!(v, Value::Str(s) if s == "auto") {
+        return Err(format!(
+            "task {task} trains with FCOS's loss (focal on classes, GIoU on boxes, BCE on \
+             centre-ness{}); leave `loss` at \"auto\"",
+            if task == Task::Instance {
+                ", BCE on the masks"
+            } else {
+                ""
+            }
+        ));
     }
     let terms = match v {
         Value::Str(s) if s == "auto" => default_terms(task),
@@ -117,7 +121,7 @@ pub fn parse_terms(v: &Value, task: Task) -> std::result::Result<Vec<(Kind, f64)
             Task::Classify | Task::Multilabel => k.on_classes(),
             Task::Regress => matches!(k, Kind::Mse | Kind::SmoothL1),
             Task::Box => !matches!(k, Kind::Dice | Kind::Lovasz),
-            Task::Detect => false,
+            Task::Detect | Task::Instance => false,
             Task::Segment => k.on_masks(),
         };
         if !fits {

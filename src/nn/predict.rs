@@ -3,6 +3,7 @@
 //! variant's inverse, then averaged), with optional penultimate-layer
 //! embeddings; and the prediction tables `train` and `predict` write.
 
+use super::detect::mask::{self, Part};
 use candle_core::{D, Device, Tensor};
 
 use super::NnError;
@@ -46,6 +47,9 @@ pub struct Predictions {
     /// Per image, each class's mask as Kaggle's run-length encoding (task
     /// segment).
     pub rles: Vec<Vec<String>>,
+    /// Per image, each detection's mask at the image's size (task
+    /// instance).
+    pub masks: Vec<Vec<crate::data::coco_rle::Rle>>,
 }
 
 /// The index of the largest value, the first on ties (0 for none).
@@ -161,6 +165,7 @@ pub fn infer(
         logits,
         dets: Vec::new(),
         rles: Vec::new(),
+        masks: Vec::new(),
     })
 }
 
@@ -180,7 +185,7 @@ pub fn table(
         Task::Classify | Task::Multilabel => classes.iter().map(String::as_str).collect(),
         Task::Regress => vec![value_col],
         Task::Box => vec!["label", "score", "bbox"],
-        Task::Detect => vec!["detections"],
+        Task::Detect | Task::Instance => vec!["detections"],
         Task::Segment => classes.iter().map(String::as_str).collect(),
     };
     let mut t = Table::new(&cols);
@@ -202,7 +207,7 @@ pub fn table(
                     bbox,
                 ]
             }
-            Task::Detect => vec![p.dets.get(i).map_or(0, Vec::len).to_string()],
+            Task::Detect | Task::Instance => vec![p.dets.get(i).map_or(0, Vec::len).to_string()],
             Task::Segment => p.rles[i].clone(),
         };
         t.push(id.clone(), row);
@@ -229,10 +234,65 @@ pub fn map_xyxy(d: Dihedral, b: [f64; 4]) -> [f64; 4] {
     [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0].map(f64::from)
 }
 
-/// Runs a detector (task detect) on images `idx` once per TTA variant:
-/// per image, per variant, its detections (normalized `x1, y1, x2, y2`),
-/// mapped back through the variant's inverse into the image's own
-/// orientation. `on_batch` as for [`infer`].
+/// The mask head's masks of detections `dets` (per image of the batch
+/// whose mask-head map is `map`; boxes normalized by the input's side `s`):
+/// per image, per detection, the probabilities of its class on the head's
+/// grid over its box (task instance).
+pub fn mask_parts(
+    model: &Model,
+    map: &Tensor,
+    dets: &[Vec<crate::data::boxes::NBox>],
+    s: usize,
+) -> candle_core::Result<Vec<Vec<Part>>> {
+    let Some(head) = &model.mask_head else {
+        candle_core::bail!("task {} has no mask head", model.task);
+    };
+    let mut regions = Vec::new();
+    let mut labels = Vec::new();
+    for (j, ds) in dets.iter().enumerate() {
+        for d in ds {
+            regions.push((j, d.xyxy.map(|v| (v * s as f64) as f32)));
+            labels.push(d.label.max(0) as usize);
+        }
+    }
+    // In chunks: a batch's detections can number thousands, and each
+    // region's activations are `channels × 28²` floats.
+    let mut probs: Vec<Vec<f32>> = Vec::with_capacity(regions.len());
+    for (r, l) in regions.chunks(MASK_CHUNK).zip(labels.chunks(MASK_CHUNK)) {
+        let logits = head.forward(map, r)?;
+        probs.extend(candle_nn::ops::sigmoid(&mask::select(&logits, l)?)?.to_vec2::<f32>()?);
+    }
+    let mut probs = probs.into_iter();
+    Ok(dets
+        .iter()
+        .map(|ds| {
+            ds.iter()
+                .zip(probs.by_ref())
+                .map(|(d, p)| Part {
+                    xyxy: d.xyxy,
+                    probs: p,
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Regions the mask head runs at once in inference.
+const MASK_CHUNK: usize = 64;
+
+/// What a detector found in each image under each TTA variant, in the
+/// image's own orientation: `dets[image][variant]`, and for task instance
+/// each detection's mask in `parts[image][variant]` (else empty).
+#[derive(Default)]
+pub struct Detected {
+    pub dets: Vec<Vec<Vec<crate::data::boxes::NBox>>>,
+    pub parts: Vec<Vec<Vec<Part>>>,
+}
+
+/// Runs a detector (tasks detect and instance) on images `idx` once per TTA
+/// variant: per image, per variant, its detections (normalized `x1, y1,
+/// x2, y2`) and their masks, mapped back through the variant's inverse
+/// into the image's own orientation. `on_batch` as for [`infer`].
 #[allow(clippy::too_many_arguments)]
 pub fn infer_detect(
     model: &Model,
@@ -244,10 +304,14 @@ pub fn infer_detect(
     device: &Device,
     pool: &rayon::ThreadPool,
     on_batch: &mut dyn FnMut(usize) -> Result<(), NnError>,
-) -> Result<Vec<Vec<Vec<crate::data::boxes::NBox>>>, NnError> {
+) -> Result<Detected, NnError> {
     use super::detect::{assign::Points, decode::decode};
     let n = idx.len();
-    let mut out: Vec<Vec<Vec<crate::data::boxes::NBox>>> = vec![Vec::new(); n];
+    let masks = model.mask_head.is_some();
+    let mut out = Detected {
+        dets: vec![Vec::new(); n],
+        parts: vec![Vec::new(); if masks { n } else { 0 }],
+    };
     let s = images.size as usize;
     for (k, &d) in tta.iter().enumerate() {
         let mut row = 0;
@@ -256,15 +320,30 @@ pub fn infer_detect(
             on_batch(k * n + row)?;
             let m = b.idx.len();
             let x = Tensor::from_vec(b.x, (m, 3, s, s), device)?;
-            let dets = pool.install(|| -> candle_core::Result<_> {
-                let raw = model.detect_t(&x, false)?;
-                decode(&raw, &Points::new(&raw.levels), s as f32, params)
+            let (dets, parts) = pool.install(|| -> candle_core::Result<_> {
+                if masks {
+                    let (raw, map) = model.instance_t(&x, false)?;
+                    let dets = decode(&raw, &Points::new(&raw.levels), s as f32, params)?;
+                    let parts = mask_parts(model, &map, &dets, s)?;
+                    Ok((dets, parts))
+                } else {
+                    let raw = model.detect_t(&x, false)?;
+                    let dets = decode(&raw, &Points::new(&raw.levels), s as f32, params)?;
+                    Ok((dets, Vec::new()))
+                }
             })?;
             for (j, mut ds) in dets.into_iter().enumerate() {
                 for b in &mut ds {
                     b.xyxy = map_xyxy(back, b.xyxy);
                 }
-                out[row + j].push(ds);
+                out.dets[row + j].push(ds);
+            }
+            for (j, mut ps) in parts.into_iter().enumerate() {
+                for p in &mut ps {
+                    p.xyxy = map_xyxy(back, p.xyxy);
+                    p.probs = back.apply(&p.probs, 1, mask::MASK);
+                }
+                out.parts[row + j].push(ps);
             }
             row += m;
             Ok(())
@@ -303,6 +382,41 @@ mod tests {
                 }
             }
             assert_eq!(map_xyxy(d.inverse(), m), b, "{d:?}");
+        }
+    }
+
+    /// A mask grid sampled over a box on a transformed image, mapped back
+    /// through the variant's inverse as `infer_detect` maps an instance's
+    /// mask, is the grid sampled over the box on the image itself.
+    #[test]
+    fn a_mask_on_a_transformed_image_maps_back_exactly() {
+        let s = 16;
+        // An asymmetric picture, each 2 × 2 block its own value (so that no
+        // cell centre below falls on a boundary between values).
+        let img: Vec<f32> = (0..s * s)
+            .map(|i| ((i / s / 2) * 8 + (i % s) / 2) as f32)
+            .collect();
+        // Box over columns 2..10 and rows 4..8: 8 × 4 pixels, a 4 × 4 grid
+        // of 2 × 1 pixel cells, each cell's centre sampled (nearest).
+        let b = [2.0 / 16.0, 4.0 / 16.0, 10.0 / 16.0, 8.0 / 16.0];
+        let m = 4;
+        let grid = |pic: &[f32], bx: [f64; 4]| -> Vec<f32> {
+            let (bw, bh) = (bx[2] - bx[0], bx[3] - bx[1]);
+            let mut g = Vec::new();
+            for i in 0..m {
+                for j in 0..m {
+                    let x = (bx[0] + (j as f64 + 0.5) / m as f64 * bw) * s as f64;
+                    let y = (bx[1] + (i as f64 + 0.5) / m as f64 * bh) * s as f64;
+                    g.push(pic[y.floor() as usize * s + x.floor() as usize]);
+                }
+            }
+            g
+        };
+        let want = grid(&img, b);
+        for d in Dihedral::all() {
+            let view = d.apply(&img, 1, s);
+            let seen = grid(&view, map_xyxy(d, b));
+            assert_eq!(d.inverse().apply(&seen, 1, m), want, "{d:?}");
         }
     }
 }

@@ -164,7 +164,7 @@ pub fn activation(task: Task, loss: &Loss) -> Activation {
         Task::Regress => Activation::Identity,
         Task::Box if loss.terms.iter().any(|(k, _)| *k == Kind::Bce) => Activation::Sigmoid,
         Task::Box => Activation::Softmax,
-        Task::Detect | Task::Segment => Activation::Sigmoid,
+        Task::Detect | Task::Instance | Task::Segment => Activation::Sigmoid,
     }
 }
 
@@ -177,6 +177,7 @@ pub fn metric_names(task: Task, classes: usize) -> Vec<&'static str> {
         Task::Regress => vec!["qwk"],
         Task::Box => vec!["box_iou", "accuracy"],
         Task::Detect => vec!["coco_map50", "coco_map"],
+        Task::Instance => vec!["coco_segm_map50", "coco_segm_map", "coco_map50", "coco_map"],
         Task::Segment => vec!["dice", "iou"],
     }
 }
@@ -189,6 +190,7 @@ pub fn default_monitor(task: Task) -> &'static str {
         Task::Regress => "qwk",
         Task::Box => "box_iou",
         Task::Detect => "coco_map50",
+        Task::Instance => "coco_segm_map50",
         Task::Segment => "dice",
     }
 }
@@ -276,20 +278,25 @@ pub fn val_metrics(
         }
         // Scored on the detections by `detect_metrics`, on the masks by
         // `validate_segment`.
-        Task::Detect | Task::Segment => {}
+        Task::Detect | Task::Instance | Task::Segment => {}
     }
     out
 }
 
 /// COCO box mAP of validation detections (`dets[i]` normalized by image
-/// i's sides `sizes[i]`) against the samples' objects.
+/// i's sides `sizes[i]`) against the samples' objects, and with `masks`
+/// (task instance: `masks[i][k]`, detection k's of image i) the mask mAP
+/// too. An error for a ground-truth mask that does not fit its image.
 pub fn detect_metrics(
     val: &Samples,
     dets: &[Vec<crate::data::boxes::NBox>],
+    masks: &[Vec<crate::data::coco_rle::Rle>],
     sizes: &[(u32, u32)],
     classes: usize,
-) -> BTreeMap<String, f64> {
+) -> Result<BTreeMap<String, f64>, NnError> {
     use crate::data::boxes::{Coco, CocoAnn, CocoCategory, CocoImage, Det, ImageId};
+    use crate::data::coco_rle::{RleJson, Segmentation};
+    use crate::metrics::coco::{IouType, coco_ap, coco_thresholds};
     let mut gt = Coco {
         categories: (0..classes as i64)
             .map(|id| CocoCategory {
@@ -317,22 +324,45 @@ pub fn detect_metrics(
                 area: Some(o.bbox[2] * o.bbox[3]),
                 iscrowd: 0,
                 weight: None,
-                segmentation: None,
+                segmentation: if masks.is_empty() {
+                    None
+                } else {
+                    Some(
+                        o.segm
+                            .clone()
+                            .unwrap_or_else(|| Segmentation::Polygons(vec![box_polygon(o.bbox)])),
+                    )
+                },
             });
         }
-        for d in dets.get(i).into_iter().flatten() {
+        let m = masks.get(i);
+        for (k, d) in dets.get(i).into_iter().flatten().enumerate() {
             let [x1, y1, x2, y2] = d.xyxy;
             found.push(Det {
                 image_id: ImageId::Int(i as i64),
                 category_id: d.label,
                 bbox: [x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h],
                 score: d.score,
-                segmentation: None,
+                segmentation: m.and_then(|m| m.get(k)).map(RleJson::from_rle),
             });
         }
     }
-    let (map, map50) = crate::metrics::coco::coco_map(&gt, &found);
-    BTreeMap::from([("coco_map".into(), map), ("coco_map50".into(), map50)])
+    let thrs = coco_thresholds();
+    let mut out = BTreeMap::new();
+    let b = coco_ap(&gt, &found, IouType::Bbox, &thrs).map_err(NnError::Other)?;
+    out.insert("coco_map".into(), b.mean);
+    out.insert("coco_map50".into(), b.per_threshold[0]);
+    if !masks.is_empty() {
+        let m = coco_ap(&gt, &found, IouType::Segm, &thrs).map_err(NnError::Other)?;
+        out.insert("coco_segm_map".into(), m.mean);
+        out.insert("coco_segm_map50".into(), m.per_threshold[0]);
+    }
+    Ok(out)
+}
+
+/// A box `x, y, w, h` as a COCO polygon.
+fn box_polygon([x, y, w, h]: [f64; 4]) -> Vec<f64> {
+    vec![x, y, x + w, y, x + w, y + h, x, y + h]
 }
 
 /// A detection batch's objects in input pixels: each image's classes and
@@ -462,13 +492,14 @@ pub fn meta(
             .iter()
             .map(|(k, v)| (k.clone(), v.is_finite().then_some(*v)))
             .collect(),
-        detector: (cfg.task == Task::Detect).then_some(cfg.heads.detector),
+        detector: cfg.task.detects().then_some(cfg.heads.detector),
         category_ids: data.category_ids.clone(),
         decoder_width: (cfg.task == Task::Segment).then_some(cfg.heads.decoder_width),
         tile_overlap: match cfg.cover {
             Cover::Tiles { overlap } if cfg.task == Task::Segment => Some(overlap),
             _ => None,
         },
+        mask_convs: (cfg.task == Task::Instance).then_some(cfg.heads.mask_convs),
     }
 }
 
@@ -550,7 +581,7 @@ pub fn fit(
         cfg.mean,
         cfg.std,
     )?;
-    let images = if task == Task::Segment {
+    let images = if matches!(task, Task::Segment | Task::Instance) {
         let sources = data
             .train
             .masks
@@ -558,7 +589,20 @@ pub fn fit(
             .chain(&data.val.masks)
             .cloned()
             .collect();
-        images.with_masks(sources, heads)
+        // Task instance: a plane per object; the most objects an image has
+        // bounds what caching the planes costs.
+        let planes = if task == Task::Instance {
+            data.train
+                .objects
+                .iter()
+                .chain(&data.val.objects)
+                .map(Vec::len)
+                .max()
+                .unwrap_or(0)
+        } else {
+            heads
+        };
+        images.with_masks(sources, planes)
     } else {
         images
     };
@@ -594,7 +638,7 @@ pub fn fit(
     let has_val = !data.val.is_empty();
     // What the loader carries through augmentation: the box (task box) or
     // the objects' boxes (task detect) of each image.
-    let boxes: Vec<Vec<[f64; 4]>> = if task == Task::Detect {
+    let boxes: Vec<Vec<[f64; 4]>> = if task.detects() {
         data.train
             .objects
             .iter()
@@ -737,6 +781,15 @@ pub fn fit(
                         let t = assign::targets(&Points::new(&raw.levels), &objs, heads, device)?;
                         fcos_loss(&raw, &t)?.total()
                     })?
+                } else if task == Task::Instance {
+                    let objs = batch_objects(&all.objects, &b.idx, &b.boxes, s);
+                    let r = mask_regions(&all.objects, &b.idx, &b.boxes, &b.masks, s, MAX_REGIONS);
+                    pool.install(|| -> candle_core::Result<Tensor> {
+                        let (raw, map) = model.instance_t(&x, true)?;
+                        let t = assign::targets(&Points::new(&raw.levels), &objs, heads, device)?;
+                        let det = fcos_loss(&raw, &t)?.total()?;
+                        det + r.loss(&model, &map, device)?
+                    })?
                 } else if task == Task::Segment {
                     let masks = Tensor::from_vec(b.masks, (n, heads, s, s), device)?;
                     let w: Vec<f32> = b.idx.iter().map(|&i| all.weights[i]).collect();
@@ -792,16 +845,18 @@ pub fn fit(
                 }
                 None => None,
             };
-            let r = if task == Task::Detect {
-                let (vl, dets) = validate_detect(
-                    &model, cfg, &images, &val_idx, &boxes, &all, heads, device, pool, cancelled,
+            let r = if task.detects() {
+                let v = validate_detect(
+                    &model, cfg, &images, &val_idx, &boxes, &all, heads, &val_sizes, device, pool,
+                    cancelled,
                 )?;
-                let metrics = detect_metrics(&data.val, &dets, &val_sizes, heads);
+                let metrics = detect_metrics(&data.val, &v.dets, &v.masks, &val_sizes, heads)?;
                 let p = Predictions {
-                    dets,
+                    dets: v.dets,
+                    masks: v.masks,
                     ..Default::default()
                 };
-                (Some(vl), metrics, Some(p))
+                (Some(v.loss), metrics, Some(p))
             } else if task == Task::Segment {
                 let (vl, metrics) =
                     validate_segment(&model, cfg, &images, &val_idx, device, pool, cancelled)?;
@@ -955,13 +1010,17 @@ fn validate_detect(
     boxes: &[Vec<[f64; 4]>],
     all: &Samples,
     classes: usize,
+    sizes: &[(u32, u32)],
     device: &Device,
     pool: &rayon::ThreadPool,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<(f64, Vec<Vec<crate::data::boxes::NBox>>), NnError> {
+) -> Result<Validated, NnError> {
+    use super::detect::mask::{MASK, paste};
     let s = images.size as usize;
     let (mut loss_sum, mut seen) = (0f64, 0usize);
     let mut dets = Vec::with_capacity(val_idx.len());
+    let mut masks = Vec::new();
+    let instance = model.mask_head.is_some();
     images.for_each_batch::<NnError>(
         val_idx,
         cfg.batch_size.max(1),
@@ -976,20 +1035,54 @@ fn validate_detect(
             let n = b.idx.len();
             let x = Tensor::from_vec(b.x, (n, 3, s, s), device)?;
             let objs = batch_objects(&all.objects, &b.idx, &b.boxes, s);
-            let (l, d) = pool.install(|| -> candle_core::Result<_> {
-                let raw = model.detect_t(&x, false)?;
+            let (l, d, parts) = pool.install(|| -> candle_core::Result<_> {
+                let (raw, map) = if instance {
+                    let (raw, map) = model.instance_t(&x, false)?;
+                    (raw, Some(map))
+                } else {
+                    (model.detect_t(&x, false)?, None)
+                };
                 let p = Points::new(&raw.levels);
                 let t = assign::targets(&p, &objs, classes, device)?;
-                let l = fcos_loss(&raw, &t)?.total()?.to_scalar::<f32>()?;
-                Ok((l, decode(&raw, &p, s as f32, &cfg.decode)?))
+                let mut l = fcos_loss(&raw, &t)?.total()?;
+                let d = decode(&raw, &p, s as f32, &cfg.decode)?;
+                let mut parts = Vec::new();
+                if let Some(map) = map {
+                    let r = mask_regions(&all.objects, &b.idx, &b.boxes, &b.masks, s, usize::MAX);
+                    l = (l + r.loss(model, &map, device)?)?;
+                    parts = super::predict::mask_parts(model, &map, &d, s)?;
+                }
+                Ok((l.to_scalar::<f32>()?, d, parts))
             })?;
+            for (j, ps) in parts.into_iter().enumerate() {
+                let (w, h) = sizes[seen + j];
+                masks.push(
+                    ps.iter()
+                        .map(|p| {
+                            paste(std::slice::from_ref(p), MASK, (w as usize, h as usize), 0.5)
+                        })
+                        .collect(),
+                );
+            }
             loss_sum += f64::from(l) * n as f64;
             seen += n;
             dets.extend(d);
             Ok(())
         },
     )?;
-    Ok((loss_sum / seen.max(1) as f64, dets))
+    Ok(Validated {
+        loss: loss_sum / seen.max(1) as f64,
+        dets,
+        masks,
+    })
+}
+
+/// What validating a detector gives: the loss, each image's detections and
+/// (task instance) their masks at the image's size.
+struct Validated {
+    loss: f64,
+    dets: Vec<Vec<crate::data::boxes::NBox>>,
+    masks: Vec<Vec<crate::data::coco_rle::Rle>>,
 }
 
 /// Task segment's validation: each image's probabilities at its own
@@ -1122,6 +1215,19 @@ fn save_state(
         let m = flat.len() / 7;
         t.insert("oof.dets".into(), Tensor::from_vec(flat, (m, 7), &dev)?);
     }
+    if oof.masks.iter().any(|m| !m.is_empty()) {
+        // Task instance: the detections' masks, in the same order, one
+        // line each: height, width, COCO's compressed counts.
+        let text: String = oof
+            .masks
+            .iter()
+            .flatten()
+            .map(|r| format!("{} {} {r}\n", r.h, r.w))
+            .collect();
+        let bytes = text.into_bytes();
+        let n = bytes.len();
+        t.insert("oof.masks".into(), Tensor::from_vec(bytes, n, &dev)?);
+    }
     let meta = serde_json::to_value(st).map_err(|e| NnError::Other(e.to_string()))?;
     checkpoint::save(path, &t, &meta)?;
     Ok(())
@@ -1169,6 +1275,25 @@ fn oof_from(t: &BTreeMap<String, Tensor>, n_val: usize) -> Result<Predictions, N
             }
         }
     }
+    if let Some(m) = t.get("oof.masks") {
+        let text = String::from_utf8(m.to_vec1::<u8>()?)
+            .map_err(|_| NnError::Other("a training state's masks are not text".into()))?;
+        let mut lines = text.lines();
+        for d in &p.dets {
+            let mut v = Vec::with_capacity(d.len());
+            for _ in d {
+                let bad = || NnError::Other("a training state's masks do not parse".into());
+                let line = lines.next().ok_or_else(bad)?;
+                let mut f = line.splitn(3, ' ');
+                let (Some(h), Some(w), Some(c)) = (f.next(), f.next(), f.next()) else {
+                    return Err(bad());
+                };
+                let (h, w) = (h.parse().map_err(|_| bad())?, w.parse().map_err(|_| bad())?);
+                v.push(crate::data::coco_rle::Rle::from_string(c, h, w).map_err(|_| bad())?);
+            }
+            p.masks.push(v);
+        }
+    }
     if let (Some(pr), Some(bx)) = (t.get("oof.probs"), t.get("oof.boxes")) {
         p.probs = pr.to_vec2()?;
         p.boxes = bx
@@ -1178,4 +1303,90 @@ fn oof_from(t: &BTreeMap<String, Tensor>, n_val: usize) -> Result<Predictions, N
             .collect();
     }
     Ok(p)
+}
+
+/// The most objects of a batch whose masks task instance trains on: more
+/// are thinned evenly.
+const MAX_REGIONS: usize = 256;
+
+/// A batch's objects as the mask head learns them (task instance): each
+/// object's image in the batch and box (input pixels, after
+/// augmentation), class, weight, and mask target on the head's grid.
+struct Regions {
+    boxes: Vec<(usize, [f32; 4])>,
+    labels: Vec<usize>,
+    weights: Vec<f32>,
+    targets: Vec<f32>,
+}
+
+impl Regions {
+    /// The mask loss of these regions over the mask head's `map`.
+    fn loss(&self, model: &Model, map: &Tensor, device: &Device) -> candle_core::Result<Tensor> {
+        use super::detect::mask::{MASK, mask_loss};
+        let Some(head) = &model.mask_head else {
+            candle_core::bail!("a model without a mask head");
+        };
+        let k = self.labels.len();
+        if k == 0 {
+            return Tensor::zeros((), candle_core::DType::F32, device);
+        }
+        let logits = head.forward(map, &self.boxes)?;
+        let t = Tensor::from_slice(&self.targets, (k, MASK * MASK), device)?;
+        let w = Tensor::from_slice(&self.weights, k, device)?;
+        mask_loss(&logits, &self.labels, &t, &w)
+    }
+}
+
+/// The regions of a batch of images `idx` (see [`Regions`]), their
+/// objects' boxes after augmentation `boxes` (normalized `cx, cy, w, h`)
+/// and `masks`, one `side × side` plane per object of `objects`, in
+/// order; objects cropped to under a pixel are left out, and at most `max`
+/// are kept, evenly spaced.
+fn mask_regions(
+    objects: &[Vec<super::dataset::Object>],
+    idx: &[usize],
+    boxes: &[Vec<[f32; 4]>],
+    masks: &[f32],
+    side: usize,
+    max: usize,
+) -> Regions {
+    use super::detect::mask::{MASK, target};
+    let s = side as f32;
+    let plane = side * side;
+    let mut found = Vec::new();
+    let mut at = 0usize;
+    for (j, (&i, bx)) in idx.iter().zip(boxes).enumerate() {
+        for (o, &[cx, cy, w, h]) in objects[i].iter().zip(bx) {
+            let p = at;
+            at += plane;
+            if w * s < 1.0 || h * s < 1.0 {
+                continue;
+            }
+            let xyxy = [
+                (cx - w / 2.0) * s,
+                (cy - h / 2.0) * s,
+                (cx + w / 2.0) * s,
+                (cy + h / 2.0) * s,
+            ];
+            found.push((j, xyxy, o.class, o.weight, p));
+        }
+    }
+    if found.len() > max {
+        let n = found.len();
+        found = (0..max).map(|k| found[k * n / max]).collect();
+    }
+    let mut r = Regions {
+        boxes: Vec::with_capacity(found.len()),
+        labels: Vec::with_capacity(found.len()),
+        weights: Vec::with_capacity(found.len()),
+        targets: Vec::with_capacity(found.len() * MASK * MASK),
+    };
+    for (j, xyxy, class, weight, p) in found {
+        r.boxes.push((j, xyxy));
+        r.labels.push(class);
+        r.weights.push(weight);
+        r.targets
+            .extend(target(&masks[p..p + plane], side, xyxy, MASK));
+    }
+    r
 }

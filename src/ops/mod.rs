@@ -20,6 +20,7 @@ pub mod evaluate;
 pub mod exec;
 pub mod folds;
 pub mod idx_import;
+pub mod instance_fusion;
 pub mod mask_ensemble;
 pub mod nms;
 pub mod postprocess;
@@ -238,6 +239,7 @@ static OPS: &[&dyn AnyOp] = &[
     &evaluate::Evaluate,
     &ensemble::Ensemble,
     &mask_ensemble::MaskEnsemble,
+    &instance_fusion::InstanceFusion,
     &resize::Resize,
     &stats::Stats,
     &synth::Synth,

@@ -36,13 +36,14 @@ use std::time::Instant;
 use crate::nn::NnError;
 use std::path::{Path, PathBuf};
 
-use super::train::{coco_results, decode_params};
+use super::train::{attach_masks, coco_results, decode_params};
 use super::wbf::{self, ConfType, WbfParams};
 use super::{Op, OpContext, OpError, ParamError, Strs};
 use crate::data::boxes::{ImageId, NBox, read_coco, write_dets};
 use crate::data::{DataError, images, write_atomic};
 use crate::nn::aug::{Dihedral, TTA_NAMES};
 use crate::nn::checkpoint;
+use crate::nn::detect::mask;
 use crate::nn::loader::Images;
 use crate::nn::models::{Heads, Model, Task};
 use crate::nn::predict::{Predictions, argmax, embeddings_table, infer, infer_detect, table};
@@ -85,17 +86,18 @@ crate::params! {
         embed: bool = false,
         /// Images per batch.
         batch_size: usize = 64,
-        /// Task detect: a COCO file whose `images` give the detections' image ids (matched by
-        /// file name); empty: the file names without extension.
+        /// Tasks detect and instance: a COCO file whose `images` give the detections' image ids
+        /// (matched by file name); empty: the file names without extension.
         coco: Option<PathBuf> = "",
-        /// Task detect: detections scoring at or below this are dropped.
+        /// Tasks detect and instance: detections scoring at or below this are dropped.
         score_thr: f64 = 0.05,
-        /// Task detect: NMS drops a box overlapping a better one of its class by more than this
-        /// IoU.
+        /// Tasks detect and instance: NMS drops a box overlapping a better one of its class by
+        /// more than this IoU.
         nms_iou: f64 = 0.6,
-        /// Task detect: detections kept per image.
+        /// Tasks detect and instance: detections kept per image.
         max_det: usize = 100,
-        /// Task detect: boxes of different TTA variants overlapping by more than this IoU fuse.
+        /// Tasks detect and instance: boxes of different TTA variants overlapping by more than
+        /// this IoU fuse (and so do their masks).
         tta_iou: f64 = 0.55,
         /// Task segment: auto (tiles when the checkpoint trained on windows at native
         /// resolution, else whole images), whole (each image resized to the model's side) or
@@ -103,7 +105,9 @@ crate::params! {
         tile: Tile = "auto",
         /// Task segment: neighbouring tiles overlap by this fraction of a side.
         tile_overlap: f64 = 0.25,
-        /// Task segment: a pixel belongs to a class whose probability reaches this.
+        /// Task segment: a pixel belongs to a class whose probability reaches this; task
+        /// instance: to an object whose mask probability (averaged over the TTA variants)
+        /// does.
         threshold: f64 = 0.5,
         /// auto, cpu, cuda or cuda:N.
         device: String = "auto",
@@ -224,9 +228,18 @@ impl Op for Predict {
             cx.step(done as u64, total, "images × TTA variants");
             cx.check_cancel().map_err(|_| crate::nn::NnError::Cancelled)
         };
-        let (p, dets) = if task == Task::Detect {
+        let mut sizes = Vec::new();
+        if matches!(task, Task::Box | Task::Detect | Task::Instance) {
+            for p in &paths {
+                sizes.push(
+                    image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?,
+                );
+            }
+        }
+        let mut masks = Vec::new();
+        let (p, dets) = if task.detects() {
             let prm = decode_params(a.score_thr, a.nms_iou, a.max_det);
-            let per = infer_detect(
+            let found = infer_detect(
                 &model,
                 &imgs,
                 &idx,
@@ -243,18 +256,40 @@ impl Op for Predict {
                 conf_type: ConfType::Avg,
                 weights: vec![1.0; tta.len()],
             };
-            let dets: Vec<Vec<NBox>> = per
-                .into_iter()
-                .map(|v| {
-                    if v.len() == 1 {
-                        v.into_iter().next().unwrap_or_default()
+            let mut dets: Vec<Vec<NBox>> = Vec::with_capacity(ids.len());
+            for (i, v) in found.dets.iter().enumerate() {
+                let fused = if v.len() == 1 {
+                    v[0].clone()
+                } else {
+                    let mut f = wbf::fuse(v, &fuse);
+                    f.truncate(a.max_det);
+                    f
+                };
+                // Task instance: each object's mask, the mean of its
+                // variants' masks pasted into the image.
+                if let Some(parts) = found.parts.get(i) {
+                    let groups = if v.len() == 1 {
+                        parts[0].iter().map(|p| vec![p.clone()]).collect()
                     } else {
-                        let mut f = wbf::fuse(&v, &fuse);
-                        f.truncate(a.max_det);
-                        f
-                    }
-                })
-                .collect();
+                        mask::members(&fused, v, parts, a.tta_iou)
+                    };
+                    let (w, h) = sizes[i];
+                    masks.push(
+                        groups
+                            .iter()
+                            .map(|g| {
+                                mask::paste(
+                                    g,
+                                    mask::MASK,
+                                    (w as usize, h as usize),
+                                    a.threshold as f32,
+                                )
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                dets.push(fused);
+            }
             let p = crate::nn::predict::Predictions {
                 dets: dets.clone(),
                 ..Default::default()
@@ -323,14 +358,6 @@ impl Op for Predict {
             ids.len(),
             tta.len()
         ));
-        let mut sizes = Vec::new();
-        if matches!(task, Task::Box | Task::Detect) {
-            for p in &paths {
-                sizes.push(
-                    image::image_dimensions(p).map_err(|e| DataError::new(p, e.to_string()))?,
-                );
-            }
-        }
         table(task, &classes, &value_column, &ids, &p, &sizes)
             .write(&cx.out_dir.join("pred.csv"))?;
         let image_ids = match &a.coco {
@@ -342,10 +369,9 @@ impl Op for Predict {
         } else {
             category_ids
         };
-        write_dets(
-            &cx.out_dir.join("detections.json"),
-            &coco_results(&dets, &image_ids, &sizes, &category_ids),
-        )?;
+        let mut results = coco_results(&dets, &image_ids, &sizes, &category_ids);
+        attach_masks(&mut results, &masks);
+        write_dets(&cx.out_dir.join("detections.json"), &results)?;
         if a.embed {
             embeddings_table(&ids, &p).write(&cx.out_dir.join("embeddings.csv"))?;
         }
@@ -382,6 +408,7 @@ pub(crate) fn load_model(
     let sizes = Heads {
         detector: meta.detector.unwrap_or_default(),
         decoder_width: meta.decoder_width.unwrap_or(Heads::default().decoder_width),
+        mask_convs: meta.mask_convs.unwrap_or(Heads::default().mask_convs),
     };
     let model = Model::with_heads(meta.arch, meta.task, heads, sizes, vars.clone())
         .map_err(NnError::from)?;

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use super::{Op, OpContext, OpError, Param, ParamError, ParamKind};
 use crate::data::DataError;
 use crate::data::boxes::{Coco, Det, ImageId, NBox, iou_xyxy, read_coco, write_dets};
+use crate::data::masks::MaskSource;
 use crate::data::table::{Table, fmt_f64};
 use crate::nn::aug::Aug;
 use crate::nn::dataset::{self, Samples};
@@ -75,8 +76,8 @@ crate::params! {
         /// Directory of training images, named by id (a `resize` or `synth` output).
         images: PathBuf,
         /// Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for
-        /// task box; for task segment a run-length mask unless `masks` is given); for task
-        /// detect a COCO ground-truth file, images named by `file_name`.
+        /// task box; for task segment a run-length mask unless `masks` is given); for tasks
+        /// detect and instance a COCO ground-truth file, images named by `file_name`.
         labels: PathBuf,
         /// Task segment: a directory of mask PNGs named by id: class-index images (0
         /// background, c + 1 class c; with one class any value above 0), or one subdirectory
@@ -89,7 +90,8 @@ crate::params! {
         fold: Fold = "all",
         /// classify (one class per image), multilabel (label lists), regress (a number), box
         /// (one box and a class per image), detect (any number of boxes of several classes),
-        /// segment (a mask per class).
+        /// segment (a mask per class), instance (any number of objects, each with its box and
+        /// mask).
         task: Task = "classify",
         /// simple_cnn, resnet18, resnet34, efficientnet_b0.
         arch: Arch = "simple_cnn",
@@ -100,7 +102,7 @@ crate::params! {
         /// numbers).
         classes: Vec<String> = [],
         /// Extra training tables (pseudo labels): hard labels, or one probability column per
-        /// class (soft); a `weight` column weights rows. Task detect: COCO files (an
+        /// class (soft); a `weight` column weights rows. Tasks detect and instance: COCO files (an
         /// annotation's `weight` weights it).
         extra: Vec<PathBuf> = [],
         /// Directory of the extra tables' images; empty: `images`.
@@ -180,7 +182,7 @@ crate::params! {
         /// Stop after this many epochs without a better monitored metric; 0: off.
         early_stopping: usize = 0,
         /// The validation metric that picks the best epoch, named as in `evaluate`, or `loss`;
-        /// auto: accuracy, f1_macro, qwk, box_iou by task.
+        /// auto: accuracy, f1_macro, qwk, box_iou, coco_map50, dice, coco_segm_map50 by task.
         monitor: String = "auto",
         /// multilabel: the probability from which a label counts, for validation metrics;
         /// segment: from which a pixel belongs to a class.
@@ -197,17 +199,21 @@ crate::params! {
         seed: i64 = 0,
         /// auto, cpu, cuda or cuda:N (a GPU needs a build with `--features cuda`).
         device: String = "auto",
-        /// Task detect: channels of the feature pyramid and of the head's towers (torchvision:
-        /// 256).
+        /// Tasks detect and instance: channels of the feature pyramid and of the head's towers
+        /// (torchvision: 256).
         fpn_channels: usize = 128,
-        /// Task detect: convolutions in each of the head's two towers (torchvision: 4).
+        /// Tasks detect and instance: convolutions in each of the head's two towers
+        /// (torchvision: 4).
         head_convs: usize = 4,
-        /// Task detect: validation keeps detections scoring above this.
+        /// Task instance: convolutions of the mask head, of `fpn_channels` channels
+        /// (torchvision: 4).
+        mask_convs: usize = 4,
+        /// Tasks detect and instance: validation keeps detections scoring above this.
         score_thr: f64 = 0.05,
-        /// Task detect: NMS drops a box overlapping a better one of its class by more than this
-        /// IoU.
+        /// Tasks detect and instance: NMS drops a box overlapping a better one of its class by
+        /// more than this IoU.
         nms_iou: f64 = 0.6,
-        /// Task detect: detections kept per image.
+        /// Tasks detect and instance: detections kept per image.
         max_det: usize = 100,
         /// Task segment: channels of the U-Net decoder's last block, doubling upward
         /// (segmentation_models_pytorch's decoder (256, 128, 64, 32, 16) is 16).
@@ -234,7 +240,7 @@ impl Op for Train {
         let mut v: Vec<String> = [
             "best.safetensors",
             "last.safetensors",
-            if a.task == Task::Detect {
+            if a.task.detects() {
                 "oof.json"
             } else {
                 "oof.csv"
@@ -245,7 +251,10 @@ impl Op for Train {
         ]
         .map(String::from)
         .to_vec();
-        if matches!(a.task, Task::Box | Task::Detect | Task::Segment) {
+        if matches!(
+            a.task,
+            Task::Box | Task::Detect | Task::Instance | Task::Segment
+        ) {
             v.push("examples.png".into());
         }
         if a.task == Task::Segment {
@@ -376,7 +385,7 @@ impl Op for Train {
         let val_ids = validation_ids(&a, fold)?;
         let index = dataset::image_index(&images_dir)?;
         let d = match task {
-            Task::Detect => detect_data(&a, &index, &val_ids, cx)?,
+            Task::Detect | Task::Instance => detect_data(&a, &index, &val_ids, cx)?,
             Task::Segment => segment_data(&a, &index, &val_ids, cx)?,
             _ => table_data(&a, &index, &val_ids, cx)?,
         };
@@ -474,6 +483,7 @@ impl Op for Train {
                     convs: a.head_convs,
                 },
                 decoder_width: a.decoder_width,
+                mask_convs: a.mask_convs,
             },
             decode: decode_params(a.score_thr, a.nms_iou, a.max_det),
             cover: if a.tile {
@@ -593,8 +603,10 @@ impl Op for Train {
             }
         }
         let sizes = &summary.val_sizes;
-        if task == Task::Detect {
-            let dets = coco_results(&summary.oof.dets, &val_coco_ids, sizes, &data.category_ids);
+        if task.detects() {
+            let mut dets =
+                coco_results(&summary.oof.dets, &val_coco_ids, sizes, &data.category_ids);
+            attach_masks(&mut dets, &summary.oof.masks);
             write_dets(&cx.out_dir.join("oof.json"), &dets)?;
         }
         let oof = if summary.oof.probs.len() == data.val.len()
@@ -618,7 +630,7 @@ impl Op for Train {
                 sizes,
             )
         };
-        if task != Task::Detect {
+        if !task.detects() {
             oof.write(&cx.out_dir.join("oof.csv"))?;
         }
         write_history(&cx.out_dir.join("history.csv"), &summary.history)?;
@@ -645,8 +657,8 @@ impl Op for Train {
             let img = examples(&data, &summary.oof, sizes)?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
         }
-        if task == Task::Detect {
-            let img = detect_examples(&data, &summary.oof.dets, sizes)?;
+        if task.detects() {
+            let img = detect_examples(&data, &summary.oof.dets, &summary.oof.masks, sizes)?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
         }
         if task == Task::Segment {
@@ -940,8 +952,21 @@ fn detect_data(
             ),
         ));
     };
+    let instance = a.task == Task::Instance;
     let read = |path: &Path, c: &Coco, w: f32, index, dir: &Path, keep: &dyn Fn(&str) -> bool| {
-        dataset::read_coco(path, c, w, index, dir, keep)
+        let (mut s, ids) = dataset::read_coco(path, c, w, index, dir, keep)?;
+        // Task instance: each image's objects' masks travel with it.
+        if instance {
+            s.masks = s
+                .objects
+                .iter()
+                .map(|objs| MaskSource::Objects {
+                    segms: objs.iter().map(|o| (o.segm.clone(), o.bbox)).collect(),
+                    file: path.to_path_buf(),
+                })
+                .collect();
+        }
+        Ok::<_, DataError>((s, ids))
     };
     let (mut train, _) = read(&a.labels, &coco, 1.0, index, &a.images, &|id| {
         !val_ids.contains(id)
@@ -1022,6 +1047,15 @@ pub(crate) fn coco_results(
     out
 }
 
+/// Gives COCO results (in [`coco_results`]' order: image by image) their
+/// masks, `masks[image][detection]` (task instance; none: left without).
+pub(crate) fn attach_masks(results: &mut [Det], masks: &[Vec<crate::data::coco_rle::Rle>]) {
+    use crate::data::coco_rle::RleJson;
+    for (d, m) in results.iter_mut().zip(masks.iter().flatten()) {
+        d.segmentation = Some(RleJson::from_rle(m));
+    }
+}
+
 /// Task detect: the three best and three worst validation images by how
 /// well their objects were found (the mean over objects of the best IoU of
 /// a same-class detection scoring at least 0.3; an empty image scores 1
@@ -1029,6 +1063,7 @@ pub(crate) fn coco_results(
 fn detect_examples(
     data: &Data,
     dets: &[Vec<NBox>],
+    masks: &[Vec<crate::data::coco_rle::Rle>],
     sizes: &[(u32, u32)],
 ) -> Result<image::RgbImage, OpError> {
     use plot::{GREEN, RED, rect, text};
@@ -1062,6 +1097,25 @@ fn detect_examples(
     best_and_worst(data, scored, "", |tile, i| {
         let s = f64::from(tile.width());
         let (w, h) = size(i);
+        // Task instance: the objects' outlines, true and predicted.
+        if let Some(pred) = masks.get(i) {
+            let (wu, hu) = sizes[i];
+            if let Some(Ok(planes)) = data.val.masks.get(i).map(|m| m.decode(0, wu, hu)) {
+                outline(tile, &instance_index(&planes, wu, hu), plot::GREEN);
+            }
+            let shown: Vec<image::GrayImage> = dets[i]
+                .iter()
+                .zip(pred)
+                .filter(|(d, _)| d.score >= SHOWN)
+                .map(|(_, r)| {
+                    let bits = r.decode();
+                    image::GrayImage::from_fn(wu, hu, |x, y| {
+                        image::Luma([u8::from(bits[(y * wu + x) as usize])])
+                    })
+                })
+                .collect();
+            outline(tile, &instance_index(&shown, wu, hu), RED);
+        }
         for o in &data.val.objects[i] {
             let [x, y, bw, bh] = o.bbox;
             rect(
@@ -1126,6 +1180,18 @@ fn segment_examples(
                 outline(tile, &m, colour);
             }
         }
+    })
+}
+
+/// An object-index map (0 background, k + 1 object k, the last object on
+/// top; indices past 255 wrap) of binary planes of `w × h`.
+fn instance_index(planes: &[image::GrayImage], w: u32, h: u32) -> image::GrayImage {
+    image::GrayImage::from_fn(w, h, |x, y| {
+        let k = (0..planes.len())
+            .rev()
+            .find(|&k| planes[k].get_pixel(x, y).0[0] > 0)
+            .map_or(0, |k| (k % 255) as u8 + 1);
+        image::Luma([k])
     })
 }
 

@@ -190,3 +190,102 @@ fn a_killed_detector_training_resumes_and_ends_bit_identical() {
         );
     }
 }
+
+/// Task instance: the detector with a mask head learns the shapes' boxes
+/// and masks (COCO mask mAP50 on its validation fold and, with TTA, on the
+/// test set, scored against the COCO files' run-length masks), and writes
+/// each detection's mask as a compressed run-length `segmentation`.
+#[test]
+fn an_instance_model_learns_masks_and_predicts_them_with_tta() {
+    use podium::metrics::coco::{IouType, coco_ap, coco_thresholds};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, 600);
+    let mut args = vec!["op", "train"];
+    for s in SMALL.iter().chain(&[
+        "task=instance",
+        "mask_convs=2",
+        "max_det=20",
+        "fold=0",
+        "epochs=16",
+    ]) {
+        args.extend(["--set", s]);
+    }
+    args.extend([
+        "data/train_images",
+        "data/train_coco.json",
+        "folds.csv",
+        "-o",
+        "tr",
+    ]);
+    ok(d, &args);
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("tr/metrics.json")).unwrap()).unwrap();
+    let segm50 = m["coco_segm_map50"].as_f64().unwrap();
+    assert!(segm50 >= 0.7, "validation mask mAP50 {segm50}: {m}");
+    assert!(m["coco_map50"].as_f64().unwrap() >= 0.8, "{m}");
+
+    // oof.json's masks score as metrics.json says.
+    let gt = read_coco(&d.join("data/train_coco.json")).unwrap();
+    let oof = read_dets(&d.join("tr/oof.json")).unwrap();
+    assert!(oof.iter().all(|o| o.segmentation.is_some()));
+    let mut val_gt = gt.clone();
+    let ids: std::collections::HashSet<_> = oof.iter().map(|o| o.image_id.clone()).collect();
+    val_gt.images.retain(|im| ids.contains(&im.id));
+    val_gt.annotations.retain(|a| ids.contains(&a.image_id));
+    let ap = coco_ap(&val_gt, &oof, IouType::Segm, &coco_thresholds()).unwrap();
+    // Images without detections are left out here, so at least as high.
+    assert!(
+        ap.per_threshold[0] >= segm50 - 1e-9,
+        "{} {segm50}",
+        ap.per_threshold[0]
+    );
+
+    ok(
+        d,
+        &[
+            "op",
+            "predict",
+            "--set",
+            "tta=[\"default\", \"fliplr\", \"transpose\"]",
+            "--set",
+            "coco=data/test_coco.json",
+            "--set",
+            "max_det=20",
+            "tr/best.safetensors",
+            "data/test_images",
+            "-o",
+            "pred",
+        ],
+    );
+    let test_gt = read_coco(&d.join("data/test_coco.json")).unwrap();
+    let dets = read_dets(&d.join("pred/detections.json")).unwrap();
+    assert!(
+        dets.iter()
+            .all(|o| o.segmentation.as_ref().is_some_and(|s| s.size == [64, 64]))
+    );
+    let ap = coco_ap(&test_gt, &dets, IouType::Segm, &coco_thresholds()).unwrap();
+    assert!(
+        ap.per_threshold[0] >= 0.7,
+        "test mask mAP50 with TTA {}",
+        ap.per_threshold[0]
+    );
+}
+
+/// Task instance resumes bit-identical too, its out-of-fold masks included.
+#[test]
+fn a_killed_instance_training_resumes_and_ends_bit_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, 80);
+    let manifest = RESUME.replace("task = \"detect\"", "task = \"instance\"\nmask_convs = 1");
+    std::fs::write(d.join("p.toml"), manifest).unwrap();
+    crate::ws::run_whole_then_killed_and_resumed(d, "train");
+    for f in ["last.safetensors", "best.safetensors", "oof.json"] {
+        assert_eq!(
+            std::fs::read(d.join("o1/train").join(f)).unwrap(),
+            std::fs::read(d.join("o2/train").join(f)).unwrap(),
+            "{f} differs after resuming"
+        );
+    }
+}

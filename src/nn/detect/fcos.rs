@@ -198,6 +198,11 @@ impl Fcos {
 
     /// The head over the pyramid of the backbone's maps C3, C4, C5.
     pub fn forward(&self, c: &[Tensor; 3]) -> Result<Raw> {
+        Ok(self.forward_pyramid(c)?.0)
+    }
+
+    /// The head's outputs and the pyramid's maps P3 … P7.
+    pub fn forward_pyramid(&self, c: &[Tensor; 3]) -> Result<(Raw, Vec<Tensor>)> {
         let ps = self.fpn.forward(c)?;
         let (mut cls, mut reg, mut ctr, mut levels) = (vec![], vec![], vec![], vec![]);
         for ((p, &stride), &offset) in ps.iter().zip(&self.strides).zip(&self.offsets) {
@@ -215,12 +220,13 @@ impl Fcos {
             reg.push(flat(&self.bbox_reg.forward(&t)?.relu()?)?);
             ctr.push(flat(&self.bbox_ctrness.forward(&t)?)?);
         }
-        Ok(Raw {
+        let raw = Raw {
             cls: Tensor::cat(&cls, 1)?,
             reg: Tensor::cat(&reg, 1)?,
             ctr: Tensor::cat(&ctr, 1)?.squeeze(2)?,
             levels,
-        })
+        };
+        Ok((raw, ps))
     }
 
     /// Name prefixes of the neck's and head's variables.

@@ -40,3 +40,4 @@ pub mod assign;
 pub mod decode;
 pub mod fcos;
 pub mod loss;
+pub mod mask;

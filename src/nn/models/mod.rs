@@ -6,6 +6,7 @@
 use candle_core::{Module, Result, Tensor};
 
 use super::detect::fcos::{Config as DetectorConfig, Fcos, Raw};
+use super::detect::mask::MaskHead;
 use super::layers::linear;
 use super::segment::unet::Unet;
 use super::vars::{VarStore, Vb};
@@ -39,6 +40,22 @@ crate::choice! {
         Detect = "detect",
         /// A mask per class (U-Net).
         Segment = "segment",
+        /// Any number of objects of several classes, each with its box and
+        /// mask (FCOS with a Mask R-CNN mask head).
+        Instance = "instance",
+    }
+}
+
+impl Task {
+    /// Whether the model is a detector (tasks detect and instance).
+    pub fn detects(self) -> bool {
+        matches!(self, Task::Detect | Task::Instance)
+    }
+
+    /// Whether the model reads the backbone's feature maps (tasks detect,
+    /// instance and segment) rather than its pooled features.
+    pub fn is_dense(self) -> bool {
+        matches!(self, Task::Detect | Task::Instance | Task::Segment)
     }
 }
 
@@ -50,6 +67,9 @@ pub struct Heads {
     /// Task segment: channels of the U-Net decoder's last block, doubling
     /// upward (smp's default decoder is 16).
     pub decoder_width: usize,
+    /// Task instance: convolutions of the mask head (torchvision: 4), of
+    /// the detector's channels.
+    pub mask_convs: usize,
 }
 
 impl Default for Heads {
@@ -57,6 +77,7 @@ impl Default for Heads {
         Heads {
             detector: DetectorConfig::default(),
             decoder_width: 16,
+            mask_convs: 4,
         }
     }
 }
@@ -141,6 +162,8 @@ pub struct Model {
     pub detector: Option<Fcos>,
     /// For task = segment: the U-Net decoder and head.
     pub segmenter: Option<Unet>,
+    /// For task = instance (beside `detector`): the mask head.
+    pub mask_head: Option<MaskHead>,
     pub task: Task,
     pub vars: VarStore,
 }
@@ -170,13 +193,23 @@ impl Model {
         vars: VarStore,
     ) -> Result<Model> {
         let vb = vars.root();
-        let dense = matches!(task, Task::Detect | Task::Segment);
+        let dense = task.is_dense();
         let backbone = backbone_for(arch, &vb, dense)?;
         let f = backbone.feature_dim();
         let (mut head, mut box_head, mut detector, mut segmenter) = (None, None, None, None);
+        let mut mask_head = None;
         match task {
-            Task::Detect => {
+            Task::Detect | Task::Instance => {
                 detector = Some(Fcos::new(&vb, backbone.as_ref(), classes, heads.detector)?);
+                if task == Task::Instance {
+                    mask_head = Some(MaskHead::new(
+                        &vb,
+                        backbone.as_ref(),
+                        classes,
+                        heads.detector.channels,
+                        heads.mask_convs,
+                    )?);
+                }
             }
             Task::Segment => {
                 segmenter = Some(Unet::new(
@@ -199,6 +232,7 @@ impl Model {
             box_head,
             detector,
             segmenter,
+            mask_head,
             task,
             vars,
         })
@@ -221,6 +255,23 @@ impl Model {
         d.forward(&self.backbone.pyramid(x, train)?)
     }
 
+    /// The detector's outputs and the map the mask head reads (task
+    /// instance).
+    pub fn instance_t(&self, x: &Tensor, train: bool) -> Result<(Raw, Tensor)> {
+        let (Some(d), Some(m)) = (&self.detector, &self.mask_head) else {
+            candle_core::bail!("task {} has no mask head", self.task);
+        };
+        let enc = self.backbone.encoder(x, train)?;
+        let n = enc.len();
+        if n < 3 {
+            candle_core::bail!("an encoder of fewer than three stages");
+        }
+        let c = [enc[n - 3].clone(), enc[n - 2].clone(), enc[n - 1].clone()];
+        let (raw, ps) = d.forward_pyramid(&c)?;
+        let map = m.feature_map(&enc, &ps[0])?;
+        Ok((raw, map))
+    }
+
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Output> {
         let Some(head) = &self.head else {
             candle_core::bail!("task {} has no image-level head", self.task);
@@ -241,7 +292,11 @@ impl Model {
     /// Name prefixes of the head's variables.
     pub fn head_prefixes(&self) -> Vec<String> {
         if self.detector.is_some() {
-            return Fcos::prefixes().map(String::from).to_vec();
+            let mut v: Vec<String> = Fcos::prefixes().map(String::from).to_vec();
+            if self.mask_head.is_some() {
+                v.extend(MaskHead::prefixes().map(String::from));
+            }
+            return v;
         }
         if self.segmenter.is_some() {
             return Unet::prefixes().map(String::from).to_vec();
@@ -366,6 +421,94 @@ mod tests {
                     .unwrap_or_else(|| panic!("{arch} detector: no gradient for {name}"));
                 let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
                 assert!(n > 0.0, "{arch} detector: zero gradient for {name}");
+            }
+        }
+    }
+
+    /// Task instance: after one backward pass of FCOS's loss plus the mask
+    /// loss on the objects' boxes, every trainable var of the trunk, the
+    /// pyramid, the detector's head and the mask head (P2's lateral where
+    /// the backbone has a stride-4 stage) has a non-zero gradient.
+    #[test]
+    fn every_trainable_var_of_every_instance_model_gets_a_gradient() {
+        use crate::nn::detect::{assign, loss::fcos_loss, mask};
+        let dev = Device::Cpu;
+        let v: Vec<f32> = (0..2 * 3 * 64 * 64)
+            .map(|i| ((i as f32) * 0.37).sin())
+            .collect();
+        let x = Tensor::from_vec(v, (2, 3, 64, 64), &dev).unwrap();
+        let objects = vec![
+            vec![
+                (0, [8.0, 10.0, 30.0, 34.0], 1.0),
+                (2, [30.0, 28.0, 60.0, 62.0], 1.0),
+                (1, [2.0, 40.0, 20.0, 60.0], 1.0),
+                (0, [36.0, 2.0, 62.0, 24.0], 1.0),
+            ],
+            vec![
+                (1, [4.0, 4.0, 60.0, 50.0], 1.0),
+                (2, [10.0, 44.0, 28.0, 62.0], 1.0),
+                (0, [40.0, 40.0, 56.0, 58.0], 1.0),
+            ],
+        ];
+        // Each object's target: an ellipse-ish blob, the left part of its box.
+        let mut boxes = Vec::new();
+        let mut labels = Vec::new();
+        let mut targets = Vec::new();
+        for (j, objs) in objects.iter().enumerate() {
+            for &(c, b, _) in objs {
+                boxes.push((j, b));
+                labels.push(c);
+                targets.extend(
+                    (0..mask::MASK * mask::MASK)
+                        .map(|k| f32::from(u8::from(k % mask::MASK < mask::MASK * 2 / 3))),
+                );
+            }
+        }
+        let heads = Heads {
+            // 64 channels: group norm's 32 groups of two, so that a 1 × 1
+            // P6 or P7 map does not normalize to zeros.
+            detector: DetectorConfig {
+                channels: 64,
+                convs: 1,
+            },
+            mask_convs: 2,
+            ..Heads::default()
+        };
+        for &arch in Arch::ALL {
+            let vars = VarStore::new(&dev, 1);
+            let m = Model::with_heads(arch, Task::Instance, 3, heads, vars.clone()).unwrap();
+            let (raw, map) = m.instance_t(&x, false).unwrap();
+            let p = assign::Points::new(&raw.levels);
+            let t = assign::targets(&p, &objects, 3, &dev).unwrap();
+            let head = m.mask_head.as_ref().unwrap();
+            let logits = head.forward(&map, &boxes).unwrap();
+            assert_eq!(logits.dims(), [7, 3, mask::MASK, mask::MASK]);
+            let k = labels.len();
+            let tt = Tensor::from_slice(&targets, (k, mask::MASK * mask::MASK), &dev).unwrap();
+            let w = Tensor::ones(k, candle_core::DType::F32, &dev).unwrap();
+            let ml = mask::mask_loss(&logits, &labels, &tt, &w).unwrap();
+            let loss = (fcos_loss(&raw, &t).unwrap().total().unwrap() + ml).unwrap();
+            let grads = loss.backward().unwrap();
+            let names: Vec<String> = vars.entries().into_iter().map(|(n, _)| n).collect();
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.starts_with("mask_head.mask_fcn_logits"))
+            );
+            assert_eq!(
+                names.iter().any(|n| n.starts_with("mask_head.p2_inner")),
+                arch != Arch::SimpleCnn,
+                "{arch}: P2 where there is a stride-4 stage below C3"
+            );
+            for (name, e) in vars.entries() {
+                if e.role == super::super::vars::Role::Buffer {
+                    continue;
+                }
+                let g = grads
+                    .get(e.var.as_tensor())
+                    .unwrap_or_else(|| panic!("{arch} instance: no gradient for {name}"));
+                let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                assert!(n > 0.0, "{arch} instance: zero gradient for {name}");
             }
         }
     }
