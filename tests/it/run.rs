@@ -587,6 +587,55 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
     assert_eq!(sub.lines().count(), 201);
 }
 
+/// The HuBMAP manifest end to end, at its smallest: two folds, one epoch per
+/// stage, a few images. What it must hand over is checked, not how good it
+/// is (the instance model's learning is asserted in `detect`).
+#[test]
+fn the_hubmap_pipeline_runs_end_to_end_and_writes_encoded_masks() {
+    let (dir, err) = run_shipped(
+        "pipelines/hubmap.toml",
+        &[
+            "--set",
+            "params.folds=2",
+            "--set",
+            "params.epochs=1",
+            "--set",
+            "params.ft_epochs=1",
+            "--set",
+            "params.n_train=40",
+            "--set",
+            "params.n_weak=40",
+            "--set",
+            "params.n_unlabelled=20",
+        ],
+    );
+    assert!(err.contains("32 ran"), "{err}");
+    let out = dir.path().join("out");
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    // The fine-tunes started from the pretraining's best checkpoint.
+    let log = std::fs::read_to_string(dir.path().join("cache/logs/hubmap/m1_fold=0_.log")).unwrap();
+    assert!(log.contains("pretrain/best.safetensors: loaded"), "{log}");
+    // Every fused object carries its mask.
+    for f in ["fuse_u/instances.json", "fuse/instances.json"] {
+        let v: Value = serde_json::from_str(&read(f)).unwrap();
+        for d in v.as_array().unwrap() {
+            assert!(d["segmentation"]["counts"].is_string(), "{f}: {d}");
+        }
+    }
+    let pseudo: Value = serde_json::from_str(&read("pseudo/pseudo_coco.json")).unwrap();
+    assert_eq!(pseudo["images"].as_array().unwrap().len(), 20);
+    for m in ["evaluate_m1", "evaluate"] {
+        let v: Value = serde_json::from_str(&read(&format!("{m}/metrics.json"))).unwrap();
+        let map = v["coco_segm_map"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&map), "{m}: {v}");
+    }
+    let sub = read("submission/submission.csv");
+    let mut lines = sub.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("id,"), "{header}");
+    assert_eq!(lines.count(), 60);
+}
+
 /// The SIIM manifest end to end, at its smallest: two folds, one epoch per
 /// stage. What it must hand over is checked, not how good it is (the
 /// detectors' learning is asserted in `detect`).

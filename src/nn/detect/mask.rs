@@ -156,15 +156,19 @@ impl MaskHead {
                 [i as f32, x1 + shift, y1 + shift, x2 + shift, y2 + shift]
             })
             .collect();
-        let rois = Tensor::from_vec(rois, (k, 5), dev)?;
+        // RoIAlign runs on the CPU: a map on a GPU goes there and back
+        // (both moves carry the gradient).
+        let cpu = candle_core::Device::Cpu;
+        let rois = Tensor::from_vec(rois, (k, 5), &cpu)?;
         let mut x = podium_kernels::roi_align::roi_align(
-            map,
+            &map.to_device(&cpu)?,
             &rois,
             (ROI, ROI),
             1.0 / self.stride as f32,
             2,
             true,
-        )?;
+        )?
+        .to_device(dev)?;
         for (c, gn) in &self.tower {
             x = gn.forward(&c.forward(&x)?)?.relu()?;
         }
