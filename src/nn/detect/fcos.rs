@@ -113,7 +113,7 @@ struct Tower {
 }
 
 /// The largest group count ≤ 32 that divides `c`.
-fn groups(c: usize) -> usize {
+pub(crate) fn groups(c: usize) -> usize {
     (1..=32.min(c))
         .rev()
         .find(|g| c.is_multiple_of(*g))

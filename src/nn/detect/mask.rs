@@ -22,6 +22,7 @@
 
 use candle_core::{Module, Result, Tensor};
 
+use super::fcos::groups;
 use crate::data::coco_rle::Rle;
 use crate::nn::layers::{Conv, GroupNorm, conv_init, group_norm, resize_nearest};
 use crate::nn::models::Backbone;
@@ -58,14 +59,6 @@ fn kaiming(vb: &Vb, cin: usize, cout: usize, k: usize) -> Result<Conv> {
         },
         Some(Init::Const(0.0)),
     )
-}
-
-/// The largest group count ≤ 32 that divides `c`.
-fn groups(c: usize) -> usize {
-    (1..=32.min(c))
-        .rev()
-        .find(|g| c.is_multiple_of(*g))
-        .unwrap_or(1)
 }
 
 impl MaskHead {

@@ -373,25 +373,7 @@ mod tests {
     fn every_trainable_var_of_every_detector_gets_a_gradient() {
         use crate::nn::detect::{assign, loss::fcos_loss};
         let dev = Device::Cpu;
-        let v: Vec<f32> = (0..2 * 3 * 64 * 64)
-            .map(|i| ((i as f32) * 0.37).sin())
-            .collect();
-        let x = Tensor::from_vec(v, (2, 3, 64, 64), &dev).unwrap();
-        // Enough locations learn a box that each of the four distances'
-        // ReLU is open at some of them.
-        let objects = vec![
-            vec![
-                (0, [8.0, 10.0, 30.0, 34.0], 1.0),
-                (2, [30.0, 28.0, 60.0, 62.0], 1.0),
-                (1, [2.0, 40.0, 20.0, 60.0], 1.0),
-                (0, [36.0, 2.0, 62.0, 24.0], 1.0),
-            ],
-            vec![
-                (1, [4.0, 4.0, 60.0, 50.0], 1.0),
-                (2, [10.0, 44.0, 28.0, 62.0], 1.0),
-                (0, [40.0, 40.0, 56.0, 58.0], 1.0),
-            ],
-        ];
+        let (x, objects) = detector_batch(&dev);
         let cfg = DetectorConfig {
             channels: 64,
             convs: 2,
@@ -412,31 +394,19 @@ mod tests {
             let names: Vec<String> = vars.entries().into_iter().map(|(n, _)| n).collect();
             assert!(names.iter().any(|n| n.starts_with("fpn.")));
             assert!(!names.iter().any(|n| n.starts_with("conv_head")));
-            for (name, e) in vars.entries() {
-                if e.role == super::super::vars::Role::Buffer {
-                    continue;
-                }
-                let g = grads
-                    .get(e.var.as_tensor())
-                    .unwrap_or_else(|| panic!("{arch} detector: no gradient for {name}"));
-                let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
-                assert!(n > 0.0, "{arch} detector: zero gradient for {name}");
-            }
+            assert_every_var_has_a_gradient(&vars, &grads, &format!("{arch} detector"));
         }
     }
 
-    /// Task instance: after one backward pass of FCOS's loss plus the mask
-    /// loss on the objects' boxes, every trainable var of the trunk, the
-    /// pyramid, the detector's head and the mask head (P2's lateral where
-    /// the backbone has a stride-4 stage) has a non-zero gradient.
-    #[test]
-    fn every_trainable_var_of_every_instance_model_gets_a_gradient() {
-        use crate::nn::detect::{assign, loss::fcos_loss, mask};
-        let dev = Device::Cpu;
+    /// Two 64-pixel images and their objects (class, box `x1, y1, x2, y2`,
+    /// weight): enough locations learn a box that each of the four
+    /// distances' ReLU is open at some of them.
+    #[allow(clippy::type_complexity)]
+    fn detector_batch(dev: &Device) -> (Tensor, Vec<Vec<(usize, [f32; 4], f32)>>) {
         let v: Vec<f32> = (0..2 * 3 * 64 * 64)
             .map(|i| ((i as f32) * 0.37).sin())
             .collect();
-        let x = Tensor::from_vec(v, (2, 3, 64, 64), &dev).unwrap();
+        let x = Tensor::from_vec(v, (2, 3, 64, 64), dev).unwrap();
         let objects = vec![
             vec![
                 (0, [8.0, 10.0, 30.0, 34.0], 1.0),
@@ -450,7 +420,37 @@ mod tests {
                 (0, [40.0, 40.0, 56.0, 58.0], 1.0),
             ],
         ];
-        // Each object's target: an ellipse-ish blob, the left part of its box.
+        (x, objects)
+    }
+
+    /// Every variable but the buffers has a gradient, and not all zeros.
+    fn assert_every_var_has_a_gradient(
+        vars: &VarStore,
+        grads: &candle_core::backprop::GradStore,
+        what: &str,
+    ) {
+        for (name, e) in vars.entries() {
+            if e.role == super::super::vars::Role::Buffer {
+                continue;
+            }
+            let g = grads
+                .get(e.var.as_tensor())
+                .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+            let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(n > 0.0, "{what}: zero gradient for {name}");
+        }
+    }
+
+    /// Task instance: after one backward pass of FCOS's loss plus the mask
+    /// loss on the objects' boxes, every trainable var of the trunk, the
+    /// pyramid, the detector's head and the mask head (P2's lateral where
+    /// the backbone has a stride-4 stage) has a non-zero gradient.
+    #[test]
+    fn every_trainable_var_of_every_instance_model_gets_a_gradient() {
+        use crate::nn::detect::{assign, loss::fcos_loss, mask};
+        let dev = Device::Cpu;
+        let (x, objects) = detector_batch(&dev);
+        // Each object's target: the left two thirds of its box.
         let mut boxes = Vec::new();
         let mut labels = Vec::new();
         let mut targets = Vec::new();
@@ -500,16 +500,7 @@ mod tests {
                 arch != Arch::SimpleCnn,
                 "{arch}: P2 where there is a stride-4 stage below C3"
             );
-            for (name, e) in vars.entries() {
-                if e.role == super::super::vars::Role::Buffer {
-                    continue;
-                }
-                let g = grads
-                    .get(e.var.as_tensor())
-                    .unwrap_or_else(|| panic!("{arch} instance: no gradient for {name}"));
-                let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
-                assert!(n > 0.0, "{arch} instance: zero gradient for {name}");
-            }
+            assert_every_var_has_a_gradient(&vars, &grads, &format!("{arch} instance"));
         }
     }
 
