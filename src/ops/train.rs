@@ -1056,10 +1056,12 @@ pub(crate) fn attach_masks(results: &mut [Det], masks: &[Vec<crate::data::coco_r
     }
 }
 
-/// Task detect: the three best and three worst validation images by how
-/// well their objects were found (the mean over objects of the best IoU of
-/// a same-class detection scoring at least 0.3; an empty image scores 1
-/// without such detections, else 0), truth in green, detections in red.
+/// Tasks detect and instance: the three best and three worst validation
+/// images by how well their objects were found (the mean over objects of
+/// the best box IoU of a same-class detection scoring at least 0.3; an
+/// empty image scores 1 without such detections, else 0; correctly empty
+/// images are left out while six others remain), truth in green,
+/// detections in red: boxes for detect, masks' outlines for instance.
 fn detect_examples(
     data: &Data,
     dets: &[Vec<NBox>],
@@ -1094,6 +1096,19 @@ fn detect_examples(
             (score, i)
         })
         .collect();
+    // Empty images found empty score 1 and would fill "best" on data with
+    // many of them (SIIM's "none"): they are left out while six others
+    // remain; empty images with false detections stay among the worst.
+    let with_objects = (0..n).filter(|&i| !data.val.objects[i].is_empty()).count();
+    let scored: Vec<(f64, usize)> = if with_objects >= 6 {
+        scored
+            .into_iter()
+            .filter(|&(s, i)| !data.val.objects[i].is_empty() || s < 1.0)
+            .collect()
+    } else {
+        scored
+    };
+    let instance = !masks.is_empty();
     best_and_worst(data, scored, "", |tile, i| {
         let s = f64::from(tile.width());
         let (w, h) = size(i);
@@ -1116,7 +1131,8 @@ fn detect_examples(
                 .collect();
             outline(tile, &instance_index(&shown, wu, hu), RED);
         }
-        for o in &data.val.objects[i] {
+        // Task instance shows the outlines, detect the boxes.
+        for o in data.val.objects[i].iter().filter(|_| !instance) {
             let [x, y, bw, bh] = o.bbox;
             rect(
                 tile,
@@ -1130,7 +1146,9 @@ fn detect_examples(
         }
         for d in dets[i].iter().filter(|d| d.score >= SHOWN) {
             let [x1, y1, x2, y2] = d.xyxy.map(|v| v * s);
-            rect(tile, x1, y1, x2, y2, 1, RED);
+            if !instance {
+                rect(tile, x1, y1, x2, y2, 1, RED);
+            }
             let label = data
                 .classes
                 .get(d.label as usize)
