@@ -637,7 +637,7 @@ pub fn fit(
     };
     let has_val = !data.val.is_empty();
     // What the loader carries through augmentation: the box (task box) or
-    // the objects' boxes (task detect) of each image.
+    // the objects' boxes (tasks detect and instance) of each image.
     let boxes: Vec<Vec<[f64; 4]>> = if task.detects() {
         data.train
             .objects

@@ -22,8 +22,11 @@
 //! (task detect) detections, each TTA variant's mapped back through its
 //! inverse and the variants fused by weighted boxes fusion (`tta_iou`,
 //! scores averaged over the variants, so a box only some variants find
-//! scores lower); task box's one box per image; nothing for the other
-//! tasks. A detector's `pred.csv` counts each image's detections.
+//! scores lower); task instance's the same, each with its mask as a
+//! compressed run-length `segmentation` at the image's size (the mean of
+//! the fused variants' mask probabilities at `threshold`); task box's one
+//! box per image; nothing for the other tasks. A detector's `pred.csv`
+//! counts each image's detections.
 //!
 //! Task segment writes `masks/<id>.png` (class indices) and `probs/`
 //! (probabilities, 8-bit grey) at each image's size, from the whole image

@@ -1,7 +1,7 @@
 //! `train`: trains one model on candle (CPU, or a GPU with the `cuda`
 //! feature) for one fold: classification, multi-label, regression, one box
-//! plus a class per image, detection (FCOS) or semantic segmentation
-//! (U-Net).
+//! plus a class per image, detection (FCOS), instance segmentation (FCOS
+//! with a Mask R-CNN mask head) or semantic segmentation (U-Net).
 //!
 //! ```toml
 //! [stages.train]
@@ -20,8 +20,10 @@
 //! weights when `ema` is on), `last.safetensors` (the last epoch's weights
 //! with optimizer state and EMA, to go on from with `init`), `oof.csv` (the
 //! best epoch's predictions on the validation fold, in `predict`'s
-//! format), `history.csv`, `curves.png`, `metrics.json` (the best epoch's
-//! validation metrics), for tasks box, detect and segment `examples.png`,
+//! format; tasks detect and instance: `oof.json`, COCO results),
+//! `history.csv`, `curves.png`, `metrics.json` (the best epoch's
+//! validation metrics), for tasks box, detect, instance and segment
+//! `examples.png`,
 //! and for task segment `oof/` (the validation masks and probabilities).
 //!
 //! A killed run resumes from its last finished epoch when run again with
@@ -233,7 +235,7 @@ impl Op for Train {
     // 2: detectors place their locations where the backbone's cells are
     // centred (ResNet, EfficientNet: at whole strides, as torchvision).
     const VERSION: u32 = 2;
-    const SUMMARY: &'static str = "Train a classifier, multi-label classifier, regressor, box model, detector or segmenter on one fold (candle).";
+    const SUMMARY: &'static str = "Train a classifier, multi-label classifier, regressor, box model, detector, instance or semantic segmenter on one fold (candle).";
     const INPUTS: &'static [&'static str] = &["images", "labels", "folds", "masks"];
 
     fn outputs(&self, a: &Args) -> Vec<String> {
