@@ -18,8 +18,10 @@ test images (podium: `predict`'s `ms_per_image`, decoding, pasting and writing i
 torchvision: eval mode on tensors in memory, masks pasted by its own postprocess), medians
 of three. Mask R-CNN is two-stage (RPN + RoI heads on P2–P5); its anchors are scaled to the
 small images (8 to 128 pixels), its transform told the images' own size (no resize) and
-ImageNet's normalization; score threshold 0.05, 100 detections per image on both sides.
-No augmentation.
+ImageNet's normalization; score threshold 0.05, `--max-det` detections per image on both
+sides (20 by default: the shapes are at most 4 per image, and both sides run their mask
+head on every detection kept, which at 100 per image dominated validation: a first run at
+100 had podium's 8 epochs take over 7 minutes). No augmentation.
 """
 import argparse
 import json
@@ -50,14 +52,14 @@ def podium(args, cwd):
         raise SystemExit(f"podium {' '.join(args)}: {r.stderr}")
 
 
-def model(classes, fpn):
+def model(classes, fpn, max_det):
     body = torchvision.models.resnet18()
     bb = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
                          [64, 128, 256, 512], fpn)
     anchors = AnchorGenerator(sizes=((8,), (16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     # Background is class 0 in torchvision: podium's class k is label k + 1.
     return MaskRCNN(bb, classes + 1, min_size=64, max_size=64, image_mean=MEAN, image_std=STD,
-                    rpn_anchor_generator=anchors, box_score_thresh=0.05, box_detections_per_img=100)
+                    rpn_anchor_generator=anchors, box_score_thresh=0.05, box_detections_per_img=max_det)
 
 
 def load(d, coco, ids, split="train"):
@@ -107,6 +109,7 @@ def main():
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--fpn", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.0005)
+    ap.add_argument("--max-det", type=int, default=20)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -128,14 +131,14 @@ def main():
         by_name = {im["file_name"][:-4]: im["id"] for im in coco["images"]}
         common = ["--set", "task=instance", "--set", "arch=resnet18", "--set", f"fpn_channels={a.fpn}",
                   "--set", "head_convs=4", "--set", "mask_convs=4", "--set", f"batch_size={bs}",
-                  "--set", f"lr={a.lr}", "-j", str(a.threads)]
+                  "--set", f"lr={a.lr}", "--set", f"max_det={a.max_det}", "-j", str(a.threads)]
         podium(["train", *common, "--set", "fold=0", "--set", f"epochs={a.epochs}",
                 "data/train_images", "data/train_coco.json", "folds.csv", "-o", "q"], d)
         pm = json.load(open(f"{d}/q/metrics.json"))
 
         x, t = load(d, coco, train_ids)
         xv, _ = load(d, coco, val_ids)
-        m = model(3, a.fpn)
+        m = model(3, a.fpn, a.max_det)
         opt = torch.optim.AdamW(m.parameters(), lr=a.lr, weight_decay=1e-4)
         steps = a.epochs * math.ceil(len(x) / bs)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -172,7 +175,8 @@ def main():
                                       dtype=np.float32).transpose(2, 0, 1) / 255) for i in test]
         pt, tt = [], []
         for r in range(3):
-            podium(["predict", "--set", f"batch_size={bs}", "-j", str(a.threads), "q/best.safetensors",
+            podium(["predict", "--set", f"batch_size={bs}", "--set", f"max_det={a.max_det}", "-j",
+                    str(a.threads), "q/best.safetensors",
                     "data/test_images", "-o", f"p{r}"], d)
             pt.append(json.load(open(f"{d}/p{r}/metrics.json"))["ms_per_image"])
             t0 = time.perf_counter()
