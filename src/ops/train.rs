@@ -1118,7 +1118,7 @@ fn detect_examples(
         if let Some(pred) = masks.get(i) {
             let (wu, hu) = sizes[i];
             if let Some(Ok(planes)) = data.val.masks.get(i).map(|m| m.decode(0, wu, hu)) {
-                outline(tile, &instance_index(&planes, wu, hu), plot::GREEN);
+                outline(tile, &index_map(&planes, wu, hu), plot::GREEN);
             }
             let shown: Vec<image::GrayImage> = dets[i]
                 .iter()
@@ -1131,7 +1131,7 @@ fn detect_examples(
                     })
                 })
                 .collect();
-            outline(tile, &instance_index(&shown, wu, hu), RED);
+            outline(tile, &index_map(&shown, wu, hu), RED);
         }
         // Task instance shows the outlines, detect the boxes.
         for o in data.val.objects[i].iter().filter(|_| !instance) {
@@ -1186,15 +1186,7 @@ fn segment_examples(
             .ok()
             .map(|m| m.into_luma8());
         // A class-index map from the truth's planes (the last class wins).
-        let truth_index = truth.map(|planes| {
-            image::GrayImage::from_fn(w, h, |x, y| {
-                let c = (0..planes.len())
-                    .rev()
-                    .find(|&c| planes[c].get_pixel(x, y).0[0] > 0)
-                    .map_or(0, |c| c as u8 + 1);
-                image::Luma([c])
-            })
-        });
+        let truth_index = truth.map(|planes| index_map(&planes, w, h));
         for (m, colour) in [(truth_index, plot::GREEN), (pred, plot::RED)] {
             if let Some(m) = m {
                 outline(tile, &m, colour);
@@ -1203,9 +1195,9 @@ fn segment_examples(
     })
 }
 
-/// An object-index map (0 background, k + 1 object k, the last object on
-/// top; indices past 255 wrap) of binary planes of `w × h`.
-fn instance_index(planes: &[image::GrayImage], w: u32, h: u32) -> image::GrayImage {
+/// An index map of binary planes of `w × h` (classes or objects): 0
+/// background, k + 1 plane k, the last plane on top; indices past 255 wrap.
+fn index_map(planes: &[image::GrayImage], w: u32, h: u32) -> image::GrayImage {
     image::GrayImage::from_fn(w, h, |x, y| {
         let k = (0..planes.len())
             .rev()
