@@ -133,15 +133,53 @@ fn grad_into(out: &mut [f32], x: &[f32], dy: &[f32], f: impl Fn(f32) -> f32) {
 
 /// `act(x · a + b)` per channel, `coef[c] = (a, b)`.
 fn affine_act(x: &[f32], (c, hw): (usize, usize), coef: &[(f32, f32)], act: Act) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
     if hw == 0 {
+        return vec![0f32; x.len()];
+    }
+    let mut y = crate::output_buffer(x.len());
+    if hw >= SMALL_PLANE {
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(k, (yo, xi))| affine_act_plane(yo, xi, coef[k % c], act));
         return y;
     }
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(k, (yo, xi))| affine_act_plane(yo, xi, coef[k % c], act));
+    // Small maps (EfficientNet's last stages: 1,152 planes of 2² per
+    // sample): a plane is too short for SIMD and a task per plane costs
+    // more than its work. The coefficients spread over one sample's
+    // `[C, hw]` instead, and each sample runs as one contiguous loop.
+    let (a, b): (Vec<f32>, Vec<f32>) = coef
+        .iter()
+        .flat_map(|&ab| std::iter::repeat_n(ab, hw))
+        .unzip();
+    let per = c * hw;
+    let samples = (SAMPLE_CHUNK / per.max(1)).max(1);
+    y.par_chunks_mut(per * samples)
+        .zip(x.par_chunks(per * samples))
+        .for_each(|(yo, xi)| {
+            for (ys, xs) in yo.chunks_mut(per).zip(xi.chunks(per)) {
+                affine_act_block(ys, xs, (&a, &b), act);
+            }
+        });
     y
+}
+
+/// Planes shorter than this run through [`affine_act_block`].
+const SMALL_PLANE: usize = 64;
+/// Elements per task on small planes.
+const SAMPLE_CHUNK: usize = 1 << 14;
+
+/// `act(x · a[i] + b[i])`: [`affine_act_plane`] with a coefficient per
+/// element, compiled for the CPU's widest SIMD.
+#[multiversion(targets = "simd")]
+fn affine_act_block(yo: &mut [f32], xi: &[f32], (a, b): (&[f32], &[f32]), act: Act) {
+    let n = yo.len();
+    let (xi, a, b) = (&xi[..n], &a[..n], &b[..n]);
+    match act {
+        Act::Identity => (0..n).for_each(|i| yo[i] = xi[i] * a[i] + b[i]),
+        Act::Relu => (0..n).for_each(|i| yo[i] = Act::Relu.apply(xi[i] * a[i] + b[i])),
+        Act::Silu => (0..n).for_each(|i| yo[i] = Act::Silu.apply(xi[i] * a[i] + b[i])),
+    }
 }
 
 /// One plane of [`affine_act`], compiled for the CPU's widest SIMD.
@@ -471,17 +509,22 @@ mod tests {
     }
 
     /// The fused ops and their backward equal the composed tensor-op form,
-    /// in training and evaluation, for every activation.
+    /// in training and evaluation, for every activation, on planes below
+    /// and above [`SMALL_PLANE`] (evaluation runs them differently).
     #[test]
     fn fused_batch_norm_equals_the_composed_form() {
         let dev = Device::Cpu;
-        for act in [Act::Identity, Act::Relu, Act::Silu] {
-            for train in [true, false] {
-                let x = Var::from_tensor(&Tensor::randn(0.5f32, 2., (3, 4, 5, 6), &dev).unwrap())
-                    .unwrap();
+        for (act, (h, wd), train) in [Act::Identity, Act::Relu, Act::Silu]
+            .into_iter()
+            .flat_map(|a| [(5, 6), (1, 1), (9, 8)].map(|hw| (a, hw)))
+            .flat_map(|(a, hw)| [true, false].map(|t| (a, hw, t)))
+        {
+            {
+                let shape = (3, 4, h, wd);
+                let x = Var::from_tensor(&Tensor::randn(0.5f32, 2., shape, &dev).unwrap()).unwrap();
                 let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 4, &dev).unwrap()).unwrap();
                 let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 4, &dev).unwrap()).unwrap();
-                let up = Tensor::randn(0f32, 1., (3, 4, 5, 6), &dev).unwrap();
+                let up = Tensor::randn(0f32, 1., shape, &dev).unwrap();
                 let (mean, var) = if train {
                     let mean = x.mean_keepdim((0, 2, 3)).unwrap();
                     let var = x
@@ -527,7 +570,7 @@ mod tests {
                     .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
                     .unwrap();
                 let y2 = composed_act(z, act);
-                let what = format!("{act:?} train {train}");
+                let what = format!("{act:?} {h}×{wd} train {train}");
                 close(&y, &y2, &format!("{what} forward"));
                 let g1 = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
                 let g2 = (&y2 * &up).unwrap().sum_all().unwrap().backward().unwrap();

@@ -450,13 +450,18 @@ fn out_rows<'a>(
 
 /// The forward pass: `[N, Cout, oh, ow]` from `x` and `w`, both contiguous.
 pub fn forward(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
-    let mut y = vec![0f32; g.n * g.cout * g.ohw()];
-    if y.is_empty() {
-        return y;
+    let len = g.n * g.cout * g.ohw();
+    if len == 0 {
+        return Vec::new();
     }
     if g.depthwise() {
+        let mut y = vec![0f32; len];
         depthwise::forward(x, w, g, &mut y);
-    } else if let Some(l) = direct::plan(g) {
+        return y;
+    }
+    // The direct kernel, the implicit gemm and the gemm write every cell.
+    let mut y = crate::output_buffer(len);
+    if let Some(l) = direct::plan(g) {
         direct::forward(x, w, g, &l, &mut y);
     } else if let Some(pl) = implicit::plan(g) {
         implicit::forward(x, w, g, &pl, &mut y);
@@ -504,16 +509,25 @@ fn forward_im2col(x: &[f32], w: &[f32], g: &Geometry, y: &mut [f32]) {
 
 /// The gradient of the input, `[N, Cin, H, W]`, from `dy` and `w`.
 pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
-    let mut dx = vec![0f32; g.n * g.cin * g.hw()];
-    if dx.is_empty() || g.ohw() == 0 {
+    let len = g.n * g.cin * g.hw();
+    if len == 0 || g.ohw() == 0 {
+        return vec![0f32; len];
+    }
+    // The direct kernel and the implicit gemm write every cell; col2im
+    // and the depthwise kernels add into zeros.
+    if let Some(f) = direct::plan_backward_data(g).filter(|_| !g.depthwise()) {
+        let mut dx = crate::output_buffer(len);
+        direct::backward_data(dy, w, g, &f, &mut dx);
         return dx;
     }
+    if let Some(f) = implicit::plan_backward_data(g).filter(|_| !g.depthwise()) {
+        let mut dx = crate::output_buffer(len);
+        implicit::backward_data(dy, w, g, &f, &mut dx);
+        return dx;
+    }
+    let mut dx = vec![0f32; len];
     if g.depthwise() {
         depthwise::backward_data(dy, w, g, &mut dx);
-    } else if let Some(f) = direct::plan_backward_data(g) {
-        direct::backward_data(dy, w, g, &f, &mut dx);
-    } else if let Some(f) = implicit::plan_backward_data(g) {
-        implicit::backward_data(dy, w, g, &f, &mut dx);
     } else {
         backward_data_im2col(dy, w, g, &mut dx);
     }
@@ -1201,7 +1215,8 @@ mod tests {
             let seed = seed + 3 * i as u64;
             let x = rand(xd.iter().product(), seed);
             let wt = rand(wd.iter().product(), seed + 1);
-            let mut y = vec![0f32; yd.iter().product()];
+            // NaN where the kernel must write: a cell it missed shows.
+            let mut y = vec![f32::NAN; yd.iter().product()];
             assert!(
                 forward(&x, &wt, &g, &mut y),
                 "{name}: case {i} should run: {g:?}"
@@ -1212,7 +1227,7 @@ mod tests {
             let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
             close(&y, &want, &format!("{name} forward vs im2col"));
             let u = rand(y.len(), seed + 2);
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = vec![f32::NAN; x.len()];
             let ran = backward(&u, &wt, &g, &mut dx);
             let square_stride_1 = g.kh == g.kw && g.p.stride == 1;
             assert_eq!(ran, square_stride_1, "{name}: case {i}, backward: {g:?}");
@@ -1308,7 +1323,7 @@ mod tests {
             let (xd, wd, yd) = g.dims();
             let x = rand(xd.iter().product(), 900 + i as u64);
             let wt = rand(wd.iter().product(), 901 + i as u64);
-            let mut y512 = vec![0f32; yd.iter().product()];
+            let mut y512 = vec![f32::NAN; yd.iter().product()];
             let mut y2 = y512.clone();
             assert!(run(Isa::Avx512)(&x, &wt, &g, &mut y512));
             assert!(run(Isa::Avx2)(&x, &wt, &g, &mut y2));

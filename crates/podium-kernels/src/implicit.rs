@@ -9,8 +9,10 @@
 //! output pixels × 16 output channels: for each tap and input channel it
 //! loads 16 weights (two AVX registers), broadcasts the six pixels' inputs
 //! and adds twelve products, the sums staying in registers for a pass over
-//! every tap and 32 input channels (about 256 rows of K, whose weights stay
-//! in L1). The six pixels of a tile are any six: each has its own base,
+//! every tap and some input channels (as many rows of K as keep the
+//! tile's weights within half of L1: 256 on a Zen 3). With AVX-512 a tile
+//! covers up to four blocks of 16 channels, one zmm register each (24
+//! sums). The six pixels of a tile are any six: each has its own base,
 //! so tiles run across rows and samples and waste nothing on an 8-wide or
 //! 2-wide map, and stride and dilation are only a matter of bases and
 //! offsets.
@@ -50,8 +52,9 @@ pub(super) struct Plan {
     tiles: Vec<Tiles>,
     /// Input channels summed per pass over a chunk's tiles.
     cc: usize,
-    /// The tiles' instruction set: with AVX-512 a tile covers two blocks
-    /// of output channels (6 pixels × 32 channels in 12 registers).
+    /// The tiles' instruction set: with AVX-512 a tile covers up to
+    /// [`WIDE`] blocks of output channels (6 pixels × 64 channels in 24 of
+    /// its 32 registers).
     isa: Isa,
 }
 
@@ -118,15 +121,20 @@ pub(super) fn plan_for(g: &Geometry, isa: Isa) -> Option<Plan> {
     if isa < Isa::Avx2 || !isa.available() {
         return None;
     }
-    // A pass sums about `KC` rows of K: every tap, `cc` input channels.
-    // Its weights for one block of channels (`taps × cc × NR`) stay in L1
-    // while the chunk's tiles run over them.
-    let cc = (KC / taps).next_multiple_of(8).clamp(1, g.cin);
+    // A pass sums `kc` rows of K: every tap, `cc` input channels. Its
+    // weights for the blocks of channels one tile covers (`taps × cc × NR`
+    // each) take at most half of L1 while the chunk's tiles run over them:
+    // 256 rows for AVX2's one block in a Zen 3's 32 KiB, 96 for AVX-512's
+    // four in a Sapphire Rapids' 48 KiB.
+    let caches = super::isa::caches();
+    let kc = caches.l1d / (2 * blocks_per_tile(isa) * NR * 4);
+    let cc = (kc / taps).next_multiple_of(8).clamp(1, g.cin);
     // Samples per chunk: enough pixels that the chunk's one short tile
     // wastes little and each weight is used often, few enough that one
-    // pass's inputs (`cc` channels of every cell) stay in L2.
+    // pass's inputs (`cc` channels of every cell) stay in three eighths
+    // of L2.
     let by_pixels = PIXELS.div_ceil(g.ohw());
-    let by_cache = (L2 / (4 * hp * wp * cc)).max(1);
+    let by_cache = (caches.l2 * 3 / 8 / (4 * hp * wp * cc)).max(1);
     let nb = by_pixels.min(by_cache).max(1);
     // As many chunks as that makes, rounded up to a multiple of the
     // threads (work stealing evens out chunks one sample apart).
@@ -154,15 +162,21 @@ fn chunk(n: usize, chunks: usize, c: usize) -> std::ops::Range<usize> {
     c * n / chunks..(c + 1) * n / chunks
 }
 
-/// Rows of K (tap × input channel) summed per pass.
-const KC: usize = 256;
 /// Output pixels a chunk aims at.
 const PIXELS: usize = 192;
 /// Tiles that run for every block of output channels before the next
 /// tiles start: their inputs stay in L1 meanwhile.
 const GROUP: usize = 8;
-/// Bytes of one pass's inputs that a chunk keeps under.
-const L2: usize = 192 << 10;
+/// Blocks of [`NR`] output channels one AVX-512 tile covers: 6 × 4
+/// accumulators, each broadcast input feeding four multiply-adds and each
+/// weight load six (two blocks, 12 accumulators, left the multiply-adds
+/// waiting on loads: a broadcast and a third of a weight load per product).
+const WIDE: usize = 4;
+
+/// Blocks of output channels per tile for `isa`'s tiles.
+fn blocks_per_tile(isa: Isa) -> usize {
+    if isa == Isa::Avx512 { WIDE } else { 1 }
+}
 
 /// The input gradient of a stride-1 `g` as the forward convolution this
 /// kernel runs, and its plan.
@@ -294,7 +308,8 @@ fn pack_flipped(w: &[f32], g: &Geometry) -> Vec<f32> {
 /// `[N, hp, wp, Cin]`.
 fn pad_channels_last(x: &[f32], g: &Geometry, pl: &Plan) -> Vec<f32> {
     let (hp, wp, cin, pad) = (pl.hp, pl.wp, g.cin, g.p.padding);
-    let mut xp = vec![0f32; g.n * hp * wp * cin];
+    // Every cell written below: the input's, and zeros around them.
+    let mut xp = crate::output_buffer(g.n * hp * wp * cin);
     let rows = g.h.min(hp.saturating_sub(pad));
     let cols = g.w.min(wp.saturating_sub(pad));
     xp.par_chunks_mut(hp * wp * cin)
@@ -302,9 +317,16 @@ fn pad_channels_last(x: &[f32], g: &Geometry, pl: &Plan) -> Vec<f32> {
         .for_each_init(Vec::new, |t, (dst, src)| {
             t.resize(g.hw() * cin, 0.0);
             transpose(src, cin, g.hw(), t);
-            for y in 0..rows {
-                let from = &t[y * g.w * cin..][..cols * cin];
-                dst[((y + pad) * wp + pad) * cin..][..cols * cin].copy_from_slice(from);
+            for (yp, row) in dst.chunks_exact_mut(wp * cin).enumerate() {
+                if yp < pad || yp >= pad + rows {
+                    row.fill(0.0);
+                    continue;
+                }
+                let (left, rest) = row.split_at_mut(pad.min(wp) * cin);
+                let (mid, right) = rest.split_at_mut(cols * cin);
+                left.fill(0.0);
+                mid.copy_from_slice(&t[(yp - pad) * g.w * cin..][..cols * cin]);
+                right.fill(0.0);
             }
         });
     xp
@@ -363,17 +385,29 @@ fn run(x: &[f32], a: &[f32], g: &Geometry, pl: &Plan, y: &mut [f32]) {
                     let (mut b, mut rest) = (0, &mut scratch[..]);
                     while b < nblk {
                         let tiles = (tiles, group.clone());
-                        if pl.isa == Isa::Avx512 && b + 1 < nblk {
-                            let (two, tail) = rest.split_at_mut(2 * rows * NR);
-                            let (o0, o1) = two.split_at_mut(rows * NR);
-                            let blocks = [block(b), block(b + 1)];
-                            run_tiles(tiles, xs, blocks, (g.cin, taps, cs), [o0, o1]);
-                            (b, rest) = (b + 2, tail);
-                        } else {
-                            let (one, tail) = rest.split_at_mut(rows * NR);
-                            run_tiles(tiles, xs, [block(b)], (g.cin, taps, cs), [one]);
-                            (b, rest) = (b + 1, tail);
+                        let nb = blocks_per_tile(pl.isa).min(nblk - b);
+                        let (these, tail) = rest.split_at_mut(nb * rows * NR);
+                        let mut outs = these.chunks_exact_mut(rows * NR);
+                        let shape = (g.cin, taps, cs);
+                        macro_rules! blocks {
+                            ($n:literal) => {
+                                run_tiles::<$n>(
+                                    tiles,
+                                    xs,
+                                    std::array::from_fn(|i| block(b + i)),
+                                    shape,
+                                    std::array::from_fn(|_| outs.next().expect("nb blocks")),
+                                    pl.isa,
+                                )
+                            };
                         }
+                        match nb {
+                            4 => blocks!(4),
+                            3 => blocks!(3),
+                            2 => blocks!(2),
+                            _ => blocks!(1),
+                        }
+                        (b, rest) = (b + nb, tail);
                     }
                 }
             }
@@ -396,18 +430,19 @@ fn run(x: &[f32], a: &[f32], g: &Geometry, pl: &Plan, y: &mut [f32]) {
         });
 }
 
-/// The tiles `group` of a chunk for `B` blocks of output channels (one,
-/// or two with AVX-512) and input channels `c0 .. c0 + cn` of `cin`, each
-/// block into its `scratch` (`[row][16]`; added to what it holds past the
-/// first pass).
+/// The tiles `group` of a chunk for `B` blocks of output channels (one
+/// with AVX2, up to [`WIDE`] with AVX-512) and input channels
+/// `c0 .. c0 + cn` of `cin`, each block into its `scratch` (`[row][16]`;
+/// added to what it holds past the first pass).
 fn run_tiles<const B: usize>(
     (t, group): (&Tiles, std::ops::Range<usize>),
     xs: &[f32],
     blocks: [&[f32]; B],
     (cin, ntaps, (c0, cn)): (usize, usize, (usize, usize)),
     mut scratch: [&mut [f32]; B],
+    isa: Isa,
 ) {
-    assert!(B == 1 || B == 2);
+    assert!(B >= 1 && B <= blocks_per_tile(isa));
     assert!(scratch.iter().all(|s| s.len() >= t.base.len() * NR) && c0 + cn <= cin);
     assert!(blocks.iter().all(|b| b.len() == blocks[0].len()));
     for (rows, &[t0, t1]) in t.rows[group.clone()].iter().zip(&t.spans[group]) {
@@ -421,7 +456,7 @@ fn run_tiles<const B: usize>(
         }));
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `plan_for` checked the CPU runs the tiles' instruction
-        // set (AVX2 and FMA; AVX-512F for two blocks). Each base is a
+        // set (AVX2 and FMA; AVX-512F for the wide tiles). Each base is a
         // pixel's cell in the chunk's `[samples, hp, wp, cin]` planes
         // (`Tiles::new`) and each tap offset reaches at most the last cell
         // a pixel reads, so every read `xs[base + c0 + offset ..][..cn]`
@@ -432,15 +467,8 @@ fn run_tiles<const B: usize>(
         unsafe {
             let w = blocks.map(|b| b.as_ptr().add(c0 * ntaps * NR));
             let out = (scratch.each_mut().map(|s| s.as_mut_ptr()), *rows);
-            if B == 2 {
-                avx512::tile2(
-                    (xs.as_ptr(), base),
-                    taps,
-                    (cn, ntaps * NR),
-                    [w[0], w[B - 1]],
-                    ([out.0[0], out.0[B - 1]], out.1),
-                    c0 > 0,
-                )
+            if isa == Isa::Avx512 {
+                avx512::tile::<B>((xs.as_ptr(), base), taps, (cn, ntaps * NR), w, out, c0 > 0)
             } else {
                 avx::tile(
                     (xs.as_ptr(), base),
@@ -463,46 +491,50 @@ mod avx512 {
 
     use super::{MR, NR};
 
-    /// Two blocks of 16 output channels for the six pixels of a tile: the
+    /// `B` blocks of 16 output channels for the six pixels of a tile: the
     /// AVX2 [`super::avx::tile`] once per block, in one pass over the
-    /// inputs (each broadcast feeds two 512-bit multiply-adds; 12
-    /// accumulators).
+    /// inputs, each block's 16 channels in one 512-bit register (each
+    /// broadcast input feeds `B` multiply-adds; `6·B` accumulators).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile2(
+    pub(super) unsafe fn tile<const B: usize>(
         (x, base): (*const f32, [usize; MR]),
         taps: &[[u32; 2]],
         (cn, stride): (usize, usize),
-        w: [*const f32; 2],
-        (out, rows): ([*mut f32; 2], [u32; MR]),
+        w: [*const f32; B],
+        (out, rows): ([*mut f32; B], [u32; MR]),
         accumulate: bool,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm512_setzero_ps(); B]; MR];
         unsafe {
             let dst = rows.map(|r| out.map(|o| o.add(r as usize * NR)));
             if accumulate {
                 for (row, d) in acc.iter_mut().zip(dst) {
-                    row[0] = _mm512_loadu_ps(d[0]);
-                    row[1] = _mm512_loadu_ps(d[1]);
+                    for j in 0..B {
+                        row[j] = _mm512_loadu_ps(d[j]);
+                    }
                 }
             }
             for &[input, wo] in taps {
                 let p = base.map(|b| x.add(b + input as usize));
-                let (mut w0, mut w1) = (w[0].add(wo as usize), w[1].add(wo as usize));
+                let mut wp = w.map(|w| w.add(wo as usize));
                 for ci in 0..cn {
-                    let v0 = _mm512_loadu_ps(w0);
-                    let v1 = _mm512_loadu_ps(w1);
+                    let mut v = [_mm512_setzero_ps(); B];
+                    for j in 0..B {
+                        v[j] = _mm512_loadu_ps(wp[j]);
+                        wp[j] = wp[j].add(stride);
+                    }
                     for (r, row) in acc.iter_mut().enumerate() {
                         let a = _mm512_set1_ps(*p[r].add(ci));
-                        row[0] = _mm512_fmadd_ps(a, v0, row[0]);
-                        row[1] = _mm512_fmadd_ps(a, v1, row[1]);
+                        for j in 0..B {
+                            row[j] = _mm512_fmadd_ps(a, v[j], row[j]);
+                        }
                     }
-                    w0 = w0.add(stride);
-                    w1 = w1.add(stride);
                 }
             }
             for (row, d) in acc.iter().zip(dst) {
-                _mm512_storeu_ps(d[0], row[0]);
-                _mm512_storeu_ps(d[1], row[1]);
+                for j in 0..B {
+                    _mm512_storeu_ps(d[j], row[j]);
+                }
             }
         }
     }

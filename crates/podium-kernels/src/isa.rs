@@ -87,6 +87,71 @@ pub fn isa() -> Isa {
     })
 }
 
+/// The data caches the kernels block for, in bytes per core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caches {
+    /// Level 1 data cache.
+    pub l1d: usize,
+    /// Level 2 cache (unified).
+    pub l2: usize,
+}
+
+impl Caches {
+    /// What the kernels assume where the system does not say: an AMD Zen 3
+    /// core's (32 KiB L1d, 512 KiB L2), the CPU their blocking was first
+    /// measured on.
+    pub const FALLBACK: Caches = Caches {
+        l1d: 32 << 10,
+        l2: 512 << 10,
+    };
+}
+
+/// This CPU's per-core L1d and L2 sizes, read once from
+/// `/sys/devices/system/cpu/cpu0/cache` (Linux), else
+/// [`Caches::FALLBACK`]. Blocking sizes derive from these, not from
+/// one CPU's constants (an Intel Sapphire Rapids core has 48 KiB and
+/// 2 MiB, a Zen 3 core 32 KiB and 512 KiB).
+pub fn caches() -> Caches {
+    static CACHES: OnceLock<Caches> = OnceLock::new();
+    *CACHES.get_or_init(|| read_caches("/sys/devices/system/cpu/cpu0/cache"))
+}
+
+fn read_caches(dir: &str) -> Caches {
+    let mut c = Caches::FALLBACK;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return c;
+    };
+    for e in entries.flatten() {
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok();
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
+        else {
+            continue;
+        };
+        let Some(bytes) = parse_size(&size) else {
+            continue;
+        };
+        match (level.trim(), kind.trim()) {
+            ("1", "Data") => c.l1d = bytes,
+            ("2", "Unified" | "Data") => c.l2 = bytes,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// `48K`, `2048K`, `2M` (sysfs's cache sizes) in bytes; sizes below 4 KiB
+/// or above 1 GiB are taken as misread.
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        _ => (s, 1),
+    };
+    let v = num.parse::<usize>().ok()?.checked_mul(unit)?;
+    (4 << 10..=1 << 30).contains(&v).then_some(v)
+}
+
 /// The CPU's model name (`/proc/cpuinfo`), for benchmarks and logs.
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -112,5 +177,18 @@ mod tests {
         assert!(Isa::Portable < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
         assert!(Isa::Portable.available());
         assert!(isa().available());
+    }
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_size("48K\n"), Some(48 << 10));
+        assert_eq!(parse_size("2048K"), Some(2 << 20));
+        assert_eq!(parse_size("2M"), Some(2 << 20));
+        assert_eq!(parse_size("1K"), None);
+        assert_eq!(parse_size("lots"), None);
+        // A directory that is not there: the fallback, not an error.
+        assert_eq!(read_caches("/nonexistent/cache"), Caches::FALLBACK);
+        let c = caches();
+        assert!(c.l1d >= 4 << 10 && c.l2 >= c.l1d, "{c:?}");
     }
 }
