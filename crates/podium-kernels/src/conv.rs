@@ -1382,7 +1382,7 @@ mod tests {
             (7, 13, 14, (3, 3), (5, 5), 1, 2, 1),
             (1, 16, 80, (4, 4), (3, 3), 1, 1, 1),
             (2, 128, 1040, (5, 4), (1, 1), 1, 0, 1),
-            (3, 24, 112, (3, 3), (3, 3), 1, 1, 1),
+            (3, 32, 112, (3, 3), (3, 3), 1, 1, 1),
         ];
         // Every tile kind this CPU runs: AVX2 (one block of 16 channels),
         // AVX-512 (up to four blocks at once: 16 to 112 output channels
