@@ -601,3 +601,228 @@ pub(super) fn backward_data(
 ) {
     run(dy, &pack_flipped(w, g), f, pl, dx);
 }
+
+/// Input channels one weight-gradient tile covers (one broadcast each).
+const WCI: usize = 12;
+/// Output channels one weight-gradient tile covers: two zmm registers.
+const WCO: usize = 32;
+
+/// The weight gradient `dW [Cout, Cin, kh, kw]` of `g` with its [`plan`]
+/// on a CPU with AVX-512, or `None` (the caller then runs im2col and the
+/// `gemm` crate).
+///
+/// The input goes into the forward pass's zero-padded channels-last planes
+/// and `dy` into `[pixel][Cout]` rows (padded to a multiple of 32 output
+/// channels). For each tap, `dW[·, ·, tap]` is then the sum over pixels of
+/// the outer product of a pixel's `dy` row with the `Cin` inputs the tap
+/// reads for it. A tile holds 32 output × 12 input channels of one tap in
+/// 24 zmm sums for the whole sum over pixels: per pixel, two loads of `dy`,
+/// twelve broadcast inputs, 24 multiply-adds. Pixels whose tap reads
+/// padding are left out of that tap's list. Each tile sums its pixels in
+/// one fixed order, so the result does not depend on the threads.
+pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &Geometry, pl: &Plan) -> Option<Vec<f32>> {
+    if pl.isa != Isa::Avx512 || !Isa::Avx512.available() {
+        return None;
+    }
+    let (taps, ohw) = (g.kh * g.kw, g.ohw());
+    let cop = g.cout.next_multiple_of(WCO);
+    let plane = pl.hp * pl.wp * g.cin;
+    if g.n.checked_mul(ohw)?.checked_mul(cop)? > u32::MAX as usize {
+        return None;
+    }
+    let xp = pad_channels_last(x, g, pl);
+    // dy as [n · ohw][cop], zeros past Cout.
+    let mut dyt = vec![0f32; g.n * ohw * cop];
+    dyt.par_chunks_mut(ohw * cop)
+        .zip(dy.par_chunks(g.cout * ohw))
+        .for_each_init(Vec::new, |t, (dst, src)| {
+            t.resize(ohw * g.cout, 0.0);
+            transpose(src, g.cout, ohw, t);
+            for (d, s) in dst.chunks_exact_mut(cop).zip(t.chunks_exact(g.cout)) {
+                d[..g.cout].copy_from_slice(s);
+            }
+        });
+    // Per tap, `[input offset, dy offset]` of every pixel whose tap reads
+    // inside the input.
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    let inside = |o: usize, k: usize, len: usize| {
+        let at = (o * s + k * d) as isize - pad as isize;
+        at >= 0 && (at as usize) < len
+    };
+    let pairs: Vec<Vec<[u32; 2]>> = (0..taps)
+        .map(|t| {
+            let (i, j) = (t / g.kw, t % g.kw);
+            let off = (i * d * pl.wp + j * d) * g.cin;
+            let mut v = Vec::new();
+            for sample in 0..g.n {
+                for p in 0..ohw {
+                    let (oy, ox) = (p / g.ow, p % g.ow);
+                    if inside(oy, i, g.h) && inside(ox, j, g.w) {
+                        let base = sample * plane + (oy * s * pl.wp + ox * s) * g.cin + off;
+                        v.push([base as u32, ((sample * ohw + p) * cop) as u32]);
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    // The pixels in blocks of `WPB` (their rows of dy and their inputs stay
+    // in L1 while every tap passes over them): per tap, where each block's
+    // pixels start in its list.
+    let blocks = (g.n * ohw).div_ceil(WPB);
+    let cuts: Vec<Vec<usize>> = pairs
+        .iter()
+        .map(|pix| {
+            (0..=blocks)
+                .map(|b| pix.partition_point(|&[_, dyo]| (dyo as usize / cop) < b * WPB))
+                .collect()
+        })
+        .collect();
+    // Work items: (block of output channels, block of input channels),
+    // each all taps; a tile's sums land in `[tap][ci][32]`. The items go
+    // in a few runs of consecutive ones, a task each, and a task takes its
+    // items one block of pixels at a time, so that a block's rows of dy
+    // and inputs, read from memory once, serve every item of the run from
+    // L2. A tile's sum runs over the blocks in order whatever the runs.
+    let (cob, cib) = (cop / WCO, g.cin.div_ceil(WCI));
+    let items = cob * cib;
+    let runs = (2 * rayon::current_num_threads()).clamp(1, items);
+    let mut tiles: Vec<Vec<f32>> = vec![Vec::new(); items];
+    tiles
+        .par_chunks_mut(items.div_ceil(runs))
+        .enumerate()
+        .for_each(|(r, run)| {
+            let first = r * items.div_ceil(runs);
+            for out in run.iter_mut() {
+                *out = vec![0f32; taps * WCI * WCO];
+            }
+            for b in 0..blocks {
+                for (i, out) in run.iter_mut().enumerate() {
+                    let item = first + i;
+                    let (co0, ci0) = (item / cib * WCO, item % cib * WCI);
+                    let cn = WCI.min(g.cin - ci0);
+                    for (t, (pix, cut)) in pairs.iter().zip(&cuts).enumerate() {
+                        let pix = &pix[cut[b]..cut[b + 1]];
+                        let o = &mut out[t * WCI * WCO..][..WCI * WCO];
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX-512F is present (checked above).
+                        // Every input offset is a pixel's cell in `xp` plus
+                        // a tap that lands inside the padded plane, so
+                        // `xp[off + ci0 ..][..cn]` lies in the plane's
+                        // channels; every dy offset is a pixel's row of
+                        // `cop` floats in `dyt`, and `co0 + 32 <= cop`; `o`
+                        // holds `WCI × WCO` floats.
+                        unsafe {
+                            avx512w::tile(
+                                (xp.as_ptr().add(ci0), dyt.as_ptr().add(co0)),
+                                pix,
+                                cn,
+                                (o, b > 0),
+                            )
+                        };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        unreachable!("AVX-512 on another arch: {}", (pix, o).1.len());
+                    }
+                }
+            }
+        });
+    // Into `[Cout][Cin][tap]`: a tile's part of an output channel's row is
+    // contiguous (`cn` input channels × taps).
+    let mut dw = vec![0f32; g.weight_len()];
+    dw.par_chunks_mut(WCO * g.cin * taps)
+        .enumerate()
+        .for_each(|(cb, rows)| {
+            for (k, row) in rows.chunks_exact_mut(g.cin * taps).enumerate() {
+                for ib in 0..cib {
+                    let (ci0, tile) = (ib * WCI, &tiles[cb * cib + ib]);
+                    let cn = WCI.min(g.cin - ci0);
+                    for (c, dst) in row[ci0 * taps..][..cn * taps]
+                        .chunks_exact_mut(taps)
+                        .enumerate()
+                    {
+                        for (t, v) in dst.iter_mut().enumerate() {
+                            *v = tile[(t * WCI + c) * WCO + k];
+                        }
+                    }
+                }
+            }
+        });
+    Some(dw)
+}
+
+/// Pixels per block of the weight gradient's sums.
+const WPB: usize = 128;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512w {
+    use std::arch::x86_64::*;
+
+    use super::{WCI, WCO};
+
+    /// `out[c·32 + k] (+)= Σ_pixels x[xo + c] · dy[dyo + k]` for the
+    /// `cn ≤ 12` input channels `c` and 32 output channels `k`, over the
+    /// pixels' `[xo, dyo]` offsets (from `x`, `dy`), added to what `out`
+    /// holds if `accumulate`.
+    ///
+    /// # Safety
+    /// AVX-512F; `x + xo + c` and `dy + dyo + k` readable for every pixel,
+    /// `c < cn`, `k < 32`; `out` at least `WCI × WCO` long.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile(
+        (x, dy): (*const f32, *const f32),
+        pixels: &[[u32; 2]],
+        cn: usize,
+        out: (&mut [f32], bool),
+    ) {
+        assert!(out.0.len() >= WCI * WCO && cn <= WCI);
+        // SAFETY: the caller's contract; full tiles run with `cn = 12`
+        // constant so the broadcasts unroll, tails with their count.
+        unsafe {
+            if cn == WCI {
+                sums::<WCI>((x, dy), pixels, out)
+            } else {
+                macro_rules! tail {
+                    ($($n:literal)*) => {
+                        match cn {
+                            $($n => sums::<$n>((x, dy), pixels, out),)*
+                            _ => unreachable!("cn <= 12"),
+                        }
+                    };
+                }
+                tail!(1 2 3 4 5 6 7 8 9 10 11)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sums<const C: usize>(
+        (x, dy): (*const f32, *const f32),
+        pixels: &[[u32; 2]],
+        (out, accumulate): (&mut [f32], bool),
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; C];
+        unsafe {
+            if accumulate {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    a[0] = _mm512_loadu_ps(out.as_ptr().add(c * WCO));
+                    a[1] = _mm512_loadu_ps(out.as_ptr().add(c * WCO + 16));
+                }
+            }
+            for &[xo, dyo] in pixels {
+                let d = dy.add(dyo as usize);
+                let (d0, d1) = (_mm512_loadu_ps(d), _mm512_loadu_ps(d.add(16)));
+                let xs = x.add(xo as usize);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let v = _mm512_set1_ps(*xs.add(c));
+                    a[0] = _mm512_fmadd_ps(v, d0, a[0]);
+                    a[1] = _mm512_fmadd_ps(v, d1, a[1]);
+                }
+            }
+            for (c, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(c * WCO), a[0]);
+                _mm512_storeu_ps(out.as_mut_ptr().add(c * WCO + 16), a[1]);
+            }
+        }
+    }
+}
