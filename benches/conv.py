@@ -23,14 +23,19 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def timed(reps, f):
+def samples(reps, f):
+    """`reps` timings of `f` in ms, after one warm-up call."""
     f()
     out = []
     for _ in range(reps):
         t = time.perf_counter()
         f()
         out.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(out)
+    return out
+
+
+def timed(reps, f):
+    return statistics.median(samples(reps, f))
 
 
 def torch_case(s, size, batch, reps, device):

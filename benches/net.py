@@ -19,26 +19,21 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import timm
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conv import samples  # noqa: E402
 from train import SimpleCnn, cpu_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timed(reps, f):
-    f()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        out.append((time.perf_counter() - t) * 1e3)
-    out.sort()
+    """Minimum and median of `reps` timings, ms."""
+    out = sorted(samples(reps, f))
     return out[0], out[len(out) // 2]
 
 

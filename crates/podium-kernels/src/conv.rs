@@ -1379,25 +1379,31 @@ mod tests {
     /// what would be four parts for one sample on two threads), stride,
     /// dilation, no padding, a kernel that is not square (forward only), a
     /// 1×1 kernel of many weights.
+    /// Shapes the implicit gemm takes: 2²–9² maps, 13 to 128 input and 14
+    /// to 1,040 output channels (last AVX-512 tiles of one to four blocks),
+    /// strides, dilation, padding wider than the kernel's reach, kernels
+    /// that are not square, a large 1×1, samples from 1 to 30.
+    const IMPLICIT_CASES: [Case; 11] = [
+        (5, 16, 16, (2, 2), (3, 3), 1, 1, 1),
+        (30, 13, 40, (4, 4), (3, 3), 1, 1, 1),
+        (3, 40, 15, (8, 8), (3, 3), 1, 1, 1),
+        (4, 16, 40, (7, 7), (3, 3), 2, 1, 1),
+        (2, 16, 16, (9, 9), (3, 3), 1, 2, 2),
+        (3, 32, 16, (6, 5), (5, 5), 1, 0, 1),
+        (2, 16, 16, (6, 6), (1, 3), 1, 1, 1),
+        (7, 13, 14, (3, 3), (5, 5), 1, 2, 1),
+        (1, 16, 80, (4, 4), (3, 3), 1, 1, 1),
+        (2, 128, 1040, (5, 4), (1, 1), 1, 0, 1),
+        (3, 32, 112, (3, 3), (3, 3), 1, 1, 1),
+    ];
+
     #[test]
     fn implicit_gemm_matches_im2col() {
         if !super::super::avx2_fma() {
             eprintln!("no AVX2 + FMA: the implicit gemm does not run here");
             return;
         }
-        let cases = [
-            (5, 16, 16, (2, 2), (3, 3), 1, 1, 1),
-            (30, 13, 40, (4, 4), (3, 3), 1, 1, 1),
-            (3, 40, 15, (8, 8), (3, 3), 1, 1, 1),
-            (4, 16, 40, (7, 7), (3, 3), 2, 1, 1),
-            (2, 16, 16, (9, 9), (3, 3), 1, 2, 2),
-            (3, 32, 16, (6, 5), (5, 5), 1, 0, 1),
-            (2, 16, 16, (6, 6), (1, 3), 1, 1, 1),
-            (7, 13, 14, (3, 3), (5, 5), 1, 2, 1),
-            (1, 16, 80, (4, 4), (3, 3), 1, 1, 1),
-            (2, 128, 1040, (5, 4), (1, 1), 1, 0, 1),
-            (3, 32, 112, (3, 3), (3, 3), 1, 1, 1),
-        ];
+        let cases = IMPLICIT_CASES;
         // Every tile kind this CPU runs: AVX2 (one block of 16 channels),
         // AVX-512 (up to four blocks at once: 16 to 112 output channels
         // leave last tiles of one, two and three blocks).
@@ -1510,10 +1516,10 @@ mod tests {
         }
     }
 
-    /// The channels-last weight gradient (AVX-512) equals the gemm's on
-    /// every shape it takes: output channels short of a block of 32, input
-    /// channels short of a tile of 12, strides, dilation, 2² maps whose
-    /// taps mostly read padding, a large 1×1, and the weights' layout.
+    /// The channels-last weight gradient (AVX-512) equals the gemm's on the
+    /// implicit gemm's shapes: output channels short of a block of 32,
+    /// input channels short of a tile of 12, strides, dilation, 2² maps
+    /// whose taps mostly read padding, a large 1×1, the weights' layout.
     #[test]
     fn implicit_weight_gradient_matches_the_gemm() {
         use super::super::isa::Isa;
@@ -1521,18 +1527,7 @@ mod tests {
             eprintln!("no AVX-512: the channels-last weight gradient does not run here");
             return;
         }
-        let cases = [
-            (5, 16, 16, (2, 2), (3, 3), 1, 1, 1),
-            (3, 40, 15, (8, 8), (3, 3), 1, 1, 1),
-            (4, 16, 40, (7, 7), (3, 3), 2, 1, 1),
-            (2, 16, 16, (9, 9), (3, 3), 1, 2, 2),
-            (3, 32, 16, (6, 5), (5, 5), 1, 0, 1),
-            (2, 16, 16, (6, 6), (1, 3), 1, 1, 1),
-            (1, 16, 80, (4, 4), (3, 3), 1, 1, 1),
-            (2, 128, 1040, (5, 4), (1, 1), 1, 0, 1),
-            (3, 32, 112, (3, 3), (3, 3), 1, 1, 1),
-        ];
-        for (i, case) in cases.iter().enumerate() {
+        for (i, case) in IMPLICIT_CASES.iter().enumerate() {
             let g = case_geometry(case);
             let pl = implicit::plan_for(&g, Isa::Avx512).expect("planned");
             let x = rand(g.n * g.cin * g.hw(), 70 + i as u64);
