@@ -519,68 +519,66 @@ mod tests {
             .flat_map(|a| [(5, 6), (1, 1), (9, 8)].map(|hw| (a, hw)))
             .flat_map(|(a, hw)| [true, false].map(|t| (a, hw, t)))
         {
-            {
-                let shape = (3, 4, h, wd);
-                let x = Var::from_tensor(&Tensor::randn(0.5f32, 2., shape, &dev).unwrap()).unwrap();
-                let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 4, &dev).unwrap()).unwrap();
-                let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 4, &dev).unwrap()).unwrap();
-                let up = Tensor::randn(0f32, 1., shape, &dev).unwrap();
-                let (mean, var) = if train {
-                    let mean = x.mean_keepdim((0, 2, 3)).unwrap();
-                    let var = x
-                        .broadcast_sub(&mean)
-                        .unwrap()
-                        .sqr()
-                        .unwrap()
-                        .mean_keepdim((0, 2, 3))
-                        .unwrap();
-                    (mean, var)
-                } else {
-                    let mean = Tensor::new(&[0.1f32, -0.2, 0.3, 0.5], &dev).unwrap();
-                    let var = Tensor::new(&[1.5f32, 0.7, 2.0, 1.0], &dev).unwrap();
-                    (
-                        mean.reshape((1, 4, 1, 1)).unwrap(),
-                        var.reshape((1, 4, 1, 1)).unwrap(),
-                    )
-                };
-                let y = if train {
-                    let op = BnTrain::new(1e-5, act);
-                    x.as_tensor()
-                        .apply_op3(w.as_tensor(), b.as_tensor(), op)
-                        .unwrap()
-                } else {
-                    let m: Vec<f32> = mean.flatten_all().unwrap().to_vec1().unwrap();
-                    let v: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
-                    let op = BnEval {
-                        eps: 1e-5,
-                        act,
-                        mean_var: m.into_iter().zip(v).collect(),
-                    };
-                    x.as_tensor()
-                        .apply_op3(w.as_tensor(), b.as_tensor(), op)
-                        .unwrap()
-                };
-                let z = x
+            let shape = (3, 4, h, wd);
+            let x = Var::from_tensor(&Tensor::randn(0.5f32, 2., shape, &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 4, &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 4, &dev).unwrap()).unwrap();
+            let up = Tensor::randn(0f32, 1., shape, &dev).unwrap();
+            let (mean, var) = if train {
+                let mean = x.mean_keepdim((0, 2, 3)).unwrap();
+                let var = x
                     .broadcast_sub(&mean)
                     .unwrap()
-                    .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+                    .sqr()
                     .unwrap()
-                    .broadcast_mul(&w.reshape((1, 4, 1, 1)).unwrap())
-                    .unwrap()
-                    .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+                    .mean_keepdim((0, 2, 3))
                     .unwrap();
-                let y2 = composed_act(z, act);
-                let what = format!("{act:?} {h}×{wd} train {train}");
-                close(&y, &y2, &format!("{what} forward"));
-                let g1 = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
-                let g2 = (&y2 * &up).unwrap().sum_all().unwrap().backward().unwrap();
-                for (v, name) in [(&x, "dx"), (&w, "dw"), (&b, "db")] {
-                    close(
-                        g1.get(v).unwrap(),
-                        g2.get(v).unwrap(),
-                        &format!("{what} {name}"),
-                    );
-                }
+                (mean, var)
+            } else {
+                let mean = Tensor::new(&[0.1f32, -0.2, 0.3, 0.5], &dev).unwrap();
+                let var = Tensor::new(&[1.5f32, 0.7, 2.0, 1.0], &dev).unwrap();
+                (
+                    mean.reshape((1, 4, 1, 1)).unwrap(),
+                    var.reshape((1, 4, 1, 1)).unwrap(),
+                )
+            };
+            let y = if train {
+                let op = BnTrain::new(1e-5, act);
+                x.as_tensor()
+                    .apply_op3(w.as_tensor(), b.as_tensor(), op)
+                    .unwrap()
+            } else {
+                let m: Vec<f32> = mean.flatten_all().unwrap().to_vec1().unwrap();
+                let v: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
+                let op = BnEval {
+                    eps: 1e-5,
+                    act,
+                    mean_var: m.into_iter().zip(v).collect(),
+                };
+                x.as_tensor()
+                    .apply_op3(w.as_tensor(), b.as_tensor(), op)
+                    .unwrap()
+            };
+            let z = x
+                .broadcast_sub(&mean)
+                .unwrap()
+                .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(&w.reshape((1, 4, 1, 1)).unwrap())
+                .unwrap()
+                .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+                .unwrap();
+            let y2 = composed_act(z, act);
+            let what = format!("{act:?} {h}×{wd} train {train}");
+            close(&y, &y2, &format!("{what} forward"));
+            let g1 = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&y2 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for (v, name) in [(&x, "dx"), (&w, "dw"), (&b, "db")] {
+                close(
+                    g1.get(v).unwrap(),
+                    g2.get(v).unwrap(),
+                    &format!("{what} {name}"),
+                );
             }
         }
     }

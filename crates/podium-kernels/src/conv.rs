@@ -515,15 +515,17 @@ pub fn backward_data(dy: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
     }
     // The direct kernel and the implicit gemm write every cell; col2im
     // and the depthwise kernels add into zeros.
-    if let Some(f) = direct::plan_backward_data(g).filter(|_| !g.depthwise()) {
-        let mut dx = crate::output_buffer(len);
-        direct::backward_data(dy, w, g, &f, &mut dx);
-        return dx;
-    }
-    if let Some(f) = implicit::plan_backward_data(g).filter(|_| !g.depthwise()) {
-        let mut dx = crate::output_buffer(len);
-        implicit::backward_data(dy, w, g, &f, &mut dx);
-        return dx;
+    if !g.depthwise() {
+        if let Some(f) = direct::plan_backward_data(g) {
+            let mut dx = crate::output_buffer(len);
+            direct::backward_data(dy, w, g, &f, &mut dx);
+            return dx;
+        }
+        if let Some(f) = implicit::plan_backward_data(g) {
+            let mut dx = crate::output_buffer(len);
+            implicit::backward_data(dy, w, g, &f, &mut dx);
+            return dx;
+        }
     }
     let mut dx = vec![0f32; len];
     if g.depthwise() {

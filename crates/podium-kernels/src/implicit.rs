@@ -169,8 +169,9 @@ const PIXELS: usize = 192;
 const GROUP: usize = 8;
 /// Blocks of [`NR`] output channels one AVX-512 tile covers: 6 × 4
 /// accumulators, each broadcast input feeding four multiply-adds and each
-/// weight load six (two blocks, 12 accumulators, left the multiply-adds
-/// waiting on loads: a broadcast and a third of a weight load per product).
+/// weight load six (0.42 loads per product, against 0.67 with two blocks;
+/// measured 1–2 % faster than two blocks on resnet18's layer2–4, within
+/// the noise of the machine it was measured on).
 const WIDE: usize = 4;
 
 /// Blocks of output channels per tile for `isa`'s tiles.
