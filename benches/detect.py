@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -74,6 +73,27 @@ def load(d, coco, ids):
     return xs, ts
 
 
+def prepare(d, n):
+    """In `d`: synth detect data (`n` training images of 64², 3 classes), 5 folds, and
+    `val_gt.json` (fold 0's COCO ground truth). Returns the COCO training set, the training
+    and validation image ids, and each id's COCO image id."""
+    podium(["synth", "--set", "task=detect", "--set", f"n_train={n}", "--set", "n_test=100",
+            "--set", "size=64", "--set", "classes=3", "--set", "seed=3", "-o", "data"], d)
+    podium(["folds", "--set", "k=5", "data/train.csv", "-o", "folds.csv"], d)
+    rows = [l.split(",") for l in open(f"{d}/folds.csv").read().split()[1:]]
+    train_ids = [i for i, f in rows if f != "0"]
+    val_ids = [i for i, f in rows if f == "0"]
+    coco = json.load(open(f"{d}/data/train_coco.json"))
+    val_names = set(val_ids)
+    val_gt = dict(coco)
+    val_gt["images"] = [im for im in coco["images"] if im["file_name"][:-4] in val_names]
+    keep = {im["id"] for im in val_gt["images"]}
+    val_gt["annotations"] = [x for x in coco["annotations"] if x["image_id"] in keep]
+    json.dump(val_gt, open(f"{d}/val_gt.json", "w"))
+    by_name = {im["file_name"][:-4]: im["id"] for im in coco["images"]}
+    return coco, train_ids, val_ids, by_name
+
+
 def detect(m, xs, bs):
     m.eval()
     out = []
@@ -95,20 +115,7 @@ def main():
     torch.manual_seed(0)
     bs = 16
     with tempfile.TemporaryDirectory() as d:
-        podium(["synth", "--set", "task=detect", "--set", f"n_train={a.n}", "--set", "n_test=100",
-                "--set", "size=64", "--set", "classes=3", "--set", "seed=3", "-o", "data"], d)
-        podium(["folds", "--set", "k=5", "data/train.csv", "-o", "folds.csv"], d)
-        rows = [l.split(",") for l in open(f"{d}/folds.csv").read().split()[1:]]
-        train_ids = [i for i, f in rows if f != "0"]
-        val_ids = [i for i, f in rows if f == "0"]
-        coco = json.load(open(f"{d}/data/train_coco.json"))
-        val_names = set(val_ids)
-        val_gt = dict(coco)
-        val_gt["images"] = [im for im in coco["images"] if im["file_name"][:-4] in val_names]
-        keep = {im["id"] for im in val_gt["images"]}
-        val_gt["annotations"] = [x for x in coco["annotations"] if x["image_id"] in keep]
-        json.dump(val_gt, open(f"{d}/val_gt.json", "w"))
-        by_name = {im["file_name"][:-4]: im["id"] for im in coco["images"]}
+        coco, train_ids, val_ids, by_name = prepare(d, a.n)
         common = ["--set", "task=detect", "--set", "arch=resnet18", "--set", f"fpn_channels={a.fpn}",
                   "--set", "head_convs=4", "--set", f"batch_size={bs}", "--set", f"lr={a.lr}", "-j", str(a.threads)]
         podium(["train", *common, "--set", "fold=0", "--set", f"epochs={a.epochs}",

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 
@@ -41,16 +41,10 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PODIUM = os.environ.get("PODIUM_BIN", os.path.join(ROOT, "target", "release", "podium"))
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def podium(args, cwd):
-    r = subprocess.run([PODIUM, "op", *args], cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"podium {' '.join(args)}: {r.stderr}")
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The FCOS bench's harness: podium's CLI, the normalization, the data and fold 0's ground truth.
+from detect import MEAN, STD, podium, prepare  # noqa: E402
+from detect import detect as predict  # noqa: E402
 
 def model(classes, fpn, max_det):
     body = torchvision.models.resnet18()
@@ -81,15 +75,6 @@ def load(d, coco, ids, split="train"):
     return xs, ts
 
 
-def predict(m, xs, bs):
-    m.eval()
-    out = []
-    with torch.no_grad():
-        for b in range(0, len(xs), bs):
-            out.extend(m(xs[b:b + bs]))
-    return out
-
-
 def results(ids, outs, by_name):
     dets = []
     for i, o in zip(ids, outs):
@@ -115,20 +100,7 @@ def main():
     torch.manual_seed(0)
     bs = 16
     with tempfile.TemporaryDirectory() as d:
-        podium(["synth", "--set", "task=detect", "--set", f"n_train={a.n}", "--set", "n_test=100",
-                "--set", "size=64", "--set", "classes=3", "--set", "seed=3", "-o", "data"], d)
-        podium(["folds", "--set", "k=5", "data/train.csv", "-o", "folds.csv"], d)
-        rows = [l.split(",") for l in open(f"{d}/folds.csv").read().split()[1:]]
-        train_ids = [i for i, f in rows if f != "0"]
-        val_ids = [i for i, f in rows if f == "0"]
-        coco = json.load(open(f"{d}/data/train_coco.json"))
-        val_names = set(val_ids)
-        val_gt = dict(coco)
-        val_gt["images"] = [im for im in coco["images"] if im["file_name"][:-4] in val_names]
-        keep = {im["id"] for im in val_gt["images"]}
-        val_gt["annotations"] = [x for x in coco["annotations"] if x["image_id"] in keep]
-        json.dump(val_gt, open(f"{d}/val_gt.json", "w"))
-        by_name = {im["file_name"][:-4]: im["id"] for im in coco["images"]}
+        coco, train_ids, val_ids, by_name = prepare(d, a.n)
         common = ["--set", "task=instance", "--set", "arch=resnet18", "--set", f"fpn_channels={a.fpn}",
                   "--set", "head_convs=4", "--set", "mask_convs=4", "--set", f"batch_size={bs}",
                   "--set", f"lr={a.lr}", "--set", f"max_det={a.max_det}", "-j", str(a.threads)]
