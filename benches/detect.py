@@ -94,6 +94,35 @@ def prepare(d, n):
     return coco, train_ids, val_ids, by_name
 
 
+def train_torchvision(m, x, t, epochs, lr, bs, evaluate):
+    """Trains torchvision detector `m` on images `x` with targets `t` as podium trains
+    (AdamW, weight decay 1e-4, cosine schedule per step, batches of `bs`, a last batch of
+    one dropped), calling `evaluate(epoch)` after each epoch for a (mAP50, mAP) pair.
+    Returns the best pair and the training images per second (evaluation left out)."""
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(x) / bs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    best = (0.0, 0.0)
+    train_secs = 0.0
+    for epoch in range(epochs):
+        m.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(x)).tolist()
+        for b in range(0, len(x), bs):
+            j = perm[b:b + bs]
+            if len(j) < 2:
+                continue
+            losses = m([x[i] for i in j], [t[i] for i in j])
+            loss = sum(losses.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        train_secs += time.perf_counter() - t0
+        best = max(best, evaluate(epoch))
+    return best, len(x) * epochs / train_secs
+
+
 def detect(m, xs, bs):
     m.eval()
     out = []
@@ -125,26 +154,8 @@ def main():
         x, t = load(d, coco, train_ids)
         xv, _ = load(d, coco, val_ids)
         m = model(3, a.fpn)
-        opt = torch.optim.AdamW(m.parameters(), lr=a.lr, weight_decay=1e-4)
-        steps = a.epochs * math.ceil(len(x) / bs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-        best = (0.0, 0.0)
-        train_secs = 0.0
-        for epoch in range(a.epochs):
-            m.train()
-            t0 = time.perf_counter()
-            perm = torch.randperm(len(x)).tolist()
-            for b in range(0, len(x), bs):
-                j = perm[b:b + bs]
-                if len(j) < 2:
-                    continue
-                losses = m([x[i] for i in j], [t[i] for i in j])
-                loss = sum(losses.values())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-            train_secs += time.perf_counter() - t0
+
+        def evaluate(epoch):
             dets = []
             for i, o in zip(val_ids, detect(m, xv, bs)):
                 for box, s, l in zip(o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()):
@@ -154,8 +165,9 @@ def main():
             podium(["evaluate", "--set", 'metric=["coco_map50", "coco_map"]', "val_gt.json",
                     f"tv_{epoch}.json", "-o", f"tv_{epoch}_m.json"], d)
             r = json.load(open(f"{d}/tv_{epoch}_m.json"))
-            best = max(best, (r["coco_map50"], r["coco_map"]))
-        tv_speed = len(x) * a.epochs / train_secs
+            return r["coco_map50"], r["coco_map"]
+
+        best, tv_speed = train_torchvision(m, x, t, a.epochs, a.lr, bs, evaluate)
 
         podium(["train", *common, "--set", "fold=all", "--set", "epochs=2",
                 "data/train_images", "data/train_coco.json", "-o", "s"], d)

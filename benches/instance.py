@@ -25,7 +25,6 @@ head on every detection kept, which at 100 per image dominated validation: a fir
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The FCOS bench's harness: podium's CLI, the normalization, the data and fold 0's ground truth.
-from detect import MEAN, STD, podium, prepare  # noqa: E402
+from detect import MEAN, STD, podium, prepare, train_torchvision  # noqa: E402
 from detect import detect as predict  # noqa: E402
 
 def model(classes, fpn, max_det):
@@ -111,33 +110,16 @@ def main():
         x, t = load(d, coco, train_ids)
         xv, _ = load(d, coco, val_ids)
         m = model(3, a.fpn, a.max_det)
-        opt = torch.optim.AdamW(m.parameters(), lr=a.lr, weight_decay=1e-4)
-        steps = a.epochs * math.ceil(len(x) / bs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-        best = (0.0, 0.0)
-        train_secs = 0.0
-        for epoch in range(a.epochs):
-            m.train()
-            t0 = time.perf_counter()
-            perm = torch.randperm(len(x)).tolist()
-            for b in range(0, len(x), bs):
-                j = perm[b:b + bs]
-                if len(j) < 2:
-                    continue
-                losses = m([x[i] for i in j], [t[i] for i in j])
-                loss = sum(losses.values())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-            train_secs += time.perf_counter() - t0
+
+        def evaluate(epoch):
             json.dump(results(val_ids, predict(m, xv, bs), by_name), open(f"{d}/tv_{epoch}.json", "w"))
             podium(["evaluate", "--set", 'metric=["coco_segm_map50", "coco_segm_map"]', "val_gt.json",
                     f"tv_{epoch}.json", "-o", f"tv_{epoch}_m.json"], d)
             r = json.load(open(f"{d}/tv_{epoch}_m.json"))
-            best = max(best, (r["coco_segm_map50"], r["coco_segm_map"]))
             print(f"torchvision epoch {epoch + 1}: {r}", flush=True)
-        tv_speed = len(x) * a.epochs / train_secs
+            return r["coco_segm_map50"], r["coco_segm_map"]
+
+        best, tv_speed = train_torchvision(m, x, t, a.epochs, a.lr, bs, evaluate)
 
         podium(["train", *common, "--set", "fold=all", "--set", "epochs=2",
                 "data/train_images", "data/train_coco.json", "-o", "s"], d)
