@@ -69,12 +69,15 @@ fn main() {
     let dev = Device::Cpu;
     for name in archs.split(',') {
         let arch = Arch::parse(name).unwrap_or_else(|| panic!("no arch {name}"));
-        let model = Model::new(arch, Task::Classify, 4, VarStore::new(&dev, 0)).expect("model");
+        let vars = VarStore::new(&dev, 0);
+        let model = Model::new(arch, Task::Classify, 4, vars.clone()).expect("model");
+        // Inference as `predict` runs it: on the frozen variables.
+        let frozen = Model::new(arch, Task::Classify, 4, vars.frozen()).expect("model");
         let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &dev).expect("x");
         let labels: Vec<u32> = (0..batch as u32).map(|i| i % 4).collect();
         let y = Tensor::from_vec(labels, batch, &dev).expect("labels");
         let (infer_min, infer_med) = time(reps, || {
-            let o = model.forward_t(&x, false).expect("forward");
+            let o = frozen.forward_t(&x, false).expect("forward");
             std::hint::black_box(o.logits.to_dtype(DType::F32).expect("logits"));
         });
         let reps_train = if args.iter().any(|a| a == "--infer-only") {

@@ -245,11 +245,13 @@ impl BatchNorm {
         let c = self.weight.dim(0)?;
         if !train {
             let shape = (1, c, 1, 1);
-            let scale = (self.running_var.as_tensor() + self.eps)?
+            // Running statistics are never differentiated: detached, so
+            // that an inference pass over a frozen model records no graph.
+            let scale = (self.running_var.as_tensor().detach() + self.eps)?
                 .sqrt()?
                 .recip()?
                 .mul(&self.weight)?;
-            let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
+            let shift = (&self.bias - self.running_mean.as_tensor().detach().mul(&scale)?)?;
             return x
                 .broadcast_mul(&scale.reshape(shape)?)?
                 .broadcast_add(&shift.reshape(shape)?);

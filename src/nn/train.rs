@@ -525,6 +525,9 @@ pub fn fit(
     };
     let vars = VarStore::new(device, cfg.seed);
     let model = Model::with_heads(cfg.arch, task, heads, cfg.heads, vars.clone())?;
+    // Validation's model: the same variables, frozen, so that its passes
+    // record no graph (and free each layer's input as they go).
+    let frozen = Model::with_heads(cfg.arch, task, heads, cfg.heads, vars.frozen())?;
     let act = activation(task, &cfg.loss);
     let mut opt = Optimizer::new(cfg.optimizer, cfg.momentum, cfg.weight_decay);
     let mut ema: Option<BTreeMap<String, Tensor>> = None;
@@ -847,7 +850,7 @@ pub fn fit(
             };
             let r = if task.detects() {
                 let v = validate_detect(
-                    &model, cfg, &images, &val_idx, &boxes, &all, heads, &val_sizes, device, pool,
+                    &frozen, cfg, &images, &val_idx, &boxes, &all, heads, &val_sizes, device, pool,
                     cancelled,
                 )?;
                 let metrics = detect_metrics(&data.val, &v.dets, &v.masks, &val_sizes, heads)?;
@@ -859,11 +862,11 @@ pub fn fit(
                 (Some(v.loss), metrics, Some(p))
             } else if task == Task::Segment {
                 let (vl, metrics) =
-                    validate_segment(&model, cfg, &images, &val_idx, device, pool, cancelled)?;
+                    validate_segment(&frozen, cfg, &images, &val_idx, device, pool, cancelled)?;
                 (Some(vl), metrics, None)
             } else {
                 let p = infer(
-                    &model,
+                    &frozen,
                     &images,
                     &val_idx,
                     &[Dihedral::default()],

@@ -407,7 +407,8 @@ pub(crate) fn load_model(
     } else {
         meta.classes.len()
     };
-    let vars = VarStore::new(device, 0);
+    // Frozen: inference records no graph and frees each layer's input.
+    let vars = VarStore::new(device, 0).frozen();
     let sizes = Heads {
         detector: meta.detector.unwrap_or_default(),
         decoder_width: meta.decoder_width.unwrap_or(Heads::default().decoder_width),

@@ -561,6 +561,55 @@ mod tests {
         }
     }
 
+    /// Guards `predict`'s memory: a model built on frozen variables
+    /// records no graph (each layer's input can go as soon as it is used),
+    /// gives the trained model's outputs, and follows the variables when
+    /// they are loaded or stepped after it was built.
+    #[test]
+    fn frozen_model_records_no_graph_and_follows_its_variables() {
+        let dev = Device::Cpu;
+        let x = Tensor::rand(0f32, 1f32, (2, 3, 32, 32), &dev).unwrap();
+        let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        for &arch in Arch::ALL {
+            let vars = VarStore::new(&dev, 1);
+            let m = Model::new(arch, Task::Classify, 3, vars.clone()).unwrap();
+            let frozen = Model::new(arch, Task::Classify, 3, vars.frozen()).unwrap();
+            let tracked = m.forward_t(&x, false).unwrap().logits;
+            let before = frozen.forward_t(&x, false).unwrap().logits;
+            assert!(tracked.track_op(), "{arch}: the trainable model records");
+            assert!(
+                !before.track_op(),
+                "{arch}: the frozen model records a graph"
+            );
+            assert_eq!(values(&before), values(&tracked), "{arch}");
+            // New values for every variable, set through the store.
+            let doubled = vars
+                .snapshot()
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| (k, (t * 1.5).unwrap()))
+                .collect();
+            vars.load(&doubled).unwrap();
+            let after = frozen.forward_t(&x, false).unwrap().logits;
+            assert_eq!(
+                values(&after),
+                values(&m.forward_t(&x, false).unwrap().logits),
+                "{arch}"
+            );
+            assert_ne!(values(&after), values(&before), "{arch}: frozen values");
+        }
+        let vars = VarStore::new(&dev, 1);
+        let seg = Model::with_heads(
+            Arch::SimpleCnn,
+            Task::Segment,
+            2,
+            Heads::default(),
+            vars.frozen(),
+        )
+        .unwrap();
+        assert!(!seg.segment_t(&x, false).unwrap().track_op());
+    }
+
     #[test]
     fn under_matches_whole_name_segments() {
         assert!(under("layer1.0.conv1.weight", "layer1"));
