@@ -373,6 +373,48 @@ mod tests {
         Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
     }
 
+    /// Guards vendor/candle-core's patch (the first gradient of a node is
+    /// stored, later ones added): a variable read by several ops gets the
+    /// sum over all of them, through adds, subtractions and a transpose,
+    /// and every gradient is contiguous.
+    #[test]
+    fn gradients_with_fan_in_sum_every_consumer() {
+        let xv = [0.5f32, -1.0, 2.0, 1.5, -0.25, 3.0];
+        let wv = [1.0f32, 2.0, -0.5, 0.25, -2.0, 1.0];
+        let x = candle_core::Var::from_tensor(&t(&xv, &[2, 3])).unwrap();
+        let w = candle_core::Var::from_tensor(&t(&wv, &[2, 3])).unwrap();
+        let k = t(&[1., 2., 3., 4., 5., 6.], &[3, 2]);
+        let (xt, wt) = (x.as_tensor(), w.as_tensor());
+        // L = Σ (x w + x)² + Σ (x − w) + Σ xᵀ ∘ k
+        let residual = (xt.mul(wt).unwrap() + xt).unwrap();
+        let loss = (residual.sqr().unwrap().sum_all().unwrap()
+            + (xt - wt).unwrap().sum_all().unwrap()
+            + xt.t().unwrap().mul(&k).unwrap().sum_all().unwrap())
+        .unwrap();
+        let g = loss.backward().unwrap();
+        let (gx, gw) = (g.get(xt).unwrap(), g.get(wt).unwrap());
+        assert!(gx.is_contiguous() && gw.is_contiguous());
+        let gx: Vec<f32> = gx.flatten_all().unwrap().to_vec1().unwrap();
+        let gw: Vec<f32> = gw.flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..6 {
+            let (xi, wi) = (xv[i], wv[i]);
+            // kᵀ at (r, c) = k[c][r]: k's flat index c·2 + r.
+            let kt = [1., 3., 5., 2., 4., 6.][i];
+            let want_x = 2.0 * (xi * wi + xi) * (wi + 1.0) + 1.0 + kt;
+            let want_w = 2.0 * (xi * wi + xi) * xi - 1.0;
+            assert!(
+                (gx[i] - want_x).abs() < 1e-5,
+                "dx[{i}] {} vs {want_x}",
+                gx[i]
+            );
+            assert!(
+                (gw[i] - want_w).abs() < 1e-5,
+                "dw[{i}] {} vs {want_w}",
+                gw[i]
+            );
+        }
+    }
+
     #[test]
     fn max_pool_3x3_stride_2_matches_the_definition() {
         // 1×1×5×5, values 0..24: each output is its window's largest value.

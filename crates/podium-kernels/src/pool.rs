@@ -93,6 +93,12 @@ impl Pool {
         self.kind == PoolKind::Max && self.k == 2 && self.stride == 2 && self.padding == 0
     }
 
+    /// A 3×3 max pool with stride 2 and padding 1 (ResNet's stem), which
+    /// has kernels of its own.
+    fn is_max_3x3_s2(&self) -> bool {
+        self.kind == PoolKind::Max && self.k == 3 && self.stride == 2 && self.padding == 1
+    }
+
     fn divisor(&self, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> f32 {
         match self.kind {
             PoolKind::Avg {
@@ -300,6 +306,181 @@ unsafe fn max2x2_backward_avx(r0: &[f32], r1: &[f32], g: &[f32], d0: &mut [f32],
     }
 }
 
+/// One plane's columns split by parity, and the row maxima, for the 3×3
+/// stride-2 kernels; kept per thread between planes.
+#[derive(Default)]
+struct Split {
+    /// `h × ⌈w/2⌉`: column `2j` of each row.
+    even: Vec<f32>,
+    /// `h × ⌊w/2⌋`: column `2j + 1`.
+    odd: Vec<f32>,
+    /// `h × ow`: each row's maximum over the three columns of window `ox`.
+    rows: Vec<f32>,
+    /// The gradients of `even` and `odd`.
+    d_even: Vec<f32>,
+    d_odd: Vec<f32>,
+    /// Per output of one row: which of the 9 taps (row-major) is the first
+    /// maximum; 9 while none is.
+    sel: Vec<u8>,
+}
+
+impl Split {
+    /// Splits `x` (`h × w`) and fills `rows`. Window `ox` covers columns
+    /// `2ox − 1, 2ox, 2ox + 1`: `odd[ox − 1]`, `even[ox]`, `odd[ox]`, where
+    /// they exist; `ow = ⌈w/2⌉`.
+    fn fill(&mut self, x: &[f32], (h, w): (usize, usize)) {
+        let (ne, no) = (w.div_ceil(2), w / 2);
+        self.even.clear();
+        self.odd.clear();
+        for row in x.chunks_exact(w).take(h) {
+            self.even.extend(row.iter().step_by(2));
+            self.odd.extend(row.iter().skip(1).step_by(2));
+        }
+        self.rows.clear();
+        self.rows.extend_from_slice(&self.even);
+        for r in 0..h {
+            let m = &mut self.rows[r * ne..][..ne];
+            let odd = &self.odd[r * no..][..no];
+            // In window order (left, centre, right): max_nan keeps the
+            // earlier of equal values, as the general kernel does.
+            max_rows(&mut m[1..], &odd[..ne - 1], true);
+            max_rows(&mut m[..no], odd, false);
+        }
+    }
+
+    /// The valid rows of output row `oy`'s windows, with their place (0–2).
+    fn window_rows(oy: usize, h: usize) -> impl Iterator<Item = (usize, usize)> {
+        (0..3).filter_map(move |i| {
+            (2 * oy + i)
+                .checked_sub(1)
+                .filter(|&r| r < h)
+                .map(|r| (i, r))
+        })
+    }
+}
+
+/// `m = max_nan(v, m)` if `v_first`, else `max_nan(m, v)`, lane by lane.
+#[inline(always)]
+fn max_rows(m: &mut [f32], v: &[f32], v_first: bool) {
+    for (a, &b) in m.iter_mut().zip(v) {
+        *a = if v_first {
+            max_nan(b, *a)
+        } else {
+            max_nan(*a, b)
+        };
+    }
+}
+
+/// [`plane_forward`] for a 3×3 max pool with stride 2 and padding 1: the
+/// maximum of three columns per row (on the columns split by parity, so
+/// that every step is a contiguous SIMD loop), then of three rows.
+#[multiversion(targets = "simd")]
+fn max3x3s2_forward(
+    x: &[f32],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    y: &mut [f32],
+    s: &mut Split,
+) {
+    s.fill(x, (h, w));
+    for (oy, out) in y.chunks_exact_mut(ow).take(oh).enumerate() {
+        let mut rows = Split::window_rows(oy, h);
+        let (_, r0) = rows.next().expect("every window has a row");
+        out.copy_from_slice(&s.rows[r0 * ow..][..ow]);
+        for (_, r) in rows {
+            max_rows(out, &s.rows[r * ow..][..ow], false);
+        }
+    }
+}
+
+/// [`plane_backward`] for a 3×3 max pool with stride 2 and padding 1. For
+/// each output row, each window's first maximum (row-major, as the general
+/// kernel) is found tap by tap over the whole row, then the gradients are
+/// added in the general kernel's order (so the sums are the same bits) into
+/// the split columns, which are interleaved into `dx` at the end; `dx`
+/// need not be zero beforehand.
+#[multiversion(targets = "simd")]
+fn max3x3s2_backward(
+    x: &[f32],
+    dy: &[f32],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    dx: &mut [f32],
+    s: &mut Split,
+) {
+    s.fill(x, (h, w));
+    let (ne, no) = (ow, w / 2);
+    s.d_even.clear();
+    s.d_even.resize(h * ne, 0.0);
+    s.d_odd.clear();
+    s.d_odd.resize(h * no, 0.0);
+    s.sel.clear();
+    s.sel.resize(ow, 0);
+    let mut m = vec![0f32; ow];
+    for oy in 0..oh {
+        let g = &dy[oy * ow..][..ow];
+        // The window maxima, as the forward.
+        let mut rows = Split::window_rows(oy, h);
+        let (_, r0) = rows.next().expect("every window has a row");
+        m.copy_from_slice(&s.rows[r0 * ow..][..ow]);
+        for (_, r) in rows {
+            max_rows(&mut m, &s.rows[r * ow..][..ow], false);
+        }
+        s.sel.fill(9);
+        for (i, r) in Split::window_rows(oy, h) {
+            let (even, odd) = (&s.even[r * ne..][..ne], &s.odd[r * no..][..no]);
+            let t = 3 * i as u8;
+            // Left (column 2ox − 1), centre, right (2ox + 1).
+            pick(&mut s.sel[1..], &odd[..ne - 1], &m[1..], t);
+            pick(&mut s.sel, even, &m, t + 1);
+            pick(&mut s.sel[..no], odd, &m[..no], t + 2);
+        }
+        for (i, r) in Split::window_rows(oy, h) {
+            let t = 3 * i as u8;
+            let de = &mut s.d_even[r * ne..][..ne];
+            let d_o = &mut s.d_odd[r * no..][..no];
+            // An odd column gets window ox's gradient (as its right
+            // column) before window ox + 1's (as its left).
+            add_where(d_o, &s.sel[..no], &g[..no], t + 2);
+            add_where(&mut d_o[..ne - 1], &s.sel[1..], &g[1..], t);
+            add_where(de, &s.sel, g, t + 1);
+        }
+    }
+    for ((row, de), d_o) in dx
+        .chunks_exact_mut(w)
+        .zip(s.d_even.chunks_exact(ne))
+        .zip(
+            s.d_odd
+                .chunks_exact(no.max(1))
+                .chain(std::iter::repeat(&[][..])),
+        )
+        .take(h)
+    {
+        for (d, &v) in row.iter_mut().step_by(2).zip(de) {
+            *d = v;
+        }
+        for (d, &v) in row.iter_mut().skip(1).step_by(2).zip(d_o) {
+            *d = v;
+        }
+    }
+}
+
+/// Where no tap is chosen yet and `v` is the window's maximum, tap `t`.
+#[inline(always)]
+fn pick(sel: &mut [u8], v: &[f32], m: &[f32], t: u8) {
+    for ((s, &v), &m) in sel.iter_mut().zip(v).zip(m) {
+        *s = if (*s == 9) & is_max(v, m) { t } else { *s };
+    }
+}
+
+/// `d += g` where tap `t` was chosen (`+ 0` elsewhere, which changes no sum).
+#[inline(always)]
+fn add_where(d: &mut [f32], sel: &[u8], g: &[f32], t: u8) {
+    for ((d, &s), &g) in d.iter_mut().zip(sel).zip(g) {
+        *d += if s == t { g } else { 0.0 };
+    }
+}
+
 /// Adds each output cell's gradient back onto its window: all to the first
 /// maximum (max), or spread evenly (avg).
 #[multiversion(targets = "simd")]
@@ -360,9 +541,11 @@ impl CustomOp1 for PoolOp {
         if oh * ow > 0 && h * w > 0 {
             y.par_chunks_mut(oh * ow)
                 .zip(x.par_chunks(h * w))
-                .for_each(|(yo, xi)| {
+                .for_each_init(Split::default, |split, (yo, xi)| {
                     if self.0.is_max_2x2() {
                         max2x2_forward(xi, (h, w), (oh, ow), yo)
+                    } else if self.0.is_max_3x3_s2() {
+                        max3x3s2_forward(xi, (h, w), (oh, ow), yo, split)
                     } else {
                         plane_forward(&self.0, xi, (h, w), (oh, ow), yo)
                     }
@@ -405,13 +588,21 @@ impl CustomOp2 for PoolBackward {
                 [n, c, oh, ow]
             )
         }
-        let mut dx = vec![0f32; x.len()];
+        // The 2×2 and 3×3 kernels write every cell; the general one adds.
+        let writes_all = self.0.is_max_2x2() || self.0.is_max_3x3_s2();
+        let mut dx = if writes_all && oh * ow > 0 {
+            crate::output_buffer(x.len())
+        } else {
+            vec![0f32; x.len()]
+        };
         if oh * ow > 0 && h * w > 0 {
             dx.par_chunks_mut(h * w)
                 .zip(x.par_chunks(h * w).zip(dy.par_chunks(oh * ow)))
-                .for_each(|(dxo, (xi, gi))| {
+                .for_each_init(Split::default, |split, (dxo, (xi, gi))| {
                     if self.0.is_max_2x2() {
                         max2x2_backward(xi, gi, (h, w), (oh, ow), dxo)
+                    } else if self.0.is_max_3x3_s2() {
+                        max3x3s2_backward(xi, gi, (h, w), (oh, ow), dxo, split)
                     } else {
                         plane_backward(&self.0, xi, gi, (h, w), (oh, ow), dxo)
                     }
@@ -478,23 +669,14 @@ mod tests {
         assert_eq!(gx, [0.25; 4]);
     }
 
-    /// The 2×2 kernels give what the general ones give, bit for bit, with
-    /// ties, NaNs and odd sizes.
-    #[test]
-    fn the_2x2_max_pool_equals_the_general_kernel() {
-        let p = Pool::max(2, 2, 0);
+    type Fwd<'a> = &'a dyn Fn(&[f32], (usize, usize), (usize, usize), &mut [f32]);
+    type Bwd<'a> = &'a dyn Fn(&[f32], &[f32], (usize, usize), (usize, usize), &mut [f32]);
+
+    /// A special kernel gives what the general ones give, bit for bit, with
+    /// ties, NaNs and odd sizes, and writes every cell of a NaN-filled `dx`.
+    fn equals_the_general_kernel(p: Pool, sizes: &[(usize, usize)], fwd: Fwd, bwd: Bwd) {
         let mut seed = 7u64;
-        for (h, w) in [
-            (2, 2),
-            (4, 6),
-            (5, 7),
-            (7, 4),
-            (1, 3),
-            (9, 9),
-            (6, 16),
-            (5, 19),
-            (3, 40),
-        ] {
+        for &(h, w) in sizes {
             let (oh, ow) = (p.out(h).unwrap_or(0), p.out(w).unwrap_or(0));
             let mut next = || {
                 seed = seed
@@ -512,14 +694,57 @@ mod tests {
             let dy: Vec<f32> = (0..oh * ow).map(|_| next() as f32 / 1e9 + 0.5).collect();
             let (mut y0, mut y1) = (vec![0f32; oh * ow], vec![1f32; oh * ow]);
             plane_forward(&p, &x, (h, w), (oh, ow), &mut y0);
-            max2x2_forward(&x, (h, w), (oh, ow), &mut y1);
+            fwd(&x, (h, w), (oh, ow), &mut y1);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&y0), bits(&y1), "forward {h}×{w}");
             let (mut d0, mut d1) = (vec![0f32; h * w], vec![f32::NAN; h * w]);
             plane_backward(&p, &x, &dy, (h, w), (oh, ow), &mut d0);
-            max2x2_backward(&x, &dy, (h, w), (oh, ow), &mut d1);
+            bwd(&x, &dy, (h, w), (oh, ow), &mut d1);
             assert_eq!(bits(&d0), bits(&d1), "backward {h}×{w}");
         }
+    }
+
+    const SIZES: [(usize, usize); 12] = [
+        (2, 2),
+        (4, 6),
+        (5, 7),
+        (7, 4),
+        (1, 3),
+        (9, 9),
+        (6, 16),
+        (5, 19),
+        (3, 40),
+        (1, 1),
+        (3, 1),
+        (32, 33),
+    ];
+
+    #[test]
+    fn the_2x2_max_pool_equals_the_general_kernel() {
+        let sizes: Vec<_> = SIZES
+            .iter()
+            .copied()
+            .filter(|&(h, w)| h >= 2 && w >= 2)
+            .collect();
+        equals_the_general_kernel(
+            Pool::max(2, 2, 0),
+            &sizes,
+            &max2x2_forward,
+            &max2x2_backward,
+        );
+    }
+
+    /// ResNet's stem pool (3×3, stride 2, padding 1).
+    #[test]
+    fn the_3x3_stride_2_max_pool_equals_the_general_kernel() {
+        let mut split = Split::default();
+        let split = std::cell::RefCell::new(&mut split);
+        equals_the_general_kernel(
+            Pool::max(3, 2, 1),
+            &SIZES,
+            &|x, hw, o, y| max3x3s2_forward(x, hw, o, y, &mut split.borrow_mut()),
+            &|x, g, hw, o, d| max3x3s2_backward(x, g, hw, o, d, &mut split.borrow_mut()),
+        );
     }
 
     #[test]
