@@ -408,7 +408,8 @@ pub(crate) fn load_model(
         meta.classes.len()
     };
     // Frozen: inference records no graph and frees each layer's input.
-    let vars = VarStore::new(device, 0).frozen();
+    // Not drawn at random: every variable is loaded (or this is an error).
+    let vars = VarStore::to_load(device).frozen();
     let sizes = Heads {
         detector: meta.detector.unwrap_or_default(),
         decoder_width: meta.decoder_width.unwrap_or(Heads::default().decoder_width),
@@ -535,4 +536,74 @@ fn coco_image_ids(path: &std::path::Path, ids: &[String]) -> Result<Vec<ImageId>
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::models::Arch;
+    use crate::nn::predict::Activation;
+    use candle_core::{Device, Tensor};
+
+    fn header() -> serde_json::Value {
+        checkpoint::Meta {
+            format: checkpoint::FORMAT,
+            podium: "0.1.0".into(),
+            arch: Arch::SimpleCnn,
+            task: Task::Classify,
+            classes: vec!["a".into(), "b".into()],
+            value_column: "label".into(),
+            image_size: 16,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+            activation: Activation::Softmax,
+            epoch: 1,
+            steps: 1,
+            metrics: Default::default(),
+            detector: None,
+            category_ids: Vec::new(),
+            decoder_width: None,
+            tile_overlap: None,
+            mask_convs: None,
+        }
+        .to_json()
+    }
+
+    /// `load_model` builds on variables created as zeros and frozen: the
+    /// checkpoint's values must replace every one (the trained model's
+    /// logits come back), and a checkpoint short of one is an error, never
+    /// a model with zeros in it.
+    #[test]
+    fn a_loaded_model_computes_with_every_value_of_its_checkpoint() {
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let vars = VarStore::new(&dev, 5);
+        let trained = Model::new(Arch::SimpleCnn, Task::Classify, 2, vars.clone()).unwrap();
+        let x = Tensor::rand(0f32, 1f32, (2, 3, 16, 16), &dev).unwrap();
+        let want: Vec<Vec<f32>> = trained
+            .forward_t(&x, false)
+            .unwrap()
+            .logits
+            .to_vec2()
+            .unwrap();
+        let mut tensors = vars.snapshot().unwrap();
+        let full = dir.path().join("full.safetensors");
+        checkpoint::save(&full, &tensors, &header()).unwrap();
+        let (model, _) = load_model(&full, &dev).unwrap();
+        let out = model.forward_t(&x, false).unwrap().logits;
+        assert!(!out.track_op(), "a loaded model is frozen");
+        assert_eq!(out.to_vec2::<f32>().unwrap(), want);
+
+        tensors.remove("head.weight").expect("simple_cnn's head");
+        let short = dir.path().join("short.safetensors");
+        checkpoint::save(&short, &tensors, &header()).unwrap();
+        let e = load_model(&short, &dev)
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(
+            e.contains("short.safetensors") && e.contains("missing 1"),
+            "{e}"
+        );
+    }
 }
