@@ -156,7 +156,7 @@ pub fn model_tensors(tensors: &BTreeMap<String, Tensor>) -> BTreeMap<String, Ten
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -182,7 +182,8 @@ mod tests {
         assert_eq!(section(&back, "optim").len(), 1);
     }
 
-    fn meta() -> Meta {
+    /// A simple_cnn classifier's header, two classes (other modules' tests too).
+    pub(crate) fn meta() -> Meta {
         Meta {
             format: FORMAT,
             podium: "0.1.0".into(),

@@ -542,31 +542,10 @@ fn coco_image_ids(path: &std::path::Path, ids: &[String]) -> Result<Vec<ImageId>
 mod tests {
     use super::*;
     use crate::nn::models::Arch;
-    use crate::nn::predict::Activation;
     use candle_core::{Device, Tensor};
 
     fn header() -> serde_json::Value {
-        checkpoint::Meta {
-            format: checkpoint::FORMAT,
-            podium: "0.1.0".into(),
-            arch: Arch::SimpleCnn,
-            task: Task::Classify,
-            classes: vec!["a".into(), "b".into()],
-            value_column: "label".into(),
-            image_size: 16,
-            mean: [0.5; 3],
-            std: [0.25; 3],
-            activation: Activation::Softmax,
-            epoch: 1,
-            steps: 1,
-            metrics: Default::default(),
-            detector: None,
-            category_ids: Vec::new(),
-            decoder_width: None,
-            tile_overlap: None,
-            mask_convs: None,
-        }
-        .to_json()
+        checkpoint::tests::meta().to_json()
     }
 
     /// `load_model` builds on variables created as zeros and frozen: the

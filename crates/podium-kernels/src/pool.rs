@@ -348,6 +348,19 @@ impl Split {
         }
     }
 
+    /// The maxima of output row `oy`'s windows (`out`: `ow` of them), from
+    /// `rows`, the rows folded in order.
+    #[inline(always)]
+    fn window_max(&self, oy: usize, h: usize, out: &mut [f32]) {
+        let ow = out.len();
+        let mut rows = Split::window_rows(oy, h);
+        let (_, r0) = rows.next().expect("every window has a row");
+        out.copy_from_slice(&self.rows[r0 * ow..][..ow]);
+        for (_, r) in rows {
+            max_rows(out, &self.rows[r * ow..][..ow], false);
+        }
+    }
+
     /// The valid rows of output row `oy`'s windows, with their place (0–2).
     fn window_rows(oy: usize, h: usize) -> impl Iterator<Item = (usize, usize)> {
         (0..3).filter_map(move |i| {
@@ -384,12 +397,7 @@ fn max3x3s2_forward(
 ) {
     s.fill(x, (h, w));
     for (oy, out) in y.chunks_exact_mut(ow).take(oh).enumerate() {
-        let mut rows = Split::window_rows(oy, h);
-        let (_, r0) = rows.next().expect("every window has a row");
-        out.copy_from_slice(&s.rows[r0 * ow..][..ow]);
-        for (_, r) in rows {
-            max_rows(out, &s.rows[r * ow..][..ow], false);
-        }
+        s.window_max(oy, h, out);
     }
 }
 
@@ -420,12 +428,7 @@ fn max3x3s2_backward(
     for oy in 0..oh {
         let g = &dy[oy * ow..][..ow];
         // The window maxima, as the forward.
-        let mut rows = Split::window_rows(oy, h);
-        let (_, r0) = rows.next().expect("every window has a row");
-        m.copy_from_slice(&s.rows[r0 * ow..][..ow]);
-        for (_, r) in rows {
-            max_rows(&mut m, &s.rows[r * ow..][..ow], false);
-        }
+        s.window_max(oy, h, &mut m);
         s.sel.fill(9);
         for (i, r) in Split::window_rows(oy, h) {
             let (even, odd) = (&s.even[r * ne..][..ne], &s.odd[r * no..][..no]);
