@@ -681,6 +681,10 @@ mod tests {
         let mut seed = 7u64;
         for &(h, w) in sizes {
             let (oh, ow) = (p.out(h).unwrap_or(0), p.out(w).unwrap_or(0));
+            if oh * ow == 0 {
+                // No output: the op calls no kernel.
+                continue;
+            }
             let mut next = || {
                 seed = seed
                     .wrapping_mul(6364136223846793005)
@@ -724,14 +728,9 @@ mod tests {
 
     #[test]
     fn the_2x2_max_pool_equals_the_general_kernel() {
-        let sizes: Vec<_> = SIZES
-            .iter()
-            .copied()
-            .filter(|&(h, w)| h >= 2 && w >= 2)
-            .collect();
         equals_the_general_kernel(
             Pool::max(2, 2, 0),
-            &sizes,
+            &SIZES,
             &max2x2_forward,
             &max2x2_backward,
         );
