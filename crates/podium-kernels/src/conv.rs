@@ -1374,13 +1374,6 @@ mod tests {
         }
     }
 
-    /// The channels-last implicit gemm: 2² – 8² maps whose border pixels
-    /// skip the taps that read padding, chunks of several samples in two
-    /// sizes, two passes over the input channels, a partial block of output
-    /// channels, several blocks split over work items (five blocks over
-    /// what would be four parts for one sample on two threads), stride,
-    /// dilation, no padding, a kernel that is not square (forward only), a
-    /// 1×1 kernel of many weights.
     /// Shapes the implicit gemm takes: 2²–9² maps, 13 to 128 input and 14
     /// to 1,040 output channels (last AVX-512 tiles of one to four blocks),
     /// strides, dilation, padding wider than the kernel's reach, kernels
@@ -1399,13 +1392,19 @@ mod tests {
         (3, 32, 112, (3, 3), (3, 3), 1, 1, 1),
     ];
 
+    /// The channels-last implicit gemm: 2² – 8² maps whose border pixels
+    /// skip the taps that read padding, chunks of several samples in two
+    /// sizes, two passes over the input channels, a partial block of output
+    /// channels, several blocks split over work items (five blocks over
+    /// what would be four parts for one sample on two threads), stride,
+    /// dilation, no padding, a kernel that is not square (forward only), a
+    /// 1×1 kernel of many weights.
     #[test]
     fn implicit_gemm_matches_im2col() {
         if !super::super::avx2_fma() {
             eprintln!("no AVX2 + FMA: the implicit gemm does not run here");
             return;
         }
-        let cases = IMPLICIT_CASES;
         // Every tile kind this CPU runs: AVX2 (one block of 16 channels),
         // AVX-512 (up to four blocks at once: 16 to 112 output channels
         // leave last tiles of one, two and three blocks).
@@ -1425,7 +1424,7 @@ mod tests {
                     .is_some()
             };
             let name = format!("implicit {}", isa.name());
-            matches_im2col(&name, &cases, 500, &forward, &backward);
+            matches_im2col(&name, &IMPLICIT_CASES, 500, &forward, &backward);
         }
     }
 

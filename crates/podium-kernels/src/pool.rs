@@ -322,6 +322,8 @@ struct Split {
     /// Per output of one row: which of the 9 taps (row-major) is the first
     /// maximum; 9 while none is.
     sel: Vec<u8>,
+    /// Per output of one row: its window's maximum (the backward's).
+    max: Vec<f32>,
 }
 
 impl Split {
@@ -424,7 +426,10 @@ fn max3x3s2_backward(
     s.d_odd.resize(h * no, 0.0);
     s.sel.clear();
     s.sel.resize(ow, 0);
-    let mut m = vec![0f32; ow];
+    // Out of `s` while `s` fills it.
+    let mut m = std::mem::take(&mut s.max);
+    m.clear();
+    m.resize(ow, 0.0);
     for oy in 0..oh {
         let g = &dy[oy * ow..][..ow];
         // The window maxima, as the forward.
@@ -449,6 +454,7 @@ fn max3x3s2_backward(
             add_where(de, &s.sel, g, t + 1);
         }
     }
+    s.max = m;
     for ((row, de), d_o) in dx
         .chunks_exact_mut(w)
         .zip(s.d_even.chunks_exact(ne))
