@@ -101,12 +101,11 @@ fn check_raw(
             diags.push(d);
         }
     }
-    if diags.iter().any(|d| d.is_error()) {
-        return None;
-    }
+    // A bad override is left out and the rest is checked, so that one
+    // `check` says every mistake.
     let (p, more) = ir::check(&raw);
     diags.extend(more);
-    p
+    p.filter(|_| !diags.iter().any(|d| d.is_error()))
 }
 
 /// The one-stage pipeline `podium op KIND INPUT... --set KEY=VALUE` runs:
@@ -184,6 +183,7 @@ pub fn check_one_op(
             resources: None,
             description: None,
             fields,
+            broken: Vec::new(),
         }],
     };
     let overrides: Vec<String> = overrides.iter().map(|o| format!("stages.op.{o}")).collect();

@@ -52,6 +52,9 @@ pub struct RawStage {
     pub description: Option<String>,
     /// The op's parameters.
     pub fields: Vec<(Name, RawValue)>,
+    /// Parameters written with a value that did not parse (its error is
+    /// said): neither missing nor checked further.
+    pub broken: Vec<Name>,
 }
 
 /// A manifest as written.
@@ -423,6 +426,7 @@ impl Cx<'_> {
             resources: None,
             description: None,
             fields: Vec::new(),
+            broken: Vec::new(),
         };
         for (k, v) in t.iter() {
             let key = self.name(k);
@@ -443,11 +447,10 @@ impl Cx<'_> {
                     }
                 }
                 "resources" => st.resources = self.value(v, diags),
-                _ => {
-                    if let Some(val) = self.value(v, diags) {
-                        st.fields.push((key, val));
-                    }
-                }
+                _ => match self.value(v, diags) {
+                    Some(val) => st.fields.push((key, val)),
+                    None => st.broken.push(key),
+                },
             }
         }
         Some(st)
@@ -566,7 +569,17 @@ impl RawManifest {
                     .stages
                     .iter_mut()
                     .find(|s| s.name.name == *stage)
-                    .ok_or_else(|| bad(format!("there is no stage `{stage}`")))?;
+                    .ok_or_else(|| bad(format!("there is no stage `{stage}`")));
+                let st = match st {
+                    Ok(st) => st,
+                    Err(d) => {
+                        let names = self.stages.iter().map(|s| s.name.name.as_str());
+                        return Err(match crate::diag::did_you_mean(stage, names) {
+                            Some(h) => d.help(h),
+                            None => d,
+                        });
+                    }
+                };
                 match *field {
                     "matrix" | "op" | "description" => {
                         return Err(bad(format!("`{field}` cannot be overridden")));

@@ -60,6 +60,14 @@ enum Format {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+    /// GitHub Actions annotations (`::error file=…,line=…,col=…::…`).
+    Github,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum DagFormat {
     Dot,
     Mermaid,
@@ -71,10 +79,13 @@ enum Command {
     Check {
         /// Manifests to check. Default: every pipelines/*.toml (or podium.toml).
         manifests: Vec<PathBuf>,
+        /// A manifest to check, as every other command names it (may repeat).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        files: Vec<PathBuf>,
         #[command(flatten)]
         set: SetArgs,
         #[arg(long, value_enum, default_value = "text")]
-        format: Format,
+        format: CheckFormat,
     },
     /// Show which instances are fresh and which are stale, and why (a dry run).
     Plan {
@@ -181,9 +192,13 @@ pub fn main() -> i32 {
     let result = match &cli.command {
         Command::Check {
             manifests,
+            files,
             set,
             format,
-        } => check::check(manifests, &set.set, *format),
+        } => {
+            let all: Vec<PathBuf> = manifests.iter().chain(files).cloned().collect();
+            check::check(&all, &set.set, *format)
+        }
         Command::Plan {
             manifest,
             targets,

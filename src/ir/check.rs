@@ -21,6 +21,9 @@ pub fn check(raw: &RawManifest) -> (Option<Pipeline>, Vec<Diagnostic>) {
         errors: 0,
         failed_inputs: HashSet::new(),
         instance_bytes: 0,
+        instance: None,
+        groups: HashMap::new(),
+        failed_outputs: HashMap::new(),
     };
     let p = cx.run();
     let failed = cx.diags.iter().any(Diagnostic::is_error);
@@ -53,7 +56,19 @@ struct Checker<'a> {
     failed_inputs: HashSet<String>,
     /// What every instance's parameters weigh so far ([`Value::weight`]).
     instance_bytes: usize,
+    /// The matrix instance being checked, if any: its errors are grouped
+    /// with the same error of its siblings.
+    instance: Option<String>,
+    /// Per (code, span) met in the current stage's instances: the index of
+    /// the diagnostic kept and the instances that made it.
+    groups: HashMap<GroupKey, (usize, Vec<String>)>,
+    /// The outputs of stages that make no instances (they have errors), as
+    /// far as their parameters tell: references to them are still checked.
+    failed_outputs: HashMap<String, std::collections::BTreeSet<String>>,
 }
+
+/// The error code and span under which one mistake of many instances meets.
+type GroupKey = (&'static str, Option<Span>);
 
 /// A stage's matrix: keys in the order written, each with its values.
 struct Matrix {
@@ -102,15 +117,100 @@ impl Checker<'_> {
         if self.stopped {
             return;
         }
-        // A bad reference in a matrix stage would otherwise repeat once per instance.
+        // The same mistake in every instance of a matrix stage is one error
+        // that names the instances.
+        let key = (d.code, d.span);
+        if let Some(inst) = &self.instance
+            && let Some((_, names)) = self.groups.get_mut(&key)
+        {
+            names.push(inst.clone());
+            return;
+        }
         if self.seen.insert((d.message.clone(), d.span)) {
             self.errors += d.is_error() as usize;
+            if let Some(inst) = &self.instance {
+                self.groups
+                    .insert(key, (self.diags.len(), vec![inst.clone()]));
+            }
             self.diags.push(d);
             if self.errors >= crate::diag::MAX_ERRORS {
                 self.diags.push(crate::diag::too_many_errors());
                 self.stopped = true;
             }
         }
+    }
+
+    /// Ends a stage's grouping: an error met in several instances says in
+    /// which.
+    fn finish_groups(&mut self) {
+        self.instance = None;
+        for (_, (i, names)) in std::mem::take(&mut self.groups) {
+            if names.len() < 2 {
+                continue;
+            }
+            const SHOWN: usize = 6;
+            let mut list = names[..names.len().min(SHOWN)].join(", ");
+            if names.len() > SHOWN {
+                list.push_str(&format!(" and {} more", names.len() - SHOWN));
+            }
+            let note = format!("in {} instances: {list}", names.len());
+            let d = &mut self.diags[i];
+            d.help = Some(match d.help.take() {
+                Some(h) => format!("{h}\n{note}"),
+                None => note,
+            });
+        }
+    }
+
+    /// Whether a value reads a stage or an input that has errors: it cannot
+    /// be checked, and its problems were already said.
+    fn poisoned(&self, rv: &RawValue) -> bool {
+        let mut refs = Vec::new();
+        walk_raw(rv, &mut |e| collect_stage_refs(e, &mut refs));
+        refs.iter().any(|(n, _)| self.failed.contains(n))
+            || (!self.failed_inputs.is_empty()
+                && refs_of([rv], "inputs")
+                    .iter()
+                    .any(|n| self.failed_inputs.contains(n)))
+    }
+
+    /// In a value that cannot be evaluated (it reads a stage with errors),
+    /// the outputs it names that the stage will not have.
+    fn check_failed_outputs(&mut self, rv: &RawValue) {
+        let mut refs = Vec::new();
+        walk_raw(rv, &mut |e| collect_output_refs(e, &mut refs));
+        for (stage, output, span) in refs {
+            let Some(outs) = self.failed_outputs.get(&stage) else {
+                continue;
+            };
+            let outs: Vec<String> = outs.iter().cloned().collect();
+            if crate::ir::query::resolve_output(&outs, &output).is_none() {
+                self.push(
+                    Diagnostic::error(
+                        "unknown-reference",
+                        format!("stage `{stage}` has no output `{output}`"),
+                    )
+                    .at(span, "unknown output")
+                    .help(crate::ir::query::output_help(&outs, &output)),
+                );
+            }
+        }
+    }
+
+    /// The span of the `--set` flag that gave a value, when the value is
+    /// exactly `${params.NAME}` and that param was set on the command line.
+    fn override_span(&self, rv: &RawValue) -> Option<Span> {
+        let RawKind::Str(t) = &rv.kind else {
+            return None;
+        };
+        let ExprKind::Field(root, name) = &t.single()?.kind else {
+            return None;
+        };
+        if !matches!(&root.kind, ExprKind::Ident(n) if n == "params") {
+            return None;
+        }
+        let (_, v) = self.raw.params.iter().find(|(k, _)| &k.name == name)?;
+        (v.span.src != self.raw.src).then_some(v.span)
     }
 
     fn run(&mut self) -> Option<Pipeline> {
@@ -379,28 +479,37 @@ impl Checker<'_> {
 
     fn stage(&mut self, st: &RawStage, p: &mut Pipeline, params: &Value, inputs: &Value) {
         let before = self.diags.len();
-        if stage_refs(st)
+        // A stage reading a stage or input with errors is still checked, all
+        // but the values that read them, so that one `check` says every
+        // mistake that does not follow from another; it makes no instances.
+        let shadow = stage_refs(st)
             .iter()
             .any(|(name, _)| self.failed.contains(name))
             || (!self.failed_inputs.is_empty()
                 && root_refs(st, "inputs")
                     .iter()
-                    .any(|name| self.failed_inputs.contains(name)))
-        {
-            self.failed.insert(st.name.name.clone());
-            return;
-        }
+                    .any(|name| self.failed_inputs.contains(name)));
         // Out of `self` while the stage is checked, which borrows `self` mutably.
         let mut by_matrix = std::mem::take(&mut self.by_matrix);
         let mut stage_index = std::mem::take(&mut self.stage_index);
-        self.stage_inner(st, p, params, inputs, &mut by_matrix, &mut stage_index);
+        self.stage_inner(
+            st,
+            p,
+            params,
+            inputs,
+            &mut by_matrix,
+            &mut stage_index,
+            shadow,
+        );
+        self.finish_groups();
         self.by_matrix = by_matrix;
         self.stage_index = stage_index;
-        if self.diags[before..].iter().any(Diagnostic::is_error) {
+        if shadow || self.diags[before..].iter().any(Diagnostic::is_error) {
             self.failed.insert(st.name.name.clone());
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn stage_inner(
         &mut self,
         st: &RawStage,
@@ -409,6 +518,7 @@ impl Checker<'_> {
         inputs: &Value,
         by_matrix: &mut Vec<MatrixIndex>,
         stage_index: &mut HashMap<String, usize>,
+        shadow: bool,
     ) {
         let Some((op_name, op_span)) = &st.op else {
             self.push(
@@ -442,10 +552,13 @@ impl Checker<'_> {
             );
             return;
         }
-        // Unknown op parameters.
+        // Unknown op parameters: reported, then the known ones are checked.
         let specs = op.params();
-        let mut ok = true;
-        for (k, _) in &st.fields {
+        // Whether the stage may make instances; if not, its values are
+        // still checked.
+        let mut ok = !shadow;
+        let mut missing = false;
+        for k in st.fields.iter().map(|(k, _)| k).chain(&st.broken) {
             if !specs.iter().any(|s| s.name == k.name) {
                 ok = false;
                 let mut known: Vec<&str> = specs.iter().map(|s| s.name).collect();
@@ -473,8 +586,11 @@ impl Checker<'_> {
             }
         }
         for s in specs.iter().filter(|s| s.default.is_none()) {
-            if !st.fields.iter().any(|(k, _)| k.name == s.name) {
+            if st.broken.iter().any(|k| k.name == s.name) {
                 ok = false;
+            } else if !st.fields.iter().any(|(k, _)| k.name == s.name) {
+                ok = false;
+                missing = true;
                 self.push(
                     Diagnostic::error(
                         "missing-param",
@@ -485,14 +601,17 @@ impl Checker<'_> {
                 );
             }
         }
+        if shadow && st.matrix.iter().any(|(_, v)| self.poisoned(v)) {
+            return;
+        }
         let Some(matrix) = self.matrix(st, params, inputs) else {
             return;
         };
-        if !ok {
-            return;
-        }
         let stage_idx = p.stages.len();
-        let resources = self.resources(st, params, inputs);
+        let resources = match &st.resources {
+            Some(r) if shadow && self.poisoned(r) => Resources::default(),
+            _ => self.resources(st, params, inputs),
+        };
         let mut stage = Stage {
             name: st.name.name.clone(),
             op: op_name.clone(),
@@ -528,18 +647,33 @@ impl Checker<'_> {
                 instances: &p.instances,
                 by_matrix,
             };
+            if !combo.is_empty() {
+                self.instance = Some(name.clone());
+            }
             let mut params_out = Params::new();
             let mut spans: Vec<(&str, Span)> = Vec::with_capacity(specs.len());
-            let mut inst_ok = true;
+            // Parameters whose value could not be made: op-level checks run
+            // without them (on their defaults) where they have defaults.
+            let mut unset: Vec<&str> = Vec::new();
             for spec in specs {
                 let (val, span) = match st.fields.iter().find(|(k, _)| k.name == spec.name) {
+                    Some((_, rv)) if shadow && self.poisoned(rv) => {
+                        self.check_failed_outputs(rv);
+                        unset.push(spec.name);
+                        continue;
+                    }
                     Some((_, rv)) => match self.value(rv, &env) {
                         Some(v) => (v, rv.span),
                         None => {
-                            inst_ok = false;
+                            unset.push(spec.name);
                             continue;
                         }
                     },
+                    None if missing && spec.default.is_none() => continue,
+                    None if st.broken.iter().any(|k| k.name == spec.name) => {
+                        unset.push(spec.name);
+                        continue;
+                    }
                     None => (
                         spec.default_value().expect("required params checked above"),
                         st.name.span,
@@ -557,10 +691,17 @@ impl Checker<'_> {
                         )
                         .at(span, "empty"),
                     );
-                    inst_ok = false;
+                    unset.push(spec.name);
                     continue;
                 }
-                match self.typed(spec.kind, val, span, spec.name) {
+                // A value that is a `--set` param is blamed on the flag.
+                let blame = st
+                    .fields
+                    .iter()
+                    .find(|(k, _)| k.name == spec.name)
+                    .and_then(|(_, rv)| self.override_span(rv))
+                    .unwrap_or(span);
+                match self.typed(spec.kind, val, blame, spec.name) {
                     Some(v) => {
                         self.instance_bytes = self.instance_bytes.saturating_add(v.weight());
                         if self.instance_bytes > MAX_INSTANCES_BYTES {
@@ -581,10 +722,48 @@ impl Checker<'_> {
                         params_out.insert(spec.name, v);
                         spans.push((spec.name, span));
                     }
-                    None => inst_ok = false,
+                    None => unset.push(spec.name),
                 }
             }
-            if !inst_ok {
+            if missing {
+                continue;
+            }
+            if !unset.is_empty() || !ok {
+                // The op's own checks on the values that were made, the
+                // others at their defaults; only their errors are said.
+                let mut trial = params_out;
+                for spec in specs.iter().filter(|s| unset.contains(&s.name)) {
+                    match spec.default_value() {
+                        Some(v) => {
+                            trial.insert(spec.name, v);
+                        }
+                        None => break,
+                    }
+                }
+                if trial.len() != specs.len() {
+                    continue;
+                }
+                if let Some(outs) = op.outputs_of(&trial) {
+                    self.failed_outputs
+                        .entry(st.name.name.clone())
+                        .or_default()
+                        .extend(outs);
+                }
+                if let Err(errs) = op.check(&trial) {
+                    for e in errs
+                        .into_iter()
+                        .filter(|e| !unset.contains(&e.param.as_str()))
+                    {
+                        let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
+                        self.push(
+                            Diagnostic::error(
+                                "invalid-param",
+                                format!("`{}`: {}", e.param, e.message),
+                            )
+                            .at(span, format!("in `{}`", e.param)),
+                        );
+                    }
+                }
                 continue;
             }
             let outputs = match op.check(&params_out) {
@@ -600,16 +779,16 @@ impl Checker<'_> {
                     for e in errs {
                         let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
                         self.push(
-                            Diagnostic::error("invalid-param", e.message)
-                                .at(span, format!("in `{}`", e.param)),
+                            Diagnostic::error(
+                                "invalid-param",
+                                format!("`{}`: {}", e.param, e.message),
+                            )
+                            .at(span, format!("in `{}`", e.param)),
                         );
                     }
                     continue;
                 }
             };
-            if !inst_ok {
-                continue;
-            }
             params_out.shrink_to_fit();
             let mut deps: Vec<usize> = params_out
                 .values()
@@ -636,6 +815,9 @@ impl Checker<'_> {
                 resources,
                 uses: uses.clone(),
             });
+        }
+        if !ok {
+            return;
         }
         let mut index = MatrixIndex::new();
         for &id in &stage.instances {
@@ -1088,6 +1270,25 @@ fn collect_stage_refs(e: &Expr, out: &mut Vec<(String, Span)>) {
     }
     for child in children(e) {
         collect_stage_refs(child, out);
+    }
+}
+
+/// Every `stages.NAME[...].OUTPUT` (or `stages.NAME.OUTPUT`) an expression
+/// names, with the span of the whole reference.
+fn collect_output_refs(e: &Expr, out: &mut Vec<(String, String, Span)>) {
+    if let ExprKind::Field(b, output) = &e.kind {
+        let mut base = &**b;
+        while let ExprKind::Select(inner, _) | ExprKind::SelectAll(inner) = &base.kind {
+            base = inner;
+        }
+        if let ExprKind::Field(root, stage) = &base.kind
+            && matches!(&root.kind, ExprKind::Ident(n) if n == "stages")
+        {
+            out.push((stage.clone(), output.clone(), e.span));
+        }
+    }
+    for child in children(e) {
+        collect_output_refs(child, out);
     }
 }
 

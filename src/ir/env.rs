@@ -191,16 +191,23 @@ impl Env for StageEnv<'_> {
         for &i in &sel.instances {
             let inst = &self.instances[i];
             let name = resolve_output(&inst.outputs, output).ok_or_else(|| {
+                // Said of the stage when none of its instances has it, so
+                // that every instance reading it meets the same error.
+                let whole = st
+                    .instances
+                    .iter()
+                    .all(|&j| resolve_output(&self.instances[j].outputs, output).is_none());
+                let who = if whole && st.instances.len() > 1 {
+                    format!("stage `{}`", st.name)
+                } else {
+                    format!("`{}`", inst.name)
+                };
                 Diagnostic::error(
                     "unknown-reference",
-                    format!("`{}` has no output `{output}`", inst.name),
+                    format!("{who} has no output `{output}`"),
                 )
                 .at(span, "unknown output")
-                .help(if inst.outputs.is_empty() {
-                    format!("`{}` declares no outputs", inst.name)
-                } else {
-                    format!("outputs: {}", inst.outputs.join(", "))
-                })
+                .help(super::query::output_help(&inst.outputs, output))
             })?;
             out.push(Value::Path(Box::new(PathRef::Artifact {
                 inst: i,

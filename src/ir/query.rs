@@ -3,19 +3,34 @@
 
 use super::*;
 
+/// Help for an output name that is not one of `outputs`: the closest
+/// output (by full name or stem), else the list.
+pub fn output_help(outputs: &[String], name: &str) -> String {
+    if outputs.is_empty() {
+        return "it declares no outputs".into();
+    }
+    let stems: Vec<String> = outputs.iter().map(|o| stem(o)).collect();
+    let candidates = outputs.iter().chain(&stems).map(String::as_str);
+    crate::diag::did_you_mean(name, candidates)
+        .unwrap_or_else(|| format!("outputs: {}", outputs.join(", ")))
+}
+
+/// An output's name without its directory and extensions (`oof` for
+/// `folds/oof.csv`).
+fn stem(o: &str) -> String {
+    let base = o.rsplit('/').next().unwrap_or(o);
+    match base.find('.') {
+        Some(i) if i > 0 => base[..i].to_string(),
+        _ => base.to_string(),
+    }
+}
+
 /// An output by its full name or, when unambiguous, by its stem
 /// (`oof` for `oof.csv`).
 pub fn resolve_output(outputs: &[String], name: &str) -> Option<String> {
     if outputs.iter().any(|o| o == name) {
         return Some(name.to_string());
     }
-    let stem = |o: &str| -> String {
-        let base = o.rsplit('/').next().unwrap_or(o);
-        match base.find('.') {
-            Some(i) if i > 0 => base[..i].to_string(),
-            _ => base.to_string(),
-        }
-    };
     let mut m = outputs.iter().filter(|o| stem(o) == name);
     match (m.next(), m.next()) {
         (Some(o), None) => Some(o.clone()),

@@ -190,6 +190,9 @@ pub trait AnyOp: Send + Sync {
     /// Reads checked parameters, checks them beyond their types, and names
     /// the outputs.
     fn check(&self, params: &Params) -> Result<Vec<String>, Vec<ParamError>>;
+    /// The outputs of an instance whose parameters read but may not pass
+    /// the op's other checks; `None` when they do not read.
+    fn outputs_of(&self, params: &Params) -> Option<Vec<String>>;
     fn run(&self, cx: &mut OpContext) -> Result<(), OpError>;
 }
 
@@ -217,6 +220,10 @@ impl<T: Op> AnyOp for T {
         } else {
             Err(errs)
         }
+    }
+    fn outputs_of(&self, params: &Params) -> Option<Vec<String>> {
+        let p = T::Params::from_params(params, Path::new("")).ok()?;
+        Some(self.outputs(&p))
     }
     fn run(&self, cx: &mut OpContext) -> Result<(), OpError> {
         let p = T::Params::from_params(cx.params, cx.work_dir).map_err(|errs| {

@@ -159,8 +159,10 @@ crate::params! {
         accumulate: usize = 1,
         /// Clip the gradients' global L2 norm to this; 0: off.
         clip_grad: f64 = 0.0,
-        /// Decay of an exponential moving average of the weights (0.999 is usual), used for
-        /// validation and `best`; 0: off.
+        /// Decay of an exponential moving average of the weights, used for validation and
+        /// `best`; 0: off. Warmed up as `min(ema, (1 + n) / (10 + n))` after n steps. It
+        /// averages over about 1 / (1 - ema) steps: 0.99 suits a few hundred steps per run,
+        /// 0.999 a few thousand, 0.9999 tens of thousands.
         ema: f64 = 0.0,
         /// Train only the head for this many epochs first.
         freeze_epochs: usize = 0,
@@ -234,7 +236,8 @@ impl Op for Train {
     const NAME: &'static str = "train";
     // 2: detectors place their locations where the backbone's cells are
     // centred (ResNet, EfficientNet: at whole strides, as torchvision).
-    const VERSION: u32 = 2;
+    // 3: EMA's decay is warmed up.
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "Train a classifier, multi-label classifier, regressor, box model, detector, instance or semantic segmenter on one fold (candle).";
     const INPUTS: &'static [&'static str] = &["images", "labels", "folds", "masks"];
 

@@ -151,3 +151,73 @@ fn the_op_reference_documents_every_op_parameter_and_default() {
         }
     }
 }
+
+/// Regression (issue 23): a mistake in `train` was reported only once the
+/// one in `split` (which it reads) was fixed, and a misspelt output read by
+/// every fold was reported once per fold.
+#[test]
+fn check_reports_every_independent_mistake_once() {
+    let rel = Path::new("tests/fixtures/bad/every_mistake_at_once.toml");
+    let text = std::fs::read_to_string(rel).unwrap();
+    let (_, report) = podium::check_str(rel, &text, &[]);
+    let errors: Vec<(&str, &str, Option<&str>)> = report
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| (d.code, d.message.as_str(), d.help.as_deref()))
+        .collect();
+    let line = |d: &podium::diag::Diagnostic| {
+        report
+            .sources
+            .line_col(d.span.unwrap().src, d.span.unwrap().start)
+            .0
+    };
+    let lines: Vec<usize> = report.diagnostics.iter().map(line).collect();
+    // split's kind, train's epochs and hflip, predict's output, labels' param.
+    assert_eq!(lines, [17, 28, 29, 34, 41], "{errors:#?}");
+    assert_eq!(errors[1].0, "wrong-type");
+    assert_eq!(errors[2].1, "`hflip`: a probability, in [0, 1]");
+    assert_eq!(errors[3].1, "stage `train` has no output `bestt`");
+    let help = errors[3].2.unwrap();
+    assert!(help.starts_with("did you mean `best`?"), "{help}");
+    assert!(
+        help.contains("in 3 instances: predict[fold=0], predict[fold=1], predict[fold=2]"),
+        "{help}"
+    );
+    assert_eq!(errors[4].2, Some("did you mean `thresholds`?"));
+}
+
+/// Regression (issue 23): `--set params.epochs=ten` put the caret on the
+/// manifest line that reads the param, not on the flag.
+#[test]
+fn a_bad_set_param_is_blamed_on_the_flag() {
+    let rel = Path::new("pipelines/demo.toml");
+    let text = std::fs::read_to_string(rel).unwrap();
+    let sets = [
+        "params.epochs=ten".to_string(),
+        "stages.trian.lr=1".to_string(),
+    ];
+    let (_, report) = podium::check_str(rel, &text, &sets);
+    let shown: Vec<(String, String)> = report
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let s = d.span.unwrap();
+            (
+                report.sources.get(s.src).name.clone(),
+                report.sources.text(s).to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("--set stages.trian.lr=1".to_string(), "1".to_string()),
+            ("--set params.epochs=ten".to_string(), "ten".to_string()),
+        ]
+    );
+    assert_eq!(
+        report.diagnostics[0].help.as_deref(),
+        Some("did you mean `train`?")
+    );
+}

@@ -320,6 +320,25 @@ fn check_reports_every_error_and_exits_nonzero() {
     let out = ws.podium(&["check", "missing.toml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    // `-f` as every other command takes it; GitHub Actions annotations.
+    let out = ws.podium(&["check", "-f", "p.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = ws.podium(&[
+        "check",
+        "-f",
+        "p.toml",
+        "--format",
+        "github",
+        "--set",
+        "stages.report.outs=[\"../x\"]",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("::error file=--set stages.report.outs=[\"../x\"]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("title=podium invalid-param::"), "{stdout}");
 }
 
 #[test]
