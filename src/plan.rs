@@ -332,9 +332,21 @@ pub fn explain(inst: &Instance, k: &Keyed, last: Option<Record>) -> Vec<Reason> 
     // Manifest params first: they are what the user edited.
     let (manifest, op): (Vec<&String>, Vec<&String>) =
         names.into_iter().partition(|n| n.starts_with("params."));
+    let mut edited = HashSet::new();
     for name in manifest.into_iter().chain(op) {
         let (old, new) = (last.params.get(name), now.get(name));
         if old != new {
+            // An op parameter written as `${params.X}` changed because X
+            // did: said once, as X.
+            if let Some(p) = name.strip_prefix("params.") {
+                edited.insert(p.to_string());
+            } else if inst
+                .derived
+                .get(name.as_str())
+                .is_some_and(|from| from.iter().any(|p| edited.contains(p)))
+            {
+                continue;
+            }
             reasons.push(Reason::Param {
                 name: name.clone(),
                 old: old.cloned(),

@@ -1,6 +1,6 @@
 //! `podium plan`, `run`, `status`, `dag`, `gc` and `verify`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use podium::ir::Pipeline;
 use podium::plan::{self, Plan, Status};
 use podium::store::StatCache;
 use podium::store::Store;
+use podium::store::experiments::{ExpInstance, Experiment, lower_is_better};
 use serde_json::json;
 
 use super::progress::Progress;
@@ -136,6 +137,7 @@ pub fn run(
     force: &[String],
     no_wait: bool,
     format: Format,
+    name: Option<&str>,
 ) -> anyhow::Result<i32> {
     let started = Instant::now();
     let p = m.load()?;
@@ -166,6 +168,7 @@ pub fn run(
     if let Some(pr) = progress.get() {
         pr.finish();
     }
+    let experiment = record_experiment(&p, &store, &stat, &m.set.set, name);
     let executed = report.names(|o| matches!(o, Outcome::Executed));
     let cached = report.names(|o| matches!(o, Outcome::Cached));
     let failed = report.names(|o| matches!(o, Outcome::Failed { .. }));
@@ -200,18 +203,23 @@ pub fn run(
                     "cached": cached,
                     "failed": failed,
                     "skipped": skipped,
+                    "experiment": experiment.as_ref().ok().map(|e| &e.id),
                 }))?
             );
         }
         Format::Text => eprintln!(
-            "{}: {} ran, {} cached after upstream cutoff, {} already fresh, {} failed, {} not run ({:.2}s)",
+            "{}: {} ran, {} cached after upstream cutoff, {} already fresh, {} failed, {} not run ({:.2}s){}",
             p.name,
             executed.len(),
             cached.len(),
             report.fresh.len(),
             failed.len(),
             skipped.len(),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            match &experiment {
+                Ok(e) => format!("; experiment {}", e.label()),
+                Err(why) => format!("; experiment not recorded: {why}"),
+            }
         ),
     }
     Ok(if report.cancelled() {
@@ -221,6 +229,72 @@ pub fn run(
     } else {
         1
     })
+}
+
+/// Notes the run as an experiment of its pipeline: the configuration (params
+/// and stage overrides) and the record every instance is now up to date
+/// with. A name or pin given earlier to the same configuration stays.
+fn record_experiment(
+    p: &Pipeline,
+    store: &Store,
+    stat: &StatCache,
+    overrides: &[String],
+    name: Option<&str>,
+) -> Result<Experiment, String> {
+    let g = Graph::of(p);
+    let pl = plan::plan(p, &g, store, stat, None, &HashSet::new()).map_err(|e| e.to_string())?;
+    let params: BTreeMap<String, String> = p
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    let stage_overrides: Vec<String> = overrides
+        .iter()
+        .filter(|o| !o.trim_start().starts_with("params."))
+        .cloned()
+        .collect();
+    let id = Experiment::id_of(&p.name, &params, &stage_overrides);
+    let journal = store.experiments();
+    let before = journal.all(&p.name).into_iter().find(|e| e.id == id);
+    let mut instances = BTreeMap::new();
+    let mut incomplete = Vec::new();
+    for inst in &p.instances {
+        match &pl.status[inst.id] {
+            Status::Fresh(r) => {
+                instances.insert(
+                    inst.name.clone(),
+                    ExpInstance {
+                        stage: inst.stage_name.clone(),
+                        key: r.key.clone(),
+                        matrix: !inst.matrix.is_empty(),
+                        duration_s: r.duration_s,
+                        metrics: r.metrics.clone(),
+                    },
+                );
+            }
+            _ => incomplete.push(inst.name.clone()),
+        }
+    }
+    let e = Experiment {
+        id,
+        name: name
+            .map(str::to_string)
+            .or_else(|| before.as_ref().and_then(|b| b.name.clone())),
+        pinned: before.as_ref().is_some_and(|b| b.pinned),
+        pipeline: p.name.clone(),
+        manifest: p.manifest.display().to_string(),
+        overrides: overrides.to_vec(),
+        params,
+        stage_overrides,
+        instances,
+        incomplete,
+        finished_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    journal.put(&e).map_err(|e| e.to_string())?;
+    Ok(e)
 }
 
 /// Progress created once the plan says how many instances will run.
@@ -249,23 +323,35 @@ pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32
     let opened = Opened::new(cli)?;
     let store = &opened.store;
     let (g, pl) = opened.plan(&p, &[], &[])?;
+    // A fresh instance shows the run of this very configuration (its key's
+    // record), not the last run of whatever configuration ran last; a
+    // stale one says why, and what its last run (of another
+    // configuration) gave.
     let mut rows = Vec::new();
     for &id in g.order() {
         let inst = &p.instances[id];
-        let last = store.state(&p.name, &inst.name);
-        let state = match &pl.status[id] {
-            Status::Fresh(_) => "fresh",
-            _ => "stale",
+        let row = match &pl.status[id] {
+            Status::Fresh(r) => ("fresh", Some((**r).clone()), Vec::new()),
+            Status::Stale(why) => (
+                "stale",
+                store.state(&p.name, &inst.name),
+                why.iter().map(|r| r.to_string()).collect(),
+            ),
+            Status::Skipped => continue,
         };
-        rows.push((inst, state, last));
+        rows.push((inst, row.0, row.1, row.2));
     }
     match format {
         Format::Json => {
             let items: Vec<_> = rows
                 .iter()
-                .map(|(i, s, last)| {
-                    json!({"instance": i.name, "status": s,
-                        "last_run": last.as_ref().map(|r| json!({"finished_at": r.finished_at, "duration_s": r.duration_s, "metrics": r.metrics, "key": r.key}))})
+                .map(|(i, s, run, why)| {
+                    let run = run.as_ref().map(|r| json!({"finished_at": r.finished_at, "duration_s": r.duration_s, "metrics": r.metrics, "key": r.key}));
+                    if *s == "fresh" {
+                        json!({"instance": i.name, "status": s, "run": run})
+                    } else {
+                        json!({"instance": i.name, "status": s, "reasons": why, "last_run": run})
+                    }
                 })
                 .collect();
             println!(
@@ -286,25 +372,41 @@ pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32
                 pl.fresh_count(),
                 pl.stale_count()
             );
-            for (i, s, last) in rows {
-                let info = match last {
-                    Some(r) => {
-                        let metrics: Vec<String> =
-                            r.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        format!(
-                            "last run {:.2}s{}{}",
-                            r.duration_s,
-                            if metrics.is_empty() { "" } else { "  " },
-                            metrics.join(" ")
-                        )
-                    }
-                    None => "never run".into(),
+            for (i, s, run, why) in rows {
+                let run_info = |r: &podium::store::Record| {
+                    let metrics: Vec<String> = r
+                        .metrics
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", short_number(*v)))
+                        .collect();
+                    format!(
+                        "{:.2}s{}{}",
+                        r.duration_s,
+                        if metrics.is_empty() { "" } else { "  " },
+                        metrics.join(" ")
+                    )
+                };
+                let info = match (s, &run) {
+                    ("fresh", Some(r)) => run_info(r),
+                    (_, Some(r)) => format!("{}; last run {}", why.join("; "), run_info(r)),
+                    (_, None) => why.join("; "),
                 };
                 println!("  {s:<5}  {:<width$}  {info}", i.name);
             }
         }
     }
     Ok(0)
+}
+
+/// A metric as people read it: four decimals at most, trailing zeros off
+/// (`0.9375`, `12.5`, `0.0001`), tiny and huge values in exponent form.
+pub fn short_number(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-4 || v.abs() >= 1e9) {
+        return format!("{v:.3e}");
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
 }
 
 pub fn dag(cli: &Cli, m: &ManifestArgs, format: DagFormat) -> anyhow::Result<i32> {
@@ -318,7 +420,47 @@ pub fn dag(cli: &Cli, m: &ManifestArgs, format: DagFormat) -> anyhow::Result<i32
     Ok(0)
 }
 
-pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32> {
+/// What `gc` keeps of each pipeline's experiments besides the pinned ones.
+pub struct Keep {
+    /// The last N, by when they last ran.
+    pub last: Option<usize>,
+    /// The best N by a metric (`train.accuracy`, `evaluate.loss:min`).
+    pub best: Option<(usize, String)>,
+}
+
+/// The experiments of a pipeline whose results `gc` keeps: pinned ones and
+/// those `keep` picks.
+fn kept_experiments(exps: &[Experiment], keep: &Keep) -> Vec<usize> {
+    let mut out: Vec<usize> = (0..exps.len()).filter(|&i| exps[i].pinned).collect();
+    if let Some(n) = keep.last {
+        out.extend((0..exps.len()).rev().take(n));
+    }
+    if let Some((n, by)) = &keep.best {
+        let (metric, low) = match by.rsplit_once(':') {
+            Some((m, "min")) => (m, true),
+            Some((m, "max")) => (m, false),
+            _ => (by.as_str(), lower_is_better(by)),
+        };
+        let mut ranked: Vec<(usize, f64)> = exps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.summary().get(metric).map(|s| (i, s.mean)))
+            .collect();
+        ranked.sort_by(|a, b| {
+            if low {
+                a.1.total_cmp(&b.1)
+            } else {
+                b.1.total_cmp(&a.1)
+            }
+        });
+        out.extend(ranked.into_iter().take(*n).map(|(i, _)| i));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool, keep: &Keep) -> anyhow::Result<i32> {
     let files = if manifests.is_empty() {
         default_manifests()?
     } else {
@@ -345,6 +487,31 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool) -> anyhow::Result<i32
             if names.contains(r.instance.as_str()) {
                 live.insert(r.key);
             }
+        }
+        let exps = store.experiments().all(&p.name);
+        if let Some((_, by)) = &keep.best {
+            let metric = by.rsplit_once(':').map_or(by.as_str(), |(m, _)| m);
+            if !exps.iter().any(|e| e.summary().contains_key(metric)) && !exps.is_empty() {
+                anyhow::bail!(
+                    "no experiment of pipeline {} has metric `{metric}` for --by",
+                    p.name
+                );
+            }
+        }
+        let kept = kept_experiments(&exps, keep);
+        for &i in &kept {
+            live.extend(exps[i].instances.values().map(|x| x.key.clone()));
+        }
+        if !kept.is_empty() {
+            eprintln!(
+                "{}: keeping {} experiment(s): {}",
+                p.name,
+                kept.len(),
+                kept.iter()
+                    .map(|&i| exps[i].label())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     let r = store.gc(&live, dry_run)?;

@@ -3,6 +3,7 @@
 
 mod check;
 mod commands;
+mod exp;
 mod op;
 mod progress;
 
@@ -20,7 +21,7 @@ pub struct Cli {
     /// The store: content-addressed results and run records.
     #[arg(long, global = true, env = "PODIUM_STORE", default_value = "cache")]
     store: PathBuf,
-    /// Where each instance's outputs are made visible (`out/<stage>/<instance>/`).
+    /// Where each instance's outputs are made visible (`out/<pipeline>/<stage>/<instance>/`).
     #[arg(long, global = true, env = "PODIUM_OUT_DIR", default_value = "out")]
     out_dir: PathBuf,
     #[command(subcommand)]
@@ -65,6 +66,27 @@ enum CheckFormat {
     Json,
     /// GitHub Actions annotations (`::error file=…,line=…,col=…::…`).
     Github,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TableFormat {
+    Text,
+    Json,
+    Csv,
+    Markdown,
+}
+
+/// What `podium exp` does besides listing.
+#[derive(Subcommand, Debug)]
+enum ExpAction {
+    /// Params and metrics of two experiments side by side (ids, id prefixes or names).
+    Diff { a: String, b: String },
+    /// Keep an experiment's results from `gc`.
+    Pin { experiment: String },
+    /// Let `gc` free an experiment's results again.
+    Unpin { experiment: String },
+    /// Name an experiment (as `run --name` does).
+    Name { experiment: String, name: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,6 +146,27 @@ enum Command {
         /// `json` prints what ran, what was cached and what failed, for scripts.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Name this run's experiment (the manifest with its `--set`s), for `podium exp`.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The experiments of a pipeline (each configuration run): params that differ, metrics
+    /// (folds as mean±std), compute time, store use.
+    Exp {
+        /// The manifest. Default: podium.toml, or the only manifest in pipelines/.
+        #[arg(short = 'f', long = "file", global = true)]
+        file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<ExpAction>,
+        /// Sort by this metric (`train.accuracy`), best first; `:min` or `:max` says which
+        /// is best (default: losses and errors low, the rest high).
+        #[arg(long, value_name = "METRIC")]
+        sort: Option<String>,
+        /// Show only these metrics (may repeat).
+        #[arg(short = 'm', long = "metric", value_name = "METRIC")]
+        metrics: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TableFormat,
     },
     /// Each instance's state, last run and metrics.
     Status {
@@ -146,6 +189,15 @@ enum Command {
         dry_run: bool,
         /// Manifests whose results are kept. Default: every pipelines/*.toml.
         manifests: Vec<PathBuf>,
+        /// Also keep the results of each pipeline's last N experiments.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Also keep the results of each pipeline's best N experiments by `--by`.
+        #[arg(long, value_name = "N", requires = "by")]
+        keep_best: Option<usize>,
+        /// The metric `--keep-best` ranks by (`train.accuracy`, `evaluate.loss:min`).
+        #[arg(long, value_name = "METRIC")]
+        by: Option<String>,
     },
     /// Re-hash every stored object; corrupted ones are reported and dropped.
     Verify,
@@ -214,6 +266,7 @@ pub fn main() -> i32 {
             force,
             no_wait,
             format,
+            name,
         } => commands::run(
             &cli,
             manifest,
@@ -224,10 +277,41 @@ pub fn main() -> i32 {
             force,
             *no_wait,
             *format,
+            name.as_deref(),
         ),
         Command::Status { manifest, format } => commands::status(&cli, manifest, *format),
         Command::Dag { manifest, format } => commands::dag(&cli, manifest, *format),
-        Command::Gc { dry_run, manifests } => commands::gc(&cli, manifests, *dry_run),
+        Command::Gc {
+            dry_run,
+            manifests,
+            keep_last,
+            keep_best,
+            by,
+        } => commands::gc(
+            &cli,
+            manifests,
+            *dry_run,
+            &commands::Keep {
+                last: *keep_last,
+                best: keep_best.zip(by.clone()),
+            },
+        ),
+        Command::Exp {
+            file,
+            action,
+            sort,
+            metrics,
+            format,
+        } => exp::exp(
+            &cli.store,
+            file,
+            action.as_ref(),
+            &exp::ListOptions {
+                sort: sort.as_deref(),
+                metrics,
+                format: *format,
+            },
+        ),
         Command::Verify => commands::verify(&cli),
         Command::Op {
             kind,

@@ -16,10 +16,18 @@ use crate::store::StatCache;
 use crate::store::{self, Record, Store};
 use crate::value::PathRef;
 
-/// Where an instance's outputs are visible in the workspace:
-/// `out/<stage>/` or, for a matrix stage, `out/<stage>/<key=value,...>/`.
-pub fn outputs_dir(out_root: &Path, inst: &Instance) -> PathBuf {
-    let d = out_root.join(&inst.stage_name);
+/// Where a pipeline's outputs are visible in the workspace: `out/<pipeline>/`,
+/// so that manifests with stages of the same name never overwrite each
+/// other's view.
+pub fn pipeline_out_dir(out_root: &Path, pipeline: &Pipeline) -> PathBuf {
+    out_root.join(store::pipeline_dir_name(&pipeline.name))
+}
+
+/// Where an instance's outputs are visible under its pipeline's directory
+/// ([`pipeline_out_dir`]): `<stage>/` or, for a matrix stage,
+/// `<stage>/<key=value,...>/`.
+pub fn outputs_dir(pipeline_out: &Path, inst: &Instance) -> PathBuf {
+    let d = pipeline_out.join(&inst.stage_name);
     if inst.matrix.is_empty() {
         d
     } else {
@@ -32,6 +40,7 @@ pub struct Runner<'a> {
     pub pipeline: &'a Pipeline,
     pub store: &'a Store,
     pub stat: &'a StatCache,
+    /// The pipeline's directory under `out/` ([`pipeline_out_dir`]).
     pub out_root: PathBuf,
     pub force: &'a HashSet<String>,
     records: RwLock<Vec<Option<Record>>>,
@@ -60,7 +69,10 @@ impl<'a> Runner<'a> {
             store,
             stat,
             // Commands run in the manifest's directory, so paths must not be relative.
-            out_root: std::path::absolute(&out_root).unwrap_or(out_root),
+            out_root: pipeline_out_dir(
+                &std::path::absolute(&out_root).unwrap_or(out_root),
+                pipeline,
+            ),
             force,
             records: RwLock::new(records),
         }

@@ -627,6 +627,13 @@ impl Checker<'_> {
                 .filter_map(|n| p.params.get(&n).map(|v| (n, v.clone())))
                 .collect::<BTreeMap<String, Value>>(),
         );
+        let derived = std::sync::Arc::new(
+            st.fields
+                .iter()
+                .map(|(k, rv)| (k.name.clone(), param_refs_of([rv]).into_iter().collect()))
+                .filter(|(_, refs): &(String, Vec<String>)| !refs.is_empty())
+                .collect::<BTreeMap<String, Vec<String>>>(),
+        );
         // Instances declare the same outputs, as a rule: kept once.
         let mut last_outputs: Option<std::sync::Arc<[String]>> = None;
         p.instances.reserve(matrix.len);
@@ -814,6 +821,7 @@ impl Checker<'_> {
                 deps,
                 resources,
                 uses: uses.clone(),
+                derived: derived.clone(),
             });
         }
         if !ok {

@@ -81,6 +81,9 @@ pub struct Instance {
     /// explanations name `params.lr` rather than only the op parameter it
     /// was interpolated into.
     pub uses: std::sync::Arc<BTreeMap<String, Value>>,
+    /// Per op parameter written with `${params...}`, the `[params]` it
+    /// reads: a change is explained once, by the param the user edited.
+    pub derived: std::sync::Arc<BTreeMap<String, Vec<String>>>,
 }
 
 impl Instance {

@@ -16,6 +16,7 @@
 //! and at the end of a run), a record only after its objects, the state
 //! journal appended to; in both a torn last line is skipped.
 
+pub mod experiments;
 mod record;
 mod record_log;
 mod statcache;
@@ -514,7 +515,7 @@ impl Store {
 
     /// The record of an instance's last successful run in a pipeline.
     pub fn state(&self, pipeline: &str, instance: &str) -> Option<Record> {
-        let name = sanitize(pipeline, "-_");
+        let name = pipeline_dir_name(pipeline);
         self.journals.latest(&self.state_dir(), &name, instance)
     }
 
@@ -522,8 +523,13 @@ impl Store {
     /// depend on it; the record itself is durable.
     pub fn put_state(&self, rec: &Record) -> Result<()> {
         let dir = self.state_dir();
-        let name = sanitize(&rec.pipeline, "-_");
+        let name = pipeline_dir_name(&rec.pipeline);
         self.journals.append(&dir, &name, rec).at(&dir)
+    }
+
+    /// The journals of experiments, `experiments/<pipeline>.jsonl`.
+    pub fn experiments(&self) -> experiments::Journal {
+        experiments::Journal::new(self.root.join("experiments"))
     }
 
     /// Every record in the store.
@@ -533,7 +539,7 @@ impl Store {
 
     /// The last records of every instance of a pipeline.
     pub fn states(&self, pipeline: &str) -> Vec<Record> {
-        let name = sanitize(pipeline, "-_");
+        let name = pipeline_dir_name(pipeline);
         self.journals.all(&self.state_dir(), &name)
     }
 
@@ -821,6 +827,16 @@ fn object_name(path: &Path) -> Option<String> {
     let file = path.file_name()?.to_str()?;
     let dir = path.parent()?.file_name()?.to_str()?;
     Some(format!("{dir}{file}"))
+}
+
+/// A pipeline's name as one path component (its journal in the store, its
+/// directory under `out/`): characters other than ASCII letters, digits,
+/// `-` and `_` become `_`.
+pub fn pipeline_dir_name(pipeline: &str) -> String {
+    if pipeline.is_empty() {
+        return "_".into();
+    }
+    sanitize(pipeline, "-_")
 }
 
 /// `s` as one path component: characters other than ASCII letters, digits

@@ -184,8 +184,8 @@ fn a_killed_detector_training_resumes_and_ends_bit_identical() {
     crate::ws::run_whole_then_killed_and_resumed(d, "train");
     for f in ["last.safetensors", "best.safetensors", "oof.json"] {
         assert_eq!(
-            std::fs::read(d.join("o1/train").join(f)).unwrap(),
-            std::fs::read(d.join("o2/train").join(f)).unwrap(),
+            std::fs::read(d.join("o1/resume/train").join(f)).unwrap(),
+            std::fs::read(d.join("o2/resume/train").join(f)).unwrap(),
             "{f} differs after resuming"
         );
     }
@@ -283,8 +283,8 @@ fn a_killed_instance_training_resumes_and_ends_bit_identical() {
     crate::ws::run_whole_then_killed_and_resumed(d, "train");
     for f in ["last.safetensors", "best.safetensors", "oof.json"] {
         assert_eq!(
-            std::fs::read(d.join("o1/train").join(f)).unwrap(),
-            std::fs::read(d.join("o2/train").join(f)).unwrap(),
+            std::fs::read(d.join("o1/resume/train").join(f)).unwrap(),
+            std::fs::read(d.join("o2/resume/train").join(f)).unwrap(),
             "{f} differs after resuming"
         );
     }

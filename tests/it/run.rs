@@ -1,6 +1,7 @@
 //! The CLI on fixture pipelines: what executes, what is a cache hit, and
 //! what survives a kill, asserted by instance name.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -125,7 +126,7 @@ fn first_run_executes_everything_and_a_rerun_nothing() {
     let r = ws.run(&[]);
     assert_eq!(names(&r, "executed"), ALL);
     // The folds hold every number once; fold f's model is 2 × the sum of the others.
-    let folds = ws.read("out/split/folds.txt");
+    let folds = ws.read("out/t/split/folds.txt");
     assert_eq!(folds.lines().count(), 50);
     let total: i64 = (1..=50).sum();
     let fold0: i64 = folds
@@ -134,14 +135,14 @@ fn first_run_executes_everything_and_a_rerun_nothing() {
         .map(|l| l[2..].parse::<i64>().unwrap())
         .sum();
     assert_eq!(
-        ws.read("out/train/fold=0/model.txt").trim(),
+        ws.read("out/t/train/fold=0/model.txt").trim(),
         (2 * (total - fold0)).to_string()
     );
     let r = ws.run(&[]);
     assert!(names(&r, "executed").is_empty());
     assert_eq!(names(&r, "fresh"), ALL);
     // Outputs are visible read-only.
-    let meta = std::fs::metadata(ws.path("out/report/all.txt")).unwrap();
+    let meta = std::fs::metadata(ws.path("out/t/report/all.txt")).unwrap();
     assert!(meta.permissions().readonly());
 }
 
@@ -228,7 +229,7 @@ fn results_are_identical_with_one_thread_and_four_cold_and_warm() {
             .collect::<Vec<_>>()
     };
     assert_eq!(keys(&a), keys(&b));
-    for rel in ["out/report/all.txt", "out/train/fold=2/model.txt"] {
+    for rel in ["out/t/report/all.txt", "out/t/train/fold=2/model.txt"] {
         assert_eq!(a.read(rel), b.read(rel));
     }
     // Warm: a second -j 4 run over the -j 1 store runs nothing.
@@ -439,7 +440,7 @@ fn two_concurrent_runs_on_one_store_both_end_correctly() {
 fn verify_drops_a_corrupted_object_and_the_next_run_recomputes_it() {
     let ws = ws(PIPELINE);
     ws.run(&[]);
-    let target = std::fs::canonicalize(ws.path("out/report/all.txt")).unwrap();
+    let target = std::fs::canonicalize(ws.path("out/t/report/all.txt")).unwrap();
     // The out/ file is a hard link to the object: corrupt the object through a fresh path.
     let objects = ws.path("cache/objects");
     let want = blake3::hash(std::fs::read(&target).unwrap().as_slice())
@@ -597,12 +598,13 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
         ],
     );
     let metrics: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("out/evaluate/metrics.json")).unwrap(),
+        &std::fs::read_to_string(dir.path().join("out/demo/evaluate/metrics.json")).unwrap(),
     )
     .unwrap();
     let acc = metrics["accuracy"].as_f64().unwrap();
     assert!(acc > 0.6, "4 classes, chance is 0.25: got {acc}");
-    let sub = std::fs::read_to_string(dir.path().join("out/submission/submission.csv")).unwrap();
+    let sub =
+        std::fs::read_to_string(dir.path().join("out/demo/submission/submission.csv")).unwrap();
     assert_eq!(sub.lines().count(), 201);
 }
 
@@ -629,7 +631,7 @@ fn the_hubmap_pipeline_runs_end_to_end_and_writes_encoded_masks() {
         ],
     );
     assert!(err.contains("32 ran"), "{err}");
-    let out = dir.path().join("out");
+    let out = dir.path().join("out/hubmap");
     let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
     // The fine-tunes started from the pretraining's best checkpoint.
     let log = std::fs::read_to_string(dir.path().join("cache/logs/hubmap/m1_fold=0_.log")).unwrap();
@@ -674,7 +676,7 @@ fn the_siim_pipeline_runs_end_to_end_and_writes_siim_strings() {
         ],
     );
     assert!(err.contains("28 ran"), "{err}");
-    let out = dir.path().join("out");
+    let out = dir.path().join("out/siim");
     let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
     // Stage 2 started from stage 1's best checkpoint, fold by fold.
     for fold in 0..2 {
@@ -749,7 +751,7 @@ fn ctrl_c_stops_cleanly_keeping_finished_instances() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert!(
-        !ws.path("out/train/fold=2").exists(),
+        !ws.path("out/t/train/fold=2").exists(),
         "the partial output is discarded"
     );
     assert!(
@@ -850,13 +852,13 @@ fn the_data_ops_run_as_manifest_stages_and_rerun_nothing_when_unchanged() {
     std::fs::write(ws.path("score.awk"), SCORE_AWK).unwrap();
     let r = ws.run(&[]);
     assert_eq!(names(&r, "executed").len(), 10, "{r}");
-    let metrics: Value = serde_json::from_str(&ws.read("out/score/metrics.json")).unwrap();
+    let metrics: Value = serde_json::from_str(&ws.read("out/ops/score/metrics.json")).unwrap();
     assert_eq!(metrics["f1_macro"].as_f64(), Some(1.0), "{metrics}");
     assert_eq!(metrics["accuracy"].as_f64(), Some(1.0), "{metrics}");
-    let sub = ws.read("out/submit/submission.csv");
+    let sub = ws.read("out/ops/submit/submission.csv");
     assert!(sub.starts_with("id,Target\ntest_00000,"), "{sub}");
     assert_eq!(sub.lines().count(), 31);
-    assert_eq!(ws.read("out/folds/folds.csv").lines().count(), 61);
+    assert_eq!(ws.read("out/ops/folds/folds.csv").lines().count(), 61);
     let r = ws.run(&[]);
     assert!(names(&r, "executed").is_empty(), "{r}");
     // One op parameter changes: that stage and what reads it rerun.
@@ -900,7 +902,8 @@ fn an_instance_cached_on_another_instances_record_keeps_its_own_state() {
     let rows = v["instances"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     for row in rows {
-        assert!(row["last_run"].is_object(), "{row}: no last run recorded");
+        assert_eq!(row["status"], "fresh", "{row}");
+        assert!(row["run"].is_object(), "{row}: no run recorded");
     }
     // Its explanation compares with its own last run, not "never run".
     let out = ws.podium(&["plan", "-f", "p.toml", "--set", "params.n=2"]);
@@ -935,7 +938,7 @@ outs = ["o"]
     let ws = ws(manifest);
     ws.run(&["-j", "1"]);
     let dirs: std::collections::BTreeSet<String> = (0..4)
-        .map(|i| ws.read(&format!("out/s/i={i}/o")))
+        .map(|i| ws.read(&format!("out/q/s/i={i}/o")))
         .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
         .collect();
     assert_eq!(
@@ -953,7 +956,7 @@ outs = ["o"]
         "only the instance that printed keeps a log"
     );
     assert_eq!(ws.read("cache/logs/q/loud.log"), "hello\n");
-    assert_eq!(ws.read("out/same/j=1/o"), "same\n");
+    assert_eq!(ws.read("out/q/same/j=1/o"), "same\n");
     assert!(
         ws.tmp_is_empty(),
         "the work directory and the discarded copy go when the run ends"
@@ -964,4 +967,166 @@ outs = ["o"]
     assert_eq!(log.nlink(), 2);
     let out = ws.podium(&["verify"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 corrupted"));
+}
+
+/// Regression (issue 23): after running `hpa.toml` and then `aptos.toml`,
+/// both with a stage `evaluate`, `out/evaluate/` held APTOS's results and
+/// HPA's view was gone. Each pipeline has its own `out/<pipeline>/`.
+#[test]
+fn manifests_whose_stages_share_names_keep_their_views_side_by_side() {
+    let ws = Ws::new();
+    for name in ["hpa", "aptos"] {
+        ws.write(
+            &format!("pipelines/{name}.toml"),
+            &format!(
+                "[stages.evaluate]\nop = \"exec\"\ncmd = \"echo {name} > $PODIUM_OUT/metrics.json\"\n\
+                 outs = [\"metrics.json\"]\n"
+            ),
+        );
+    }
+    for name in ["hpa", "aptos"] {
+        let out = ws.podium(&["run", "-f", &format!("pipelines/{name}.toml")]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(ws.read("out/hpa/evaluate/metrics.json"), "hpa\n");
+    assert_eq!(ws.read("out/aptos/evaluate/metrics.json"), "aptos\n");
+    assert!(!ws.path("out/evaluate").exists());
+}
+
+/// Regression (issue 23): after a run with `--set`, `status` for the
+/// manifest as written showed the other configuration's metrics (to 16
+/// digits), and `plan` listed an edit twice, as the param and again as
+/// every op parameter it reaches.
+#[test]
+fn status_and_plan_speak_of_the_configuration_asked_about() {
+    let manifest = r#"
+[pipeline]
+name = "e"
+
+[params]
+lr = 1
+
+[stages.train]
+op = "exec"
+cmd = "echo '{\"score\": ${params.lr / 3.0}}' > $PODIUM_OUT/metrics.json"
+outs = ["metrics.json"]
+"#;
+    let ws = ws(manifest);
+    ws.run(&[]);
+    ws.run(&["--set", "params.lr=2"]);
+    let out = ws.podium(&["status", "-f", "p.toml"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().find(|l| l.contains("train")).unwrap();
+    assert!(row.contains("fresh"), "{text}");
+    assert!(row.ends_with("score=0.3333"), "{text}");
+    let out = ws.podium(&["status", "-f", "p.toml", "--set", "params.lr=3"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().find(|l| l.contains("train")).unwrap();
+    assert!(row.contains("stale"), "{text}");
+    assert!(
+        row.contains("params.lr changed (2 → 3); last run"),
+        "{text}"
+    );
+    assert!(row.ends_with("score=0.6667"), "{text}");
+    let out = ws.podium(&["plan", "-f", "p.toml", "--set", "params.lr=3"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("params.lr changed (2 → 3)"), "{text}");
+    assert!(
+        !text.contains("param cmd"),
+        "said once, by its source: {text}"
+    );
+}
+
+const EXPERIMENT: &str = r#"
+[pipeline]
+name = "e"
+
+[params]
+lr = 1
+
+[stages.train]
+op = "exec"
+matrix = { fold = [0, 1] }
+cmd = "echo '{\"score\": ${params.lr / 4.0 + fold * 0.1}, \"loss\": ${1.0 / params.lr}}' > $PODIUM_OUT/metrics.json"
+outs = ["metrics.json"]
+"#;
+
+/// The daily loop (issue 23): variants run with `--set`, each an
+/// experiment; `exp` ranks them by their fold mean, `diff` sets two side
+/// by side, a pin and `--keep-best` decide what `gc` keeps.
+#[test]
+fn experiments_are_ranked_by_cv_diffed_pinned_and_kept_by_policy() {
+    let ws = ws(EXPERIMENT);
+    ws.run(&["--set", "params.lr=0.5"]);
+    ws.run(&[]);
+    ws.run(&["--set", "params.lr=2", "--name", "two"]);
+    // The same configuration again is the same experiment, still named.
+    ws.run(&["--set", "params.lr=2"]);
+    ws.run(&["--set", "params.lr=3"]);
+    let exp = |args: &[&str]| {
+        let out = ws.podium(&[&["exp", "-f", "p.toml"], args].concat());
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: Value =
+        serde_json::from_str(&exp(&["--sort", "train.score", "--format", "json"])).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let lrs: Vec<&str> = rows
+        .iter()
+        .map(|r| r["params"]["lr"].as_str().unwrap())
+        .collect();
+    assert_eq!(lrs, ["3", "2", "1", "0.5"], "best score first");
+    let cv = &rows[2]["metrics"]["train.score"];
+    assert!((cv["mean"].as_f64().unwrap() - 0.3).abs() < 1e-9, "{cv}");
+    // numpy.std([0.25, 0.35], ddof=1)
+    assert!(
+        (cv["std"].as_f64().unwrap() - 0.070710678).abs() < 1e-6,
+        "{cv}"
+    );
+    assert_eq!(rows[1]["name"], "two");
+    // Losses rank low first.
+    let v: Value =
+        serde_json::from_str(&exp(&["--sort", "train.loss", "--format", "json"])).unwrap();
+    assert_eq!(v[0]["params"]["lr"], "3");
+    let text = exp(&["--format", "csv"]);
+    assert!(
+        text.starts_with("experiment,name,lr,train.loss,train.score,compute,store"),
+        "{text}"
+    );
+    let diff = exp(&["diff", "two", &rows[0]["id"].as_str().unwrap()[..6]]);
+    let lr = diff.lines().find(|l| l.starts_with("lr")).unwrap();
+    assert_eq!(
+        lr.split_whitespace().collect::<Vec<_>>(),
+        ["lr", "2", "3"],
+        "{diff}"
+    );
+    let score = diff.lines().find(|l| l.starts_with("train.score")).unwrap();
+    assert!(score.ends_with("+0.25 (better)"), "{diff}");
+    // gc: the manifest's own configuration, the pinned one and the best by
+    // loss (also the last run) stay; the fourth is freed.
+    exp(&["pin", "two"]);
+    let out = ws.podium(&["gc", "p.toml", "--keep-best", "1", "--by", "train.loss"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_str(&exp(&["--format", "json"])).unwrap();
+    let store: BTreeMap<String, bool> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["params"]["lr"].as_str().unwrap().to_string(),
+                r["store_bytes"].is_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        store,
+        BTreeMap::from([
+            ("0.5".into(), false),
+            ("1".into(), true),
+            ("2".into(), true),
+            ("3".into(), true)
+        ])
+    );
 }

@@ -63,8 +63,8 @@ fn a_symlink_output_to_an_input_directory_leaves_the_input_where_it_was() {
     let before = ws.snapshot();
     ws.run_ok(&[]);
     assert_eq!(ws.snapshot(), before, "the input directory is untouched");
-    assert_eq!(ws.read("out/a/images/1.png"), "img1");
-    let m = std::fs::symlink_metadata(ws.path("out/a/images")).unwrap();
+    assert_eq!(ws.read("out/s/a/images/1.png"), "img1");
+    let m = std::fs::symlink_metadata(ws.path("out/s/a/images")).unwrap();
     assert!(m.is_dir() && !m.file_type().is_symlink());
     let plan = ws.podium(&["plan", "-f", "p.toml"]);
     let text = String::from_utf8_lossy(&plan.stdout);
@@ -90,13 +90,13 @@ fn a_symlink_output_to_an_outside_file_is_stored_by_content_and_keeps_its_mode()
     assert_eq!(after.mode(), before.mode());
     assert_eq!((after.ino(), after.nlink()), (before.ino(), 1));
     assert!(after.file_type().is_file());
-    let o = std::fs::symlink_metadata(ws.path("out/a/o.txt")).unwrap();
+    let o = std::fs::symlink_metadata(ws.path("out/s/a/o.txt")).unwrap();
     assert!(
         o.is_file(),
         "the output is a file, not a link to the original"
     );
     assert_ne!(o.ino(), before.ino());
-    assert_eq!(ws.read("out/a/o.txt"), "outside\n");
+    assert_eq!(ws.read("out/s/a/o.txt"), "outside\n");
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn a_hard_link_output_to_an_input_is_copied_and_the_input_stays_writable_and_uns
     assert_eq!(ws.snapshot(), before);
     let input = std::fs::metadata(ws.path("data/x.txt")).unwrap();
     assert_eq!(input.nlink(), 1, "no store object shares the input's inode");
-    assert_eq!(ws.read("out/a/copy.txt"), "the input\n");
+    assert_eq!(ws.read("out/s/a/copy.txt"), "the input\n");
 }
 
 #[test]
@@ -136,7 +136,7 @@ fn matrix_values_with_path_characters_stay_inside_their_stage_directory_and_can_
     let before = ws.snapshot();
     ws.run_ok(&[]);
     assert_eq!(ws.snapshot(), before, "nothing outside out/ and the store");
-    let dirs: Vec<String> = std::fs::read_dir(ws.path("out/ok"))
+    let dirs: Vec<String> = std::fs::read_dir(ws.path("out/s/ok"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -146,7 +146,7 @@ fn matrix_values_with_path_characters_stay_inside_their_stage_directory_and_can_
             d.starts_with("v=") && !d.contains(['/', '\n', ',']),
             "{d:?} is one plain path component"
         );
-        let o = std::fs::read_to_string(ws.path("out/ok").join(d).join("o")).unwrap();
+        let o = std::fs::read_to_string(ws.path("out/s/ok").join(d).join("o")).unwrap();
         assert_eq!(podium::ir::encode_matrix_value(&o), d[2..], "{d}");
     }
     // Each instance can be named: by the encoded value, or as written.
@@ -233,18 +233,18 @@ fn an_out_dir_podium_did_not_make_is_refused_and_left_alone() {
     // A new directory is podium's, and marked.
     ws.run_ok(&["--out-dir", "results"]);
     assert!(ws.path("results/.podium-out").is_file());
-    assert!(ws.path("results/data/o").is_file());
+    assert!(ws.path("results/s/data/o").is_file());
 }
 
 #[test]
 fn files_a_user_puts_beside_outputs_in_out_survive_a_rerun() {
     let ws = ws(&stage("cat ${inputs.x} > $PODIUM_OUT/o", "\"o\""));
     ws.run_ok(&[]);
-    std::fs::write(ws.path("out/a/notes.txt"), "mine").unwrap();
+    std::fs::write(ws.path("out/s/a/notes.txt"), "mine").unwrap();
     std::fs::write(ws.path("data/x.txt"), "changed\n").unwrap();
     ws.run_ok(&[]);
-    assert_eq!(ws.read("out/a/o"), "changed\n");
-    assert_eq!(ws.read("out/a/notes.txt"), "mine");
+    assert_eq!(ws.read("out/s/a/o"), "changed\n");
+    assert_eq!(ws.read("out/s/a/notes.txt"), "mine");
 }
 
 const FANIN: &str = "[pipeline]\nname = \"s\"\n\
@@ -254,7 +254,7 @@ const FANIN: &str = "[pipeline]\nname = \"s\"\n\
 /// Damages the object behind `out/up/i=2/r.txt` in one of the ways an
 /// object can go bad.
 fn damage(ws: &Ws, how: &str) {
-    let out = ws.path("out/up/i=2/r.txt");
+    let out = ws.path("out/s/up/i=2/r.txt");
     let object = find_object(&ws.path("cache/objects"), &std::fs::read(&out).unwrap());
     let writable = |p: &Path| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -297,7 +297,7 @@ fn find_object(dir: &Path, bytes: &[u8]) -> PathBuf {
 fn a_damaged_object_is_recomputed_and_never_feeds_a_stage() {
     let clean = ws(FANIN);
     clean.run_ok(&[]);
-    let want = clean.read("out/fanin/all.txt");
+    let want = clean.read("out/s/fanin/all.txt");
     assert_eq!(want, "value-1\nvalue-2\nvalue-3\n");
     for how in [
         "edited through out/",
@@ -311,13 +311,13 @@ fn a_damaged_object_is_recomputed_and_never_feeds_a_stage() {
         damage(&ws, how);
         ws.run_ok(&["--force", "fanin"]);
         assert_eq!(
-            ws.read("out/fanin/all.txt"),
+            ws.read("out/s/fanin/all.txt"),
             want,
             "{how}: fanin read damaged bytes"
         );
         ws.run_ok(&[]);
-        assert_eq!(ws.read("out/fanin/all.txt"), want, "{how}");
-        assert_eq!(ws.read("out/up/i=2/r.txt"), "value-2\n", "{how}");
+        assert_eq!(ws.read("out/s/fanin/all.txt"), want, "{how}");
+        assert_eq!(ws.read("out/s/up/i=2/r.txt"), "value-2\n", "{how}");
         let object = find_object(&ws.path("cache/objects"), b"value-2\n");
         let m = std::fs::symlink_metadata(&object).unwrap();
         assert!(m.is_file(), "{how}: the object is a file again");

@@ -280,7 +280,7 @@ fn a_killed_segmenter_training_resumes_and_ends_bit_identical() {
     data(d, 80, 32);
     std::fs::write(d.join("p.toml"), RESUME).unwrap();
     crate::ws::run_whole_then_killed_and_resumed(d, "train");
-    let masks = files(&d.join("o1/train/oof/masks"));
+    let masks = files(&d.join("o1/resume/train/oof/masks"));
     assert!(!masks.is_empty());
     let mut compared: Vec<String> = ["last.safetensors", "best.safetensors", "oof.csv"]
         .map(String::from)
@@ -288,8 +288,8 @@ fn a_killed_segmenter_training_resumes_and_ends_bit_identical() {
     compared.extend(masks.iter().map(|m| format!("oof/masks/{m}")));
     for f in compared {
         assert_eq!(
-            std::fs::read(d.join("o1/train").join(&f)).unwrap(),
-            std::fs::read(d.join("o2/train").join(&f)).unwrap(),
+            std::fs::read(d.join("o1/resume/train").join(&f)).unwrap(),
+            std::fs::read(d.join("o2/resume/train").join(&f)).unwrap(),
             "{f} differs after resuming"
         );
     }

@@ -416,8 +416,8 @@ fn a_killed_training_resumes_and_ends_bit_identical() {
     crate::ws::run_whole_then_killed_and_resumed(d, "train");
     for f in ["last.safetensors", "best.safetensors"] {
         assert_eq!(
-            std::fs::read(d.join("o1/train").join(f)).unwrap(),
-            std::fs::read(d.join("o2/train").join(f)).unwrap(),
+            std::fs::read(d.join("o1/resume/train").join(f)).unwrap(),
+            std::fs::read(d.join("o2/resume/train").join(f)).unwrap(),
             "{f} differs after resuming"
         );
     }

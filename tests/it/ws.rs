@@ -74,8 +74,9 @@ pub fn podium_at(dir: &Path, args: &[&str]) -> Output {
     podium_cmd(dir, args).output().unwrap()
 }
 
-/// The kill-and-resume drill of the training tests: runs `p.toml` in `dir`
-/// whole (store `c1`, outputs `o1`), then again (store `c2`, outputs `o2`)
+/// The kill-and-resume drill of the training tests: runs `p.toml` (pipeline
+/// `resume`) in `dir` whole (store `c1`, outputs `o1`), then again (store
+/// `c2`, outputs `o2`)
 /// killed with SIGKILL as soon as a training epoch's state is saved, then
 /// once more to its end. Asserts that the whole run left no state behind,
 /// that the killed run wrote no output, and that the last run resumed (the
@@ -115,7 +116,7 @@ pub fn run_whole_then_killed_and_resumed(dir: &Path, stage: &str) {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait_with_output();
     assert!(
-        !dir.join("o2").join(stage).exists(),
+        !dir.join("o2/resume").join(stage).exists(),
         "killed before it finished"
     );
     run("c2", "o2");
