@@ -93,9 +93,13 @@ pub fn op(
     let cwd = std::env::current_dir()?;
     let bar =
         std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| super::progress::op_bar(kind));
-    let report = |s: &podium::ops::Step| {
-        if let Some(b) = &bar {
-            super::progress::show(b, s);
+    let lines = super::progress::Lines::new(super::progress::line_interval());
+    let report = |s: &podium::ops::Step| match &bar {
+        Some(b) => super::progress::show(b, s),
+        None => {
+            if let Some(line) = lines.due(kind, s) {
+                eprintln!("{line}");
+            }
         }
     };
     let mut cx = OpContext {

@@ -136,7 +136,8 @@ pub struct Paths {
     /// Where the per-epoch state lives (kept across a killed run).
     pub work: PathBuf,
     pub best: PathBuf,
-    pub last: PathBuf,
+    /// Where the last checkpoint goes (weights, optimizer, EMA), if kept.
+    pub last: Option<PathBuf>,
 }
 
 impl Paths {
@@ -971,25 +972,27 @@ pub fn fit(
     }
 
     // The last checkpoint goes on from here: weights, optimizer, EMA.
-    let mut last = vars.snapshot()?;
-    for (k, v) in opt.state_tensors() {
-        last.insert(format!("optim.{k}"), v);
-    }
-    if let Some(e) = &ema {
-        for (k, v) in e {
-            last.insert(format!("ema.{k}"), v.clone());
+    if let Some(last_path) = &paths.last {
+        let mut last = vars.snapshot()?;
+        for (k, v) in opt.state_tensors() {
+            last.insert(format!("optim.{k}"), v);
         }
+        if let Some(e) = &ema {
+            for (k, v) in e {
+                last.insert(format!("ema.{k}"), v.clone());
+            }
+        }
+        let last_metrics = st
+            .history
+            .last()
+            .map(|e| e.metrics.clone())
+            .unwrap_or_default();
+        checkpoint::save(
+            last_path,
+            &last,
+            &meta(cfg, data, act, st.epochs_done, st.steps, &last_metrics).to_json(),
+        )?;
     }
-    let last_metrics = st
-        .history
-        .last()
-        .map(|e| e.metrics.clone())
-        .unwrap_or_default();
-    checkpoint::save(
-        &paths.last,
-        &last,
-        &meta(cfg, data, act, st.epochs_done, st.steps, &last_metrics).to_json(),
-    )?;
     if paths.best_work() != paths.best {
         std::fs::copy(paths.best_work(), &paths.best)
             .map_err(|e| NnError::Data(crate::data::DataError::io(&paths.best, e)))?;

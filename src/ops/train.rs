@@ -18,7 +18,8 @@
 //!
 //! Writes `best.safetensors` (the best validation epoch's weights, EMA
 //! weights when `ema` is on), `last.safetensors` (the last epoch's weights
-//! with optimizer state and EMA, to go on from with `init`), `oof.csv` (the
+//! with optimizer state and EMA, to go on from with `init`; not with
+//! `keep_last = false`), `oof.csv` (the
 //! best epoch's predictions on the validation fold, in `predict`'s
 //! format; tasks detect and instance: `oof.json`, COCO results),
 //! `history.csv`, `curves.png`, `metrics.json` (the best epoch's
@@ -164,6 +165,9 @@ crate::params! {
         /// averages over about 1 / (1 - ema) steps: 0.99 suits a few hundred steps per run,
         /// 0.999 a few thousand, 0.9999 tens of thousands.
         ema: f64 = 0.0,
+        /// Write `last.safetensors` (the last epoch's weights with optimizer state and EMA,
+        /// as large as three models), to go on from with `init`; `false` keeps only `best`.
+        keep_last: bool = true,
         /// Train only the head for this many epochs first.
         freeze_epochs: usize = 0,
         /// After the frozen epochs, train the head and only the last this-many blocks; -1: all.
@@ -244,7 +248,6 @@ impl Op for Train {
     fn outputs(&self, a: &Args) -> Vec<String> {
         let mut v: Vec<String> = [
             "best.safetensors",
-            "last.safetensors",
             if a.task.detects() {
                 "oof.json"
             } else {
@@ -256,6 +259,9 @@ impl Op for Train {
         ]
         .map(String::from)
         .to_vec();
+        if a.keep_last {
+            v.insert(1, "last.safetensors".into());
+        }
         if matches!(
             a.task,
             Task::Box | Task::Detect | Task::Instance | Task::Segment
@@ -533,7 +539,7 @@ impl Op for Train {
         let paths = Paths {
             work: work.clone(),
             best: cx.out_dir.join("best.safetensors"),
-            last: cx.out_dir.join("last.safetensors"),
+            last: a.keep_last.then(|| cx.out_dir.join("last.safetensors")),
         };
         let pool = cx.pool()?;
         let cancel = cx.cancel;

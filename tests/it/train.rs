@@ -730,3 +730,65 @@ fn every_kernel_path_the_cpu_runs_predicts_as_the_widest_does() {
         }
     }
 }
+
+/// Regression (issue 23): piped output (CI logs, `nohup`) showed nothing
+/// during a training; it now gets a progress line per job at most every
+/// `PODIUM_PROGRESS_SECS` (here every report), with the epoch, the loss
+/// and the time left.
+#[test]
+fn piped_output_gets_progress_lines_with_epoch_loss_and_eta() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 60, 2);
+    let out = podium_cmd(
+        d,
+        &[
+            "op",
+            "train",
+            "--set",
+            "fold=0",
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=8",
+            "data/train_images",
+            "data/train.csv",
+            "folds.csv",
+            "-o",
+            "tr",
+        ],
+    )
+    .env("PODIUM_PROGRESS_SECS", "0")
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("  train: ")).collect();
+    assert!(lines.len() >= 4, "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("epoch 2/2") && l.contains("loss")),
+        "{err}"
+    );
+    assert!(lines.iter().any(|l| l.contains("ETA")), "{err}");
+}
+
+/// `keep_last = false` (issue 23: 134 MB of `last.safetensors` per resnet18
+/// fold, always kept) writes only the best checkpoint.
+#[test]
+fn keep_last_false_keeps_only_the_best_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    data(d, "classify", 60, 2);
+    let sets = [
+        "fold=0".into(),
+        "epochs=1".into(),
+        "batch_size=8".into(),
+        "keep_last=false".into(),
+    ];
+    train_op(d, &sets, "data/train.csv", "tr");
+    assert!(d.join("tr/best.safetensors").is_file());
+    assert!(!d.join("tr/last.safetensors").exists());
+    assert!(d.join("tr/metrics.json").is_file());
+}
