@@ -15,6 +15,7 @@ macro_rules! box_help {
     };
 }
 
+pub mod cv;
 pub mod ensemble;
 pub mod evaluate;
 pub mod exec;
@@ -245,6 +246,7 @@ static OPS: &[&dyn AnyOp] = &[
     &folds::Folds,
     &evaluate::Evaluate,
     &ensemble::Ensemble,
+    &cv::Cv,
     &mask_ensemble::MaskEnsemble,
     &instance_fusion::InstanceFusion,
     &resize::Resize,

@@ -147,11 +147,13 @@ pub const RUN_FACTS: &[&str] = &[
     "best_epoch",
     "train_images_per_s",
     "steps",
+    "folds",
 ];
 
 /// Whether `stage.metric` is a score (not one of [`RUN_FACTS`]).
 pub fn is_score(metric: &str) -> bool {
     let m = metric.rsplit('.').next().unwrap_or(metric);
+    let m = m.strip_suffix("_std").unwrap_or(m);
     !RUN_FACTS.contains(&m)
 }
 
@@ -347,6 +349,8 @@ mod tests {
         assert!(is_score("train.accuracy"));
         assert!(!is_score("predict.ms_per_image"));
         assert!(!is_score("train.best_epoch"));
+        assert!(!is_score("cv.best_epoch_std"));
+        assert!(is_score("cv.accuracy_std"));
     }
 
     #[test]

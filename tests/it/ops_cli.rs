@@ -1288,3 +1288,48 @@ fn submission_writes_hubmap_instance_masks_as_the_competition_encodes_them() {
         "boxes.json: result 2 (image img0) has no segmentation",
     );
 }
+
+/// `cv` (issue 23: no cross-validation score without three extra stages):
+/// the folds' out-of-fold tables as one, fold metrics with mean and sample
+/// std; folds that disagree are one error naming the file.
+#[test]
+fn cv_joins_the_folds_and_summarises_their_metrics() {
+    let ws = Ws::new();
+    ws.write("f0/oof.csv", "id,0,1\na,0.9,0.1\nb,0.2,0.8\n");
+    ws.write("f1/oof.csv", "id,0,1\nc,0.6,0.4\n");
+    ws.write("f0/metrics.json", r#"{"accuracy": 0.5, "val_loss": 0.7}"#);
+    ws.write("f1/metrics.json", r#"{"accuracy": 1.0, "val_loss": 0.3}"#);
+    ws.ok(&[
+        "cv",
+        "--set",
+        r#"metrics=["f0/metrics.json", "f1/metrics.json"]"#,
+        "f0/oof.csv",
+        "f1/oof.csv",
+        "-o",
+        "cv",
+    ]);
+    assert_eq!(
+        ws.read("cv/oof.csv"),
+        "id,0,1\na,0.9,0.1\nb,0.2,0.8\nc,0.6,0.4\n"
+    );
+    let m = read_json(&ws.path("cv/metrics.json"));
+    assert_eq!(m["accuracy"], 0.75);
+    // numpy.std([0.5, 1.0], ddof=1)
+    assert!((m["accuracy_std"].as_f64().unwrap() - 0.35355339059327373).abs() < 1e-12);
+    assert_eq!(m["folds"], 2.0);
+    assert_eq!(
+        ws.read("cv/folds.csv"),
+        "fold,accuracy,val_loss\n0,0.5,0.7\n1,1.0,0.3\n"
+    );
+    ws.write("f1/metrics.json", r#"{"accuracy": 1.0}"#);
+    ws.fails(
+        &[
+            "cv",
+            "--set",
+            r#"metrics=["f0/metrics.json", "f1/metrics.json"]"#,
+            "f0/oof.csv",
+            "f1/oof.csv",
+        ],
+        "f0/metrics.json",
+    );
+}

@@ -603,6 +603,13 @@ fn the_demo_pipeline_runs_and_scores_well_above_chance() {
     .unwrap();
     let acc = metrics["accuracy"].as_f64().unwrap();
     assert!(acc > 0.6, "4 classes, chance is 0.25: got {acc}");
+    let cv: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/demo/cv/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cv["folds"], 3.0);
+    assert!(cv["accuracy"].as_f64().unwrap() > 0.5, "{cv}");
+    assert!(cv["accuracy_std"].as_f64().unwrap() >= 0.0, "{cv}");
     let sub =
         std::fs::read_to_string(dir.path().join("out/demo/submission/submission.csv")).unwrap();
     assert_eq!(sub.lines().count(), 201);
