@@ -26,6 +26,7 @@
 //!   [`data`] (tables, COCO boxes, images) and score through [`metrics`].
 //!   Each declares its parameters once ([`params`](mod@params)) and reports how far it has got
 //!   ([`progress`]).
+//! - [`schema`]: the manifest's JSON Schema, from the op declarations, for editors.
 //! - [`store`]: objects, records, atomic writes, the lock, the stat cache; [`hash`]: content hashing.
 
 pub mod cancel;
@@ -44,6 +45,7 @@ pub mod ops;
 pub mod params;
 pub mod plan;
 pub mod progress;
+pub mod schema;
 pub mod store;
 pub mod topo;
 pub mod value;

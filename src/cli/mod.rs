@@ -201,6 +201,9 @@ enum Command {
     },
     /// Re-hash every stored object; corrupted ones are reported and dropped.
     Verify,
+    /// Print the manifest's JSON Schema (every op, parameter, type, default and help) for
+    /// editors: Taplo / Even Better TOML complete and validate with it (docs/ci.md).
+    Schema,
     /// Run one op alone: `podium op KIND [--set KEY=VALUE]... INPUT... -o OUTPUT`.
     Op {
         /// The op; `podium op --list` lists them.
@@ -313,6 +316,14 @@ pub fn main() -> i32 {
             },
         ),
         Command::Verify => commands::verify(&cli),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&podium::schema::manifest_schema())
+                    .expect("the schema serializes")
+            );
+            Ok(0)
+        }
         Command::Op {
             kind,
             inputs,

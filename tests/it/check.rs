@@ -221,3 +221,61 @@ fn a_bad_set_param_is_blamed_on_the_flag() {
         Some("did you mean `train`?")
     );
 }
+
+fn toml_as_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    let t: toml::Table = toml::from_str(&text).unwrap();
+    serde_json::to_value(t).unwrap()
+}
+
+/// The committed `docs/podium.schema.json` is what `podium schema` prints
+/// (`PODIUM_BLESS=1` rewrites it), and it accepts every shipped manifest
+/// while rejecting what `check` would: an unknown op parameter, a value
+/// outside an enum, a missing required parameter, an unknown op.
+#[test]
+fn the_json_schema_is_generated_and_accepts_every_shipped_manifest() {
+    let schema = podium::schema::manifest_schema();
+    let text = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
+    let committed = Path::new("docs/podium.schema.json");
+    if std::env::var_os("PODIUM_BLESS").is_some() {
+        std::fs::write(committed, &text).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(committed).unwrap(),
+        text,
+        "docs/podium.schema.json is stale: PODIUM_BLESS=1 cargo test --test it json_schema"
+    );
+    let v = jsonschema::draft7::new(&schema).unwrap();
+    for entry in std::fs::read_dir("pipelines").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let m = toml_as_json(&path);
+        let errors: Vec<String> = v.iter_errors(&m).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    }
+    let demo = toml_as_json(Path::new("pipelines/demo.toml"));
+    let broken = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut m = demo.clone();
+        edit(&mut m);
+        !v.is_valid(&m)
+    };
+    assert!(broken(
+        &|m| m["stages"]["train"]["learning_rate"] = 0.1.into()
+    ));
+    assert!(broken(
+        &|m| m["stages"]["split"]["kind"] = "stratifed".into()
+    ));
+    assert!(broken(&|m| {
+        m["stages"]["train"]
+            .as_object_mut()
+            .unwrap()
+            .remove("images");
+    }));
+    assert!(broken(&|m| m["stages"]["train"]["op"] = "trian".into()));
+    assert!(broken(&|m| m["stages"]["train"]["epochs"] = "ten".into()));
+    assert!(!broken(
+        &|m| m["stages"]["train"]["epochs"] = "${params.epochs * 2}".into()
+    ));
+}
