@@ -4,6 +4,7 @@
 mod check;
 mod commands;
 mod exp;
+mod init;
 mod op;
 mod progress;
 
@@ -66,6 +67,16 @@ enum CheckFormat {
     Json,
     /// GitHub Actions annotations (`::error file=…,line=…,col=…::…`).
     Github,
+}
+
+/// What `podium init` sets the pipeline up for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum InitTask {
+    Classify,
+    Multilabel,
+    Regress,
+    Detect,
+    Segment,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -201,6 +212,24 @@ enum Command {
     },
     /// Re-hash every stored object; corrupted ones are reported and dropped.
     Verify,
+    /// Write a starting manifest for a competition's data in Kaggle's layout (train.csv,
+    /// train/, test/, sample_submission.csv; a COCO file for detect, masks for segment).
+    Init {
+        /// The data directory. Default: the current directory.
+        #[arg(default_value = ".")]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value = "classify")]
+        task: InitTask,
+        /// The manifest to write (never replaced). Default: pipelines/<NAME>.toml.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// The label column of train.csv. Default: the column after the id.
+        #[arg(long)]
+        label: Option<String>,
+        /// The pipeline's name. Default: the data directory's name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Print the manifest's JSON Schema (every op, parameter, type, default and help) for
     /// editors: Taplo / Even Better TOML complete and validate with it (docs/ci.md).
     Schema,
@@ -316,6 +345,19 @@ pub fn main() -> i32 {
             },
         ),
         Command::Verify => commands::verify(&cli),
+        Command::Init {
+            data,
+            task,
+            output,
+            label,
+            name,
+        } => init::init(
+            data,
+            *task,
+            output.as_deref(),
+            label.as_deref(),
+            name.as_deref(),
+        ),
         Command::Schema => {
             println!(
                 "{}",

@@ -1137,3 +1137,65 @@ fn experiments_are_ranked_by_cv_diffed_pinned_and_kept_by_policy() {
         ])
     );
 }
+
+/// `podium init` (issue 23) on each task's data in Kaggle's layout (as
+/// `synth` writes it): a manifest that `check` accepts as written; for
+/// classify it runs end to end to a submission and a CV score. It never
+/// replaces a file.
+#[test]
+fn init_writes_a_manifest_that_checks_for_every_task_and_runs() {
+    for task in ["classify", "multilabel", "regress", "detect", "segment"] {
+        let ws = Ws::new();
+        let out = ws.podium(&[
+            "op",
+            "synth",
+            "--set",
+            &format!("task={task}"),
+            "--set",
+            "n_train=20",
+            "--set",
+            "n_test=6",
+            "--set",
+            "size=16",
+            "-o",
+            "comp",
+        ]);
+        assert!(out.status.success(), "{task}: {out:?}");
+        let out = ws.podium(&["init", "comp", "--task", task]);
+        assert!(out.status.success(), "{task}: {out:?}");
+        let text = ws.read("pipelines/comp.toml");
+        assert!(text.contains(&format!("task = \"{task}\"")), "{text}");
+        let out = ws.podium(&["check", "-f", "pipelines/comp.toml"]);
+        assert!(
+            out.status.success(),
+            "{task}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if task == "classify" {
+            let out = ws.podium(&[
+                "run",
+                "-f",
+                "pipelines/comp.toml",
+                "--set",
+                "params.epochs=1",
+                "--set",
+                "params.folds=2",
+            ]);
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(
+                ws.read("out/comp/submission/submission.csv")
+                    .lines()
+                    .count(),
+                7
+            );
+            let cv: Value = serde_json::from_str(&ws.read("out/comp/cv/metrics.json")).unwrap();
+            assert_eq!(cv["folds"], 2.0);
+            // A second init does not replace the manifest.
+            ws.write("pipelines/comp.toml", "# mine\n");
+            let out = ws.podium(&["init", "comp"]);
+            assert_eq!(out.status.code(), Some(1));
+            assert!(String::from_utf8_lossy(&out.stderr).contains("never replaces"));
+            assert_eq!(ws.read("pipelines/comp.toml"), "# mine\n");
+        }
+    }
+}
