@@ -175,6 +175,95 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// A table of counts as a heat map: each row shaded by its share of the
+/// row's total (white to blue), the count in each cell, rows and columns
+/// labelled. A confusion matrix (rows the true class, columns the
+/// predicted one) or per-class counts (`TP FN FP TN`).
+pub fn heatmap(
+    title: &str,
+    rows_title: &str,
+    cols_title: &str,
+    row_labels: &[String],
+    col_labels: &[String],
+    counts: &[Vec<usize>],
+) -> RgbImage {
+    let cell: i64 = if row_labels.len().max(col_labels.len()) > 20 {
+        24
+    } else {
+        44
+    };
+    let short = |s: &String, n: usize| -> String { s.chars().take(n).collect() };
+    let widest = row_labels
+        .iter()
+        .map(|l| short(l, 12).chars().count())
+        .chain([rows_title.chars().count()])
+        .max()
+        .unwrap_or(1) as i64;
+    let left = 8 + 8 * widest + 8;
+    let top: i64 = 44;
+    let (nr, nc) = (row_labels.len() as i64, col_labels.len() as i64);
+    let w = (left + nc * cell + 16).max(8 * title.chars().count() as i64 + 16);
+    let h = top + nr * cell + 28;
+    let mut img = RgbImage::from_pixel(w as u32, h as u32, WHITE);
+    text(&mut img, 8, 6, title, 1, BLACK);
+    text(&mut img, left, 20, &format!("{cols_title} ->"), 1, BLACK);
+    text(&mut img, 8, top - 12, rows_title, 1, BLACK);
+    for (j, l) in col_labels.iter().enumerate() {
+        let s = short(l, (cell / 8) as usize);
+        text(&mut img, left + j as i64 * cell + 2, top - 12, &s, 1, BLACK);
+    }
+    for (i, l) in row_labels.iter().enumerate() {
+        let y = top + i as i64 * cell;
+        text(&mut img, 8, y + cell / 2 - 4, &short(l, 12), 1, BLACK);
+        let total: usize = counts[i].iter().sum();
+        for (j, &c) in counts[i].iter().enumerate() {
+            let share = if total == 0 {
+                0.0
+            } else {
+                c as f64 / total as f64
+            };
+            let shade = |white: u8, full: u8| -> u8 {
+                (f64::from(white) + (f64::from(full) - f64::from(white)) * share).round() as u8
+            };
+            let fill = Rgb([
+                shade(255, BLUE.0[0]),
+                shade(255, BLUE.0[1]),
+                shade(255, BLUE.0[2]),
+            ]);
+            let x = left + j as i64 * cell;
+            for yy in y..y + cell - 1 {
+                for xx in x..x + cell - 1 {
+                    img.put_pixel(xx as u32, yy as u32, fill);
+                }
+            }
+            let label = c.to_string();
+            let ink = if share > 0.5 { WHITE } else { BLACK };
+            text(
+                &mut img,
+                x + (cell - 8 * label.len() as i64) / 2,
+                y + cell / 2 - 4,
+                &label,
+                1,
+                ink,
+            );
+        }
+    }
+    img
+}
+
+/// Images in a grid of `columns`, row by row (each the first's size).
+pub fn grid(parts: &[RgbImage], columns: usize) -> RgbImage {
+    let (tw, th) = parts.first().map_or((1, 1), |p| (p.width(), p.height()));
+    let columns = columns.clamp(1, parts.len().max(1));
+    let rows = parts.len().div_ceil(columns).max(1);
+    let mut out = RgbImage::from_pixel(tw * columns as u32, th * rows as u32, WHITE);
+    for (k, p) in parts.iter().enumerate() {
+        let (c, r) = ((k % columns) as u32, (k / columns) as u32);
+        image::imageops::overlay(&mut out, p, i64::from(c * tw), i64::from(r * th));
+    }
+    out
+}
+
 /// Images side by side (same height), left to right.
 pub fn hstack(parts: &[RgbImage]) -> RgbImage {
     let w: u32 = parts.iter().map(RgbImage::width).sum();
@@ -191,6 +280,28 @@ pub fn hstack(parts: &[RgbImage]) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heatmap_shades_each_cell_by_its_share_of_the_row() {
+        let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        let img = heatmap(
+            "t",
+            "true",
+            "predicted",
+            &labels,
+            &labels,
+            &[vec![9, 1], vec![0, 10]],
+        );
+        // The cell centres' top-left corners: the full cell is the darkest.
+        // The row labels' column is as wide as "true".
+        let left = 8 + 8 * 4 + 8;
+        let px =
+            |i: i64, j: i64| *img.get_pixel((left + j * 44 + 2) as u32, (44 + i * 44 + 2) as u32);
+        assert_eq!(px(1, 1), BLUE);
+        assert_eq!(px(1, 0), WHITE);
+        let (a, b) = (px(0, 0), px(0, 1));
+        assert!(a.0[0] < b.0[0], "90 % is darker than 10 %: {a:?} {b:?}");
+    }
 
     #[test]
     fn a_chart_draws_its_series_in_their_colours() {

@@ -268,6 +268,9 @@ impl Op for Train {
         ) {
             v.push("examples.png".into());
         }
+        if matches!(a.task, Task::Classify | Task::Multilabel) {
+            v.extend(["confusion.png".into(), "examples.png".into()]);
+        }
         if a.task == Task::Segment {
             v.push("oof".into());
         }
@@ -675,6 +678,11 @@ impl Op for Train {
         if task == Task::Segment {
             let img = segment_examples(&data, seg_scores, &cx.out_dir.join("oof").join("masks"))?;
             save_png(&img, &cx.out_dir.join("examples.png"))?;
+        }
+        if matches!(task, Task::Classify | Task::Multilabel) {
+            let (confusion, worst) = class_pictures(&data, &summary.oof.probs, task)?;
+            save_png(&confusion, &cx.out_dir.join("confusion.png"))?;
+            save_png(&worst, &cx.out_dir.join("examples.png"))?;
         }
         if cx.resume_dir.is_none() {
             let _ = std::fs::remove_dir_all(&work);
@@ -1438,6 +1446,160 @@ fn curves(h: &[Epoch], monitor: &str) -> image::RgbImage {
         chart(&title, "epoch", &metrics, 440, 320),
         chart("learning rate", "epoch", &lr, 440, 320),
     ])
+}
+
+/// A class's short name for a picture: its name, else its index.
+fn class_name(classes: &[String], k: usize) -> String {
+    classes.get(k).cloned().unwrap_or_else(|| k.to_string())
+}
+
+/// A heat map, the images' scores and a caption per image.
+type Pictured<'a> = (
+    image::RgbImage,
+    Vec<(f64, usize)>,
+    Box<dyn Fn(usize) -> String + 'a>,
+);
+
+/// What a classifier gets wrong, as pictures: the confusion matrix of the
+/// validation fold at the best epoch (classify: true class × predicted
+/// class; multilabel: per class TP, FN, FP, TN at 0.5), and the twelve
+/// validation images it was most wrong about (classify: the lowest
+/// probability of the true class; multilabel: the largest mean absolute
+/// error over the classes), each with its true and predicted labels.
+fn class_pictures(
+    data: &Data,
+    probs: &[Vec<f32>],
+    task: Task,
+) -> Result<(image::RgbImage, image::RgbImage), OpError> {
+    use crate::nn::predict::argmax;
+    let n = data.val.len().min(probs.len());
+    let k = probs.first().map_or(0, Vec::len);
+    let names: Vec<String> = (0..k).map(|c| class_name(&data.classes, c)).collect();
+    let truth = |i: usize| -> Vec<f32> { data.val.targets[i].clone() };
+    let labels = |v: &[f32], at: f32| -> String {
+        let on: Vec<String> = (0..v.len())
+            .filter(|&c| v[c] >= at)
+            .map(|c| names[c].clone())
+            .collect();
+        if on.is_empty() {
+            "-".into()
+        } else {
+            on.join(" ")
+        }
+    };
+    let (confusion, scored, caption): Pictured = if task == Task::Classify {
+        let mut counts = vec![vec![0usize; k]; k];
+        for (i, p) in probs.iter().enumerate().take(n) {
+            let (t, p) = (argmax(&truth(i)), argmax(p));
+            if t < k && p < k {
+                counts[t][p] += 1;
+            }
+        }
+        let img = plot::heatmap(
+            &format!("confusion on the validation fold ({n} images)"),
+            "true",
+            "predicted",
+            &names,
+            &names,
+            &counts,
+        );
+        let scored = (0..n)
+            .map(|i| {
+                (
+                    f64::from(probs[i].get(argmax(&truth(i))).copied().unwrap_or(0.0)),
+                    i,
+                )
+            })
+            .collect();
+        let cap = Box::new(|i: usize| {
+            format!(
+                "true {} pred {}",
+                names[argmax(&truth(i)).min(k.saturating_sub(1))],
+                names[argmax(&probs[i]).min(k.saturating_sub(1))]
+            )
+        });
+        (img, scored, cap)
+    } else {
+        let mut counts = vec![vec![0usize; 4]; k];
+        for (i, p) in probs.iter().enumerate().take(n) {
+            let t = truth(i);
+            for c in 0..k {
+                let (y, p) = (t[c] >= 0.5, p[c] >= 0.5);
+                let col = match (y, p) {
+                    (true, true) => 0,
+                    (true, false) => 1,
+                    (false, true) => 2,
+                    (false, false) => 3,
+                };
+                counts[c][col] += 1;
+            }
+        }
+        let cols: Vec<String> = ["TP", "FN", "FP", "TN"].map(String::from).to_vec();
+        let img = plot::heatmap(
+            &format!("per class at 0.5, validation fold ({n} images)"),
+            "class",
+            "outcome",
+            &names,
+            &cols,
+            &counts,
+        );
+        let scored = (0..n)
+            .map(|i| {
+                let t = truth(i);
+                let err: f64 = (0..k)
+                    .map(|c| f64::from((t[c] - probs[i][c]).abs()))
+                    .sum::<f64>()
+                    / k.max(1) as f64;
+                (1.0 - err, i)
+            })
+            .collect();
+        let cap = Box::new(|i: usize| {
+            format!(
+                "true {} pred {}",
+                labels(&truth(i), 0.5),
+                labels(&probs[i], 0.5)
+            )
+        });
+        (img, scored, cap)
+    };
+    let worst = worst_grid(data, scored, &caption)?;
+    Ok((confusion, worst))
+}
+
+/// The twelve lowest-scored validation images in a grid of four columns,
+/// each with its score, its caption and its id.
+fn worst_grid(
+    data: &Data,
+    mut scored: Vec<(f64, usize)>,
+    caption: &dyn Fn(usize) -> String,
+) -> Result<image::RgbImage, OpError> {
+    use plot::text;
+    const SIDE: u32 = 160;
+    const YELLOW: image::Rgb<u8> = image::Rgb([255, 255, 0]);
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut tiles = Vec::new();
+    for &(score, i) in scored.iter().take(12) {
+        let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
+        let mut tile =
+            image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
+        text(&mut tile, 4, 4, &format!("score {score:.2}"), 1, YELLOW);
+        text(&mut tile, 4, 16, &caption(i), 1, YELLOW);
+        text(&mut tile, 4, SIDE as i64 - 12, &data.val.ids[i], 1, YELLOW);
+        tiles.push(tile);
+    }
+    if tiles.is_empty() {
+        let mut t = image::RgbImage::from_pixel(SIDE * 2, 40, image::Rgb([255, 255, 255]));
+        text(
+            &mut t,
+            4,
+            16,
+            "no validation images",
+            1,
+            image::Rgb([0, 0, 0]),
+        );
+        tiles.push(t);
+    }
+    Ok(plot::grid(&tiles, 4))
 }
 
 /// The three best and three worst validation images by IoU, truth in

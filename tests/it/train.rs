@@ -124,6 +124,23 @@ fn learns_and_reproduces(device: &str, tol: f64) {
     assert_eq!(hist.len(), 7, "a header and six epochs");
     let img = image::open(d.join("tr/curves.png")).unwrap();
     assert!(img.width() > 1000 && img.height() > 200);
+    // The confusion matrix of a learnt set is dark on its diagonal only
+    // (cells of 44 px from x = 48, past the row title `true`, and y = 44;
+    // rows the true class).
+    let c = image::open(d.join("tr/confusion.png")).unwrap().to_rgb8();
+    let red = |i: u32, j: u32| c.get_pixel(48 + j * 44 + 2, 44 + i * 44 + 2).0[0];
+    for i in 0..3 {
+        for j in 0..3 {
+            if i == j {
+                assert!(red(i, j) < 100, "diagonal ({i}, {j}) is dark");
+            } else {
+                assert!(red(i, j) > 200, "({i}, {j}) off the diagonal is light");
+            }
+        }
+    }
+    // The twelve worst validation images, four to a row.
+    let ex = image::open(d.join("tr/examples.png")).unwrap();
+    assert_eq!((ex.width(), ex.height()), (4 * 160, 3 * 160));
 
     // The best checkpoint predicts the validation fold as `oof.csv` says.
     ok(
@@ -323,6 +340,12 @@ fn multilabel_and_regress_train_with_their_metrics() {
         assert!(m[metric].is_number(), "{task}: {m}");
         let oof = table(&d.join("tr/oof.csv"));
         assert_eq!(oof[0].len(), cols, "{task}: {:?}", oof[0]);
+        if task == "multilabel" {
+            // Per class: TP, FN, FP, TN; and the worst images.
+            let c = image::open(d.join("tr/confusion.png")).unwrap();
+            assert!(c.width() >= 4 * 44 && c.height() >= 44 + 3 * 44, "{task}");
+            assert!(image::open(d.join("tr/examples.png")).is_ok(), "{task}");
+        }
     }
 }
 
