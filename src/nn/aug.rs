@@ -133,6 +133,15 @@ pub struct Aug {
     pub crop_scale: [f64; 2],
     pub brightness: f64,
     pub contrast: f64,
+    /// Saturation jitter σ: blend each pixel with its grey by a factor in
+    /// [1 − σ, 1 + σ] (torchvision's `ColorJitter` saturation).
+    pub saturation: f64,
+    /// Cutout (Albumentations' `CoarseDropout`): with this probability,
+    /// `cutout_holes` squares of side `cutout_size` × the image's side,
+    /// placed at random (clipped at the borders), set to black.
+    pub cutout: f64,
+    pub cutout_holes: usize,
+    pub cutout_size: f64,
     /// Train on a random window of this side at native resolution (task
     /// segment's tiles) before any crop; `None`: the whole image.
     pub window: Option<u32>,
@@ -214,6 +223,33 @@ impl Aug {
             chw.iter_mut()
                 .for_each(|v| *v = (grey + c * (*v - grey)).clamp(0.0, 1.0));
         }
+        let n = chw.len() / 3;
+        if self.saturation > 0.0 {
+            let s = rng.random_range(1.0 - self.saturation..=1.0 + self.saturation) as f32;
+            for i in 0..n {
+                let grey = 0.299 * chw[i] + 0.587 * chw[n + i] + 0.114 * chw[2 * n + i];
+                for c in 0..3 {
+                    let v = &mut chw[c * n + i];
+                    *v = (grey + s * (*v - grey)).clamp(0.0, 1.0);
+                }
+            }
+        }
+        if self.cutout > 0.0 && rng.random_bool(self.cutout.clamp(0.0, 1.0)) {
+            let side = (n as f64).sqrt() as usize;
+            let hole = ((self.cutout_size * side as f64).round() as usize).clamp(1, side.max(1));
+            for _ in 0..self.cutout_holes {
+                // The hole's centre anywhere in the image, as CoarseDropout.
+                let cy = rng.random_range(0..side.max(1));
+                let cx = rng.random_range(0..side.max(1));
+                let (y0, x0) = (cy.saturating_sub(hole / 2), cx.saturating_sub(hole / 2));
+                let (y1, x1) = ((y0 + hole).min(side), (x0 + hole).min(side));
+                for c in 0..3 {
+                    for y in y0..y1 {
+                        chw[c * n + y * side + x0..c * n + y * side + x1].fill(0.0);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -273,6 +309,73 @@ mod tests {
             let back = d.inverse().map_box(m);
             assert!(back.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-6));
         }
+    }
+
+    fn noise(side: usize) -> Vec<f32> {
+        let mut r = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
+        (0..3 * side * side)
+            .map(|_| r.random_range(0.1f32..0.9))
+            .collect()
+    }
+
+    #[test]
+    fn saturation_zero_is_grey_and_one_is_the_image() {
+        let img = noise(8);
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        // σ = 1 draws a factor in [0, 2]; with this seed it is well away
+        // from 1, and the result stays between the grey and the image's
+        // extrapolation: each pixel's channels keep their grey.
+        let a = Aug {
+            saturation: 1.0,
+            ..Default::default()
+        };
+        let mut out = img.clone();
+        a.jitter(&mut out, &mut rng);
+        let n = 64;
+        let grey = |v: &[f32], i: usize| 0.299 * v[i] + 0.587 * v[n + i] + 0.114 * v[2 * n + i];
+        let mut changed = false;
+        for i in 0..n {
+            let unclamped = (0..3).all(|c| out[c * n + i] > 0.0 && out[c * n + i] < 1.0);
+            if unclamped {
+                assert!((grey(&out, i) - grey(&img, i)).abs() < 1e-5, "pixel {i}");
+            }
+            changed |= (out[i] - img[i]).abs() > 1e-3;
+        }
+        assert!(changed);
+    }
+
+    #[test]
+    fn cutout_blacks_out_squares_of_the_asked_size() {
+        let img = noise(16);
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+        let a = Aug {
+            cutout: 1.0,
+            cutout_holes: 1,
+            cutout_size: 0.25,
+            ..Default::default()
+        };
+        let mut out = img.clone();
+        a.jitter(&mut out, &mut rng);
+        let n = 256;
+        let black: Vec<usize> = (0..n)
+            .filter(|&i| (0..3).all(|c| out[c * n + i] == 0.0))
+            .collect();
+        // One 4 × 4 hole, fewer pixels where a border clips it.
+        assert!(!black.is_empty() && black.len() <= 16, "{}", black.len());
+        let (ys, xs): (Vec<usize>, Vec<usize>) = black.iter().map(|i| (i / 16, i % 16)).unzip();
+        let span = |v: &[usize]| v.iter().max().unwrap() - v.iter().min().unwrap() + 1;
+        assert!(span(&ys) <= 4 && span(&xs) <= 4);
+        assert_eq!(black.len(), span(&ys) * span(&xs), "a rectangle");
+        // Probability 0 leaves the image as it is.
+        let a = Aug {
+            cutout: 0.0,
+            cutout_holes: 1,
+            cutout_size: 0.25,
+            ..Default::default()
+        };
+        let mut same = img.clone();
+        a.jitter(&mut same, &mut rng);
+        assert_eq!(same, img);
     }
 
     #[test]

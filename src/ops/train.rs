@@ -187,6 +187,15 @@ crate::params! {
         brightness: f64 = 0.0,
         /// Contrast jitter γ: blend with the grey mean by a factor in [1 − γ, 1 + γ].
         contrast: f64 = 0.0,
+        /// Saturation jitter σ: blend each pixel with its grey by a factor in [1 − σ, 1 + σ].
+        saturation: f64 = 0.0,
+        /// Probability of cutout (coarse dropout): `cutout_holes` black squares of side
+        /// `cutout_size` × the image side at random places; boxes and masks are kept.
+        cutout: f64 = 0.0,
+        /// Cutout: the number of squares.
+        cutout_holes: usize = 1,
+        /// Cutout: each square's side as a fraction of the image's side.
+        cutout_size: f64 = 0.25,
         /// Stop after this many epochs without a better monitored metric; 0: off.
         early_stopping: usize = 0,
         /// The validation metric that picks the best epoch, named as in `evaluate`, or `loss`;
@@ -315,9 +324,25 @@ impl Op for Train {
             ("vflip", a.vflip),
             ("rot90", a.rot90),
             ("transpose", a.transpose),
+            ("cutout", a.cutout),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 errs.push(ParamError::new(name, "a probability, in [0, 1]"));
+            }
+        }
+        if !(a.cutout_size > 0.0 && a.cutout_size <= 1.0) {
+            errs.push(ParamError::new(
+                "cutout_size",
+                "a fraction of the image's side, in (0, 1]",
+            ));
+        }
+        for (name, v) in [
+            ("brightness", a.brightness),
+            ("contrast", a.contrast),
+            ("saturation", a.saturation),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                errs.push(ParamError::new(name, "a jitter strength in [0, 1]"));
             }
         }
         if !(0.0..1.0).contains(&a.ema) {
@@ -483,6 +508,10 @@ impl Op for Train {
                 crop_scale: [a.crop_scale[0], a.crop_scale[1]],
                 brightness: a.brightness,
                 contrast: a.contrast,
+                saturation: a.saturation,
+                cutout: a.cutout,
+                cutout_holes: a.cutout_holes,
+                cutout_size: a.cutout_size,
                 window: (task == Task::Segment && a.tile).then_some(image_size),
             },
             early_stopping: a.early_stopping,
