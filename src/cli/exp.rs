@@ -10,7 +10,7 @@ use podium::store::experiments::{Experiment, Summary, is_score, lower_is_better}
 use serde_json::json;
 
 use super::commands::short_number;
-use super::{ExpAction, TableFormat, default_manifests};
+use super::{ExpAction, TableFormat};
 
 /// The pipeline a manifest names (`[pipeline] name`, else its stem),
 /// read without checking the rest: experiments stay listable while the
@@ -28,23 +28,6 @@ pub fn pipeline_name(path: &Path) -> anyhow::Result<String> {
     }))
 }
 
-fn manifest_path(file: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(f) = file {
-        return Ok(f.clone());
-    }
-    let all = default_manifests()?;
-    if all.len() == 1 {
-        return Ok(all.into_iter().next().unwrap());
-    }
-    anyhow::bail!(
-        "several manifests here; choose one with -f: {}",
-        all.iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
 pub struct ListOptions<'a> {
     pub sort: Option<&'a str>,
     pub metrics: &'a [String],
@@ -57,7 +40,7 @@ pub fn exp(
     action: Option<&ExpAction>,
     list: &ListOptions,
 ) -> anyhow::Result<i32> {
-    let pipeline = pipeline_name(&manifest_path(file)?)?;
+    let pipeline = pipeline_name(&super::manifest_path(file.as_deref())?)?;
     let store = Store::open_existing(store_dir)?;
     let journal = store.experiments();
     match action {

@@ -465,22 +465,27 @@ fn default_manifests() -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// The manifest `-f` names, else the only one here.
+fn manifest_path(file: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(f) = file {
+        return Ok(f.to_path_buf());
+    }
+    let all = default_manifests()?;
+    if all.len() == 1 {
+        return Ok(all.into_iter().next().unwrap());
+    }
+    anyhow::bail!(
+        "several manifests here; choose one with -f: {}",
+        all.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 impl ManifestArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        if let Some(f) = &self.file {
-            return Ok(f.clone());
-        }
-        let all = default_manifests()?;
-        if all.len() == 1 {
-            return Ok(all.into_iter().next().unwrap());
-        }
-        anyhow::bail!(
-            "several manifests here; choose one with -f: {}",
-            all.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        manifest_path(self.file.as_deref())
     }
 
     fn load(&self) -> anyhow::Result<podium::ir::Pipeline> {

@@ -140,6 +140,23 @@ impl Checker<'_> {
         }
     }
 
+    /// An op's own checks' errors, each at the value of its parameter (or
+    /// the stage's name for one written nowhere).
+    fn param_errors(
+        &mut self,
+        errs: impl IntoIterator<Item = crate::params::ParamError>,
+        spans: &[(&str, Span)],
+        stage: Span,
+    ) {
+        for e in errs {
+            let span = span_of(spans, &e.param).unwrap_or(stage);
+            self.push(
+                Diagnostic::error("invalid-param", format!("`{}`: {}", e.param, e.message))
+                    .at(span, format!("in `{}`", e.param)),
+            );
+        }
+    }
+
     /// Ends a stage's grouping: an error met in several instances says in
     /// which.
     fn finish_groups(&mut self) {
@@ -757,19 +774,10 @@ impl Checker<'_> {
                         .extend(outs);
                 }
                 if let Err(errs) = op.check(&trial) {
-                    for e in errs
+                    let errs = errs
                         .into_iter()
-                        .filter(|e| !unset.contains(&e.param.as_str()))
-                    {
-                        let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
-                        self.push(
-                            Diagnostic::error(
-                                "invalid-param",
-                                format!("`{}`: {}", e.param, e.message),
-                            )
-                            .at(span, format!("in `{}`", e.param)),
-                        );
-                    }
+                        .filter(|e| !unset.contains(&e.param.as_str()));
+                    self.param_errors(errs, &spans, st.name.span);
                 }
                 continue;
             }
@@ -783,16 +791,7 @@ impl Checker<'_> {
                     }
                 },
                 Err(errs) => {
-                    for e in errs {
-                        let span = span_of(&spans, &e.param).unwrap_or(st.name.span);
-                        self.push(
-                            Diagnostic::error(
-                                "invalid-param",
-                                format!("`{}`: {}", e.param, e.message),
-                            )
-                            .at(span, format!("in `{}`", e.param)),
-                        );
-                    }
+                    self.param_errors(errs, &spans, st.name.span);
                     continue;
                 }
             };

@@ -1282,7 +1282,6 @@ fn best_and_worst(
     what: &str,
     draw: impl Fn(&mut image::RgbImage, usize),
 ) -> Result<image::RgbImage, OpError> {
-    use plot::text;
     const SIDE: u32 = 192;
     let n = scored.len();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -1300,39 +1299,12 @@ fn best_and_worst(
     );
     let mut tiles = Vec::new();
     for (score, i, kind) in picks {
-        let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
-        let mut tile =
-            image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
+        let mut tile = val_tile(data, i, SIDE, &format!("{kind} {what}{score:.2}"))?;
         draw(&mut tile, i);
-        text(
-            &mut tile,
-            4,
-            4,
-            &format!("{kind} {what}{score:.2}"),
-            1,
-            image::Rgb([255, 255, 0]),
-        );
-        text(
-            &mut tile,
-            4,
-            SIDE as i64 - 12,
-            &data.val.ids[i],
-            1,
-            image::Rgb([255, 255, 0]),
-        );
         tiles.push(tile);
     }
     if tiles.is_empty() {
-        let mut t = image::RgbImage::from_pixel(SIDE * 2, 40, image::Rgb([255, 255, 255]));
-        text(
-            &mut t,
-            4,
-            16,
-            "no validation images",
-            1,
-            image::Rgb([0, 0, 0]),
-        );
-        tiles.push(t);
+        tiles.push(no_validation_images(SIDE));
     }
     Ok(plot::hstack(&tiles))
 }
@@ -1602,33 +1574,44 @@ fn worst_grid(
     mut scored: Vec<(f64, usize)>,
     caption: &dyn Fn(usize) -> String,
 ) -> Result<image::RgbImage, OpError> {
-    use plot::text;
     const SIDE: u32 = 160;
-    const YELLOW: image::Rgb<u8> = image::Rgb([255, 255, 0]);
     scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let mut tiles = Vec::new();
     for &(score, i) in scored.iter().take(12) {
-        let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
-        let mut tile =
-            image::imageops::resize(&src, SIDE, SIDE, image::imageops::FilterType::Nearest);
-        text(&mut tile, 4, 4, &format!("score {score:.2}"), 1, YELLOW);
-        text(&mut tile, 4, 16, &caption(i), 1, YELLOW);
-        text(&mut tile, 4, SIDE as i64 - 12, &data.val.ids[i], 1, YELLOW);
+        let mut tile = val_tile(data, i, SIDE, &format!("score {score:.2}"))?;
+        plot::text(&mut tile, 4, 16, &caption(i), 1, YELLOW);
         tiles.push(tile);
     }
     if tiles.is_empty() {
-        let mut t = image::RgbImage::from_pixel(SIDE * 2, 40, image::Rgb([255, 255, 255]));
-        text(
-            &mut t,
-            4,
-            16,
-            "no validation images",
-            1,
-            image::Rgb([0, 0, 0]),
-        );
-        tiles.push(t);
+        tiles.push(no_validation_images(SIDE));
     }
     Ok(plot::grid(&tiles, 4))
+}
+
+const YELLOW: image::Rgb<u8> = image::Rgb([255, 255, 0]);
+
+/// Validation image `i` at `side × side`, with `label` at the top and its
+/// id at the bottom.
+fn val_tile(data: &Data, i: usize, side: u32, label: &str) -> Result<image::RgbImage, OpError> {
+    let src = crate::data::images::open(&data.val.paths[i])?.into_rgb8();
+    let mut tile = image::imageops::resize(&src, side, side, image::imageops::FilterType::Nearest);
+    plot::text(&mut tile, 4, 4, label, 1, YELLOW);
+    plot::text(&mut tile, 4, side as i64 - 12, &data.val.ids[i], 1, YELLOW);
+    Ok(tile)
+}
+
+/// The tile that stands for an empty validation fold.
+fn no_validation_images(side: u32) -> image::RgbImage {
+    let mut t = image::RgbImage::from_pixel(side * 2, 40, image::Rgb([255, 255, 255]));
+    plot::text(
+        &mut t,
+        4,
+        16,
+        "no validation images",
+        1,
+        image::Rgb([0, 0, 0]),
+    );
+    t
 }
 
 /// The three best and three worst validation images by IoU, truth in

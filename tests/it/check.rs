@@ -240,9 +240,9 @@ fn the_json_schema_is_generated_and_accepts_every_shipped_manifest() {
     if std::env::var_os("PODIUM_BLESS").is_some() {
         std::fs::write(committed, &text).unwrap();
     }
-    assert_eq!(
-        std::fs::read_to_string(committed).unwrap(),
-        text,
+    // Not assert_eq: the schema is 100 kB.
+    assert!(
+        std::fs::read_to_string(committed).unwrap() == text,
         "docs/podium.schema.json is stale: PODIUM_BLESS=1 cargo test --test it json_schema"
     );
     let v = jsonschema::draft7::new(&schema).unwrap();
