@@ -11,7 +11,7 @@ use podium::ir::Pipeline;
 use podium::plan::{self, Plan, Status};
 use podium::store::StatCache;
 use podium::store::Store;
-use podium::store::experiments::{ExpInstance, Experiment, lower_is_better};
+use podium::store::experiments::{ExpInstance, Experiment, metric_order, ranked};
 use serde_json::json;
 
 use super::progress::Progress;
@@ -436,24 +436,8 @@ fn kept_experiments(exps: &[Experiment], keep: &Keep) -> Vec<usize> {
         out.extend((0..exps.len()).rev().take(n));
     }
     if let Some((n, by)) = &keep.best {
-        let (metric, low) = match by.rsplit_once(':') {
-            Some((m, "min")) => (m, true),
-            Some((m, "max")) => (m, false),
-            _ => (by.as_str(), lower_is_better(by)),
-        };
-        let mut ranked: Vec<(usize, f64)> = exps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.summary().get(metric).map(|s| (i, s.mean)))
-            .collect();
-        ranked.sort_by(|a, b| {
-            if low {
-                a.1.total_cmp(&b.1)
-            } else {
-                b.1.total_cmp(&a.1)
-            }
-        });
-        out.extend(ranked.into_iter().take(*n).map(|(i, _)| i));
+        let summaries: Vec<_> = exps.iter().map(Experiment::summary).collect();
+        out.extend(ranked(&summaries, by).into_iter().take(*n));
     }
     out.sort();
     out.dedup();
@@ -490,7 +474,7 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool, keep: &Keep) -> anyho
         }
         let exps = store.experiments().all(&p.name);
         if let Some((_, by)) = &keep.best {
-            let metric = by.rsplit_once(':').map_or(by.as_str(), |(m, _)| m);
+            let metric = metric_order(by).0;
             if !exps.iter().any(|e| e.summary().contains_key(metric)) && !exps.is_empty() {
                 anyhow::bail!(
                     "no experiment of pipeline {} has metric `{metric}` for --by",

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use podium::hash::Hash;
 use podium::store::Store;
-use podium::store::experiments::{Experiment, Summary, is_score, lower_is_better};
+use podium::store::experiments::{
+    Experiment, Summary, is_score, lower_is_better, metric_order, ranked,
+};
 use serde_json::json;
 
 use super::commands::short_number;
@@ -209,22 +211,15 @@ fn table(store: &Store, exps: &[Experiment], o: &ListOptions) -> anyhow::Result<
     };
     let mut order: Vec<usize> = (0..exps.len()).collect();
     if let Some(sort) = o.sort {
-        let (metric, low) = match sort.rsplit_once(':') {
-            Some((m, "min")) => (m, true),
-            Some((m, "max")) => (m, false),
-            _ => (sort, lower_is_better(sort)),
-        };
-        if !summaries.iter().any(|s| s.contains_key(metric)) {
+        // Those with the metric, best first, then the others as they were.
+        let mut best = ranked(&summaries, sort);
+        if best.is_empty() {
+            let metric = metric_order(sort).0;
             anyhow::bail!("no experiment has metric `{metric}` to sort by");
         }
-        let value = |i: usize| summaries[i].get(metric).map(|s| s.mean);
-        order.sort_by(|&a, &b| match (value(a), value(b)) {
-            (Some(x), Some(y)) if low => x.total_cmp(&y),
-            (Some(x), Some(y)) => y.total_cmp(&x),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        });
+        order.retain(|i| !best.contains(i));
+        best.extend(order);
+        order = best;
     }
     let params = differing(exps);
     let mut header: Vec<String> = vec!["experiment".into(), "name".into()];

@@ -8,6 +8,16 @@ use std::path::{Component, Path, PathBuf};
 
 use super::InitTask;
 
+impl InitTask {
+    /// The task as `--task` and `train`'s `task` spell it.
+    fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+}
+
 /// What was found in the data directory, as paths relative to the manifest.
 struct Layout {
     train_images: String,
@@ -161,13 +171,7 @@ fn q(s: &str) -> String {
 }
 
 fn manifest(name: &str, task: InitTask, l: &Layout) -> String {
-    let task_name = match task {
-        InitTask::Classify => "classify",
-        InitTask::Multilabel => "multilabel",
-        InitTask::Regress => "regress",
-        InitTask::Detect => "detect",
-        InitTask::Segment => "segment",
-    };
+    let task_name = task.name();
     let mut s = format!(
         r#"# {name}: a starting pipeline written by `podium init --task {task_name}` from the data it
 # found. Check it with `podium check -f THIS_FILE`, run it with `podium run -f THIS_FILE`,
@@ -471,13 +475,7 @@ pub fn init(
     eprintln!(
         "wrote {} (task {}, labels {} column `{}`); check it with `podium check -f {0}`",
         out.display(),
-        match task {
-            InitTask::Classify => "classify",
-            InitTask::Multilabel => "multilabel",
-            InitTask::Regress => "regress",
-            InitTask::Detect => "detect",
-            InitTask::Segment => "segment",
-        },
+        task.name(),
         l.labels,
         l.label_column
     );

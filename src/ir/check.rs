@@ -499,13 +499,13 @@ impl Checker<'_> {
         // A stage reading a stage or input with errors is still checked, all
         // but the values that read them, so that one `check` says every
         // mistake that does not follow from another; it makes no instances.
-        let shadow = stage_refs(st)
+        let shadow = st
+            .fields
             .iter()
-            .any(|(name, _)| self.failed.contains(name))
-            || (!self.failed_inputs.is_empty()
-                && root_refs(st, "inputs")
-                    .iter()
-                    .any(|name| self.failed_inputs.contains(name)));
+            .map(|(_, v)| v)
+            .chain(st.resources.iter())
+            .chain(st.matrix.iter().map(|(_, v)| v))
+            .any(|v| self.poisoned(v));
         // Out of `self` while the stage is checked, which borrows `self` mutably.
         let mut by_matrix = std::mem::take(&mut self.by_matrix);
         let mut stage_index = std::mem::take(&mut self.stage_index);

@@ -22,7 +22,24 @@ pub const NAMES: &[&str] = &[
     "iou",
 ];
 
-/// Whether a larger value is better.
+/// Whether a larger value is better: for every metric but losses and
+/// errors (`log_loss`, `val_loss`, `loss`, `rmse`, …).
 pub fn higher_is_better(name: &str) -> bool {
-    name != "log_loss"
+    let m = name.to_ascii_lowercase();
+    !["loss", "error", "mae", "mse"]
+        .iter()
+        .any(|w| m.contains(w))
+}
+
+/// The mean of `vs` and their sample standard deviation (ddof = 1, as
+/// `numpy.std(..., ddof=1)` and pandas' `std`; 0 for fewer than two).
+pub fn mean_and_sample_std(vs: &[f64]) -> (f64, f64) {
+    let n = vs.len();
+    let mean = vs.iter().sum::<f64>() / n as f64;
+    let std = if n < 2 {
+        0.0
+    } else {
+        (vs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    };
+    (mean, std)
 }

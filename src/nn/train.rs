@@ -153,7 +153,7 @@ impl Paths {
 /// Whether a smaller value of `monitor` is better: the loss, and the metrics
 /// `evaluate` says so of.
 pub fn lower_is_better(metric: &str) -> bool {
-    metric == "loss" || !crate::metrics::higher_is_better(metric)
+    !crate::metrics::higher_is_better(metric)
 }
 
 /// The class activation a task and loss imply.

@@ -134,12 +134,7 @@ fn summarise(folds: &[Metrics], paths: &[PathBuf]) -> Result<(Table, Metrics), D
     let n = folds.len();
     for k in names {
         let vs: Vec<f64> = folds.iter().map(|f| f[k]).collect();
-        let mean = vs.iter().sum::<f64>() / n as f64;
-        let std = if n > 1 {
-            (vs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
+        let (mean, std) = crate::metrics::mean_and_sample_std(&vs);
         summary.insert(k.clone(), mean);
         summary.insert(format!("{k}_std"), std);
     }

@@ -108,16 +108,16 @@ impl Experiment {
         }
         by.into_iter()
             .map(|(k, (matrix, vs))| {
-                let n = vs.len();
-                let mean = vs.iter().sum::<f64>() / n as f64;
-                let std = matrix.then(|| {
-                    if n < 2 {
-                        0.0
-                    } else {
-                        (vs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-                    }
-                });
-                (k, Summary { mean, std, n })
+                let (mean, std) = crate::metrics::mean_and_sample_std(&vs);
+                let std = matrix.then_some(std);
+                (
+                    k,
+                    Summary {
+                        mean,
+                        std,
+                        n: vs.len(),
+                    },
+                )
             })
             .collect()
     }
@@ -157,16 +157,39 @@ pub fn is_score(metric: &str) -> bool {
     !RUN_FACTS.contains(&m)
 }
 
-/// Whether a metric is better low (`loss`, errors) or high (the rest).
+/// Whether `stage.metric` is better low (`train.val_loss`) or high (the
+/// rest), as [`crate::metrics::higher_is_better`] says of the metric.
 pub fn lower_is_better(metric: &str) -> bool {
-    let m = metric
-        .rsplit('.')
-        .next()
-        .unwrap_or(metric)
-        .to_ascii_lowercase();
-    ["loss", "error", "mae", "mse", "rmse", "logloss"]
+    !crate::metrics::higher_is_better(metric.rsplit('.').next().unwrap_or(metric))
+}
+
+/// A metric to rank by, `stage.metric` with an optional `:min` or `:max`
+/// (default: [`lower_is_better`]): the metric and whether low is best.
+pub fn metric_order(spec: &str) -> (&str, bool) {
+    match spec.rsplit_once(':') {
+        Some((m, "min")) => (m, true),
+        Some((m, "max")) => (m, false),
+        _ => (spec, lower_is_better(spec)),
+    }
+}
+
+/// The indices of the summaries that have the metric `spec` names
+/// ([`metric_order`]), best first; ties keep their order.
+pub fn ranked(summaries: &[BTreeMap<String, Summary>], spec: &str) -> Vec<usize> {
+    let (metric, low) = metric_order(spec);
+    let mut r: Vec<(usize, f64)> = summaries
         .iter()
-        .any(|w| m.contains(w))
+        .enumerate()
+        .filter_map(|(i, s)| s.get(metric).map(|s| (i, s.mean)))
+        .collect();
+    r.sort_by(|a, b| {
+        if low {
+            a.1.total_cmp(&b.1)
+        } else {
+            b.1.total_cmp(&a.1)
+        }
+    });
+    r.into_iter().map(|(i, _)| i).collect()
 }
 
 /// The journals of experiments, `experiments/<pipeline>.jsonl`.
