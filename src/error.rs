@@ -22,6 +22,9 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Corrupt(String),
+    /// The remote cache refused or failed a request (after retries).
+    #[error("{0}")]
+    Remote(String),
     /// An output a stage left that podium will not store as it is.
     #[error("output `{output}`: {message}")]
     Output { output: String, message: String },

@@ -12,7 +12,7 @@
 //! let stat = store::StatCache::load(&store.statcache_path());
 //! let plan = plan::plan(&pipeline, &graph, &store, &stat, None, &Default::default())?; // stale, and why
 //! let executor = executor::LocalExecutor { threads: 2, gpus: 0, keep_going: false };
-//! let opts = executor::RunOptions { targets: vec![], force: Default::default(), out_root: "out".into() };
+//! let opts = executor::RunOptions { targets: vec![], force: Default::default(), out_root: "out".into(), fetch_only: false };
 //! let report = executor::run(&pipeline, &store, &stat, &executor, &opts, &executor::NoEvents, &|_| {})?; // ops run
 //! # let _ = (plan, report); Ok(()) }
 //! ```
@@ -27,9 +27,11 @@
 //!   Each declares its parameters once ([`params`](mod@params)) and reports how far it has got
 //!   ([`progress`]).
 //! - [`schema`]: the manifest's JSON Schema, from the op declarations, for editors.
-//! - [`store`]: objects, records, atomic writes, the lock, the stat cache; [`hash`]: content hashing.
+//! - [`store`]: objects, records, atomic writes, the lock, the stat cache, the remote cache
+//!   ([`store::Remote`], S3 or a shared directory, set in [`config`]); [`hash`]: content hashing.
 
 pub mod cancel;
+pub mod config;
 pub mod data;
 pub mod diag;
 pub mod error;

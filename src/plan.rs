@@ -46,6 +46,8 @@ pub enum Reason {
     },
     Missing,
     KeyChanged,
+    /// Not in this store, but in the remote cache: fetched, not executed.
+    CachedRemotely,
 }
 
 impl fmt::Display for Reason {
@@ -70,6 +72,7 @@ impl fmt::Display for Reason {
             Reason::UpstreamPending { instance } => write!(f, "upstream {instance} will run"),
             Reason::Missing => write!(f, "cached result missing from the store"),
             Reason::KeyChanged => write!(f, "key changed"),
+            Reason::CachedRemotely => write!(f, "cached remotely"),
         }
     }
 }
@@ -144,6 +147,9 @@ pub struct Plan {
     pub status: Vec<Status>,
     /// Keys of the instances whose upstream is fresh.
     pub keys: Vec<Option<Keyed>>,
+    /// Records of the remote cache for stale instances it holds (reason
+    /// [`Reason::CachedRemotely`]), by instance.
+    pub remote: Vec<Option<Box<Record>>>,
 }
 
 impl Plan {
@@ -259,55 +265,69 @@ pub fn plan(
     };
     let mut status: Vec<Status> = vec![Status::Skipped; n];
     let mut keys: Vec<Option<Keyed>> = vec![None; n];
+    let mut remote: Vec<Option<Box<Record>>> = vec![None; n];
     // One level at a time: an instance's key needs its upstream's records,
     // and the records of one level are read in parallel.
     for level in g.levels() {
         let planned = level
             .par_iter()
             .filter(|&&id| mask[id])
-            .map(|&id| plan_one(p, id, &status, store, stat, force).map(|r| (id, r)))
+            .map(|&id| plan_one(p, id, &status, &remote, store, stat, force).map(|r| (id, r)))
             .collect::<Result<Vec<_>>>()?;
-        for (id, (s, k)) in planned {
+        for (id, (s, k, r)) in planned {
             status[id] = s;
             keys[id] = k;
+            remote[id] = r;
         }
     }
-    Ok(Plan { status, keys })
+    Ok(Plan {
+        status,
+        keys,
+        remote,
+    })
 }
 
-/// The status of one instance whose upstream is planned, and its key when
-/// it can be known.
+/// The status of one instance whose upstream is planned, its key when it
+/// can be known, and the remote cache's record when only the remote has it.
 fn plan_one(
     p: &Pipeline,
     id: usize,
     status: &[Status],
+    remote: &[Option<Box<Record>>],
     store: &Store,
     stat: &StatCache,
     force: &HashSet<String>,
-) -> Result<(Status, Option<Keyed>)> {
+) -> Result<(Status, Option<Keyed>, Option<Box<Record>>)> {
     let inst = &p.instances[id];
-    if let Some(&d) = inst
-        .deps
-        .iter()
-        .find(|&&d| !matches!(status[d], Status::Fresh(_)))
-    {
+    // An upstream the remote holds is as good as fresh: its outputs' hashes
+    // are known, so this instance's key is too.
+    let upstream = |d: usize| match &status[d] {
+        Status::Fresh(r) => Some(&**r),
+        _ => remote[d].as_deref(),
+    };
+    if let Some(&d) = inst.deps.iter().find(|&&d| upstream(d).is_none()) {
         let pending = Reason::UpstreamPending {
             instance: p.instances[d].name.clone(),
         };
-        return Ok((Status::Stale(vec![pending]), None));
+        return Ok((Status::Stale(vec![pending]), None, None));
     }
-    let upstream = |d: usize, output: &str| match &status[d] {
-        Status::Fresh(r) => r.output_hash(output),
-        _ => None,
-    };
-    let k = key_of(inst, stat, &upstream)?;
+    let k = key_of(inst, stat, &|d, output| upstream(d)?.output_hash(output))?;
     let forced = force.contains(&inst.stage_name) || force.contains(&inst.name);
-    let s = match (forced, store.record(&k.key)) {
-        (false, Some(rec)) => Status::Fresh(Box::new(rec)),
-        (true, _) => Status::Stale(vec![Reason::Forced]),
-        (false, None) => Status::Stale(explain(inst, &k, store.state(&p.name, &inst.name))),
-    };
-    Ok((s, Some(k)))
+    if forced {
+        return Ok((Status::Stale(vec![Reason::Forced]), Some(k), None));
+    }
+    if let Some(rec) = store.record(&k.key) {
+        return Ok((Status::Fresh(Box::new(rec)), Some(k), None));
+    }
+    if let Some(rec) = store.remote_record(&k.key)? {
+        return Ok((
+            Status::Stale(vec![Reason::CachedRemotely]),
+            Some(k),
+            Some(Box::new(rec)),
+        ));
+    }
+    let why = explain(inst, &k, store.state(&p.name, &inst.name));
+    Ok((Status::Stale(why), Some(k), None))
 }
 
 /// Why an instance with key `k` is not in the store, compared with its

@@ -17,8 +17,95 @@ use serde_json::json;
 use super::progress::Progress;
 use super::{Cli, DagFormat, Format, ManifestArgs, default_manifests};
 
+/// Opens the store, with the remote cache the flags or the config name.
 fn open_store(cli: &Cli) -> anyhow::Result<Store> {
-    Ok(Store::open(&cli.store)?)
+    let store = Store::open(&cli.store)?;
+    Ok(match remote_config(cli)? {
+        Some(rc) => store.with_remote(podium::store::Remote::open(&rc)?),
+        None => store,
+    })
+}
+
+/// The remote cache's settings: the config's `[remote]`, its url replaced
+/// by `--remote`; none with `--no-remote`.
+fn remote_config(cli: &Cli) -> anyhow::Result<Option<podium::store::RemoteConfig>> {
+    if cli.no_remote {
+        return Ok(None);
+    }
+    let config = podium::config::Config::load(cli.config.as_deref())?;
+    Ok(match (&cli.remote, config.remote) {
+        (Some(url), Some(mut rc)) => {
+            rc.url.clone_from(url);
+            Some(rc)
+        }
+        (Some(url), None) => Some(podium::store::RemoteConfig::url(url)),
+        (None, rc) => rc,
+    })
+}
+
+fn human_bytes(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// `podium push`: every fresh instance's record and objects the remote lacks.
+pub fn push(cli: &Cli, m: &ManifestArgs, targets: &[String]) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let p = m.load()?;
+    let o = Opened::new(cli)?;
+    let Some(remote) = o.store.remote() else {
+        anyhow::bail!(
+            "no remote cache: give --remote URL or a [remote] section in {}",
+            podium::config::DEFAULT_PATH
+        );
+    };
+    remote.check()?;
+    let (g, pl) = o.plan(&p, targets, &[])?;
+    let fresh: Vec<(&str, &podium::store::Record)> = g
+        .order()
+        .iter()
+        .filter_map(|&id| match &pl.status[id] {
+            Status::Fresh(r) => Some((p.instances[id].name.as_str(), &**r)),
+            _ => None,
+        })
+        .collect();
+    use rayon::prelude::*;
+    let results: Vec<(&str, podium::Result<podium::store::Transfer>)> = fresh
+        .par_iter()
+        .map(|(name, rec)| (*name, remote.push(rec, &o.store)))
+        .collect();
+    let mut total = podium::store::Transfer::default();
+    let mut failed = 0;
+    for (name, r) in results {
+        match r {
+            Ok(t) => total.add(t),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {name} was not pushed: {e}");
+            }
+        }
+    }
+    let stale = pl.stale_count();
+    eprintln!(
+        "{}: pushed {} record(s) to {}: {} object(s) uploaded ({}), {} already there{}{} ({:.2}s)",
+        p.name,
+        total.records,
+        remote.url(),
+        total.objects,
+        human_bytes(total.bytes),
+        total.present,
+        if stale > 0 {
+            format!("; {stale} stale instance(s) have nothing to push (run them first)")
+        } else {
+            String::new()
+        },
+        if failed > 0 {
+            format!("; {failed} failed")
+        } else {
+            String::new()
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if failed > 0 { 1 } else { 0 })
 }
 
 /// The store and its stat cache, opened once per command.
@@ -127,18 +214,29 @@ fn plan_json(p: &Pipeline, g: &Graph, pl: &Plan) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn run(
-    cli: &Cli,
-    m: &ManifestArgs,
-    targets: &[String],
-    jobs: usize,
-    gpus: usize,
-    keep_going: bool,
-    force: &[String],
-    no_wait: bool,
-    format: Format,
-    name: Option<&str>,
-) -> anyhow::Result<i32> {
+/// The options of `podium run` (and `pull`, which runs fetching only).
+pub struct RunArgs<'a> {
+    pub jobs: usize,
+    pub gpus: usize,
+    pub keep_going: bool,
+    pub force: &'a [String],
+    pub no_wait: bool,
+    pub format: Format,
+    pub name: Option<&'a str>,
+    pub fetch_only: bool,
+}
+
+pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyhow::Result<i32> {
+    let RunArgs {
+        jobs,
+        gpus,
+        keep_going,
+        force,
+        no_wait,
+        format,
+        name,
+        fetch_only,
+    } = *a;
     let started = Instant::now();
     let p = m.load()?;
     let store = open_store(cli)?;
@@ -154,7 +252,14 @@ pub fn run(
         force: force.iter().cloned().collect(),
         // Absolute: ops run in the manifest's directory, not here.
         out_root: std::path::absolute(&cli.out_dir).unwrap_or_else(|_| cli.out_dir.clone()),
+        fetch_only,
     };
+    if fetch_only && store.remote().is_none() {
+        anyhow::bail!(
+            "no remote cache: give --remote URL or a [remote] section in {}",
+            podium::config::DEFAULT_PATH
+        );
+    }
     let executor = LocalExecutor {
         threads: jobs,
         gpus,
@@ -171,6 +276,11 @@ pub fn run(
     let experiment = record_experiment(&p, &store, &stat, &m.set.set, name);
     let executed = report.names(|o| matches!(o, Outcome::Executed));
     let cached = report.names(|o| matches!(o, Outcome::Cached));
+    let mut fetched: Vec<&str> = report.fetched.iter().map(String::as_str).collect();
+    fetched.extend(report.names(|o| matches!(o, Outcome::Fetched)));
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     let failed = report.names(|o| matches!(o, Outcome::Failed { .. }));
     let skipped = report.names(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled));
     for (name, o) in &report.outcomes {
@@ -201,17 +311,40 @@ pub fn run(
                     "fresh": report.fresh,
                     "executed": executed,
                     "cached": cached,
+                    "fetched": fetched,
+                    "pushed": report.pushed.records,
                     "failed": failed,
                     "skipped": skipped,
                     "experiment": experiment.as_ref().ok().map(|e| &e.id),
                 }))?
             );
         }
+        Format::Text if fetch_only => eprintln!(
+            "{}: {} fetched from {} ({}), {} already fresh, {} not in the remote cache, {} failed ({:.2}s)",
+            p.name,
+            fetched.len(),
+            store.remote().map_or("", |r| r.url()),
+            human_bytes(report.pulled.bytes),
+            report.fresh.len(),
+            skipped.len(),
+            failed.len(),
+            started.elapsed().as_secs_f64(),
+        ),
         Format::Text => eprintln!(
-            "{}: {} ran, {} cached after upstream cutoff, {} already fresh, {} failed, {} not run ({:.2}s){}",
+            "{}: {} ran, {} cached after upstream cutoff, {}{} already fresh, {} failed, {} not run ({:.2}s){}",
             p.name,
             executed.len(),
             cached.len(),
+            match store.remote() {
+                Some(r) => format!(
+                    "{} fetched from {} ({}), {} pushed, ",
+                    fetched.len(),
+                    r.url(),
+                    human_bytes(report.pulled.bytes),
+                    report.pushed.records
+                ),
+                None => String::new(),
+            },
             report.fresh.len(),
             failed.len(),
             skipped.len(),
@@ -224,7 +357,7 @@ pub fn run(
     }
     Ok(if report.cancelled() {
         130
-    } else if report.succeeded() {
+    } else if report.succeeded() || (fetch_only && failed.is_empty()) {
         0
     } else {
         1

@@ -25,6 +25,18 @@ pub struct Cli {
     /// Where each instance's outputs are made visible (`out/<pipeline>/<stage>/<instance>/`).
     #[arg(long, global = true, env = "PODIUM_OUT_DIR", default_value = "out")]
     out_dir: PathBuf,
+    /// Settings of this machine or project (the remote cache) [default: .podium/config.toml
+    /// when it exists].
+    #[arg(long, global = true, env = "PODIUM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The remote cache: s3://BUCKET/PREFIX (AWS or any S3-compatible server; credentials
+    /// from the environment or ~/.aws) or file:///SHARED/DIR. Overrides the config's
+    /// [remote] url.
+    #[arg(long, global = true, env = "PODIUM_REMOTE", value_name = "URL")]
+    remote: Option<String>,
+    /// Use no remote cache, whatever the config or `--remote` say.
+    #[arg(long, global = true)]
+    no_remote: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -160,6 +172,24 @@ enum Command {
         /// Name this run's experiment (the manifest with its `--set`s), for `podium exp`.
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Upload the results of fresh instances to the remote cache (what it lacks).
+    Push {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Stages or instances (with what they read); default all.
+        targets: Vec<String>,
+    },
+    /// Fetch from the remote cache what is stale here, and make it visible in out/;
+    /// execute nothing.
+    Pull {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Stages or instances (with what they read); default all.
+        targets: Vec<String>,
+        /// Fail at once if another run holds the store, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// The experiments of a pipeline (each configuration run): params that differ, metrics
     /// (folds as mean±std), compute time, store use.
@@ -303,14 +333,37 @@ pub fn main() -> i32 {
             &cli,
             manifest,
             targets,
-            *jobs,
-            gpus.unwrap_or_else(podium::nn::gpu_count),
-            *keep_going,
-            force,
-            *no_wait,
-            *format,
-            name.as_deref(),
+            &commands::RunArgs {
+                jobs: *jobs,
+                gpus: gpus.unwrap_or_else(podium::nn::gpu_count),
+                keep_going: *keep_going,
+                force,
+                no_wait: *no_wait,
+                format: *format,
+                name: name.as_deref(),
+                fetch_only: false,
+            },
         ),
+        Command::Pull {
+            manifest,
+            targets,
+            no_wait,
+        } => commands::run(
+            &cli,
+            manifest,
+            targets,
+            &commands::RunArgs {
+                jobs: default_jobs(),
+                gpus: 0,
+                keep_going: true,
+                force: &[],
+                no_wait: *no_wait,
+                format: Format::Text,
+                name: None,
+                fetch_only: true,
+            },
+        ),
+        Command::Push { manifest, targets } => commands::push(&cli, manifest, targets),
         Command::Status { manifest, format } => commands::status(&cli, manifest, *format),
         Command::Dag { manifest, format } => commands::dag(&cli, manifest, *format),
         Command::Gc {

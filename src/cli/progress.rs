@@ -186,6 +186,7 @@ impl Events for Progress {
         let what = match outcome {
             Outcome::Executed => format!("ran      {} ({:.2}s)", job.name, took.as_secs_f64()),
             Outcome::Cached => format!("cached   {} (output unchanged upstream)", job.name),
+            Outcome::Fetched => format!("fetched  {} (from the remote cache)", job.name),
             Outcome::Failed { message, .. } => format!("FAILED   {}: {message}", job.name),
             Outcome::Skipped { because } => format!("skipped  {} ({because})", job.name),
             Outcome::Cancelled => format!("stopped  {}", job.name),

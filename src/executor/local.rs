@@ -107,7 +107,7 @@ impl Executor for LocalExecutor {
                 free_threads += used;
                 free_gpus.extend(gpus);
                 events.finished(&jobs[ji], &outcome, took);
-                let ok = matches!(outcome, Outcome::Executed | Outcome::Cached);
+                let ok = matches!(outcome, Outcome::Executed | Outcome::Cached | Outcome::Fetched);
                 if matches!(outcome, Outcome::Cancelled) {
                     stop = true;
                 }

@@ -20,6 +20,8 @@ pub enum Outcome {
     Executed,
     /// Its key was in the store after all (an upstream reran with identical output).
     Cached,
+    /// Its key turned out to be in the remote cache, and was fetched.
+    Fetched,
     Failed {
         message: String,
         log: Option<std::path::PathBuf>,
@@ -91,6 +93,9 @@ pub struct RunOptions {
     pub force: HashSet<String>,
     /// Where outputs are made visible (`out/`).
     pub out_root: PathBuf,
+    /// Only fetch from the remote cache and make visible (`podium pull`):
+    /// execute nothing.
+    pub fetch_only: bool,
 }
 
 /// What a run did.
@@ -98,6 +103,13 @@ pub struct RunOptions {
 pub struct RunReport {
     /// Instances that were fresh before the run.
     pub fresh: Vec<String>,
+    /// Instances fetched from the remote cache before any job started.
+    pub fetched: Vec<String>,
+    /// What moved to and from the remote cache.
+    pub pulled: crate::store::Transfer,
+    pub pushed: crate::store::Transfer,
+    /// What went wrong without failing the run (a push that did not go through).
+    pub warnings: Vec<String>,
     /// Every instance the run handled, in order, with its outcome.
     pub outcomes: Vec<(String, Outcome)>,
 }
@@ -106,7 +118,7 @@ impl RunReport {
     pub fn succeeded(&self) -> bool {
         self.outcomes
             .iter()
-            .all(|(_, o)| matches!(o, Outcome::Executed | Outcome::Cached))
+            .all(|(_, o)| matches!(o, Outcome::Executed | Outcome::Cached | Outcome::Fetched))
     }
 
     pub fn cancelled(&self) -> bool {
@@ -173,8 +185,21 @@ pub fn run(
     let g = Graph::of(p);
     let targets = p.select_targets(&opts.targets).map_err(Error::Usage)?;
     claim_out_dir(&opts.out_root)?;
-    let plan = plan::plan(p, &g, store, stat, Some(&targets), &opts.force)?;
+    let mut plan = plan::plan(p, &g, store, stat, Some(&targets), &opts.force)?;
+    // What the remote cache holds comes first, all at once: those instances
+    // are then fresh, and only the rest goes to the executor.
+    let pre = prefetch(p, &g, store, &mut plan);
     on_plan(&plan);
+    let fetched = pre.fetched;
+    let mut warnings = Vec::new();
+    if !opts.fetch_only {
+        for (id, why) in &pre.failed {
+            warnings.push(format!(
+                "{} was not fetched, so it runs here: {why}",
+                p.instances[*id].name
+            ));
+        }
+    }
     let mut fresh = Vec::new();
     let mut jobs = Vec::new();
     for &id in g.order() {
@@ -197,15 +222,39 @@ pub fn run(
     let fresh = fresh
         .into_iter()
         .map(|id| p.instances[id].name.clone())
+        .filter(|n| !fetched.contains(n))
         .collect();
-    let results = executor.execute(
-        &jobs,
-        &|job, gpus| runner.run(job.id, gpus, &|s| events.progress(job, s)),
-        events,
-    );
+    let results = if opts.fetch_only {
+        jobs.iter()
+            .map(|j| match pre.failed.get(&j.id) {
+                Some(why) => (
+                    j.id,
+                    Outcome::Failed {
+                        message: format!("not fetched: {why}"),
+                        log: None,
+                        log_tail: String::new(),
+                    },
+                ),
+                None => {
+                    let because = "not in the remote cache".to_string();
+                    (j.id, Outcome::Skipped { because })
+                }
+            })
+            .collect()
+    } else {
+        executor.execute(
+            &jobs,
+            &|job, gpus| runner.run(job.id, gpus, &|s| events.progress(job, s)),
+            events,
+        )
+    };
     // The run's last records, fsynced in groups as they were appended.
     store.sync_records()?;
     let _ = stat.save(&store.statcache_path());
+    let (more_pulled, pushed, more_warnings) = runner.transfers();
+    warnings.extend(more_warnings);
+    let mut pulled = pre.transfer;
+    pulled.add(more_pulled);
     let mut outcomes: Vec<(usize, Outcome)> = results;
     let mut rank = vec![0; g.len()];
     for (i, &id) in g.order().iter().enumerate() {
@@ -214,9 +263,90 @@ pub fn run(
     outcomes.sort_by_key(|(id, _)| rank[*id]);
     Ok(RunReport {
         fresh,
+        fetched,
+        pulled,
+        pushed,
+        warnings,
         outcomes: outcomes
             .into_iter()
             .map(|(id, o)| (p.instances[id].name.clone(), o))
             .collect(),
     })
+}
+
+/// What [`prefetch`] did.
+#[derive(Default)]
+struct Prefetched {
+    /// Instances fetched, now fresh in the plan.
+    fetched: Vec<String>,
+    transfer: crate::store::Transfer,
+    /// Instances whose fetch failed, with why.
+    failed: std::collections::HashMap<usize, String>,
+}
+
+/// Fetches every instance the plan found in the remote cache, many objects
+/// at a time, and makes them fresh in the plan (their state recorded as a
+/// cache hit's is). One that cannot be fetched stays stale and runs here;
+/// so do the fetched instances downstream of it, whose keys assumed the
+/// remote's bytes (they are found in the store at run time if the rerun
+/// reproduces them).
+fn prefetch(p: &Pipeline, g: &Graph, store: &Store, plan: &mut Plan) -> Prefetched {
+    let mut out = Prefetched::default();
+    let Some(remote) = store.remote() else {
+        return out;
+    };
+    let wanted: Vec<usize> = (0..p.instances.len())
+        .filter(|&id| plan.remote[id].is_some() && plan.is_stale(id))
+        .collect();
+    let results: Vec<(usize, Result<crate::store::Transfer>)> = wanted
+        .par_iter()
+        .map(|&id| {
+            let rec = plan.remote[id].as_deref().unwrap();
+            (id, remote.fetch(rec, store))
+        })
+        .collect();
+    let mut ok = vec![false; p.instances.len()];
+    for (id, r) in results {
+        match r {
+            Ok(t) => {
+                out.transfer.add(t);
+                ok[id] = true;
+            }
+            Err(e) => {
+                out.failed.insert(id, e.to_string());
+            }
+        }
+    }
+    // In dependency order: fetched, and no upstream left to run here.
+    let mut runs_here = vec![false; p.instances.len()];
+    for &id in g.order() {
+        let inst = &p.instances[id];
+        let blocked = inst.deps.iter().copied().find(|&d| runs_here[d]);
+        if !ok[id] || blocked.is_some() {
+            runs_here[id] = plan.is_stale(id);
+            if let (true, Some(d)) = (ok[id], blocked) {
+                plan.status[id] = plan::Status::Stale(vec![plan::Reason::UpstreamPending {
+                    instance: p.instances[d].name.clone(),
+                }]);
+            }
+            plan.remote[id] = None;
+            continue;
+        }
+        let Some(rec) = plan.remote[id].take() else {
+            continue;
+        };
+        // The record may be another pipeline's with the same key; the
+        // state is this instance's.
+        let mut rec = *rec;
+        rec.pipeline.clone_from(&p.name);
+        rec.stage.clone_from(&inst.stage_name);
+        rec.instance.clone_from(&inst.name);
+        if store.put_state(&rec).is_ok() {
+            plan.status[id] = plan::Status::Fresh(Box::new(rec));
+            out.fetched.push(inst.name.clone());
+        } else {
+            runs_here[id] = true;
+        }
+    }
+    out
 }

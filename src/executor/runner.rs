@@ -44,6 +44,8 @@ pub struct Runner<'a> {
     pub out_root: PathBuf,
     pub force: &'a HashSet<String>,
     records: RwLock<Vec<Option<Record>>>,
+    /// Fetched, pushed, and what went wrong pushing.
+    remote: std::sync::Mutex<(store::Transfer, store::Transfer, Vec<String>)>,
 }
 
 impl<'a> Runner<'a> {
@@ -75,7 +77,14 @@ impl<'a> Runner<'a> {
             ),
             force,
             records: RwLock::new(records),
+            remote: Default::default(),
         }
+    }
+
+    /// What moved from and to the remote cache during the jobs, and the
+    /// pushes that failed.
+    pub fn transfers(&self) -> (store::Transfer, store::Transfer, Vec<String>) {
+        std::mem::take(&mut *self.remote.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn set_record(&self, id: usize, rec: Record) {
@@ -130,7 +139,15 @@ impl<'a> Runner<'a> {
                 .output_hash(output)
         })?;
         let forced = self.force.contains(&inst.stage_name) || self.force.contains(&inst.name);
-        if !forced && let Some(rec) = self.store.record(&k.key) {
+        // Early cutoff: the key is known only now, and the store (or the
+        // remote cache) may hold it.
+        let mut hit = (!forced).then(|| self.store.record(&k.key)).flatten();
+        let mut outcome = Outcome::Cached;
+        if hit.is_none() && !forced {
+            hit = self.fetch(&k.key);
+            outcome = Outcome::Fetched;
+        }
+        if let Some(rec) = hit {
             self.set_record(id, rec.clone());
             self.materialize(id)?;
             // The record may be another instance's with the same key; the
@@ -140,7 +157,7 @@ impl<'a> Runner<'a> {
             state.stage.clone_from(&inst.stage_name);
             state.instance.clone_from(&inst.name);
             self.store.put_state(&state)?;
-            return Ok(Outcome::Cached);
+            return Ok(outcome);
         }
         for &d in &inst.deps {
             self.materialize(d)?;
@@ -229,6 +246,7 @@ impl<'a> Runner<'a> {
                 self.set_record(id, rec.clone());
                 self.materialize(id)?;
                 self.store.put_state(&rec)?;
+                self.push(&rec);
                 Ok(Outcome::Executed)
             }
         };
@@ -237,6 +255,52 @@ impl<'a> Runner<'a> {
         }
         self.store.release(scratch);
         outcome
+    }
+}
+
+impl Runner<'_> {
+    /// The remote cache's record of `key`, fetched into the store; `None`
+    /// when there is no remote, it lacks the key, or the fetch failed (noted
+    /// as a warning: the instance then runs here).
+    fn fetch(&self, key: &crate::hash::Hash) -> Option<Record> {
+        let remote = self.store.remote().filter(|r| r.config.fetch)?;
+        let got = remote.record(key).and_then(|r| {
+            r.map(|rec| remote.fetch(&rec, self.store).map(|t| (rec, t)))
+                .transpose()
+        });
+        let mut m = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        match got {
+            Ok(Some((rec, t))) => {
+                m.0.add(t);
+                Some(rec)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                m.2.push(format!(
+                    "key {} was not fetched, so it runs here: {e}",
+                    key.to_hex()
+                ));
+                None
+            }
+        }
+    }
+
+    /// Pushes a record just executed to the remote cache (when configured
+    /// to push); a failure is a warning, as the result is safe here and
+    /// `podium push` sends it later.
+    fn push(&self, rec: &Record) {
+        let Some(remote) = self.store.remote().filter(|r| r.config.push) else {
+            return;
+        };
+        let r = remote.push(rec, self.store);
+        let mut m = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(t) => m.1.add(t),
+            Err(e) => m.2.push(format!(
+                "{} was not pushed (`podium push` retries): {e}",
+                rec.instance
+            )),
+        }
     }
 }
 

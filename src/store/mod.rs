@@ -19,6 +19,7 @@
 pub mod experiments;
 mod record;
 mod record_log;
+pub mod remote;
 mod statcache;
 mod state;
 
@@ -30,6 +31,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use record::{FileEntry, Output, OutputKind, Record};
+pub use remote::{Remote, RemoteConfig, Transfer};
 pub use statcache::StatCache;
 
 use crate::error::{Error, IoContext, Result};
@@ -121,6 +123,8 @@ pub struct Store {
     /// Where files not kept (outputs whose object exists already) wait to be
     /// deleted when the store is dropped; see [`Store::discard`].
     trash: PathBuf,
+    /// The remote cache, when one is configured.
+    remote: Option<Remote>,
 }
 
 /// Where one execution works: `out` (an empty directory, the op's output
@@ -166,7 +170,55 @@ impl Store {
             journals: state::Journals::default(),
             idle: Mutex::new(Vec::new()),
             trash,
+            remote: None,
         })
+    }
+
+    /// Adds a remote cache: the planner asks it for keys this store lacks,
+    /// runs fetch from it and push to it.
+    pub fn with_remote(mut self, remote: Remote) -> Store {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// The remote's record of a key this store does not hold complete, when
+    /// a remote is configured to fetch.
+    pub fn remote_record(&self, key: &Hash) -> Result<Option<Record>> {
+        match &self.remote {
+            Some(r) if r.config.fetch => r.record(key),
+            _ => Ok(None),
+        }
+    }
+
+    /// A new name in the store's `tmp/` (on the objects' filesystem, so a
+    /// file written there can be renamed into `objects/`).
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{}-{what}-{n}", std::process::id()))
+    }
+
+    /// Makes a verified file (fsynced, of content `h`) the object `h`:
+    /// read-only (executable when `exec`), modified at `mtime` (the record's
+    /// time, so that [`Store::object_intact`] need not hash it again), and
+    /// renamed into place. An intact object already there is kept.
+    pub fn adopt_object(&self, tmp: &Path, h: &Hash, exec: bool, mtime: u64) -> Result<()> {
+        let dest = self.object_path(h);
+        let mode = if exec { 0o555 } else { 0o444 };
+        fs::set_permissions(tmp, fs::Permissions::from_mode(mode)).at(tmp)?;
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+        let _ = File::open(tmp).and_then(|f| f.set_modified(when));
+        let parent = dest.parent().unwrap();
+        fs::create_dir_all(parent).at(parent)?;
+        let _whole = crate::cancel::critical();
+        fs::rename(tmp, &dest).at(&dest)?;
+        sync_dir(parent);
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {

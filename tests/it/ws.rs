@@ -57,15 +57,17 @@ impl Ws {
     }
 }
 
-/// `podium ARGS` in `dir`, not yet started, with the store and `out/` at
-/// their defaults (the environment's `PODIUM_STORE` and `PODIUM_OUT_DIR`
-/// removed).
+/// `podium ARGS` in `dir`, not yet started, with the store, `out/`, the
+/// config and the remote at their defaults (the environment's `PODIUM_*`
+/// settings removed).
 pub fn podium_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::cargo_bin("podium").unwrap();
     c.current_dir(dir)
         .args(args)
         .env_remove("PODIUM_STORE")
-        .env_remove("PODIUM_OUT_DIR");
+        .env_remove("PODIUM_OUT_DIR")
+        .env_remove("PODIUM_CONFIG")
+        .env_remove("PODIUM_REMOTE");
     c
 }
 
