@@ -274,10 +274,27 @@ pub fn plan(
             .filter(|&&id| mask[id])
             .map(|&id| plan_one(p, id, &status, &remote, store, stat, force).map(|r| (id, r)))
             .collect::<Result<Vec<_>>>()?;
-        for (id, (s, k, r)) in planned {
+        // The remote cache, for the level's stale keys all at once.
+        let ask: Vec<usize> = planned
+            .iter()
+            .filter(|(_, (s, k))| {
+                k.is_some() && matches!(s, Status::Stale(r) if r.first() != Some(&Reason::Forced))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for (id, (s, k)) in planned {
             status[id] = s;
             keys[id] = k;
-            remote[id] = r;
+        }
+        let asked: Vec<Hash> = ask
+            .iter()
+            .map(|&id| keys[id].as_ref().unwrap().key)
+            .collect();
+        for (id, rec) in ask.into_iter().zip(store.remote_records(&asked)?) {
+            if let Some(rec) = rec {
+                status[id] = Status::Stale(vec![Reason::CachedRemotely]);
+                remote[id] = Some(Box::new(rec));
+            }
         }
     }
     Ok(Plan {
@@ -287,8 +304,9 @@ pub fn plan(
     })
 }
 
-/// The status of one instance whose upstream is planned, its key when it
-/// can be known, and the remote cache's record when only the remote has it.
+/// The status of one instance whose upstream is planned (or held by the
+/// remote cache), and its key when it can be known. The remote cache is
+/// asked afterwards, for a whole level at once.
 fn plan_one(
     p: &Pipeline,
     id: usize,
@@ -297,7 +315,7 @@ fn plan_one(
     store: &Store,
     stat: &StatCache,
     force: &HashSet<String>,
-) -> Result<(Status, Option<Keyed>, Option<Box<Record>>)> {
+) -> Result<(Status, Option<Keyed>)> {
     let inst = &p.instances[id];
     // An upstream the remote holds is as good as fresh: its outputs' hashes
     // are known, so this instance's key is too.
@@ -309,25 +327,16 @@ fn plan_one(
         let pending = Reason::UpstreamPending {
             instance: p.instances[d].name.clone(),
         };
-        return Ok((Status::Stale(vec![pending]), None, None));
+        return Ok((Status::Stale(vec![pending]), None));
     }
     let k = key_of(inst, stat, &|d, output| upstream(d)?.output_hash(output))?;
     let forced = force.contains(&inst.stage_name) || force.contains(&inst.name);
-    if forced {
-        return Ok((Status::Stale(vec![Reason::Forced]), Some(k), None));
-    }
-    if let Some(rec) = store.record(&k.key) {
-        return Ok((Status::Fresh(Box::new(rec)), Some(k), None));
-    }
-    if let Some(rec) = store.remote_record(&k.key)? {
-        return Ok((
-            Status::Stale(vec![Reason::CachedRemotely]),
-            Some(k),
-            Some(Box::new(rec)),
-        ));
-    }
-    let why = explain(inst, &k, store.state(&p.name, &inst.name));
-    Ok((Status::Stale(why), Some(k), None))
+    let s = match (forced, store.record(&k.key)) {
+        (false, Some(rec)) => Status::Fresh(Box::new(rec)),
+        (true, _) => Status::Stale(vec![Reason::Forced]),
+        (false, None) => Status::Stale(explain(inst, &k, store.state(&p.name, &inst.name))),
+    };
+    Ok((s, Some(k)))
 }
 
 /// Why an instance with key `k` is not in the store, compared with its

@@ -68,10 +68,11 @@ pub fn push(cli: &Cli, m: &ManifestArgs, targets: &[String]) -> anyhow::Result<i
             _ => None,
         })
         .collect();
-    use rayon::prelude::*;
+    let recs: Vec<&podium::store::Record> = fresh.iter().map(|(_, r)| *r).collect();
     let results: Vec<(&str, podium::Result<podium::store::Transfer>)> = fresh
-        .par_iter()
-        .map(|(name, rec)| (*name, remote.push(rec, &o.store)))
+        .iter()
+        .map(|(name, _)| *name)
+        .zip(remote.push_all(&recs, &o.store)?)
         .collect();
     let mut total = podium::store::Transfer::default();
     let mut failed = 0;

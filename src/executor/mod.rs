@@ -192,7 +192,7 @@ pub fn run(
     on_plan(&plan);
     let fetched = pre.fetched;
     let mut warnings = Vec::new();
-    if !opts.fetch_only {
+    if !opts.fetch_only && !crate::cancel::is_cancelled() {
         for (id, why) in &pre.failed {
             warnings.push(format!(
                 "{} was not fetched, so it runs here: {why}",
@@ -298,12 +298,14 @@ fn prefetch(p: &Pipeline, g: &Graph, store: &Store, plan: &mut Plan) -> Prefetch
     let wanted: Vec<usize> = (0..p.instances.len())
         .filter(|&id| plan.remote[id].is_some() && plan.is_stale(id))
         .collect();
+    let recs: Vec<&crate::store::Record> = wanted
+        .iter()
+        .map(|&id| plan.remote[id].as_deref().unwrap())
+        .collect();
     let results: Vec<(usize, Result<crate::store::Transfer>)> = wanted
-        .par_iter()
-        .map(|&id| {
-            let rec = plan.remote[id].as_deref().unwrap();
-            (id, remote.fetch(rec, store))
-        })
+        .iter()
+        .copied()
+        .zip(remote.fetch_all(&recs, store))
         .collect();
     let mut ok = vec![false; p.instances.len()];
     for (id, r) in results {

@@ -185,12 +185,12 @@ impl Store {
         self.remote.as_ref()
     }
 
-    /// The remote's record of a key this store does not hold complete, when
-    /// a remote is configured to fetch.
-    pub fn remote_record(&self, key: &Hash) -> Result<Option<Record>> {
+    /// The remote's records of keys this store does not hold complete, in
+    /// order (all `None` unless a remote is configured to fetch).
+    pub fn remote_records(&self, keys: &[Hash]) -> Result<Vec<Option<Record>>> {
         match &self.remote {
-            Some(r) if r.config.fetch => r.record(key),
-            _ => Ok(None),
+            Some(r) if r.config.fetch => r.records(keys),
+            _ => Ok(vec![None; keys.len()]),
         }
     }
 

@@ -326,66 +326,98 @@ impl Remote {
 
     /// The remote's record of `key`, if it has one (looked up once per process).
     pub fn record(&self, key: &Hash) -> Result<Option<Record>> {
-        let hex = key.to_hex().to_string();
-        if let Some(r) = self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hex)
-        {
-            return Ok(r.clone());
-        }
-        self.check()?;
-        let loc = self.record_loc(&hex);
-        let got = self.rt.block_on(async {
-            match self.os.get(&loc).await {
-                Ok(g) => g.bytes().await.map(Some),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        });
-        let rec = match got.map_err(|e| self.explain(e))? {
-            None => None,
-            Some(bytes) => {
-                let rec: Record = serde_json::from_slice(&bytes)
-                    .map_err(|e| remote_err(&self.url, format!("{loc}: not a record: {e}")))?;
-                if rec.key != hex {
-                    return Err(remote_err(
-                        &self.url,
-                        format!("{loc} holds the record of another key ({})", rec.key),
-                    ));
-                }
-                Some(rec)
-            }
+        self.records(std::slice::from_ref(key))
+            .map(|mut v| v.pop().flatten())
+    }
+
+    /// The remote's records of `keys`, in order, looked up `transfers` at a
+    /// time (each key once per process).
+    pub fn records(&self, keys: &[Hash]) -> Result<Vec<Option<Record>>> {
+        let hexes: Vec<String> = keys.iter().map(|k| k.to_hex().to_string()).collect();
+        let unknown: Vec<&String> = {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            hexes.iter().filter(|h| !known.contains_key(*h)).collect()
         };
-        self.known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hex, rec.clone());
-        Ok(rec)
+        if !unknown.is_empty() {
+            self.check()?;
+            let got = self.rt.block_on(
+                futures::stream::iter(unknown.into_iter().map(|hex| async move {
+                    self.get_record(hex).await.map(|r| (hex.clone(), r))
+                }))
+                .buffer_unordered(self.config.transfers.max(1))
+                .collect::<Vec<Result<(String, Option<Record>)>>>(),
+            );
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            for r in got {
+                let (hex, rec) = r?;
+                known.insert(hex, rec);
+            }
+        }
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(hexes
+            .iter()
+            .map(|h| known.get(h).cloned().flatten())
+            .collect())
+    }
+
+    async fn get_record(&self, hex: &str) -> Result<Option<Record>> {
+        let loc = self.record_loc(hex);
+        let got = match self.os.get(&loc).await {
+            Ok(g) => g.bytes().await.map(Some),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let Some(bytes) = got.map_err(|e| self.explain(e))? else {
+            return Ok(None);
+        };
+        let rec: Record = serde_json::from_slice(&bytes)
+            .map_err(|e| remote_err(&self.url, format!("{loc}: not a record: {e}")))?;
+        if rec.key != hex {
+            return Err(remote_err(
+                &self.url,
+                format!("{loc} holds the record of another key ({})", rec.key),
+            ));
+        }
+        Ok(Some(rec))
     }
 
     /// Brings a remote record's objects into `store`, each verified by its
     /// hash and size as it arrives, then the record itself.
     pub fn fetch(&self, rec: &Record, store: &Store) -> Result<Transfer> {
+        self.rt.block_on(self.fetch_one(rec, store))
+    }
+
+    /// [`Remote::fetch`] of many records, `transfers` at a time; each
+    /// result in order.
+    pub fn fetch_all(&self, recs: &[&Record], store: &Store) -> Vec<Result<Transfer>> {
+        self.rt.block_on(
+            futures::stream::iter(recs.iter().map(|rec| self.fetch_one(rec, store)))
+                .buffered(self.config.transfers.max(1))
+                .collect(),
+        )
+    }
+
+    async fn fetch_one(&self, rec: &Record, store: &Store) -> Result<Transfer> {
+        // Ctrl-C: what arrived is kept, the rest is not started.
+        if crate::cancel::is_cancelled() {
+            return Err(remote_err(&self.url, "interrupted"));
+        }
         let mut wanted = objects_of(rec);
         wanted.sort();
         wanted.dedup();
         let mut t = Transfer::default();
-        let results = self.rt.block_on(async {
-            futures::stream::iter(wanted.iter().map(|(hex, size, exec)| async move {
-                let h = Hash::from_hex(hex).map_err(|e| Error::Corrupt(e.to_string()))?;
-                if store.object_intact(hex, *size, 0) {
-                    return Ok(None);
-                }
-                self.download(&h, *size, *exec, rec.finished_at, store)
-                    .await
-                    .map(|()| Some(*size))
-            }))
-            .buffer_unordered(self.config.transfers.max(1))
-            .collect::<Vec<Result<Option<u64>>>>()
-            .await
-        });
+        let results = futures::stream::iter(wanted.iter().map(|(hex, size, exec)| async move {
+            let h = Hash::from_hex(hex).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if store.object_intact(hex, *size, 0) {
+                return Ok(None);
+            }
+            self.download(&h, *size, *exec, rec.finished_at, store)
+                .await
+                .map(|()| Some(*size))
+        }))
+        .buffer_unordered(4)
+        .collect::<Vec<Result<Option<u64>>>>()
+        .await;
         for r in results {
             match r? {
                 Some(n) => {
@@ -400,9 +432,7 @@ impl Remote {
             && let Ok(h) = Hash::from_hex(log)
             && !store.object_path(&h).exists()
         {
-            let _ = self
-                .rt
-                .block_on(self.download_any(&h, rec.finished_at, store));
+            let _ = self.download_any(&h, rec.finished_at, store).await;
         }
         store.put_record(rec)?;
         t.records = 1;
@@ -507,6 +537,21 @@ impl Remote {
     /// record. Returns what moved.
     pub fn push(&self, rec: &Record, store: &Store) -> Result<Transfer> {
         self.check()?;
+        self.rt.block_on(self.push_one(rec, store))
+    }
+
+    /// [`Remote::push`] of many records, `transfers` at a time; each result
+    /// in order.
+    pub fn push_all(&self, recs: &[&Record], store: &Store) -> Result<Vec<Result<Transfer>>> {
+        self.check()?;
+        Ok(self.rt.block_on(
+            futures::stream::iter(recs.iter().map(|rec| self.push_one(rec, store)))
+                .buffered(self.config.transfers.max(1))
+                .collect(),
+        ))
+    }
+
+    async fn push_one(&self, rec: &Record, store: &Store) -> Result<Transfer> {
         let mut wanted = objects_of(rec);
         if let Some(log) = &rec.log
             && let Ok(h) = Hash::from_hex(log)
@@ -516,23 +561,21 @@ impl Remote {
         }
         wanted.sort();
         wanted.dedup();
-        let results = self.rt.block_on(async {
-            futures::stream::iter(wanted.iter().map(|(hex, size, _)| async move {
-                let loc = self.object_loc(hex);
-                match self.os.head(&loc).await {
-                    Ok(m) if m.size == *size => return Ok(None),
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(self.explain(e)),
-                }
-                let h = Hash::from_hex(hex).map_err(|e| Error::Corrupt(e.to_string()))?;
-                self.upload(&store.object_path(&h), &loc)
-                    .await
-                    .map(|()| Some(*size))
-            }))
-            .buffer_unordered(self.config.transfers.max(1))
-            .collect::<Vec<Result<Option<u64>>>>()
-            .await
-        });
+        let results = futures::stream::iter(wanted.iter().map(|(hex, size, _)| async move {
+            let loc = self.object_loc(hex);
+            match self.os.head(&loc).await {
+                Ok(m) if m.size == *size => return Ok(None),
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.explain(e)),
+            }
+            let h = Hash::from_hex(hex).map_err(|e| Error::Corrupt(e.to_string()))?;
+            self.upload(&store.object_path(&h), &loc)
+                .await
+                .map(|()| Some(*size))
+        }))
+        .buffer_unordered(4)
+        .collect::<Vec<Result<Option<u64>>>>()
+        .await;
         let mut t = Transfer::default();
         for r in results {
             match r? {
@@ -545,8 +588,9 @@ impl Remote {
         }
         let json = serde_json::to_vec(rec).map_err(|e| Error::Corrupt(e.to_string()))?;
         let loc = self.record_loc(&rec.key);
-        self.rt
-            .block_on(self.os.put(&loc, PutPayload::from(json)))
+        self.os
+            .put(&loc, PutPayload::from(json))
+            .await
             .map_err(|e| self.explain(e))?;
         self.known
             .lock()

@@ -528,3 +528,47 @@ fn a_missing_bucket_and_refused_credentials_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("the server does not answer"), "{said}");
 }
+
+/// Two machines run the same pipeline at once, pushing the same keys to one
+/// remote; a third fetches everything whole.
+fn concurrent_pushes(cmd: &dyn Fn(&Ws, &[&str]) -> Command) {
+    let (a, c) = (machine(), machine());
+    let args = ["run", "-f", "p.toml", "--format", "json"];
+    let ra = cmd(&a, &args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rc = cmd(&c, &args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for r in [ra, rc] {
+        let out = r.wait_with_output().unwrap();
+        let run = report(&out, 0);
+        assert_eq!(names(&run, "failed").len(), 0, "{run}");
+    }
+    let b = machine();
+    let run = report(&cmd(&b, &args).output().unwrap(), 0);
+    assert_eq!(names(&run, "fetched"), ALL);
+    assert_eq!(tree(&a.path("out")), tree(&b.path("out")));
+}
+
+#[test]
+fn concurrent_pushes_of_the_same_keys_leave_whole_records() {
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    concurrent_pushes(&|ws, args| {
+        let mut c = ws.cmd(args);
+        c.args(["--remote", &url]);
+        c
+    });
+    let Some(s3) = S3::get("PODIUM_TEST_S3") else {
+        return;
+    };
+    let url = format!("s3://{}/both", s3.bucket());
+    concurrent_pushes(&|ws, args| {
+        let mut c = s3_cmd(ws, &s3.endpoint, args);
+        c.args(["--remote", &url]);
+        c
+    });
+}
