@@ -450,6 +450,12 @@ impl executor::Events for LazyProgress<'_> {
             p.progress(job, step)
         }
     }
+    fn fetching(&self, instances: usize, bytes: u64, remote: &str) {
+        eprintln!(
+            "fetching {instances} instance(s) ({}) from {remote}",
+            human_bytes(bytes)
+        );
+    }
 }
 
 pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32> {

@@ -50,6 +50,9 @@ pub trait Events: Sync {
     fn finished(&self, job: &Job, outcome: &Outcome, took: Duration);
     /// A running job says how far it has got.
     fn progress(&self, _job: &Job, _step: &crate::ops::Step) {}
+    /// Before any job: `instances` found in the remote cache, `bytes` in
+    /// all, are being fetched from `remote`.
+    fn fetching(&self, _instances: usize, _bytes: u64, _remote: &str) {}
 }
 
 /// Runs jobs in dependency order.
@@ -188,7 +191,7 @@ pub fn run(
     let mut plan = plan::plan(p, &g, store, stat, Some(&targets), &opts.force)?;
     // What the remote cache holds comes first, all at once: those instances
     // are then fresh, and only the rest goes to the executor.
-    let pre = prefetch(p, &g, store, &mut plan);
+    let pre = prefetch(p, &g, store, &mut plan, events);
     on_plan(&plan);
     let fetched = pre.fetched;
     let mut warnings = Vec::new();
@@ -290,7 +293,13 @@ struct Prefetched {
 /// so do the fetched instances downstream of it, whose keys assumed the
 /// remote's bytes (they are found in the store at run time if the rerun
 /// reproduces them).
-fn prefetch(p: &Pipeline, g: &Graph, store: &Store, plan: &mut Plan) -> Prefetched {
+fn prefetch(
+    p: &Pipeline,
+    g: &Graph,
+    store: &Store,
+    plan: &mut Plan,
+    events: &dyn Events,
+) -> Prefetched {
     let mut out = Prefetched::default();
     let Some(remote) = store.remote() else {
         return out;
@@ -302,6 +311,14 @@ fn prefetch(p: &Pipeline, g: &Graph, store: &Store, plan: &mut Plan) -> Prefetch
         .iter()
         .map(|&id| plan.remote[id].as_deref().unwrap())
         .collect();
+    if !recs.is_empty() {
+        let bytes = recs
+            .iter()
+            .flat_map(|r| r.outputs.values())
+            .map(|o| o.size)
+            .sum();
+        events.fetching(recs.len(), bytes, remote.url());
+    }
     let results: Vec<(usize, Result<crate::store::Transfer>)> = wanted
         .iter()
         .copied()

@@ -196,7 +196,13 @@ fn second_machine_executes_nothing(run: &dyn Fn(&Ws, &[&str]) -> Output) {
     let plan = run(&b, &["plan", "-f", "p.toml"]);
     let text = String::from_utf8_lossy(&plan.stdout);
     assert_eq!(text.matches("cached remotely").count(), 6, "{text}");
-    let second = report(&run(&b, &["run", "-f", "p.toml", "--format", "json"]), 0);
+    let out = run(&b, &["run", "-f", "p.toml", "--format", "json"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        said.contains("fetching 6 instance(s) (1.9 MiB) from "),
+        "{said}"
+    );
+    let second = report(&out, 0);
     assert!(names(&second, "executed").is_empty(), "{second}");
     assert_eq!(names(&second, "fetched"), ALL);
     assert_eq!(tree(&a.path("out")), tree(&b.path("out")));
