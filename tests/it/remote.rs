@@ -19,7 +19,8 @@ use serde_json::Value;
 
 use crate::ws::Ws;
 
-/// Fan-out, fan-in, and one output large enough to need many packets.
+/// Fan-out, fan-in, a directory output with an executable, and one output
+/// large enough to need many packets.
 const PIPELINE: &str = r#"
 [pipeline]
 name = "r"
@@ -41,6 +42,11 @@ outs = ["sorted.txt"]
 op = "exec"
 cmd = "seq 1 300000 > $PODIUM_OUT/big.txt"
 outs = ["big.txt"]
+
+[stages.shards]
+op = "exec"
+cmd = "mkdir $PODIUM_OUT/shards && seq 1 10 > $PODIUM_OUT/shards/a.txt && printf 'echo hi\\n' > $PODIUM_OUT/shards/run.sh && chmod +x $PODIUM_OUT/shards/run.sh"
+outs = ["shards"]
 
 [stages.train]
 op = "exec"
@@ -151,10 +157,11 @@ fn names(v: &Value, field: &str) -> Vec<String> {
     n
 }
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "big",
     "prepare",
     "report",
+    "shards",
     "train[fold=0]",
     "train[fold=1]",
     "train[fold=2]",
@@ -190,22 +197,29 @@ fn second_machine_executes_nothing(run: &dyn Fn(&Ws, &[&str]) -> Output) {
     let a = machine();
     let first = report(&run(&a, &["run", "-f", "p.toml", "--format", "json"]), 0);
     assert_eq!(names(&first, "executed"), ALL);
-    assert_eq!(first["pushed"], 6);
+    assert_eq!(first["pushed"], 7);
 
     let b = machine();
     let plan = run(&b, &["plan", "-f", "p.toml"]);
     let text = String::from_utf8_lossy(&plan.stdout);
-    assert_eq!(text.matches("cached remotely").count(), 6, "{text}");
+    assert_eq!(text.matches("cached remotely").count(), 7, "{text}");
     let out = run(&b, &["run", "-f", "p.toml", "--format", "json"]);
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
-        said.contains("fetching 6 instance(s) (1.9 MiB) from "),
+        said.contains("fetching 7 instance(s) (1.9 MiB) from "),
         "{said}"
     );
     let second = report(&out, 0);
     assert!(names(&second, "executed").is_empty(), "{second}");
     assert_eq!(names(&second, "fetched"), ALL);
     assert_eq!(tree(&a.path("out")), tree(&b.path("out")));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |ws: &Ws| {
+        let m = std::fs::metadata(ws.path("out/r/shards/shards/run.sh")).unwrap();
+        m.permissions().mode() & 0o111
+    };
+    assert_ne!(mode(&b), 0, "the executable arrived executable");
+    assert_eq!(mode(&a), mode(&b));
     // Fetched results are the store's own now: a rerun needs no remote.
     let third = report(
         &run(
@@ -265,7 +279,7 @@ fn push_and_pull_by_hand_and_the_remote_is_read_after_an_upstream_cutoff() {
     assert!(said.contains("pushed 4 record(s)"), "{said}");
     let push = a.podium(&["push", "-f", "p.toml"]);
     let said = String::from_utf8_lossy(&push.stderr);
-    assert!(said.contains("pushed 6 record(s)"), "{said}");
+    assert!(said.contains("pushed 7 record(s)"), "{said}");
     assert!(said.contains("already there"), "{said}");
 
     // Pull executes nothing, and says what the remote lacks.
@@ -276,7 +290,7 @@ fn push_and_pull_by_hand_and_the_remote_is_read_after_an_upstream_cutoff() {
     let said = String::from_utf8_lossy(&pull.stderr);
     assert!(pull.status.success(), "{said}");
     assert!(
-        said.contains("1 fetched") && said.contains("5 not in the remote cache"),
+        said.contains("2 fetched") && said.contains("5 not in the remote cache"),
         "{said}"
     );
     assert_eq!(b.read("out/r/big/big.txt"), a.read("out/r/big/big.txt"));
