@@ -214,7 +214,6 @@ fn plan_json(p: &Pipeline, g: &Graph, pl: &Plan) -> serde_json::Value {
     json!({"pipeline": p.name, "fresh": pl.fresh_count(), "stale": pl.stale_count(), "instances": items})
 }
 
-#[allow(clippy::too_many_arguments)]
 /// The options of `podium run` (and `pull`, which runs fetching only).
 pub struct RunArgs<'a> {
     pub jobs: usize,

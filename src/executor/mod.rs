@@ -222,10 +222,11 @@ pub fn run(
     fresh
         .par_iter()
         .try_for_each(|&id| runner.materialize(id))?;
+    let was_fetched: HashSet<&str> = fetched.iter().map(String::as_str).collect();
     let fresh = fresh
         .into_iter()
         .map(|id| p.instances[id].name.clone())
-        .filter(|n| !fetched.contains(n))
+        .filter(|n| !was_fetched.contains(n.as_str()))
         .collect();
     let results = if opts.fetch_only {
         jobs.iter()

@@ -44,7 +44,7 @@ pub struct Runner<'a> {
     pub out_root: PathBuf,
     pub force: &'a HashSet<String>,
     records: RwLock<Vec<Option<Record>>>,
-    /// Fetched, pushed, and what went wrong pushing.
+    /// Fetched, pushed, and what went wrong fetching or pushing.
     remote: std::sync::Mutex<(store::Transfer, store::Transfer, Vec<String>)>,
 }
 
@@ -144,7 +144,7 @@ impl<'a> Runner<'a> {
         let mut hit = (!forced).then(|| self.store.record(&k.key)).flatten();
         let mut outcome = Outcome::Cached;
         if hit.is_none() && !forced {
-            hit = self.fetch(&k.key);
+            hit = self.fetch(&k.key, &inst.name);
             outcome = Outcome::Fetched;
         }
         if let Some(rec) = hit {
@@ -262,7 +262,7 @@ impl Runner<'_> {
     /// The remote cache's record of `key`, fetched into the store; `None`
     /// when there is no remote, it lacks the key, or the fetch failed (noted
     /// as a warning: the instance then runs here).
-    fn fetch(&self, key: &crate::hash::Hash) -> Option<Record> {
+    fn fetch(&self, key: &crate::hash::Hash, instance: &str) -> Option<Record> {
         let remote = self.store.remote().filter(|r| r.config.fetch)?;
         let got = remote.record(key).and_then(|r| {
             r.map(|rec| remote.fetch(&rec, self.store).map(|t| (rec, t)))
@@ -276,10 +276,7 @@ impl Runner<'_> {
             }
             Ok(None) => None,
             Err(e) => {
-                m.2.push(format!(
-                    "key {} was not fetched, so it runs here: {e}",
-                    key.to_hex()
-                ));
+                m.2.push(format!("{instance} was not fetched, so it runs here: {e}"));
                 None
             }
         }

@@ -173,11 +173,14 @@ impl Remote {
                     .with_bucket_name(bucket)
                     .with_retry(retry)
                     // Replaces the client options `from_env` read, so
-                    // AWS_ALLOW_HTTP is read again below.
+                    // AWS_ALLOW_HTTP is read again below. No limit on a
+                    // whole request (a checkpoint of gigabytes takes what
+                    // it takes), but a connection silent for 60 s is dead.
                     .with_client_options(
                         object_store::ClientOptions::new()
                             .with_connect_timeout(Duration::from_secs(10))
-                            .with_timeout(Duration::from_secs(300)),
+                            .with_timeout_disabled()
+                            .with_read_timeout(Duration::from_secs(60)),
                     );
                 let profile = aws_profile();
                 if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
