@@ -114,6 +114,22 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// The tally of one record's object transfers: the bytes of each moved
+    /// (`Some`), or `None` for one already there; the first error.
+    fn of_objects(results: Vec<Result<Option<u64>>>) -> Result<Transfer> {
+        let mut t = Transfer::default();
+        for r in results {
+            match r? {
+                Some(n) => {
+                    t.objects += 1;
+                    t.bytes += n;
+                }
+                None => t.present += 1,
+            }
+        }
+        Ok(t)
+    }
+
     pub fn add(&mut self, o: Transfer) {
         self.records += o.records;
         self.objects += o.objects;
@@ -408,7 +424,6 @@ impl Remote {
         let mut wanted = objects_of(rec);
         wanted.sort();
         wanted.dedup();
-        let mut t = Transfer::default();
         let results = futures::stream::iter(wanted.iter().map(|(hex, size, exec)| async move {
             let h = Hash::from_hex(hex).map_err(|e| Error::Corrupt(e.to_string()))?;
             if store.object_intact(hex, *size, 0) {
@@ -421,15 +436,7 @@ impl Remote {
         .buffer_unordered(4)
         .collect::<Vec<Result<Option<u64>>>>()
         .await;
-        for r in results {
-            match r? {
-                Some(n) => {
-                    t.objects += 1;
-                    t.bytes += n;
-                }
-                None => t.present += 1,
-            }
-        }
+        let mut t = Transfer::of_objects(results)?;
         // The log is worth having but not worth failing for.
         if let Some(log) = rec.log.as_deref()
             && let Ok(h) = Hash::from_hex(log)
@@ -579,16 +586,7 @@ impl Remote {
         .buffer_unordered(4)
         .collect::<Vec<Result<Option<u64>>>>()
         .await;
-        let mut t = Transfer::default();
-        for r in results {
-            match r? {
-                Some(n) => {
-                    t.objects += 1;
-                    t.bytes += n;
-                }
-                None => t.present += 1,
-            }
-        }
+        let mut t = Transfer::of_objects(results)?;
         let json = serde_json::to_vec(rec).map_err(|e| Error::Corrupt(e.to_string()))?;
         let loc = self.record_loc(&rec.key);
         self.os
