@@ -15,7 +15,7 @@ use podium::store::experiments::{ExpInstance, Experiment, metric_order, ranked};
 use serde_json::json;
 
 use super::progress::Progress;
-use super::{Cli, DagFormat, Format, ManifestArgs, default_manifests};
+use super::{Cli, DagFormat, Format, ManifestArgs, default_manifests, mib};
 
 /// Opens the store, with the remote cache the flags or the config name.
 fn open_store(cli: &Cli) -> anyhow::Result<Store> {
@@ -41,10 +41,6 @@ fn remote_config(cli: &Cli) -> anyhow::Result<Option<podium::store::RemoteConfig
         (Some(url), None) => Some(podium::store::RemoteConfig::url(url)),
         (None, rc) => rc,
     })
-}
-
-fn human_bytes(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 /// `podium push`: every fresh instance's record and objects the remote lacks.
@@ -92,7 +88,7 @@ pub fn push(cli: &Cli, m: &ManifestArgs, targets: &[String]) -> anyhow::Result<i
         total.records,
         remote.url(),
         total.objects,
-        human_bytes(total.bytes),
+        mib(total.bytes),
         total.present,
         if stale > 0 {
             format!("; {stale} stale instance(s) have nothing to push (run them first)")
@@ -324,7 +320,7 @@ pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyh
             p.name,
             fetched.len(),
             store.remote().map_or("", |r| r.url()),
-            human_bytes(report.pulled.bytes),
+            mib(report.pulled.bytes),
             report.fresh.len(),
             skipped.len(),
             failed.len(),
@@ -340,7 +336,7 @@ pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyh
                     "{} fetched from {} ({}), {} pushed, ",
                     fetched.len(),
                     r.url(),
-                    human_bytes(report.pulled.bytes),
+                    mib(report.pulled.bytes),
                     report.pushed.records
                 ),
                 None => String::new(),
@@ -452,7 +448,7 @@ impl executor::Events for LazyProgress<'_> {
     fn fetching(&self, instances: usize, bytes: u64, remote: &str) {
         eprintln!(
             "fetching {instances} instance(s) ({}) from {remote}",
-            human_bytes(bytes)
+            mib(bytes)
         );
     }
 }
@@ -639,10 +635,10 @@ pub fn gc(cli: &Cli, manifests: &[PathBuf], dry_run: bool, keep: &Keep) -> anyho
     }
     let r = store.gc(&live, dry_run)?;
     println!(
-        "{} {} bytes ({:.1} MiB): {} record(s), {} object(s); kept {} record(s) referenced by {} manifest(s)",
+        "{} {} bytes ({}): {} record(s), {} object(s); kept {} record(s) referenced by {} manifest(s)",
         if dry_run { "would free" } else { "freed" },
         r.bytes,
-        r.bytes as f64 / (1 << 20) as f64,
+        mib(r.bytes),
         r.records,
         r.objects,
         live.len(),

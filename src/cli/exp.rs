@@ -182,10 +182,7 @@ pub fn utc(secs: u64) -> String {
 }
 
 fn mib(bytes: Option<u64>) -> String {
-    match bytes {
-        Some(b) => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
-        None => "freed".into(),
-    }
+    bytes.map_or_else(|| "freed".into(), super::mib)
 }
 
 /// The experiments as a table, sorted by `sort` (best first) or by time.

@@ -388,11 +388,7 @@ impl Store {
     /// count are not touched. For outputs that are links to files podium
     /// did not make.
     pub fn put_copy(&self, path: &Path) -> Result<(Hash, u64, bool)> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}-copy-{n}", std::process::id()));
+        let tmp = self.temp_path("copy");
         let copied = fs::copy(path, &tmp).at(path);
         let stored = copied.and_then(|_| self.put_file(&tmp));
         let _ = fs::remove_file(&tmp);

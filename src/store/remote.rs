@@ -114,22 +114,6 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    /// The tally of one record's object transfers: the bytes of each moved
-    /// (`Some`), or `None` for one already there; the first error.
-    fn of_objects(results: Vec<Result<Option<u64>>>) -> Result<Transfer> {
-        let mut t = Transfer::default();
-        for r in results {
-            match r? {
-                Some(n) => {
-                    t.objects += 1;
-                    t.bytes += n;
-                }
-                None => t.present += 1,
-            }
-        }
-        Ok(t)
-    }
-
     pub fn add(&mut self, o: Transfer) {
         self.records += o.records;
         self.objects += o.objects;
@@ -421,22 +405,16 @@ impl Remote {
         if crate::cancel::is_cancelled() {
             return Err(remote_err(&self.url, "interrupted"));
         }
-        let mut wanted = objects_of(rec);
-        wanted.sort();
-        wanted.dedup();
-        let results = futures::stream::iter(wanted.iter().map(|(hex, size, exec)| async move {
-            let h = Hash::from_hex(hex).map_err(|e| Error::Corrupt(e.to_string()))?;
-            if store.object_intact(hex, *size, 0) {
-                return Ok(None);
+        let mut t = move_objects(objects_of(rec), |hex, size, exec| async move {
+            let h = Hash::from_hex(&hex).map_err(|e| Error::Corrupt(e.to_string()))?;
+            if store.object_intact(&hex, size, 0) {
+                return Ok(false);
             }
-            self.download(&h, *size, *exec, rec.finished_at, store)
+            self.download(&h, size, exec, rec.finished_at, store)
                 .await
-                .map(|()| Some(*size))
-        }))
-        .buffer_unordered(4)
-        .collect::<Vec<Result<Option<u64>>>>()
-        .await;
-        let mut t = Transfer::of_objects(results)?;
+                .map(|()| true)
+        })
+        .await?;
         // The log is worth having but not worth failing for.
         if let Some(log) = rec.log.as_deref()
             && let Ok(h) = Hash::from_hex(log)
@@ -569,24 +547,19 @@ impl Remote {
         {
             wanted.push((log.clone(), m.len(), false));
         }
-        wanted.sort();
-        wanted.dedup();
-        let results = futures::stream::iter(wanted.iter().map(|(hex, size, _)| async move {
-            let loc = self.object_loc(hex);
+        let mut t = move_objects(wanted, |hex, size, _| async move {
+            let loc = self.object_loc(&hex);
             match self.os.head(&loc).await {
-                Ok(m) if m.size == *size => return Ok(None),
+                Ok(m) if m.size == size => return Ok(false),
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.explain(e)),
             }
-            let h = Hash::from_hex(hex).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let h = Hash::from_hex(&hex).map_err(|e| Error::Corrupt(e.to_string()))?;
             self.upload(&store.object_path(&h), &loc)
                 .await
-                .map(|()| Some(*size))
-        }))
-        .buffer_unordered(4)
-        .collect::<Vec<Result<Option<u64>>>>()
-        .await;
-        let mut t = Transfer::of_objects(results)?;
+                .map(|()| true)
+        })
+        .await?;
         let json = serde_json::to_vec(rec).map_err(|e| Error::Corrupt(e.to_string()))?;
         let loc = self.record_loc(&rec.key);
         self.os
@@ -657,6 +630,36 @@ fn transient(e: &object_store::Error) -> bool {
             | E::InvalidPath { .. }
             | E::NotSupported { .. }
     )
+}
+
+/// Moves one record's objects (hash, size, exec), each once, four at a
+/// time: `one` says whether it moved an object (`false`: already on the
+/// other side). The tally, or the first error.
+async fn move_objects<F, Fut>(mut objects: Vec<(String, u64, bool)>, one: F) -> Result<Transfer>
+where
+    F: Fn(String, u64, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    objects.sort();
+    objects.dedup();
+    let results: Vec<(u64, Result<bool>)> =
+        futures::stream::iter(objects.into_iter().map(|(hex, size, exec)| {
+            let moving = one(hex, size, exec);
+            async move { (size, moving.await) }
+        }))
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut t = Transfer::default();
+    for (size, moved) in results {
+        if moved? {
+            t.objects += 1;
+            t.bytes += size;
+        } else {
+            t.present += 1;
+        }
+    }
+    Ok(t)
 }
 
 fn backoff(attempt: usize) -> Duration {
