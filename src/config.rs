@@ -7,6 +7,8 @@
 //! in the current directory if there is one; flags (`--remote`) override it.
 //!
 //! ```toml
+//! executor = "slurm"                 # what `podium run` uses (--executor); default local
+//!
 //! [remote]
 //! url = "s3://team-bucket/podium"   # or file:///shared/podium-cache
 //! endpoint = "http://minio:9000"    # S3-compatible servers; default AWS_ENDPOINT_URL
@@ -16,6 +18,11 @@
 //! fetch = true                       # fetch what the remote has
 //! retries = 5
 //! transfers = 16
+//!
+//! [slurm]                            # see executor::slurm::SlurmConfig
+//! partition = "cpu"
+//! [slurm.stages.train]
+//! partition = "gpu"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,8 +39,25 @@ pub const DEFAULT_PATH: &str = ".podium/config.toml";
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where `podium run` executes by default (`--executor` overrides).
+    #[serde(default)]
+    pub executor: Option<ExecutorKind>,
     #[serde(default)]
     pub remote: Option<RemoteConfig>,
+    /// How jobs go to Slurm (`--executor slurm`).
+    #[serde(default)]
+    pub slurm: Option<crate::executor::slurm::SlurmConfig>,
+}
+
+/// Where instances run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// On this machine, in parallel threads.
+    #[default]
+    Local,
+    /// As Slurm batch jobs (job arrays for matrix stages), on a store all nodes share.
+    Slurm,
 }
 
 impl Config {

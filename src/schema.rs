@@ -85,7 +85,13 @@ fn stage_keys(op: &str) -> Map<String, Json> {
         "resources".into(),
         json!({"type": "object", "additionalProperties": false,
                "description": "what one instance takes of the machine",
-               "properties": {"threads": int, "gpu": int}}),
+               "properties": {
+                   "threads": int,
+                   "gpu": int,
+                   "mem": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
+                           "description": "memory of one instance on a cluster: \"16G\", \"512M\" (an integer is MiB)"},
+                   "time": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
+                            "description": "wall time of one instance on a cluster: \"2h\", \"90m\", \"04:00:00\" (an integer is minutes)"}}}),
     );
     m
 }

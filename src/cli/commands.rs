@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use podium::executor::{self, LocalExecutor, Outcome, RunOptions};
+use podium::config::ExecutorKind;
+use podium::executor::{self, LocalExecutor, Outcome, RunOptions, SlurmExecutor};
 use podium::graph::Graph;
 use podium::ir::Pipeline;
 use podium::plan::{self, Plan, Status};
@@ -220,6 +221,9 @@ pub struct RunArgs<'a> {
     pub format: Format,
     pub name: Option<&'a str>,
     pub fetch_only: bool,
+    /// `--executor`; `None`: the config's, else local.
+    pub executor: Option<podium::config::ExecutorKind>,
+    pub detach: bool,
 }
 
 pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyhow::Result<i32> {
@@ -232,9 +236,16 @@ pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyh
         format,
         name,
         fetch_only,
+        executor: kind,
+        detach,
     } = *a;
     let started = Instant::now();
     let p = m.load()?;
+    let config = podium::config::Config::load(cli.config.as_deref())?;
+    let kind = kind.or(config.executor).unwrap_or_default();
+    if detach && kind != ExecutorKind::Slurm {
+        anyhow::bail!("--detach is for --executor slurm: a local run needs its process");
+    }
     let store = open_store(cli)?;
     let _lock = store.lock(!no_wait, |pid| {
         eprintln!(
@@ -256,14 +267,52 @@ pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyh
             podium::config::DEFAULT_PATH
         );
     }
-    let executor = LocalExecutor {
+    let local = LocalExecutor {
         threads: jobs,
         gpus,
         keep_going,
     };
+    let slurm = match kind {
+        ExecutorKind::Local => None,
+        ExecutorKind::Slurm => {
+            let path = m.path()?;
+            let manifest = std::path::absolute(&path).unwrap_or(path);
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let spec = podium::executor::slurm::Spec {
+                pipeline: p.name.clone(),
+                manifest,
+                text,
+                overrides: m.set.set.clone(),
+                targets: targets.to_vec(),
+                force: force.to_vec(),
+                store: store.root().to_path_buf(),
+                out_root: opts.out_root.clone(),
+                upstream: Default::default(),
+            };
+            let ex = SlurmExecutor::new(
+                config.slurm.clone().unwrap_or_default(),
+                spec,
+                keep_going,
+                detach,
+            )?;
+            podium::executor::slurm::collect(&store, &p.name);
+            if let Some(dir) = ex.attached_to() {
+                eprintln!(
+                    "waiting for the Slurm jobs an earlier run of this configuration submitted ({})",
+                    dir.display()
+                );
+            }
+            Some(ex)
+        }
+    };
+    let executor: &dyn podium::executor::Executor = match &slurm {
+        Some(s) => s,
+        None => &local,
+    };
     let progress = std::sync::OnceLock::new();
     let events = LazyProgress(&progress);
-    let report = executor::run(&p, &store, &stat, &executor, &opts, &events, &|pl| {
+    let report = executor::run(&p, &store, &stat, executor, &opts, &events, &|pl| {
         let _ = progress.set(Progress::new(pl.stale_count()));
     })?;
     if let Some(pr) = progress.get() {
@@ -279,6 +328,14 @@ pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyh
     }
     let failed = report.names(|o| matches!(o, Outcome::Failed { .. }));
     let skipped = report.names(|o| matches!(o, Outcome::Skipped { .. } | Outcome::Cancelled));
+    let queued = report.names(|o| matches!(o, Outcome::Submitted { .. }));
+    if !queued.is_empty() {
+        eprintln!(
+            "{} instance(s) submitted to Slurm and not waited for (--detach): `podium status` shows them; \
+             `podium run` again waits for them and takes in their results",
+            queued.len()
+        );
+    }
     for (name, o) in &report.outcomes {
         if let Outcome::Failed {
             message,
@@ -311,6 +368,7 @@ pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyh
                     "pushed": report.pushed.records,
                     "failed": failed,
                     "skipped": skipped,
+                    "queued": queued,
                     "experiment": experiment.as_ref().ok().map(|e| &e.id),
                 }))?
             );
@@ -462,11 +520,19 @@ pub fn status(cli: &Cli, m: &ManifestArgs, format: Format) -> anyhow::Result<i32
     // record), not the last run of whatever configuration ran last; a
     // stale one says why, and what its last run (of another
     // configuration) gave.
+    // Instances a Slurm run (detached, or still waited for elsewhere) has
+    // queued or running say so instead of why they are stale.
+    let slurm = podium::executor::slurm::jobs_of(store.root(), &p.name);
     let mut rows = Vec::new();
     for &id in g.order() {
         let inst = &p.instances[id];
         let row = match &pl.status[id] {
             Status::Fresh(r) => ("fresh", Some((**r).clone()), Vec::new()),
+            Status::Stale(_) if slurm.contains_key(&inst.name) => (
+                "slurm",
+                store.state(&p.name, &inst.name),
+                vec![slurm[&inst.name].clone()],
+            ),
             Status::Stale(why) => (
                 "stale",
                 store.state(&p.name, &inst.name),

@@ -172,6 +172,23 @@ enum Command {
         /// Name this run's experiment (the manifest with its `--set`s), for `podium exp`.
         #[arg(long)]
         name: Option<String>,
+        /// Where instances run: here, or as Slurm batch jobs (docs/cluster.md)
+        /// [default: the config's `executor`, else local].
+        #[arg(long, value_enum, env = "PODIUM_EXECUTOR")]
+        executor: Option<podium::config::ExecutorKind>,
+        /// With `--executor slurm`: submit the jobs and return; `podium status` shows
+        /// them, and `podium run` again waits for them instead of submitting anew.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Run one instance of a Slurm run on this node (what podium's batch scripts call).
+    #[command(name = "slurm-job", hide = true)]
+    SlurmJob {
+        /// The run's directory (`<store>/slurm/<run>`).
+        run_dir: PathBuf,
+        /// Array task → instance id, `0=12,1=13`.
+        #[arg(long)]
+        map: String,
     },
     /// Upload the results of fresh instances to the remote cache (what it lacks).
     Push {
@@ -303,7 +320,7 @@ pub fn main() -> i32 {
     // `run` and `op` stop their commands and keep what finished; the rest
     // stop at once (once a write in flight is renamed into place).
     ctrlc_handler(match &cli.command {
-        Command::Run { .. } | Command::Op { .. } => OnSignal::Stop(
+        Command::Run { .. } | Command::Op { .. } | Command::SlurmJob { .. } => OnSignal::Stop(
             "interrupted: stopping running instances; finished ones are kept (Ctrl-C again to exit at once)",
         ),
         _ => OnSignal::Exit,
@@ -334,6 +351,8 @@ pub fn main() -> i32 {
             no_wait,
             format,
             name,
+            executor,
+            detach,
         } => commands::run(
             &cli,
             manifest,
@@ -347,8 +366,13 @@ pub fn main() -> i32 {
                 format: *format,
                 name: name.as_deref(),
                 fetch_only: false,
+                executor: *executor,
+                detach: *detach,
             },
         ),
+        Command::SlurmJob { run_dir, map } => {
+            podium::executor::slurm::node_main(run_dir, map).map_err(anyhow::Error::from)
+        }
         Command::Pull {
             manifest,
             targets,
@@ -366,6 +390,8 @@ pub fn main() -> i32 {
                 format: Format::Text,
                 name: None,
                 fetch_only: true,
+                executor: Some(podium::config::ExecutorKind::Local),
+                detach: false,
             },
         ),
         Command::Push { manifest, targets } => commands::push(&cli, manifest, targets),

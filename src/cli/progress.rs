@@ -190,6 +190,7 @@ impl Events for Progress {
             Outcome::Failed { message, .. } => format!("FAILED   {}: {message}", job.name),
             Outcome::Skipped { because } => format!("skipped  {} ({because})", job.name),
             Outcome::Cancelled => format!("stopped  {}", job.name),
+            Outcome::Submitted { job: id } => format!("queued   {} (Slurm job {id})", job.name),
         };
         self.line(format!("[{:>width$}/{}] {what}", *done, self.total));
         if let Some((_, bar)) = &self.bars {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::{Events, Executor, Job, Outcome};
+use super::{Events, Executor, Job, Outcome, Work};
 
 /// Runs jobs on this machine with at most `threads` threads busy and at most
 /// `gpus` GPUs handed out at once.
@@ -16,12 +16,7 @@ pub struct LocalExecutor {
 }
 
 impl Executor for LocalExecutor {
-    fn execute(
-        &self,
-        jobs: &[Job],
-        run: &(dyn Fn(&Job, &[usize]) -> Outcome + Sync),
-        events: &dyn Events,
-    ) -> Vec<(usize, Outcome)> {
+    fn execute(&self, jobs: &[Job], work: &dyn Work, events: &dyn Events) -> Vec<(usize, Outcome)> {
         let threads = self.threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -90,7 +85,7 @@ impl Executor for LocalExecutor {
                         let tx = tx.clone();
                         scope.spawn(move |_| {
                             let t = Instant::now();
-                            let outcome = run(job, &gpus);
+                            let outcome = work.run(job, &gpus);
                             let _ = tx.send((ji, outcome, gpus, want_threads, t.elapsed()));
                         });
                     } else {
@@ -181,8 +176,13 @@ mod tests {
         Job {
             id,
             name: format!("j{id}"),
+            stage: format!("j{id}"),
+            index: 0,
             deps: deps.to_vec(),
-            resources: Resources { threads, gpu: 0 },
+            resources: Resources {
+                threads,
+                ..Resources::default()
+            },
         }
     }
 
@@ -254,7 +254,7 @@ mod tests {
             gpus: 0,
             keep_going: false,
         };
-        let out = ex.execute(&[j], &|_, _| Outcome::Executed, &NoEvents);
+        let out = ex.execute(&[j], &|_: &Job, _: &[usize]| Outcome::Executed, &NoEvents);
         match &out[0].1 {
             Outcome::Failed { message, .. } => assert!(message.contains("GPU")),
             o => panic!("{o:?}"),

@@ -1,20 +1,26 @@
 //! Execution: an [`Executor`] decides where and when instances run (here,
 //! on local threads); the [`Runner`] does the work of one instance (key,
 //! cache lookup, op, commit to the store). A cluster executor implements
-//! [`Executor`] and reuses the runner and the planner unchanged.
+//! [`Executor`] and reuses the runner and the planner unchanged: the
+//! [`SlurmExecutor`] submits each job to Slurm, where the same binary runs
+//! it through the same runner ([`slurm::node_main`]), and hands the record
+//! the job left back through [`Work::adopt`].
 
 mod local;
 mod runner;
+pub mod slurm;
 
 pub use local::LocalExecutor;
-pub use runner::{Runner, outputs_dir};
+pub use runner::{Runner, outputs_dir, pipeline_out_dir};
+pub use slurm::SlurmExecutor;
 
 use std::time::Duration;
 
 use crate::ir::Resources;
 
 /// How one instance ended.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// The op ran and its outputs were stored.
     Executed,
@@ -32,6 +38,11 @@ pub enum Outcome {
         because: String,
     },
     Cancelled,
+    /// Handed to a cluster and not waited for (`--detach`): `job` is the
+    /// scheduler's id.
+    Submitted {
+        job: String,
+    },
 }
 
 /// One unit of work handed to an executor.
@@ -39,6 +50,10 @@ pub enum Outcome {
 pub struct Job {
     pub id: usize,
     pub name: String,
+    /// The instance's stage, and its place among the stage's instances (a
+    /// cluster executor submits a matrix stage as one job array, indexed so).
+    pub stage: String,
+    pub index: usize,
     /// Jobs (ids) that must finish first; only those in this batch count.
     pub deps: Vec<usize>,
     pub resources: Resources,
@@ -55,16 +70,37 @@ pub trait Events: Sync {
     fn fetching(&self, _instances: usize, _bytes: u64, _remote: &str) {}
 }
 
+/// What an executor does with a job: run it here, or take in what it left
+/// after it ran elsewhere.
+pub trait Work: Sync {
+    /// Runs the job in this process with these GPUs.
+    fn run(&self, job: &Job, gpus: &[usize]) -> Outcome;
+    /// Takes in a job that ran elsewhere (a cluster node, against the same
+    /// store) and left `record` (for a success): the record joins the
+    /// store's log and the instance's state, as if it had run here. Returns
+    /// the job's outcome, or a failure when the record cannot be taken in.
+    fn adopt(&self, job: &Job, outcome: Outcome, record: Option<crate::store::Record>) -> Outcome {
+        let _ = (job, record);
+        outcome
+    }
+    /// The record of an instance outside the batch (fresh before the run).
+    fn record(&self, id: usize) -> Option<crate::store::Record> {
+        let _ = id;
+        None
+    }
+}
+
+impl<F: Fn(&Job, &[usize]) -> Outcome + Sync> Work for F {
+    fn run(&self, job: &Job, gpus: &[usize]) -> Outcome {
+        self(job, gpus)
+    }
+}
+
 /// Runs jobs in dependency order.
 pub trait Executor {
-    /// Runs `jobs` (each after its deps) through `run`, returning each
+    /// Runs `jobs` (each after its deps) through `work`, returning each
     /// job's outcome by id.
-    fn execute(
-        &self,
-        jobs: &[Job],
-        run: &(dyn Fn(&Job, &[usize]) -> Outcome + Sync),
-        events: &dyn Events,
-    ) -> Vec<(usize, Outcome)>;
+    fn execute(&self, jobs: &[Job], work: &dyn Work, events: &dyn Events) -> Vec<(usize, Outcome)>;
 }
 
 /// Events that go nowhere.
@@ -119,9 +155,12 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn succeeded(&self) -> bool {
-        self.outcomes
-            .iter()
-            .all(|(_, o)| matches!(o, Outcome::Executed | Outcome::Cached | Outcome::Fetched))
+        self.outcomes.iter().all(|(_, o)| {
+            matches!(
+                o,
+                Outcome::Executed | Outcome::Cached | Outcome::Fetched | Outcome::Submitted { .. }
+            )
+        })
     }
 
     pub fn cancelled(&self) -> bool {
@@ -212,6 +251,12 @@ pub fn run(
             plan::Status::Stale(_) => jobs.push(Job {
                 id,
                 name: inst.name.clone(),
+                stage: inst.stage_name.clone(),
+                index: p.stages[inst.stage]
+                    .instances
+                    .iter()
+                    .position(|&i| i == id)
+                    .unwrap_or(0),
                 deps: inst.deps.clone(),
                 resources: inst.resources,
             }),
@@ -248,7 +293,10 @@ pub fn run(
     } else {
         executor.execute(
             &jobs,
-            &|job, gpus| runner.run(job.id, gpus, &|s| events.progress(job, s)),
+            &RunnerWork {
+                runner: &runner,
+                events,
+            },
             events,
         )
     };
@@ -276,6 +324,46 @@ pub fn run(
             .map(|(id, o)| (p.instances[id].name.clone(), o))
             .collect(),
     })
+}
+
+/// The runner as an executor's [`Work`].
+struct RunnerWork<'a> {
+    runner: &'a Runner<'a>,
+    events: &'a dyn Events,
+}
+
+impl Work for RunnerWork<'_> {
+    fn run(&self, job: &Job, gpus: &[usize]) -> Outcome {
+        self.runner
+            .run(job.id, gpus, &|s| self.events.progress(job, s))
+    }
+
+    fn record(&self, id: usize) -> Option<crate::store::Record> {
+        self.runner.record_of(id)
+    }
+
+    fn adopt(&self, job: &Job, outcome: Outcome, record: Option<crate::store::Record>) -> Outcome {
+        let ok = matches!(
+            outcome,
+            Outcome::Executed | Outcome::Cached | Outcome::Fetched
+        );
+        match record {
+            Some(rec) if ok => match self.runner.adopt(job.id, rec, outcome == Outcome::Executed) {
+                Ok(()) => outcome,
+                Err(e) => Outcome::Failed {
+                    message: format!("its record could not be taken in: {e}"),
+                    log: None,
+                    log_tail: String::new(),
+                },
+            },
+            None if ok => Outcome::Failed {
+                message: "the job reported success but left no record".into(),
+                log: None,
+                log_tail: String::new(),
+            },
+            _ => outcome,
+        }
+    }
 }
 
 /// What [`prefetch`] did.

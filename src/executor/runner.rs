@@ -44,6 +44,10 @@ pub struct Runner<'a> {
     pub out_root: PathBuf,
     pub force: &'a HashSet<String>,
     records: RwLock<Vec<Option<Record>>>,
+    /// Whether records go to the store's record log and state journals (a
+    /// run's own process), or only to the caller (a job on a cluster node,
+    /// whose submitter adopts them: [`Runner::on_node`]).
+    journal: bool,
     /// Fetched, pushed, and what went wrong fetching or pushing.
     remote: std::sync::Mutex<(store::Transfer, store::Transfer, Vec<String>)>,
 }
@@ -66,6 +70,36 @@ impl<'a> Runner<'a> {
                 _ => None,
             })
             .collect();
+        Runner::with_records(pipeline, store, stat, out_root, force, records)
+    }
+
+    /// A runner for one job on a cluster node: it knows the records of the
+    /// instances the job reads (`records`, by instance id), and writes
+    /// objects, logs and `out/` as a local run does, but appends nothing to
+    /// the store's record log or state journals: the job hands its record to
+    /// the submitting process ([`Runner::record_of`]), the one writer of
+    /// those files, so that jobs on many nodes never append to one file.
+    pub fn on_node(
+        pipeline: &'a Pipeline,
+        store: &'a Store,
+        stat: &'a StatCache,
+        out_root: PathBuf,
+        force: &'a HashSet<String>,
+        records: Vec<Option<Record>>,
+    ) -> Runner<'a> {
+        let mut r = Runner::with_records(pipeline, store, stat, out_root, force, records);
+        r.journal = false;
+        r
+    }
+
+    fn with_records(
+        pipeline: &'a Pipeline,
+        store: &'a Store,
+        stat: &'a StatCache,
+        out_root: PathBuf,
+        force: &'a HashSet<String>,
+        records: Vec<Option<Record>>,
+    ) -> Runner<'a> {
         Runner {
             pipeline,
             store,
@@ -77,8 +111,47 @@ impl<'a> Runner<'a> {
             ),
             force,
             records: RwLock::new(records),
+            journal: true,
             remote: Default::default(),
         }
+    }
+
+    /// The record an instance has now (fresh, or made by this runner).
+    pub fn record_of(&self, id: usize) -> Option<Record> {
+        self.records.read().unwrap_or_else(|e| e.into_inner())[id].clone()
+    }
+
+    /// Takes in the record of an instance that ran elsewhere against this
+    /// store (a cluster job): its objects are in the store and its outputs
+    /// visible already; the record joins the record log (when `executed`
+    /// there; a cache hit's is in the log already) and the instance's state.
+    pub fn adopt(&self, id: usize, rec: Record, executed: bool) -> Result<()> {
+        for o in rec.outputs.values() {
+            if self.store.output_objects(o).iter().any(|p| !p.exists()) {
+                return Err(crate::Error::Usage(format!(
+                    "an object of its output is missing from the store at {}: is the store on a filesystem all nodes share?",
+                    self.store.root().display()
+                )));
+            }
+        }
+        if executed {
+            self.store.put_record(&rec)?;
+            self.push(&rec);
+        }
+        self.put_state(id, &rec)?;
+        self.set_record(id, rec);
+        Ok(())
+    }
+
+    /// Records `rec` as the instance's latest state (named as this instance:
+    /// the record may be another instance's with the same key).
+    fn put_state(&self, id: usize, rec: &Record) -> Result<()> {
+        let inst = &self.pipeline.instances[id];
+        let mut state = rec.clone();
+        state.pipeline.clone_from(&self.pipeline.name);
+        state.stage.clone_from(&inst.stage_name);
+        state.instance.clone_from(&inst.name);
+        self.store.put_state(&state)
     }
 
     /// What moved from and to the remote cache during the jobs, and the
@@ -150,13 +223,9 @@ impl<'a> Runner<'a> {
         if let Some(rec) = hit {
             self.set_record(id, rec.clone());
             self.materialize(id)?;
-            // The record may be another instance's with the same key; the
-            // state is this one's.
-            let mut state = rec;
-            state.pipeline.clone_from(&p.name);
-            state.stage.clone_from(&inst.stage_name);
-            state.instance.clone_from(&inst.name);
-            self.store.put_state(&state)?;
+            if self.journal {
+                self.put_state(id, &rec)?;
+            }
             return Ok(outcome);
         }
         for &d in &inst.deps {
@@ -231,7 +300,9 @@ impl<'a> Runner<'a> {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                self.store.put_record(&rec)?;
+                if self.journal {
+                    self.store.put_record(&rec)?;
+                }
                 let dir = outputs_dir(&self.out_root, inst);
                 // The previous run's outputs must not linger beside the new
                 // ones; nothing else in the directory is podium's to remove.
@@ -245,7 +316,9 @@ impl<'a> Runner<'a> {
                 }
                 self.set_record(id, rec.clone());
                 self.materialize(id)?;
-                self.store.put_state(&rec)?;
+                if self.journal {
+                    self.store.put_state(&rec)?;
+                }
                 self.push(&rec);
                 Ok(Outcome::Executed)
             }

@@ -972,30 +972,54 @@ impl Checker<'_> {
             let Some(val) = self.value(v, &env) else {
                 continue;
             };
-            let n = match val.as_int() {
-                Some(n) if n >= 0 => n as usize,
-                _ => {
-                    self.push(
+            match k.name.as_str() {
+                "mem" => match super::parse_mem_mib(&val) {
+                    Some(m) => r.mem_mib = Some(m),
+                    None => self.push(
                         Diagnostic::error(
                             "wrong-type",
-                            format!("`resources.{}` must be a non-negative integer", k.name),
+                            "`resources.mem` must be a size such as \"16G\" or \"512M\" (an integer is MiB)",
                         )
                         .at(v.span, format!("this is {val}")),
-                    );
-                    continue;
+                    ),
+                },
+                "time" => match super::parse_time_s(&val) {
+                    Some(t) => r.time_s = Some(t),
+                    None => self.push(
+                        Diagnostic::error(
+                            "wrong-type",
+                            "`resources.time` must be a wall time such as \"2h\", \"90m\", \"1d12h\" or \"04:00:00\" (an integer is minutes)",
+                        )
+                        .at(v.span, format!("this is {val}")),
+                    ),
+                },
+                "threads" | "gpu" => {
+                    let n = match val.as_int() {
+                        Some(n) if n >= 0 => n as usize,
+                        _ => {
+                            self.push(
+                                Diagnostic::error(
+                                    "wrong-type",
+                                    format!("`resources.{}` must be a non-negative integer", k.name),
+                                )
+                                .at(v.span, format!("this is {val}")),
+                            );
+                            continue;
+                        }
+                    };
+                    match k.name.as_str() {
+                        "threads" if n >= 1 => r.threads = n,
+                        "threads" => self.push(
+                            Diagnostic::error("wrong-type", "`resources.threads` must be at least 1")
+                                .at(v.span, "zero"),
+                        ),
+                        _ => r.gpu = n,
+                    }
                 }
-            };
-            match k.name.as_str() {
-                "threads" if n >= 1 => r.threads = n,
-                "threads" => self.push(
-                    Diagnostic::error("wrong-type", "`resources.threads` must be at least 1")
-                        .at(v.span, "zero"),
-                ),
-                "gpu" => r.gpu = n,
                 _ => self.push(
                     Diagnostic::error("unknown-key", format!("unknown resource `{}`", k.name))
                         .at(k.span, "unknown")
-                        .help("resources: threads, gpu"),
+                        .help("resources: threads, gpu, mem, time"),
                 ),
             }
         }

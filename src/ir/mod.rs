@@ -52,12 +52,105 @@ pub struct Stage {
 pub struct Resources {
     pub threads: usize,
     pub gpu: usize,
+    /// Memory one instance needs, in MiB (`mem = "16G"`): a cluster
+    /// executor asks for it (`--mem`); the local executor does not limit it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_mib: Option<u64>,
+    /// Wall time one instance may take, in seconds (`time = "2h"`): a
+    /// cluster executor asks for it (`--time`); the local executor does not
+    /// limit it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_s: Option<u64>,
 }
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources { threads: 1, gpu: 0 }
+        Resources {
+            threads: 1,
+            gpu: 0,
+            mem_mib: None,
+            time_s: None,
+        }
     }
+}
+
+/// Reads a memory size: an integer (MiB) or a number with a unit
+/// `K`, `M`, `G`, `T` (binary; an optional `B` or `iB` after it), as in
+/// `mem = "16G"` or `"512M"`. `None` when it is none of these.
+pub fn parse_mem_mib(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_int() {
+        return u64::try_from(n).ok().filter(|&n| n > 0);
+    }
+    let s = v.as_str()?.trim();
+    let digits = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let mib = match unit {
+        "K" => num / 1024.0,
+        "" | "M" => num,
+        "G" => num * 1024.0,
+        "T" => num * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    (mib > 0.0 && mib.is_finite()).then(|| mib.ceil() as u64)
+}
+
+/// Reads a wall time: an integer (minutes, as Slurm's `--time`), Slurm's
+/// `[D-]HH:MM[:SS]` / `MM:SS`, or units such as `"90m"`, `"2h"`,
+/// `"1h30m"`, `"1d"`, `"45s"`. `None` when it is none of these.
+pub fn parse_time_s(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_int() {
+        return u64::try_from(n).ok().filter(|&n| n > 0).map(|m| m * 60);
+    }
+    let s = v.as_str()?.trim();
+    let secs = if s.contains(':') || s.contains('-') {
+        let (days, rest) = match s.split_once('-') {
+            Some((d, r)) => (d.parse::<u64>().ok()?, r),
+            None => (0, s),
+        };
+        let parts: Vec<u64> = rest
+            .split(':')
+            .map(|p| p.parse::<u64>().ok())
+            .collect::<Option<_>>()?;
+        let hms = match (s.contains('-'), parts.as_slice()) {
+            (false, [m, sec]) => m * 60 + sec,
+            (true, [h]) => h * 3600,
+            (_, [h, m]) => h * 3600 + m * 60,
+            (_, [h, m, sec]) => h * 3600 + m * 60 + sec,
+            _ => return None,
+        };
+        days * 86400 + hms
+    } else {
+        let mut total = 0u64;
+        let mut num = String::new();
+        for c in s.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let n: u64 = num.parse().ok()?;
+            num.clear();
+            total += n * match c {
+                'd' => 86400,
+                'h' => 3600,
+                'm' => 60,
+                's' => 1,
+                _ => return None,
+            };
+        }
+        if !num.is_empty() {
+            return None;
+        }
+        total
+    };
+    (secs > 0).then_some(secs)
 }
 
 /// One instance of a stage: one combination of its matrix.

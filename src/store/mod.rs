@@ -103,13 +103,35 @@ fn sync_dir(dir: &Path) {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The prefix of the temporary names of a job on a cluster node
+/// ([`process_tag`]); [`Store::lock`] leaves such work directories alone,
+/// as their jobs may still be running (the submitter removes them).
+pub const JOB_TAG_PREFIX: &str = "job-";
+
+/// This process's part of temporary names: its pid, and in a Slurm job the
+/// job's id before it (`job-123_4-5678`), as pids repeat across the nodes
+/// that share a store.
+pub fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| match job_tag() {
+        Some(job) => format!("{JOB_TAG_PREFIX}{job}-{}", std::process::id()),
+        None => std::process::id().to_string(),
+    })
+}
+
+/// `123` or `123_4` (an array task) inside a Slurm job podium started.
+pub fn job_tag() -> Option<String> {
+    let job = std::env::var("PODIUM_SLURM_JOB").ok()?;
+    Some(job)
+}
+
 fn temp_name(path: &Path) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp.{}.{n}", process_tag()))
 }
 
 /// An open store.
@@ -163,7 +185,7 @@ impl Store {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let trash = root
             .join("tmp")
-            .join(format!("{}-trash-{n}", std::process::id()));
+            .join(format!("{}-trash-{n}", process_tag()));
         Ok(Store {
             records: record_log::RecordLog::new(&root),
             root,
@@ -200,7 +222,7 @@ impl Store {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root
             .join("tmp")
-            .join(format!("{}-{what}-{n}", std::process::id()))
+            .join(format!("{}-{what}-{n}", process_tag()))
     }
 
     /// Makes a verified file (fsynced, of content `h`) the object `h`:
@@ -266,10 +288,13 @@ impl Store {
             eprintln!("stopped {n} command(s) left running by a podium run that was killed");
         }
         crate::cancel::record_children_in(running);
-        // Work directories left by a run that was killed are garbage now.
+        // Work directories left by a run that was killed are garbage now;
+        // those of cluster jobs may be in use (their submitter removes them).
         if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
             for e in entries.flatten() {
-                let _ = remove_all(&e.path());
+                if !e.file_name().to_string_lossy().starts_with(JOB_TAG_PREFIX) {
+                    let _ = remove_all(&e.path());
+                }
             }
         }
         Ok(StoreLock { _file: file })
@@ -306,10 +331,7 @@ impl Store {
             return Ok(s);
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .root
-            .join("tmp")
-            .join(format!("{}-{n}", std::process::id()));
+        let dir = self.root.join("tmp").join(format!("{}-{n}", process_tag()));
         let out = dir.join("out");
         fs::create_dir_all(&out).at(&out)?;
         let log = dir.join("log");

@@ -19,5 +19,6 @@ mod run;
 mod safety;
 mod segment;
 mod segment_torch;
+mod slurm;
 mod train;
 mod ws;

@@ -67,7 +67,8 @@ pub fn podium_cmd(dir: &Path, args: &[&str]) -> Command {
         .env_remove("PODIUM_STORE")
         .env_remove("PODIUM_OUT_DIR")
         .env_remove("PODIUM_CONFIG")
-        .env_remove("PODIUM_REMOTE");
+        .env_remove("PODIUM_REMOTE")
+        .env_remove("PODIUM_EXECUTOR");
     c
 }
 

@@ -490,9 +490,17 @@ mod tests {
         }
     }
 
+    /// Within 1e-4 of the reference, relative to its largest magnitude where
+    /// that exceeds 1: random inputs of a 1×1 map in training mode give a
+    /// tiny batch variance and gradients in the hundreds, where f32 sums in
+    /// another order differ by more than 1e-4 (one run in a few dozen).
     fn close(a: &Tensor, b: &Tensor, what: &str) {
         let d = crate::max_abs_diff(a, b);
-        assert!(d < 1e-4, "{what}: {d}");
+        let scale: f32 = b
+            .abs()
+            .and_then(|t| t.flatten_all()?.max(0)?.to_scalar())
+            .unwrap();
+        assert!(d < 1e-4 * scale.max(1.0), "{what}: {d} (reference up to {scale})");
     }
 
     #[test]
