@@ -558,6 +558,8 @@ struct Track {
     /// When a result file saying it failed was first seen (Slurm's state
     /// is awaited a few seconds, to say why).
     done_seen: Option<Instant>,
+    /// The restart count of a failed result Slurm's requeue made stale.
+    stale_done: Option<u32>,
     t0: Instant,
 }
 
@@ -608,6 +610,7 @@ impl SlurmExecutor {
                 ended: None,
                 progress: None,
                 done_seen: None,
+                stale_done: None,
                 t0: Instant::now(),
             })
             .collect();
@@ -940,6 +943,11 @@ impl SlurmExecutor {
                     .join("done")
                     .join(format!("{}.json", jobs[i].id));
                 if let Some(d) = read_json::<Done>(&done) {
+                    // The result of a run Slurm has since requeued is not
+                    // the job's last word.
+                    if tracks[i].stale_done.is_some_and(|r| d.restart <= r) {
+                        continue;
+                    }
                     let mut outcome = d.outcome;
                     if !ok(&outcome) {
                         // A job Slurm stopped (its time limit, its memory,
@@ -954,6 +962,18 @@ impl SlurmExecutor {
                             .ok()
                             .and_then(|m| m.get(&r.to_string()).map(|(s, _)| s.clone()))
                             .unwrap_or_default();
+                        let requeued = matches!(
+                            st.as_str(),
+                            "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED"
+                        ) || (st == "RUNNING"
+                            && first.elapsed() >= Duration::from_secs(10));
+                        if requeued {
+                            // Preempted or its node lost, and requeued by
+                            // Slurm itself: it runs again, under the same id.
+                            tracks[i].stale_done = Some(d.restart);
+                            tracks[i].done_seen = None;
+                            continue;
+                        }
                         if !is_terminal(&st) && first.elapsed() < Duration::from_secs(10) {
                             continue;
                         }
@@ -1486,6 +1506,9 @@ fn sleep_unless_cancelled(d: Duration) {
 pub struct Done {
     pub outcome: Outcome,
     pub record: Option<Record>,
+    /// How often Slurm had requeued the job (`SLURM_RESTART_COUNT`).
+    #[serde(default)]
+    pub restart: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1586,7 +1609,14 @@ pub fn node_main(run_dir: &Path, map: &str) -> Result<i32> {
     store.sync_records()?;
     write_json(
         &run_dir.join("done").join(format!("{id}.json")),
-        &Done { outcome, record },
+        &Done {
+            outcome,
+            record,
+            restart: std::env::var("SLURM_RESTART_COUNT")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0),
+        },
     )?;
     let _ = std::fs::remove_file(&progress_path);
     Ok(code)
@@ -1629,6 +1659,7 @@ mod tests {
             ended: None,
             progress: None,
             done_seen: None,
+            stale_done: None,
             t0: Instant::now(),
         }
     }

@@ -348,3 +348,54 @@ fn without_slurm_commands_the_error_says_so_at_once() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("`sbatch` is not on PATH"), "{t}");
 }
+
+#[test]
+fn a_job_slurm_requeues_mid_run_runs_again_and_the_run_succeeds() {
+    if !cluster() {
+        return;
+    }
+    let name = unique("requeued");
+    let ws = workspace(&name, "sleep 6;", "{ threads = 1 }");
+    let child = ws
+        .cmd(&[
+            "run",
+            "-f",
+            "p.toml",
+            "--executor",
+            "slurm",
+            "train[fold=0]",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What preemption or a lost node does with a requeueable job.
+    let mut running = String::new();
+    wait_until("train[fold=0] to run", 60, || {
+        running = jobs_of(&name)
+            .into_iter()
+            .find(|j| j.1 == "RUNNING" && j.2.contains(":train"))
+            .map(|j| j.0)
+            .unwrap_or_default();
+        !running.is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let rq = Command::new("scontrol")
+        .args(["requeue", &running])
+        .output()
+        .unwrap();
+    assert!(rq.status.success(), "{}", text(&rq));
+    // Slurm holds a requeued job back for a while (BeginTime); let it go.
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = Command::new("scontrol")
+        .args(["update", &format!("jobid={running}"), "starttime=now"])
+        .output();
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("ran      train[fold=0]"), "{t}");
+    let model = ws.read(&format!("out/{name}/train/fold=0/model.txt"));
+    assert_eq!(
+        model.trim(),
+        (1..=30).filter(|i| i % 3 != 0).sum::<i32>().to_string()
+    );
+}

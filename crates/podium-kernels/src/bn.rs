@@ -500,7 +500,10 @@ mod tests {
             .abs()
             .and_then(|t| t.flatten_all()?.max(0)?.to_scalar())
             .unwrap();
-        assert!(d < 1e-4 * scale.max(1.0), "{what}: {d} (reference up to {scale})");
+        assert!(
+            d < 1e-4 * scale.max(1.0),
+            "{what}: {d} (reference up to {scale})"
+        );
     }
 
     #[test]
