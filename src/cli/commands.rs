@@ -290,13 +290,14 @@ pub fn run(cli: &Cli, m: &ManifestArgs, targets: &[String], a: &RunArgs) -> anyh
                 out_root: opts.out_root.clone(),
                 upstream: Default::default(),
             };
+            // Results detached jobs left come in first; runs that ended go.
+            podium::executor::slurm::collect(&store, &p.name);
             let ex = SlurmExecutor::new(
                 config.slurm.clone().unwrap_or_default(),
                 spec,
                 keep_going,
                 detach,
             )?;
-            podium::executor::slurm::collect(&store, &p.name);
             if let Some(dir) = ex.attached_to() {
                 eprintln!(
                     "waiting for the Slurm jobs an earlier run of this configuration submitted ({})",

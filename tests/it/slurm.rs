@@ -281,7 +281,7 @@ fn ctrl_c_cancels_the_jobs_the_run_submitted_and_only_those() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the pipeline's jobs to be queued", 60, || {
+    wait_until("the pipeline's jobs to be queued", 120, || {
         submissions(&jobs_of(&name)).len() == 4
     });
     unsafe {
@@ -370,7 +370,7 @@ fn a_job_slurm_requeues_mid_run_runs_again_and_the_run_succeeds() {
         .unwrap();
     // What preemption or a lost node does with a requeueable job.
     let mut running = String::new();
-    wait_until("train[fold=0] to run", 60, || {
+    wait_until("train[fold=0] to run", 300, || {
         running = jobs_of(&name)
             .into_iter()
             .find(|j| j.1 == "RUNNING" && j.2.contains(":train"))
