@@ -411,7 +411,7 @@ fn read_metrics(
 }
 
 /// The last `n` lines of a log.
-fn tail(bytes: &[u8], n: usize) -> String {
+pub(super) fn tail(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

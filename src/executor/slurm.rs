@@ -764,7 +764,7 @@ impl SlurmExecutor {
             let array = !single
                 && (g.len() > 1 || jobs_in_stage(jobs, &first.stage) > 1 || first.index > 0);
             let n = ledger.submissions.len();
-            let stage_file = sanitize(&first.stage);
+            let stage_file = store::sanitize(&first.stage, "-_=.,");
             let log = if array {
                 self.run_dir
                     .join("logs")
@@ -772,7 +772,7 @@ impl SlurmExecutor {
             } else {
                 self.run_dir
                     .join("logs")
-                    .join(format!("{}-%j.log", sanitize(&first.name)))
+                    .join(format!("{}-%j.log", store::sanitize(&first.name, "-_=.,")))
             };
             let map: Vec<String> = g
                 .iter()
@@ -919,7 +919,7 @@ impl SlurmExecutor {
                 break;
             }
             if crate::cancel::is_cancelled() || stopping {
-                self.cancel(&open, tracks, ledger);
+                self.cancel(&open, tracks);
                 for &i in &open {
                     let o = if stopping {
                         Outcome::Skipped {
@@ -1187,7 +1187,7 @@ impl SlurmExecutor {
     }
 
     /// `scancel` of this run's jobs that have not ended, and only those.
-    fn cancel(&self, open: &[usize], tracks: &[Track], ledger: &Ledger) {
+    fn cancel(&self, open: &[usize], tracks: &[Track]) {
         let refs: BTreeSet<String> = open
             .iter()
             .filter_map(|&i| tracks[i].at.as_ref().map(|r| r.to_string()))
@@ -1203,7 +1203,6 @@ impl SlurmExecutor {
                 args.join(" ")
             ),
         }
-        let _ = ledger;
     }
 
     /// Removes the work directories the run's jobs left in the store's `tmp/`.
@@ -1471,27 +1470,12 @@ fn log_path(pattern: &str, id: &str, task: Option<usize>) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_=.,".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn file_tail(path: &Path, n: usize) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    super::runner::tail(&std::fs::read(path).unwrap_or_default(), n)
 }
 
 fn sleep_unless_cancelled(d: Duration) {

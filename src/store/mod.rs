@@ -911,7 +911,9 @@ pub fn pipeline_dir_name(pipeline: &str) -> String {
 
 /// `s` as one path component: characters other than ASCII letters, digits
 /// and those in `keep` become `_`.
-fn sanitize(s: &str, keep: &str) -> String {
+/// `s` as a file name: characters other than ASCII letters, digits and
+/// those in `keep` become `_`.
+pub(crate) fn sanitize(s: &str, keep: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || keep.contains(c) {
