@@ -1,28 +1,37 @@
-//! The weight gradient of convolutions with few weights and many pixels
-//! (the stems from 3 input channels with a 3×3 kernel: 27 rows of K), as
-//! dot products.
+//! The weight gradient of convolutions with few weights and many pixels,
+//! as dot products, two ways.
 //!
-//! There `dW (M × K) += dy (M × P) · columnsᵀ (P × K)` is a gemm whose
-//! output is a few hundred floats and whose reduction runs over thousands
-//! of pixels. A packed gemm spends much of its time copying both operands
-//! into panels for so little output; here both operands are read where
-//! they lie, each row contiguous over pixels. A micro-kernel keeps a tile
-//! of 2 rows of `dy` × 6 rows of the columns as twelve vectors of eight
-//! partial sums, loading eight pixels of each of the eight rows per step
-//! (eight loads for twelve multiply-adds). Pixels go in blocks of 1,024: a
-//! block's six column rows stay in L1 while every row of `dy` passes over
-//! them, the partial sums kept per cell between blocks and added across
-//! at the end.
+//! [`in_place`], for the stems (a dense conv whose output channel has at
+//! most 256 weights, over output maps of 256 pixels or more: 3 input
+//! channels, 3×3 to 7×7 kernels): each input plane is copied once into its
+//! zero-padded, stride-phased layout, where every tap reads a contiguous
+//! run of cells along an output row, and `dy` is read where it lies; no
+//! im2col columns are written. A tile of output channels × taps keeps its
+//! partial sums in registers over a sample's rows (4 × 5 vectors of 16
+//! with AVX-512, 3 × 3 vectors of 8 with AVX2). Measured on an AMD EPYC
+//! Zen 4 (`benches/conv.rs --size 64 --batch 32`, 2 threads, ms, against
+//! the gemm or [`accumulate`] it replaced): resnet18's 7×7/2 stem 6.1 →
+//! 3.4 (AVX-512) and 3.6 (AVX2); EfficientNet's 3×3/2 stem 0.47 → 0.35.
 //!
-//! Measured (`benches/conv.rs`, 2 threads): simple_cnn's first conv (3 → 32
-//! channels, 3×3) at 64², batch 32, 3.2 → 2.0–2.2 ms; at 224², batch 8,
-//! 10.5 → 7.2–7.6 ms; EfficientNet's stem (3×3/2) at 64², 0.88 → 0.55–0.61
-//! ms. Not resnet18's 7×7 stem (147 rows of K for 64 output channels, whose
-//! `dy` block no longer stays in L2 as it passes): 4.5 → 4.9 ms.
+//! [`accumulate`], for other gradients of at most 4 Ki floats over 1,024
+//! pixels or more per call: `dW (M × K) += dy (M × P) · columnsᵀ (P × K)`
+//! is a gemm whose output is a few hundred floats and whose reduction runs
+//! over thousands of pixels. A packed gemm spends much of its time copying
+//! both operands into panels for so little output; here both operands are
+//! read where they lie, each row contiguous over pixels. A micro-kernel
+//! keeps a tile of 2 rows of `dy` × 6 rows of the columns as twelve
+//! vectors of eight partial sums, loading eight pixels of each of the eight
+//! rows per step (eight loads for twelve multiply-adds). Pixels go in
+//! blocks of 1,024: a block's six column rows stay in L1 while every row of
+//! `dy` passes over them, the partial sums kept per cell between blocks and
+//! added across at the end. (Before [`in_place`], it took simple_cnn's
+//! first conv at 64², batch 32, from 3.2 to 2.0–2.2 ms on a Zen 3.)
 //!
 //! Sums run in a fixed order: results are bit-identical from run to run.
 
-use super::avx2_fma;
+use super::conv::{Geometry, padded_buffer};
+use super::isa::{Isa, isa};
+use super::{avx2_fma, sum_in_parts};
 
 /// Rows of `dy` in a tile.
 const MR: usize = 2;
@@ -161,6 +170,369 @@ mod avx {
                 }
             }
         }
+    }
+}
+
+/// Output channels × taps in a tile of [`in_place`], per path: with
+/// AVX-512, 20 sums of 16 lanes + 4 + 5 loaded vectors in 32 registers;
+/// with AVX2, 9 sums of 8 lanes + 3 + 3 in 16 (a wider tile spills).
+fn tile_shape(isa: Isa) -> (usize, usize) {
+    if isa >= Isa::Avx512 { (4, 5) } else { (3, 3) }
+}
+
+/// Whether [`in_place`] runs the weight gradient of `g`: an AVX2 or
+/// AVX-512 path and a shape [`fits_in_place`] takes.
+pub(super) fn takes_in_place(g: &Geometry) -> bool {
+    isa() >= Isa::Avx2 && fits_in_place(g)
+}
+
+/// The shapes [`in_place`] takes: a dense ungrouped conv whose output
+/// channel has at most 256 weights (the stems: 3 input channels, 3×3 to
+/// 7×7) over output maps of 256 pixels or more.
+pub(super) fn fits_in_place(g: &Geometry) -> bool {
+    g.p.groups == 1 && g.cin * g.kh * g.kw <= 256 && g.ohw() >= 256 && g.n > 0
+}
+
+/// The weight gradient `[Cout, Cin, kh, kw]` of a stem as dot products
+/// read in place, on the kernels' path ([`isa`]); see [`in_place_as`].
+pub(super) fn in_place(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    in_place_as(x, dy, g, isa())
+}
+
+/// The weight gradient of a stem with `isa`'s dot products read in place:
+/// each input plane is copied once into its zero-padded, stride-phased
+/// layout ([`super::padded::Phased`]), where every tap reads a contiguous
+/// run of cells along an output row, and a tile of output channels × taps
+/// ([`tile_shape`]) keeps its partial sums in registers while it passes over
+/// the sample's output rows. No im2col columns are written (resnet18's
+/// 7×7/2 stem wrote 147 rows of 1,024 pixels, 600 KB, per sample), and
+/// `dy` is read where it lies.
+///
+/// Measured (`benches/conv.rs --size 64 --batch 32`, 2 threads): see
+/// docs/benchmarks.md, "On an AMD EPYC with AVX-512 (Zen 4)".
+///
+/// Samples split over threads ([`sum_in_parts`]); each tile's lanes are
+/// summed in a fixed order: results are bit-identical from run to run.
+pub(super) fn in_place_as(x: &[f32], dy: &[f32], g: &Geometry, isa: Isa) -> Vec<f32> {
+    assert!(
+        isa >= Isa::Avx2 && isa.available() && fits_in_place(g),
+        "wgrad::in_place on {g:?} with {isa:?}"
+    );
+    let (m, taps, ohw, hw) = (g.cout, g.kh * g.kw, g.ohw(), g.hw());
+    let k = g.cin * taps;
+    assert!(x.len() >= g.n * g.cin * hw && dy.len() >= g.n * m * ohw);
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    let (mr_max, kr_max) = tile_shape(isa);
+    sum_in_parts(g.n, m * k, |samples, acc| {
+        let mut padded = None;
+        for n in samples {
+            let dyn_ = &dy[n * m * ohw..][..m * ohw];
+            for c in 0..g.cin {
+                let (buf, rows) = padded_buffer(&mut padded, g);
+                let plane = &x[(n * g.cin + c) * hw..][..hw];
+                buf.fill(plane, (g.h, g.w), (pad, pad), rows);
+                let step = buf.at(s, 0);
+                let offs: Vec<usize> = (0..taps)
+                    .map(|t| buf.at(t / g.kw * d, t % g.kw * d))
+                    .collect();
+                let src = buf.buf.as_slice();
+                for i0 in (0..m).step_by(mr_max) {
+                    let mr = mr_max.min(m - i0);
+                    for t0 in (0..taps).step_by(kr_max) {
+                        let kr = kr_max.min(taps - t0);
+                        let at = i0 * k + c * taps + t0;
+                        let a = (dyn_[i0 * ohw..].as_ptr(), ohw, mr);
+                        let b = (src.as_ptr(), &offs[t0..t0 + kr], step);
+                        let out = acc[at..].as_mut_ptr();
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the path's instructions are present
+                        // (asserted above). Rows `i0 .. i0 + mr` of `dy`
+                        // hold `ohw` floats each; every tap's cell
+                        // `offs[t] + oy·step + ox` for `oy < oh`, `ox < ow`
+                        // lies inside the padded buffer (its rows and
+                        // width cover every tap of every output pixel);
+                        // the tile's cells `at + i·k + j`, `i < mr`,
+                        // `j < kr`, lie in `acc`.
+                        unsafe {
+                            if isa >= Isa::Avx512 {
+                                avx512::tiles(a, b, (g.oh, g.ow), out, k)
+                            } else {
+                                avx2::tiles(a, b, (g.oh, g.ow), out, k)
+                            }
+                        };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        unreachable!("x86 kernels on another arch: {a:?} {b:?} {out:?}");
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `out[i·out_rs + j] += Σ_{oy, ox} a[i·a_rs + oy·ow + ox] ·
+    /// b[offs[j] + oy·step + ox]` for `i < mr`, `j < offs.len()`, in tiles
+    /// of up to 4 × 6.
+    ///
+    /// # Safety
+    /// AVX-512F; every cell named above readable; `out` writable at every
+    /// `i·out_rs + j`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tiles(
+        (a, a_rs, mr): (*const f32, usize, usize),
+        (b, offs, step): (*const f32, &[usize], usize),
+        shape: (usize, usize),
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        macro_rules! taps {
+            ($m:literal, $a:expr, $out:expr; $($k:literal)*) => {
+                match offs.len() {
+                    $($k => tile::<$m, $k>(($a, a_rs), (b, offs, step), shape, $out, out_rs),)*
+                    _ => unreachable!("at most 5 taps"),
+                }
+            };
+        }
+        // SAFETY: the caller's contract; the rows of a short tile go one
+        // at a time.
+        unsafe {
+            if mr == 4 {
+                taps!(4, a, out; 1 2 3 4 5)
+            } else {
+                for i in 0..mr {
+                    taps!(1, a.add(i * a_rs), out.add(i * out_rs); 1 2 3 4 5)
+                }
+            }
+        }
+    }
+
+    /// One tile over every row: the whole vectors of each row, then (a
+    /// second pass, its own loop so that neither spills registers) the
+    /// rest of each row under a mask.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const M: usize, const K: usize>(
+        a: (*const f32, usize),
+        b: (*const f32, &[usize], usize),
+        (oh, ow): (usize, usize),
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        let whole = ow / 16;
+        let rest = ow % 16;
+        // SAFETY: the caller's contract.
+        unsafe {
+            if whole > 0 {
+                pass::<M, K, false>(a, b, (oh, ow), (0, whole), out, out_rs);
+            }
+            if rest > 0 {
+                pass::<M, K, true>(a, b, (oh, ow), (whole * 16, rest), out, out_rs);
+            }
+        }
+    }
+
+    /// `out[i·out_rs + j] += Σ_oy Σ_ox a·b` over columns `x0 ..` of every
+    /// row: `n` whole vectors, or (`MASKED`) one vector of `n` columns.
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn pass<const M: usize, const K: usize, const MASKED: bool>(
+        (a, a_rs): (*const f32, usize),
+        (b, offs, step): (*const f32, &[usize], usize),
+        (oh, ow): (usize, usize),
+        (x0, n): (usize, usize),
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); K]; M];
+        let mask: __mmask16 = if MASKED {
+            ((1u32 << n) - 1) as u16
+        } else {
+            0xffff
+        };
+        let vectors = if MASKED { 1 } else { n };
+        let load = |p: *const f32| {
+            // SAFETY: the caller's contract: a whole vector, or `n`
+            // columns under the mask.
+            unsafe {
+                if MASKED {
+                    _mm512_maskz_loadu_ps(mask, p)
+                } else {
+                    _mm512_loadu_ps(p)
+                }
+            }
+        };
+        // SAFETY: the caller's contract.
+        unsafe {
+            for oy in 0..oh {
+                let ar = a.add(oy * ow + x0);
+                let br = b.add(oy * step + x0);
+                for v in 0..vectors {
+                    let ox = v * 16;
+                    let mut av = [_mm512_setzero_ps(); M];
+                    for (i, r) in av.iter_mut().enumerate() {
+                        *r = load(ar.add(i * a_rs + ox));
+                    }
+                    for (j, &o) in offs[..K].iter().enumerate() {
+                        let bv = load(br.add(o + ox));
+                        for (row, &r) in acc.iter_mut().zip(&av) {
+                            row[j] = _mm512_fmadd_ps(r, bv, row[j]);
+                        }
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    *out.add(i * out_rs + j) += sum(*v);
+                }
+            }
+        }
+    }
+
+    /// The sum of the 16 lanes, in a fixed order, by 512-bit shuffles
+    /// only: `_mm512_reduce_add_ps` goes through 256- and 128-bit adds,
+    /// whose VEX forms reach only registers 0–15 without AVX-512VL, and so
+    /// kept the tile's sums out of registers 16–31 (spilled to the stack).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn sum(v: __m512) -> f32 {
+        let t = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b01_00_11_10>(v, v));
+        let t = _mm512_add_ps(t, _mm512_shuffle_f32x4::<0b10_11_00_01>(t, t));
+        let t = _mm512_add_ps(t, _mm512_permute_ps::<0b01_00_11_10>(t));
+        let t = _mm512_add_ps(t, _mm512_permute_ps::<0b10_11_00_01>(t));
+        _mm512_cvtss_f32(t)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `out[i·out_rs + j] += Σ_{oy, ox} a[i·a_rs + oy·ow + ox] ·
+    /// b[offs[j] + oy·step + ox]` for `i < mr`, `j < offs.len()`, in tiles
+    /// of up to 3 × 3.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; every cell named above readable; `out` writable at every
+    /// `i·out_rs + j`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tiles(
+        (a, a_rs, mr): (*const f32, usize, usize),
+        (b, offs, step): (*const f32, &[usize], usize),
+        shape: (usize, usize),
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        macro_rules! taps {
+            ($m:literal, $a:expr, $out:expr; $($k:literal)*) => {
+                match offs.len() {
+                    $($k => tile::<$m, $k>(($a, a_rs), (b, offs, step), shape, $out, out_rs),)*
+                    _ => unreachable!("at most 3 taps"),
+                }
+            };
+        }
+        // SAFETY: the caller's contract; the rows of a short tile go one
+        // at a time.
+        unsafe {
+            if mr == 3 {
+                taps!(3, a, out; 1 2 3)
+            } else {
+                for i in 0..mr {
+                    taps!(1, a.add(i * a_rs), out.add(i * out_rs); 1 2 3)
+                }
+            }
+        }
+    }
+
+    /// One tile over every row: the whole vectors of each row, then (a
+    /// second pass, its own loop so that neither spills registers) the
+    /// rest of each row under a mask.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const M: usize, const K: usize>(
+        a: (*const f32, usize),
+        b: (*const f32, &[usize], usize),
+        (oh, ow): (usize, usize),
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        let whole = ow / 8;
+        let rest = ow % 8;
+        // SAFETY: the caller's contract.
+        unsafe {
+            if whole > 0 {
+                pass::<M, K, false>(a, b, (oh, ow), (0, whole), out, out_rs);
+            }
+            if rest > 0 {
+                pass::<M, K, true>(a, b, (oh, ow), (whole * 8, rest), out, out_rs);
+            }
+        }
+    }
+
+    /// `out[i·out_rs + j] += Σ_oy Σ_ox a·b` over columns `x0 ..` of every
+    /// row: `n` whole vectors, or (`MASKED`) one vector of `n` columns.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    unsafe fn pass<const M: usize, const K: usize, const MASKED: bool>(
+        (a, a_rs): (*const f32, usize),
+        (b, offs, step): (*const f32, &[usize], usize),
+        (oh, ow): (usize, usize),
+        (x0, n): (usize, usize),
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); K]; M];
+        let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), mask);
+        let vectors = if MASKED { 1 } else { n };
+        let load = |p: *const f32| {
+            // SAFETY: the caller's contract: a whole vector, or `n`
+            // columns under the mask.
+            unsafe {
+                if MASKED {
+                    _mm256_maskload_ps(p, mask)
+                } else {
+                    _mm256_loadu_ps(p)
+                }
+            }
+        };
+        // SAFETY: the caller's contract.
+        unsafe {
+            for oy in 0..oh {
+                let ar = a.add(oy * ow + x0);
+                let br = b.add(oy * step + x0);
+                for v in 0..vectors {
+                    let ox = v * 8;
+                    let mut av = [_mm256_setzero_ps(); M];
+                    for (i, r) in av.iter_mut().enumerate() {
+                        *r = load(ar.add(i * a_rs + ox));
+                    }
+                    for (j, &o) in offs[..K].iter().enumerate() {
+                        let bv = load(br.add(o + ox));
+                        for (row, &r) in acc.iter_mut().zip(&av) {
+                            row[j] = _mm256_fmadd_ps(r, bv, row[j]);
+                        }
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    *out.add(i * out_rs + j) += sum(*v);
+                }
+            }
+        }
+    }
+
+    /// The sum of the 8 lanes, in a fixed order.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn sum(v: __m256) -> f32 {
+        let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        let t = _mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t));
+        _mm_cvtss_f32(t)
     }
 }
 
