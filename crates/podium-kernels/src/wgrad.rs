@@ -269,126 +269,158 @@ pub(super) fn in_place_as(x: &[f32], dy: &[f32], g: &Geometry, isa: Isa) -> Vec<
     })
 }
 
+/// The tiles of [`in_place`] for one instruction set, over the module's
+/// own vector helpers (`V`, `Mask`, `zero`, `first`, `load`, `load_first`,
+/// `fma`, `sum`): `$lanes` floats a vector, tiles of `$mr` output channels
+/// (or one, for the last few) × up to the largest of `$k` taps.
+#[cfg(target_arch = "x86_64")]
+macro_rules! in_place_tiles {
+    ($feature:literal, $lanes:literal, $mr:literal, [$($k:literal)*]) => {
+        /// `out[i·out_rs + j] += Σ_{oy, ox} a[i·a_rs + oy·ow + ox] ·
+        /// b[offs[j] + oy·step + ox]` for `i < mr`, `j < offs.len()`.
+        ///
+        /// # Safety
+        /// The module's instructions; every cell named above readable;
+        /// `out` writable at every `i·out_rs + j`.
+        #[target_feature(enable = $feature)]
+        pub(super) unsafe fn tiles(
+            (a, a_rs, mr): (*const f32, usize, usize),
+            (b, offs, step): (*const f32, &[usize], usize),
+            shape: (usize, usize),
+            out: *mut f32,
+            out_rs: usize,
+        ) {
+            let b = (b, offs, step);
+            // SAFETY: the caller's contract; the rows of a short tile go
+            // one at a time.
+            unsafe {
+                match (mr == $mr, offs.len()) {
+                    $((true, $k) => tile::<$mr, $k>((a, a_rs), b, shape, out, out_rs),)*
+                    $((false, $k) => {
+                        for i in 0..mr {
+                            let row = (a.add(i * a_rs), a_rs);
+                            tile::<1, $k>(row, b, shape, out.add(i * out_rs), out_rs)
+                        }
+                    })*
+                    _ => unreachable!("{} taps in a tile", offs.len()),
+                }
+            }
+        }
+
+        /// One tile over every row: the whole vectors of each row, then
+        /// (a second pass, its own loop so that neither spills registers)
+        /// the rest of each row under a mask.
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn tile<const M: usize, const K: usize>(
+            a: (*const f32, usize),
+            b: (*const f32, &[usize], usize),
+            (oh, ow): (usize, usize),
+            out: *mut f32,
+            out_rs: usize,
+        ) {
+            let (whole, rest) = (ow / $lanes, ow % $lanes);
+            // SAFETY: the caller's contract.
+            unsafe {
+                if whole > 0 {
+                    pass::<M, K, false>(a, b, (oh, ow), (0, whole), out, out_rs);
+                }
+                if rest > 0 {
+                    pass::<M, K, true>(a, b, (oh, ow), (whole * $lanes, rest), out, out_rs);
+                }
+            }
+        }
+
+        /// `out[i·out_rs + j] += Σ_oy Σ_ox a·b` over columns `x0 ..` of
+        /// every row: `n` whole vectors, or (`MASKED`) one vector of `n`
+        /// columns.
+        #[target_feature(enable = $feature)]
+        #[inline(never)]
+        unsafe fn pass<const M: usize, const K: usize, const MASKED: bool>(
+            (a, a_rs): (*const f32, usize),
+            (b, offs, step): (*const f32, &[usize], usize),
+            (oh, ow): (usize, usize),
+            (x0, n): (usize, usize),
+            out: *mut f32,
+            out_rs: usize,
+        ) {
+            let mut acc = [[zero(); K]; M];
+            let mask = first(if MASKED { n } else { $lanes });
+            let vectors = if MASKED { 1 } else { n };
+            let get = |p: *const f32| {
+                // SAFETY: the caller's contract: a whole vector, or `n`
+                // columns under the mask.
+                unsafe { if MASKED { load_first(mask, p) } else { load(p) } }
+            };
+            // SAFETY: the caller's contract.
+            unsafe {
+                for oy in 0..oh {
+                    let ar = a.add(oy * ow + x0);
+                    let br = b.add(oy * step + x0);
+                    for v in 0..vectors {
+                        let ox = v * $lanes;
+                        let mut av = [zero(); M];
+                        for (i, r) in av.iter_mut().enumerate() {
+                            *r = get(ar.add(i * a_rs + ox));
+                        }
+                        for (j, &o) in offs[..K].iter().enumerate() {
+                            let bv = get(br.add(o + ox));
+                            for (row, &r) in acc.iter_mut().zip(&av) {
+                                row[j] = fma(r, bv, row[j]);
+                            }
+                        }
+                    }
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        *out.add(i * out_rs + j) += sum(*v);
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// [`in_place`]'s AVX-512 tiles: 4 output channels × 5 taps, 20 sums of 16
+/// lanes.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// `out[i·out_rs + j] += Σ_{oy, ox} a[i·a_rs + oy·ow + ox] ·
-    /// b[offs[j] + oy·step + ox]` for `i < mr`, `j < offs.len()`, in tiles
-    /// of up to 4 × 6.
-    ///
-    /// # Safety
-    /// AVX-512F; every cell named above readable; `out` writable at every
-    /// `i·out_rs + j`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tiles(
-        (a, a_rs, mr): (*const f32, usize, usize),
-        (b, offs, step): (*const f32, &[usize], usize),
-        shape: (usize, usize),
-        out: *mut f32,
-        out_rs: usize,
-    ) {
-        macro_rules! taps {
-            ($m:literal, $a:expr, $out:expr; $($k:literal)*) => {
-                match offs.len() {
-                    $($k => tile::<$m, $k>(($a, a_rs), (b, offs, step), shape, $out, out_rs),)*
-                    _ => unreachable!("at most 5 taps"),
-                }
-            };
-        }
-        // SAFETY: the caller's contract; the rows of a short tile go one
-        // at a time.
-        unsafe {
-            if mr == 4 {
-                taps!(4, a, out; 1 2 3 4 5)
-            } else {
-                for i in 0..mr {
-                    taps!(1, a.add(i * a_rs), out.add(i * out_rs); 1 2 3 4 5)
-                }
-            }
-        }
-    }
+    in_place_tiles!("avx512f", 16, 4, [1 2 3 4 5]);
 
-    /// One tile over every row: the whole vectors of each row, then (a
-    /// second pass, its own loop so that neither spills registers) the
-    /// rest of each row under a mask.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn tile<const M: usize, const K: usize>(
-        a: (*const f32, usize),
-        b: (*const f32, &[usize], usize),
-        (oh, ow): (usize, usize),
-        out: *mut f32,
-        out_rs: usize,
-    ) {
-        let whole = ow / 16;
-        let rest = ow % 16;
-        // SAFETY: the caller's contract.
-        unsafe {
-            if whole > 0 {
-                pass::<M, K, false>(a, b, (oh, ow), (0, whole), out, out_rs);
-            }
-            if rest > 0 {
-                pass::<M, K, true>(a, b, (oh, ow), (whole * 16, rest), out, out_rs);
-            }
-        }
+    fn zero() -> __m512 {
+        _mm512_setzero_ps()
     }
 
-    /// `out[i·out_rs + j] += Σ_oy Σ_ox a·b` over columns `x0 ..` of every
-    /// row: `n` whole vectors, or (`MASKED`) one vector of `n` columns.
+    /// The mask of the first `n ≤ 16` lanes.
     #[target_feature(enable = "avx512f")]
-    #[inline(never)]
-    unsafe fn pass<const M: usize, const K: usize, const MASKED: bool>(
-        (a, a_rs): (*const f32, usize),
-        (b, offs, step): (*const f32, &[usize], usize),
-        (oh, ow): (usize, usize),
-        (x0, n): (usize, usize),
-        out: *mut f32,
-        out_rs: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); K]; M];
-        let mask: __mmask16 = if MASKED {
-            ((1u32 << n) - 1) as u16
-        } else {
-            0xffff
-        };
-        let vectors = if MASKED { 1 } else { n };
-        let load = |p: *const f32| {
-            // SAFETY: the caller's contract: a whole vector, or `n`
-            // columns under the mask.
-            unsafe {
-                if MASKED {
-                    _mm512_maskz_loadu_ps(mask, p)
-                } else {
-                    _mm512_loadu_ps(p)
-                }
-            }
-        };
-        // SAFETY: the caller's contract.
-        unsafe {
-            for oy in 0..oh {
-                let ar = a.add(oy * ow + x0);
-                let br = b.add(oy * step + x0);
-                for v in 0..vectors {
-                    let ox = v * 16;
-                    let mut av = [_mm512_setzero_ps(); M];
-                    for (i, r) in av.iter_mut().enumerate() {
-                        *r = load(ar.add(i * a_rs + ox));
-                    }
-                    for (j, &o) in offs[..K].iter().enumerate() {
-                        let bv = load(br.add(o + ox));
-                        for (row, &r) in acc.iter_mut().zip(&av) {
-                            row[j] = _mm512_fmadd_ps(r, bv, row[j]);
-                        }
-                    }
-                }
-            }
-            for (i, row) in acc.iter().enumerate() {
-                for (j, v) in row.iter().enumerate() {
-                    *out.add(i * out_rs + j) += sum(*v);
-                }
-            }
-        }
+    #[inline]
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as u16
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: the caller's: 16 floats readable at `p`.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_first(mask: __mmask16, p: *const f32) -> __m512 {
+        // SAFETY: the caller's: the masked lanes readable at `p` (the
+        // others are not read).
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
     }
 
     /// The sum of the 16 lanes, in a fixed order, by 512-bit shuffles
@@ -406,123 +438,49 @@ mod avx512 {
     }
 }
 
+/// [`in_place`]'s AVX2 tiles: 3 output channels × 3 taps, 9 sums of 8
+/// lanes (with the 3 + 3 vectors loaded, 15 of the 16 registers).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// `out[i·out_rs + j] += Σ_{oy, ox} a[i·a_rs + oy·ow + ox] ·
-    /// b[offs[j] + oy·step + ox]` for `i < mr`, `j < offs.len()`, in tiles
-    /// of up to 3 × 3.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; every cell named above readable; `out` writable at every
-    /// `i·out_rs + j`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tiles(
-        (a, a_rs, mr): (*const f32, usize, usize),
-        (b, offs, step): (*const f32, &[usize], usize),
-        shape: (usize, usize),
-        out: *mut f32,
-        out_rs: usize,
-    ) {
-        macro_rules! taps {
-            ($m:literal, $a:expr, $out:expr; $($k:literal)*) => {
-                match offs.len() {
-                    $($k => tile::<$m, $k>(($a, a_rs), (b, offs, step), shape, $out, out_rs),)*
-                    _ => unreachable!("at most 3 taps"),
-                }
-            };
-        }
-        // SAFETY: the caller's contract; the rows of a short tile go one
-        // at a time.
-        unsafe {
-            if mr == 3 {
-                taps!(3, a, out; 1 2 3)
-            } else {
-                for i in 0..mr {
-                    taps!(1, a.add(i * a_rs), out.add(i * out_rs); 1 2 3)
-                }
-            }
-        }
-    }
+    in_place_tiles!("avx2,fma", 8, 3, [1 2 3]);
 
-    /// One tile over every row: the whole vectors of each row, then (a
-    /// second pass, its own loop so that neither spills registers) the
-    /// rest of each row under a mask.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn tile<const M: usize, const K: usize>(
-        a: (*const f32, usize),
-        b: (*const f32, &[usize], usize),
-        (oh, ow): (usize, usize),
-        out: *mut f32,
-        out_rs: usize,
-    ) {
-        let whole = ow / 8;
-        let rest = ow % 8;
-        // SAFETY: the caller's contract.
-        unsafe {
-            if whole > 0 {
-                pass::<M, K, false>(a, b, (oh, ow), (0, whole), out, out_rs);
-            }
-            if rest > 0 {
-                pass::<M, K, true>(a, b, (oh, ow), (whole * 8, rest), out, out_rs);
-            }
-        }
+    fn zero() -> __m256 {
+        _mm256_setzero_ps()
     }
 
-    /// `out[i·out_rs + j] += Σ_oy Σ_ox a·b` over columns `x0 ..` of every
-    /// row: `n` whole vectors, or (`MASKED`) one vector of `n` columns.
+    /// The mask of the first `n ≤ 8` lanes.
     #[target_feature(enable = "avx2,fma")]
-    #[inline(never)]
-    unsafe fn pass<const M: usize, const K: usize, const MASKED: bool>(
-        (a, a_rs): (*const f32, usize),
-        (b, offs, step): (*const f32, &[usize], usize),
-        (oh, ow): (usize, usize),
-        (x0, n): (usize, usize),
-        out: *mut f32,
-        out_rs: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); K]; M];
-        let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), mask);
-        let vectors = if MASKED { 1 } else { n };
-        let load = |p: *const f32| {
-            // SAFETY: the caller's contract: a whole vector, or `n`
-            // columns under the mask.
-            unsafe {
-                if MASKED {
-                    _mm256_maskload_ps(p, mask)
-                } else {
-                    _mm256_loadu_ps(p)
-                }
-            }
-        };
-        // SAFETY: the caller's contract.
-        unsafe {
-            for oy in 0..oh {
-                let ar = a.add(oy * ow + x0);
-                let br = b.add(oy * step + x0);
-                for v in 0..vectors {
-                    let ox = v * 8;
-                    let mut av = [_mm256_setzero_ps(); M];
-                    for (i, r) in av.iter_mut().enumerate() {
-                        *r = load(ar.add(i * a_rs + ox));
-                    }
-                    for (j, &o) in offs[..K].iter().enumerate() {
-                        let bv = load(br.add(o + ox));
-                        for (row, &r) in acc.iter_mut().zip(&av) {
-                            row[j] = _mm256_fmadd_ps(r, bv, row[j]);
-                        }
-                    }
-                }
-            }
-            for (i, row) in acc.iter().enumerate() {
-                for (j, v) in row.iter().enumerate() {
-                    *out.add(i * out_rs + j) += sum(*v);
-                }
-            }
-        }
+    #[inline]
+    fn first(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: the caller's: 8 floats readable at `p`.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_first(mask: __m256i, p: *const f32) -> __m256 {
+        // SAFETY: the caller's: the masked lanes readable at `p` (the
+        // others are not read).
+        unsafe { _mm256_maskload_ps(p, mask) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
     }
 
     /// The sum of the 8 lanes, in a fixed order.
