@@ -1498,7 +1498,8 @@ mod tests {
     /// Every way of running the weight gradient's gemm gives one result
     /// (the dot products only where the CPU has AVX2 and FMA), on pixel
     /// counts that are no multiple of 8; the last is a stem's shape, 3 input
-    /// channels over 1,122 pixels, which [`backward_weight`] runs as dots.
+    /// channels over 1,122 pixels (which [`backward_weight`] hands to
+    /// `wgrad::in_place` where the CPU has AVX2, tested below).
     #[test]
     fn the_weight_gradient_is_the_same_every_way() {
         for (xs, ws, groups) in [
@@ -1556,10 +1557,11 @@ mod tests {
     }
 
     /// The stems' in-place weight gradient (AVX2 and AVX-512, each where
-    /// the CPU runs it) equals the gemm's:
-    /// resnet18's 7×7/2 and EfficientNet's 3×3/2 stems, rows of output
-    /// pixels no multiple of 16, output channels short of a tile of 4,
-    /// taps short of a tile of 6, dilation, no padding.
+    /// the CPU runs it) equals the gemm's: resnet18's 7×7/2 and
+    /// EfficientNet's 3×3/2 stems, rows of output pixels no multiple of 8
+    /// or 16, output channels short of a tile (4 with AVX-512, 3 with
+    /// AVX2), taps short of a tile (5 or 3), dilation, no padding, one
+    /// input channel.
     #[test]
     fn in_place_stem_weight_gradient_matches_the_gemm() {
         use super::super::isa::Isa;
@@ -1576,8 +1578,11 @@ mod tests {
             (2, 3, 7, (37, 23), (3, 3), 1, 1, 1),
             (1, 2, 5, (33, 70), (5, 4), 2, 2, 1),
             (2, 4, 3, (20, 40), (3, 3), 1, 0, 2),
-            (1, 1, 1, (16, 16), (1, 1), 1, 0, 1),
+            (1, 1, 6, (16, 16), (3, 3), 1, 1, 1),
         ];
+        // Not a 1×1 conv of many channels (tiles of one tap each).
+        let pw = case_geometry(&(2, 96, 24, (16, 16), (1, 1), 1, 0, 1));
+        assert!(!wgrad::fits_in_place(&pw), "{pw:?}");
         for (i, case) in cases.iter().enumerate() {
             let g = case_geometry(case);
             assert!(wgrad::fits_in_place(&g), "case {i} {g:?}");

@@ -1,9 +1,9 @@
 //! The weight gradient of convolutions with few weights and many pixels,
 //! as dot products, two ways.
 //!
-//! [`in_place`], for the stems (a dense conv whose output channel has at
-//! most 256 weights, over output maps of 256 pixels or more: 3 input
-//! channels, 3×3 to 7×7 kernels): each input plane is copied once into its
+//! [`in_place`], for the stems (dense convs from at most 4 input channels
+//! with kernels of 9 taps or more, over output maps of 256 pixels or more:
+//! 3×3 to 7×7 from RGB): each input plane is copied once into its
 //! zero-padded, stride-phased layout, where every tap reads a contiguous
 //! run of cells along an output row, and `dy` is read where it lies; no
 //! im2col columns are written. A tile of output channels × taps keeps its
@@ -186,11 +186,14 @@ pub(super) fn takes_in_place(g: &Geometry) -> bool {
     isa() >= Isa::Avx2 && fits_in_place(g)
 }
 
-/// The shapes [`in_place`] takes: a dense ungrouped conv whose output
-/// channel has at most 256 weights (the stems: 3 input channels, 3×3 to
-/// 7×7) over output maps of 256 pixels or more.
+/// The shapes [`in_place`] takes: the stems, dense ungrouped convs from at
+/// most 4 input channels (RGB, grayscale, RGBA) with a kernel of 9 taps or
+/// more over output maps of 256 pixels or more. Not the 1×1 convs of many
+/// channels whose weights per output channel are as few: a channel's one
+/// tap makes tiles of one column (EfficientNet's 96 → 24 at 16² ran 2–4×
+/// slower than through the gemm).
 pub(super) fn fits_in_place(g: &Geometry) -> bool {
-    g.p.groups == 1 && g.cin * g.kh * g.kw <= 256 && g.ohw() >= 256 && g.n > 0
+    g.p.groups == 1 && g.cin <= 4 && g.kh * g.kw >= 9 && g.ohw() >= 256 && g.n > 0
 }
 
 /// The weight gradient `[Cout, Cin, kh, kw]` of a stem as dot products
