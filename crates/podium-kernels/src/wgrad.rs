@@ -173,9 +173,11 @@ mod avx {
     }
 }
 
-/// Output channels × taps in a tile of [`in_place`], per path: with
-/// AVX-512, 20 sums of 16 lanes + 4 + 5 loaded vectors in 32 registers;
-/// with AVX2, 9 sums of 8 lanes + 3 + 3 in 16 (a wider tile spills).
+/// Output channels × taps in a tile of [`in_place`], per path (the
+/// `in_place_tiles!` lines of each module must agree): with AVX-512, 20
+/// sums of 16 lanes + 4 + 5 loaded vectors in 32 registers (4 × 6, 34,
+/// spilled and ran slower); with AVX2, 9 sums of 8 lanes + 3 + 3 in 16
+/// (LLVM loads all of a step's vectors before the multiply-adds).
 fn tile_shape(isa: Isa) -> (usize, usize) {
     if isa >= Isa::Avx512 { (4, 5) } else { (3, 3) }
 }
