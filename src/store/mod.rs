@@ -909,10 +909,8 @@ pub fn pipeline_dir_name(pipeline: &str) -> String {
     sanitize(pipeline, "-_")
 }
 
-/// `s` as one path component: characters other than ASCII letters, digits
-/// and those in `keep` become `_`.
-/// `s` as a file name: characters other than ASCII letters, digits and
-/// those in `keep` become `_`.
+/// `s` as one path component (a file name): characters other than ASCII
+/// letters, digits and those in `keep` become `_`.
 pub(crate) fn sanitize(s: &str, keep: &str) -> String {
     s.chars()
         .map(|c| {

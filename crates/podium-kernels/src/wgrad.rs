@@ -173,13 +173,22 @@ mod avx {
     }
 }
 
-/// Output channels × taps in a tile of [`in_place`], per path (the
-/// `in_place_tiles!` lines of each module must agree): with AVX-512, 20
-/// sums of 16 lanes + 4 + 5 loaded vectors in 32 registers (4 × 6, 34,
-/// spilled and ran slower); with AVX2, 9 sums of 8 lanes + 3 + 3 in 16
-/// (LLVM loads all of a step's vectors before the multiply-adds).
+/// Output channels × taps in a tile of [`in_place`] on `isa`'s path, as
+/// its module's `in_place_tiles!` line sets them: with AVX-512, 20 sums of
+/// 16 lanes + 4 + 5 loaded vectors in 32 registers (4 × 6, 34, spilled and
+/// ran slower); with AVX2, 9 sums of 8 lanes + 3 + 3 in 16 (LLVM loads all
+/// of a step's vectors before the multiply-adds).
 fn tile_shape(isa: Isa) -> (usize, usize) {
-    if isa >= Isa::Avx512 { (4, 5) } else { (3, 3) }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512 {
+            avx512::TILE
+        } else {
+            avx2::TILE
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("x86 kernels on another arch: {isa:?}")
 }
 
 /// Whether [`in_place`] runs the weight gradient of `g`: an AVX2 or
@@ -229,17 +238,19 @@ pub(super) fn in_place_as(x: &[f32], dy: &[f32], g: &Geometry, isa: Isa) -> Vec<
     let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
     let (mr_max, kr_max) = tile_shape(isa);
     sum_in_parts(g.n, m * k, |samples, acc| {
+        // One padded buffer per part, every plane in the same layout: the
+        // taps' offsets and the row step are the same for all of them.
         let mut padded = None;
+        let (buf, rows) = padded_buffer(&mut padded, g);
+        let step = buf.at(s, 0);
+        let offs: Vec<usize> = (0..taps)
+            .map(|t| buf.at(t / g.kw * d, t % g.kw * d))
+            .collect();
         for n in samples {
             let dyn_ = &dy[n * m * ohw..][..m * ohw];
             for c in 0..g.cin {
-                let (buf, rows) = padded_buffer(&mut padded, g);
                 let plane = &x[(n * g.cin + c) * hw..][..hw];
                 buf.fill(plane, (g.h, g.w), (pad, pad), rows);
-                let step = buf.at(s, 0);
-                let offs: Vec<usize> = (0..taps)
-                    .map(|t| buf.at(t / g.kw * d, t % g.kw * d))
-                    .collect();
                 let src = buf.buf.as_slice();
                 for i0 in (0..m).step_by(mr_max) {
                     let mr = mr_max.min(m - i0);
@@ -275,12 +286,24 @@ pub(super) fn in_place_as(x: &[f32], dy: &[f32], g: &Geometry, isa: Isa) -> Vec<
 }
 
 /// The tiles of [`in_place`] for one instruction set, over the module's
-/// own vector helpers (`V`, `Mask`, `zero`, `first`, `load`, `load_first`,
-/// `fma`, `sum`): `$lanes` floats a vector, tiles of `$mr` output channels
-/// (or one, for the last few) × up to the largest of `$k` taps.
+/// own vector helpers (`zero`, `first`, `load`, `load_first`, `fma`,
+/// `sum`): `$lanes` floats a vector, tiles of `$mr` output channels (or
+/// one, for the last few) × up to as many taps as `$k` lists (`1 2 … n`),
+/// the shape [`tile_shape`] reads from `TILE`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! in_place_tiles {
     ($feature:literal, $lanes:literal, $mr:literal, [$($k:literal)*]) => {
+        /// Output channels × taps in a full tile.
+        pub(super) const TILE: (usize, usize) = ($mr, [$($k),*].len());
+        const _: () = {
+            let ks = [$($k),*];
+            let mut i = 0;
+            while i < ks.len() {
+                assert!(ks[i] == i + 1, "the taps of a tile count 1, 2, …");
+                i += 1;
+            }
+        };
+
         /// `out[i·out_rs + j] += Σ_{oy, ox} a[i·a_rs + oy·ow + ox] ·
         /// b[offs[j] + oy·step + ox]` for `i < mr`, `j < offs.len()`.
         ///
