@@ -197,14 +197,24 @@ pub(super) fn takes_in_place(g: &Geometry) -> bool {
     isa() >= Isa::Avx2 && fits_in_place(g)
 }
 
-/// The shapes [`in_place`] takes: the stems, dense ungrouped convs from at
-/// most 4 input channels (RGB, grayscale, RGBA) with a kernel of 9 taps or
-/// more over output maps of 256 pixels or more. Not the 1×1 convs of many
-/// channels whose weights per output channel are as few: a channel's one
-/// tap makes tiles of one column (EfficientNet's 96 → 24 at 16² ran 2–4×
-/// slower than through the gemm).
+/// The shapes [`in_place`] takes: dense ungrouped convs with a kernel of 9
+/// taps or more, from at most 4 input channels (the stems: RGB,
+/// grayscale, RGBA) over output maps of 256 pixels or more, or from at most
+/// 32 over maps of 1,024 or more (simple_cnn's second conv, U-Net's
+/// shallow convs). Measured against the gemm (`benches/conv.rs`, 2
+/// threads, best of four or five, ms): simple_cnn's 32 → 64 at 32², batch
+/// 32, 10.1 → 7.1, at 112², batch 4, 14.4 → 9.4; not from 64 channels
+/// (its 64 → 128 at 16² 6.6 → 9.3, at 56² 11.1 → 11.5; resnet18's 3×3/2
+/// from 56² 3.0 → 3.8), whose sums per tile over a short map do not pay
+/// for the tile's setup and lane sums, and whose `dy` rows, read once per
+/// input channel, leave L2. Not the 1×1 convs of many channels whose
+/// weights per output channel are as few: a channel's one tap makes tiles
+/// of one column (EfficientNet's 96 → 24 at 16² ran 2–4× slower than
+/// through the gemm).
 pub(super) fn fits_in_place(g: &Geometry) -> bool {
-    g.p.groups == 1 && g.cin <= 4 && g.kh * g.kw >= 9 && g.ohw() >= 256 && g.n > 0
+    let (cin, ohw) = (g.cin, g.ohw());
+    let shape = (cin <= 4 && ohw >= 256) || (cin <= 32 && ohw >= 1024);
+    g.p.groups == 1 && g.kh * g.kw >= 9 && g.n > 0 && shape
 }
 
 /// The weight gradient `[Cout, Cin, kh, kw]` of a stem as dot products
