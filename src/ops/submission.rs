@@ -13,14 +13,16 @@
 //! cells like any other; a directory of mask images named by id becomes
 //! run-length encodings. A boxes file becomes detection strings,
 //! `"class score x1 y1 x2 y2 ..."` per image (SIIM), `empty` where an image
-//! has no box.
+//! has no box; with `none`, every image also gets SIIM's image-level
+//! `none P 0 0 1 1`, P the probability that it shows nothing: one minus its
+//! best box's score, or a classifier's probability from a table.
 
 use std::collections::HashMap;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{Op, OpContext, OpError};
+use super::{Op, OpContext, OpError, ParamError};
 use crate::data::DataError;
 use crate::data::boxes::read_dets;
 use crate::data::images;
@@ -35,6 +37,18 @@ crate::choice! {
         Boxes = "boxes",
         /// HuBMAP 2023's (Open Images') instance masks.
         Masks = "masks",
+    }
+}
+
+crate::choice! {
+    /// Whether every image of a boxes submission also gets a `none` box.
+    pub enum NoneBox {
+        /// Only an image without boxes: `empty`.
+        Off = "off",
+        /// `none P 0 0 1 1` for every image, P = 1 − its best box's score.
+        Boxes = "boxes",
+        /// `none P 0 0 1 1` for every image, P from `none_table`.
+        Table = "table",
     }
 }
 
@@ -53,6 +67,15 @@ crate::params! {
         format: Format = "boxes",
         /// format boxes: the string for an image without boxes (format masks: an empty cell)
         empty: String = "none 1 0 0 1 1",
+        /// format boxes: `off`, or every image also gets SIIM's `none P 0 0 1 1` after its
+        /// boxes, P the probability that it shows nothing: `boxes` 1 − its best box's score
+        /// (1 without boxes), `table` from `none_table`
+        none: NoneBox = "off",
+        /// none = table: a table of ids (the submission's, or without `id_suffix`) and the
+        /// probability of `none` (a classifier's `pred.csv`, say)
+        none_table: Option<PathBuf> = "",
+        /// none = table: the probability's column; empty: the table's only value column
+        none_column: String = "",
         /// boxes: appended to image ids to make submission ids (`_image`)
         id_suffix: String = "",
         /// boxes: a COCO file whose `images` name the results' image ids: an image's id in
@@ -67,10 +90,30 @@ impl Op for Submission {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str =
         "Write the competition's CSV in the sample submission's columns and id order.";
-    const INPUTS: &'static [&'static str] = &["pred", "sample", "images"];
+    const INPUTS: &'static [&'static str] = &["pred", "sample", "images", "none_table"];
 
     fn outputs(&self, _: &Args) -> Vec<String> {
         vec!["submission.csv".into()]
+    }
+
+    fn validate(&self, a: &Args) -> Vec<ParamError> {
+        let mut errors = Vec::new();
+        if a.none == NoneBox::Table && a.none_table.is_none() {
+            errors.push(ParamError::new(
+                "none_table",
+                "none = \"table\" needs `none_table`",
+            ));
+        }
+        if a.none != NoneBox::Table && a.none_table.is_some() {
+            errors.push(ParamError::new(
+                "none_table",
+                "is read only with none = \"table\"",
+            ));
+        }
+        if a.none != NoneBox::Off && a.format == Format::Masks {
+            errors.push(ParamError::new("none", "applies to format boxes only"));
+        }
+        errors
     }
 
     fn run(&self, a: Args, cx: &mut OpContext) -> Result<(), OpError> {
@@ -152,6 +195,8 @@ impl Op for Submission {
                 None => None,
             };
             let mut per_image: HashMap<String, Vec<String>> = HashMap::new();
+            // Each image's best score (the first of its boxes, best first).
+            let mut best: HashMap<String, f64> = HashMap::new();
             // Numbered as in the file, for errors; then best first.
             let mut dets: Vec<(usize, _)> =
                 read_dets(&pred_path)?.into_iter().enumerate().collect();
@@ -211,6 +256,7 @@ impl Op for Submission {
                 if let Some(seg) = &d.segmentation {
                     sizes.insert(format!("{id}{suffix}"), seg.size);
                 }
+                best.entry(format!("{id}{suffix}")).or_insert(d.score);
                 per_image
                     .entry(format!("{id}{suffix}"))
                     .or_default()
@@ -232,11 +278,39 @@ impl Op for Submission {
                 )
                 .into());
             }
+            let table = match &a.none_table {
+                Some(p) if a.none == NoneBox::Table => Some(none_probabilities(p, &a.none_column)?),
+                _ => None,
+            };
             for (r, id) in sample.ids.iter().enumerate() {
-                out.rows[r][text] = per_image
-                    .get(id)
-                    .map(|v| v.join(" "))
-                    .unwrap_or_else(|| empty.clone());
+                let boxes = per_image.get(id).map(|v| v.join(" "));
+                let none = match (a.none, &table) {
+                    (NoneBox::Off, _) => None,
+                    (NoneBox::Table, Some(t)) => {
+                        let bare = id
+                            .strip_suffix(suffix.as_str())
+                            .filter(|_| !suffix.is_empty());
+                        let p = t.get(id).or_else(|| bare.and_then(|b| t.get(b)));
+                        let Some(&p) = p else {
+                            let path = a.none_table.as_deref().unwrap_or(&pred_path);
+                            return Err(DataError::new(
+                                path,
+                                format!(
+                                    "no `none` probability for id `{id}` of the sample submission"
+                                ),
+                            )
+                            .into());
+                        };
+                        Some(p)
+                    }
+                    _ => Some((1.0 - best.get(id).copied().unwrap_or(0.0)).clamp(0.0, 1.0)),
+                };
+                out.rows[r][text] = match (boxes, none) {
+                    (Some(b), Some(p)) => format!("{b} none {} 0 0 1 1", fmt_num(p)),
+                    (None, Some(p)) => format!("none {} 0 0 1 1", fmt_num(p)),
+                    (Some(b), None) => b,
+                    (None, None) => empty.clone(),
+                };
                 if let Some([h, w]) = sizes.get(id) {
                     if let Some(c) = hc {
                         out.rows[r][c] = h.to_string();
@@ -286,6 +360,50 @@ impl Op for Submission {
         out.write(&cx.out_dir.join("submission.csv"))?;
         Ok(())
     }
+}
+
+/// The `none` probabilities of `path`'s ids, from `column` (or the only
+/// value column): numbers from 0 to 1.
+fn none_probabilities(
+    path: &std::path::Path,
+    column: &str,
+) -> Result<HashMap<String, f64>, OpError> {
+    let t = Table::read(path)?;
+    t.index()?;
+    let c = if column.is_empty() {
+        if t.value_columns().len() != 1 {
+            return Err(DataError::at(
+                path,
+                1,
+                format!(
+                    "{} value columns: name the probability's with `none_column`",
+                    t.value_columns().len()
+                ),
+            )
+            .into());
+        }
+        0
+    } else {
+        t.col(column)?
+    };
+    let mut out = HashMap::new();
+    for ((id, row), &line) in t.ids.iter().zip(&t.rows).zip(&t.lines) {
+        let p = row[c]
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..=1.0).contains(p));
+        let Some(p) = p else {
+            return Err(DataError::at(
+                path,
+                line,
+                format!("`{}` is no probability (a number from 0 to 1)", row[c]),
+            )
+            .into());
+        };
+        out.insert(id.clone(), p);
+    }
+    Ok(out)
 }
 
 fn fmt_num(x: f64) -> String {

@@ -1030,6 +1030,99 @@ fn submission_follows_the_sample_order_and_writes_detection_strings() {
     );
 }
 
+/// SIIM's image-level `none` box after every image's boxes: P = 1 − the
+/// best box's score, or a classifier's probability from a table keyed with
+/// or without the id suffix; its mistakes are errors naming the parameter
+/// or the file and line.
+#[test]
+fn submission_appends_siim_none_probabilities() {
+    let ws = Ws::new();
+    ws.write(
+        "siim.csv",
+        "id,PredictionString\nx_image,none 1 0 0 1 1\ny_image,none 1 0 0 1 1\n",
+    );
+    ws.write(
+        "boxes.json",
+        &json!([
+            det(json!("x"), 0, [10.0, 20.0, 30.0, 40.0], 0.5),
+            det(json!("x"), 0, [0.0, 0.0, 5.0, 5.0], 0.75)
+        ])
+        .to_string(),
+    );
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "submission",
+            "--set",
+            "class_names={ 0 = \"opacity\" }",
+            "--set",
+            "id_suffix=_image",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["boxes.json", "siim.csv"]);
+        if !out.is_empty() {
+            args.extend_from_slice(&["-o", out]);
+        }
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = run(&["--set", "none=boxes"], "b.csv");
+    ws.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        ws.read("b.csv"),
+        "id,PredictionString\nx_image,opacity 0.75 0 0 5 5 opacity 0.5 10 20 40 60 none 0.25 0 0 1 1\ny_image,none 1 0 0 1 1\n"
+    );
+    // A study classifier's probabilities, keyed without the suffix.
+    ws.write("cls.csv", "id,negative,typical\nx,0.9,0.1\ny,0.125,0.875\n");
+    let args = run(
+        &[
+            "--set",
+            "none=table",
+            "--set",
+            "none_table=cls.csv",
+            "--set",
+            "none_column=negative",
+        ],
+        "t.csv",
+    );
+    ws.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        ws.read("t.csv"),
+        "id,PredictionString\nx_image,opacity 0.75 0 0 5 5 opacity 0.5 10 20 40 60 none 0.9 0 0 1 1\ny_image,none 0.125 0 0 1 1\n"
+    );
+    let fails = |extra: &[&str], message: &str| {
+        let args = run(extra, "");
+        ws.fails(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            message,
+        );
+    };
+    fails(
+        &["--set", "none=table"],
+        "none = \"table\" needs `none_table`",
+    );
+    fails(
+        &["--set", "none_table=cls.csv"],
+        "`none_table`: is read only with none = \"table\"",
+    );
+    fails(
+        &["--set", "none=table", "--set", "none_table=cls.csv"],
+        "cls.csv:1: 2 value columns: name the probability's with `none_column`",
+    );
+    ws.write("bad.csv", "id,p\nx,0.5\ny,1.5\n");
+    fails(
+        &["--set", "none=table", "--set", "none_table=bad.csv"],
+        "bad.csv:3: `1.5` is no probability",
+    );
+    ws.write("short.csv", "id,p\nx_image,0.5\n");
+    fails(
+        &["--set", "none=table", "--set", "none_table=short.csv"],
+        "short.csv: no `none` probability for id `y_image`",
+    );
+    fails(
+        &["--set", "none=boxes", "--set", "format=masks"],
+        "`none`: applies to format boxes only",
+    );
+}
+
 /// Pillow's resize of the same images (tests/fixtures/ops/images/make.py):
 /// every value within one level, 8- and 16-bit alike.
 #[test]

@@ -721,13 +721,25 @@ fn the_siim_pipeline_runs_end_to_end_and_writes_siim_strings() {
         assert_eq!(id, format!("test_{i:05}"));
         let words: Vec<&str> = pred.split(' ').collect();
         assert_eq!(words.len() % 6, 0, "{row}");
-        for d in words.chunks(6) {
-            assert!(
-                d[0] == "opacity" || d == ["none", "1", "0", "0", "1", "1"],
-                "{row}"
-            );
+        let groups: Vec<&[&str]> = words.chunks(6).collect();
+        let (none, boxes) = groups.split_last().unwrap();
+        for d in boxes {
+            assert_eq!(d[0], "opacity", "{row}");
             assert!(d[1..].iter().all(|v| v.parse::<f64>().is_ok()), "{row}");
         }
+        // Every image ends with SIIM's `none` box (`none = "boxes"`): one
+        // minus its best opacity's score.
+        assert_eq!(
+            (none[0], &none[2..]),
+            ("none", &["0", "0", "1", "1"][..]),
+            "{row}"
+        );
+        let best = boxes
+            .iter()
+            .map(|d| d[1].parse::<f64>().unwrap())
+            .fold(0.0, f64::max);
+        let p: f64 = none[1].parse().unwrap();
+        assert!((p - (1.0 - best)).abs() < 2e-6, "{row}");
     }
 }
 
