@@ -9,7 +9,10 @@
 //!   classes may overlap;
 //! - a run-length encoding in a labels table (HuBMAP's and SIIM-ACR's
 //!   `start length` pairs, pixels numbered from 1 down each column), one
-//!   class.
+//!   class;
+//! - a COCO ground-truth file: each class's plane the union of its
+//!   objects' `segmentation`s (polygons or run lengths; an object without
+//!   one, its box).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,37 @@ pub enum MaskSource {
         segms: Vec<(Option<crate::data::coco_rle::Segmentation>, [f64; 4])>,
         file: PathBuf,
     },
+    /// Task segment from a COCO file: per class, the union of its objects'
+    /// masks (`(class, segmentation, box)`); `file` names it in errors.
+    Classes {
+        objects: Vec<(usize, Option<crate::data::coco_rle::Segmentation>, [f64; 4])>,
+        file: PathBuf,
+    },
+}
+
+/// An object's mask at `w × h`: its segmentation, or its box without one.
+fn object_bits(
+    segm: &Option<crate::data::coco_rle::Segmentation>,
+    bbox: [f64; 4],
+    (w, h): (u32, u32),
+    file: &Path,
+) -> Result<Vec<bool>, DataError> {
+    use crate::data::coco_rle::Rle;
+    let (hu, wu) = (h as usize, w as usize);
+    let r = match segm {
+        Some(s) => s.to_rle(hu, wu).map_err(|e| DataError::new(file, e))?,
+        None => Rle::from_bbox(bbox, hu, wu),
+    };
+    if (r.h, r.w) != (hu, wu) {
+        return Err(DataError::new(
+            file,
+            format!(
+                "a run-length mask of {}×{} on an image of {w}×{h}",
+                r.w, r.h
+            ),
+        ));
+    }
+    Ok(r.decode())
 }
 
 /// One plane per class, 1 where the class is, else 0, `w × h`.
@@ -92,31 +126,30 @@ impl MaskSource {
                 }
                 Ok(planes)
             }
-            MaskSource::Objects { segms, file } => {
-                use crate::data::coco_rle::Rle;
-                let (hu, wu) = (h as usize, w as usize);
-                segms
-                    .iter()
-                    .map(|(s, bbox)| {
-                        let r = match s {
-                            Some(s) => s.to_rle(hu, wu).map_err(|e| DataError::new(file, e))?,
-                            None => Rle::from_bbox(*bbox, hu, wu),
-                        };
-                        if (r.h, r.w) != (hu, wu) {
-                            return Err(DataError::new(
-                                file,
-                                format!(
-                                    "a run-length mask of {}×{} on an image of {w}×{h}",
-                                    r.w, r.h
-                                ),
-                            ));
-                        }
-                        let bits = r.decode();
-                        Ok(GrayImage::from_fn(w, h, |x, y| {
-                            image::Luma([u8::from(bits[(y * w + x) as usize])])
-                        }))
-                    })
-                    .collect()
+            MaskSource::Objects { segms, file } => segms
+                .iter()
+                .map(|(s, bbox)| {
+                    let bits = object_bits(s, *bbox, (w, h), file)?;
+                    Ok(GrayImage::from_fn(w, h, |x, y| {
+                        image::Luma([u8::from(bits[(y * w + x) as usize])])
+                    }))
+                })
+                .collect(),
+            MaskSource::Classes { objects, file } => {
+                let mut planes: Planes = (0..classes).map(|_| empty()).collect();
+                for (class, s, bbox) in objects {
+                    let Some(plane) = planes.get_mut(*class) else {
+                        return Err(DataError::new(
+                            file,
+                            format!("an object of class {class}, beyond the {classes} classes"),
+                        ));
+                    };
+                    let bits = object_bits(s, *bbox, (w, h), file)?;
+                    for (p, b) in plane.iter_mut().zip(bits) {
+                        *p |= u8::from(b);
+                    }
+                }
+                Ok(planes)
             }
         }
     }
@@ -229,5 +262,59 @@ mod tests {
         save_gray(&three, &p).unwrap();
         let e = MaskSource::Index(p.clone()).decode(2, 2, 1).unwrap_err();
         assert!(e.message.contains("class index 3"), "{e}");
+    }
+
+    /// A COCO file's objects for task segment: each class's plane is the
+    /// union of its objects' masks (boxes where an object has no
+    /// segmentation, run lengths column-major as COCO writes them); a class
+    /// beyond the classes and a mask of another size are errors naming
+    /// the file.
+    #[test]
+    fn coco_objects_merge_into_one_plane_per_class() {
+        use crate::data::coco_rle::{Counts, Rle, RleJson, Segmentation};
+        let (w, h) = (6u32, 4u32);
+        let file = PathBuf::from("gt.json");
+        // Column x = 5, every row: COCO counts run down the columns.
+        let column = Segmentation::Rle(RleJson {
+            size: [4, 6],
+            counts: Counts::Raw(vec![20, 4]),
+        });
+        let (a, b) = ([0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]);
+        let src = MaskSource::Classes {
+            objects: vec![
+                (0, None, a),
+                (1, Some(column.clone()), [5.0, 0.0, 1.0, 4.0]),
+                (0, None, b),
+            ],
+            file: file.clone(),
+        };
+        let planes = src.decode(2, w, h).unwrap();
+        let boxes: Vec<u8> = Rle::from_bbox(a, 4, 6)
+            .decode()
+            .iter()
+            .zip(Rle::from_bbox(b, 4, 6).decode())
+            .map(|(x, y)| u8::from(*x || y))
+            .collect();
+        assert!(
+            boxes.iter().filter(|&&v| v == 1).count() > 4,
+            "two overlapping boxes"
+        );
+        assert_eq!(planes[0].as_raw(), &boxes);
+        let col: Vec<u8> = (0..w * h).map(|i| u8::from(i % w == 5)).collect();
+        assert_eq!(planes[1].as_raw(), &col);
+        let e = src.decode(1, w, h).unwrap_err();
+        assert!(
+            e.message.contains("class 1, beyond the 1 classes") && e.path == file,
+            "{e}"
+        );
+        let wrong = MaskSource::Classes {
+            objects: vec![(0, Some(column), [0.0; 4])],
+            file: file.clone(),
+        };
+        let e = wrong.decode(1, 5, 4).unwrap_err();
+        assert!(
+            e.message.contains("on an image of") && e.path == file,
+            "{e}"
+        );
     }
 }

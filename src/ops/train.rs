@@ -80,7 +80,9 @@ crate::params! {
         images: PathBuf,
         /// Labels table: the id, then the label column (and `bbox` `x y w h` in pixels for
         /// task box; for task segment a run-length mask unless `masks` is given); for tasks
-        /// detect and instance a COCO ground-truth file, images named by `file_name`.
+        /// detect and instance a COCO ground-truth file, images named by `file_name`; task
+        /// segment takes one too, each class's mask the union of its objects'
+        /// `segmentation`s.
         labels: PathBuf,
         /// Task segment: a directory of mask PNGs named by id: class-index images (0
         /// background, c + 1 class c; with one class any value above 0), or one subdirectory
@@ -425,6 +427,16 @@ impl Op for Train {
         let index = dataset::image_index(&images_dir)?;
         let d = match task {
             Task::Detect | Task::Instance => detect_data(&a, &index, &val_ids, cx)?,
+            // Masks from a COCO file's objects: read as the detectors read it.
+            Task::Segment if a.labels.extension().is_some_and(|e| e == "json") => {
+                if a.masks.is_some() {
+                    return Err(OpError::param(
+                        "masks",
+                        "with a COCO file as `labels` the masks are its objects' `segmentation`s",
+                    ));
+                }
+                detect_data(&a, &index, &val_ids, cx)?
+            }
             Task::Segment => segment_data(&a, &index, &val_ids, cx)?,
             _ => table_data(&a, &index, &val_ids, cx)?,
         };
@@ -961,7 +973,8 @@ fn rle_column(col: usize) -> impl Fn(&Table, usize) -> crate::data::masks::MaskS
     }
 }
 
-/// Task detect: a COCO ground-truth file (and extra ones, pseudo labels).
+/// Tasks detect and instance, and segment from COCO: a COCO ground-truth
+/// file (and extra ones, pseudo labels).
 fn detect_data(
     a: &Args,
     index: &HashMap<String, PathBuf>,
@@ -1000,11 +1013,12 @@ fn detect_data(
             ),
         ));
     };
-    let instance = a.task == Task::Instance;
+    let task = a.task;
     let read = |path: &Path, c: &Coco, w: f32, index, dir: &Path, keep: &dyn Fn(&str) -> bool| {
         let (mut s, ids) = dataset::read_coco(path, c, w, index, dir, keep)?;
-        // Task instance: each image's objects' masks travel with it.
-        if instance {
+        // Task instance: each image's objects' masks travel with it; task
+        // segment: each class's plane is the union of its objects' masks.
+        if task == Task::Instance {
             s.masks = s
                 .objects
                 .iter()
@@ -1013,6 +1027,19 @@ fn detect_data(
                     file: path.to_path_buf(),
                 })
                 .collect();
+        } else if task == Task::Segment {
+            s.masks = s
+                .objects
+                .iter()
+                .map(|objs| MaskSource::Classes {
+                    objects: objs
+                        .iter()
+                        .map(|o| (o.class, o.segm.clone(), o.bbox))
+                        .collect(),
+                    file: path.to_path_buf(),
+                })
+                .collect();
+            s.objects = vec![Vec::new(); s.masks.len()];
         }
         Ok::<_, DataError>((s, ids))
     };

@@ -365,3 +365,109 @@ fn mask_ensemble_merges_probabilities_pixel_by_pixel() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("p3/10/a.png") && err.contains("3×2"), "{err}");
 }
+
+/// Task segment from a COCO ground-truth file (HuBMAP's and most
+/// microscopy sets' format): each class's mask is the union of its objects'
+/// `segmentation`s, classes named by the file's categories; `masks` beside
+/// a COCO file is an error.
+#[test]
+fn a_segmenter_trains_on_a_coco_files_object_masks() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(
+        d,
+        &[
+            "op",
+            "synth",
+            "--set",
+            "task=detect",
+            "--set",
+            "n_train=40",
+            "--set",
+            "n_test=4",
+            "--set",
+            "size=48",
+            "--set",
+            "classes=2",
+            "--set",
+            "seed=5",
+            "-o",
+            "data",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "op",
+            "folds",
+            "--set",
+            "k=4",
+            "data/train.csv",
+            "-o",
+            "folds.csv",
+        ],
+    );
+    let mut args = vec!["op", "train"];
+    let sets = [
+        "task=segment",
+        "fold=0",
+        "epochs=1",
+        "batch_size=8",
+        "decoder_width=8",
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let inputs = ["data/train_images", "data/train_coco.json", "folds.csv"];
+    args.extend(inputs);
+    args.extend(["-o", "tr"]);
+    ok(d, &args);
+    let m = json(&d.join("tr/metrics.json"));
+    assert!((0.0..=1.0).contains(&m["dice"].as_f64().unwrap()), "{m}");
+    // One run-length column per category, named as the COCO file names it.
+    let coco = json(&d.join("data/train_coco.json"));
+    let names: Vec<&str> = coco["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    let oof = std::fs::read_to_string(d.join("tr/oof.csv")).unwrap();
+    assert_eq!(
+        oof.lines().next().unwrap(),
+        format!("id,{}", names.join(","))
+    );
+    // The masks are the objects': the same run (same seed) on the same file
+    // with its annotations taken out ends elsewhere.
+    let mut none = coco.clone();
+    none["annotations"] = serde_json::json!([]);
+    std::fs::write(d.join("data/none.json"), none.to_string()).unwrap();
+    let empty_args: Vec<&str> = args
+        .iter()
+        .map(|&a| match a {
+            "data/train_coco.json" => "data/none.json",
+            "tr" => "tr_none",
+            a => a,
+        })
+        .collect();
+    ok(d, &empty_args);
+    let e = json(&d.join("tr_none/metrics.json"));
+    assert_ne!(e["val_loss"], m["val_loss"], "{e} {m}");
+    let mut bad = vec![
+        "op",
+        "train",
+        "--set",
+        "task=segment",
+        "--set",
+        "masks=data/train_images",
+    ];
+    bad.extend(inputs);
+    bad.extend(["-o", "bad"]);
+    let out = podium(d, &bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`masks`: with a COCO file as `labels`"),
+        "{err}"
+    );
+}
