@@ -945,13 +945,9 @@ fn pseudo_label_keeps_confident_rows_hard_soft_or_boxes() {
     );
 }
 
-#[test]
-fn submission_follows_the_sample_order_and_writes_detection_strings() {
-    let ws = Ws::new();
-    ws.write("sample.csv", "Id,Predicted\nb,0\na,0\n");
-    ws.write("labels.csv", "id,label\na,1 5\nb,2\nc,3\n");
-    ws.ok(&["submission", "labels.csv", "sample.csv", "-o", "sub.csv"]);
-    assert_eq!(ws.read("sub.csv"), "Id,Predicted\nb,2\na,1 5\n");
+/// A SIIM sample submission of images `x` and `y` (ids with `_image`) and
+/// two boxes of image `x` (scores 0.5 and 0.75).
+fn siim_boxes(ws: &Ws) {
     ws.write(
         "siim.csv",
         "id,PredictionString\nx_image,none 1 0 0 1 1\ny_image,none 1 0 0 1 1\n",
@@ -964,6 +960,16 @@ fn submission_follows_the_sample_order_and_writes_detection_strings() {
         ])
         .to_string(),
     );
+}
+
+#[test]
+fn submission_follows_the_sample_order_and_writes_detection_strings() {
+    let ws = Ws::new();
+    ws.write("sample.csv", "Id,Predicted\nb,0\na,0\n");
+    ws.write("labels.csv", "id,label\na,1 5\nb,2\nc,3\n");
+    ws.ok(&["submission", "labels.csv", "sample.csv", "-o", "sub.csv"]);
+    assert_eq!(ws.read("sub.csv"), "Id,Predicted\nb,2\na,1 5\n");
+    siim_boxes(&ws);
     ws.ok(&[
         "submission",
         "--set",
@@ -1037,18 +1043,7 @@ fn submission_follows_the_sample_order_and_writes_detection_strings() {
 #[test]
 fn submission_appends_siim_none_probabilities() {
     let ws = Ws::new();
-    ws.write(
-        "siim.csv",
-        "id,PredictionString\nx_image,none 1 0 0 1 1\ny_image,none 1 0 0 1 1\n",
-    );
-    ws.write(
-        "boxes.json",
-        &json!([
-            det(json!("x"), 0, [10.0, 20.0, 30.0, 40.0], 0.5),
-            det(json!("x"), 0, [0.0, 0.0, 5.0, 5.0], 0.75)
-        ])
-        .to_string(),
-    );
+    siim_boxes(&ws);
     let run = |extra: &[&str], out: &str| {
         let mut args = vec![
             "submission",

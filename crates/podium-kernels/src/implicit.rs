@@ -62,9 +62,9 @@ pub(super) struct Plan {
 /// The tiles of a chunk of samples.
 struct Tiles {
     samples: usize,
-    /// Per tile, the scratch rows of its six pixels: `s·ohw + pixel` for
-    /// sample `s` of the chunk, or `samples·ohw` (a row nobody reads) where
-    /// the chunk's pixels run out.
+    /// Per tile, the scratch rows of its pixels: `s·ohw + pixel` for
+    /// sample `s` of the chunk; a short tile's last ones `samples·ohw`
+    /// (unused: the tile runs only its count of pixels).
     rows: Vec<[u32; MR]>,
     /// Per tile, its range in `taps` and its number of pixels (1 to 6).
     spans: Vec<[u32; 3]>,
@@ -541,7 +541,7 @@ mod avx512 {
 
     use super::NR;
 
-    /// `B` blocks of 16 output channels for the six pixels of a tile: the
+    /// `B` blocks of 16 output channels for the `M ≤ 6` pixels of a tile: the
     /// AVX2 [`super::avx::tile`] once per block, in one pass over the
     /// inputs, each block's 16 channels in one 512-bit register (each
     /// broadcast input feeds `B` multiply-adds; `6·B` accumulators).
