@@ -253,14 +253,12 @@ impl Op for Submission {
                     },
                     None => id,
                 };
+                let key = format!("{id}{suffix}");
                 if let Some(seg) = &d.segmentation {
-                    sizes.insert(format!("{id}{suffix}"), seg.size);
+                    sizes.insert(key.clone(), seg.size);
                 }
-                best.entry(format!("{id}{suffix}")).or_insert(d.score);
-                per_image
-                    .entry(format!("{id}{suffix}"))
-                    .or_default()
-                    .push(s);
+                best.entry(key.clone()).or_insert(d.score);
+                per_image.entry(key).or_default().push(s);
             }
             let empty = match a.format {
                 Format::Boxes => a.empty,
